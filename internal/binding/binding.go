@@ -1,0 +1,212 @@
+// Package binding decides which Azure identities a pod is bound to, and defines the pod annotation that
+// carries that decision to the pod's token sidecar. It is pure: objects in, decision out. The webhook uses it
+// at admission, the assigner to attach identities and to keep the annotation current, the sidecar to read it.
+package binding
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+)
+
+// Identity is one identity a pod may obtain tokens for, as recorded in the pod annotation
+// podidentity.io/identities. It names credentials; it never carries a secret.
+type Identity struct {
+	// Name and Namespace of the AzureIdentity.
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
+	// Type is the AzureIdentity's spec.type (0 user-assigned MI, 1 SP secret, 2 SP certificate).
+	Type       aadv1.IdentityType `json:"type"`
+	ClientID   string             `json:"clientID,omitempty"`
+	ResourceID string             `json:"resourceID,omitempty"`
+	// TenantID, AuxiliaryTenantIDs, ADEndpoint and ADResourceID are set for service principals.
+	TenantID           string   `json:"tenantID,omitempty"`
+	AuxiliaryTenantIDs []string `json:"auxiliaryTenantIDs,omitempty"`
+	ADEndpoint         string   `json:"adEndpoint,omitempty"`
+	ADResourceID       string   `json:"adResourceID,omitempty"`
+	// SecretName names the Secret (in the pod's namespace) that a service principal's credential is mounted
+	// from into the sidecar only. Empty for managed identities.
+	SecretName string `json:"secretName,omitempty"`
+	// Binding is the AzureIdentityBinding (namespace/name) that bound the pod, and Weight its weight.
+	Binding string `json:"binding"`
+	Weight  int    `json:"weight,omitempty"`
+}
+
+// Options changes how bindings match.
+type Options struct {
+	// ForceNamespaced makes every identity behave as if annotated aadpodidentity.k8s.io/Behavior: namespaced:
+	// only bindings and identities of the pod's own namespace match.
+	ForceNamespaced bool
+}
+
+// Problem explains why a binding that selects the pod did not bind an identity. Callers turn problems into
+// admission warnings and Events.
+type Problem struct {
+	Binding string
+	Reason  string
+}
+
+func (p Problem) String() string { return fmt.Sprintf("AzureIdentityBinding %s: %s", p.Binding, p.Reason) }
+
+// Selector returns the pod's aadpodidbinding label value, or "" when it has none.
+func Selector(pod *corev1.Pod) string { return pod.Labels[aadv1.PodLabelBinding] }
+
+// Resolve returns the identities bound to the pod, highest weight first, then by namespace and name; an
+// identity reached through several bindings appears once, with its highest-weight binding. The order is the
+// sidecar's order of preference when a request names no identity.
+func Resolve(pod *corev1.Pod, bindings []aadv1.AzureIdentityBinding, identities []aadv1.AzureIdentity, opts Options) ([]Identity, []Problem) {
+	sel := Selector(pod)
+	if sel == "" {
+		return nil, nil
+	}
+	byKey := make(map[string]*aadv1.AzureIdentity, len(identities))
+	for i := range identities {
+		id := &identities[i]
+		byKey[id.Namespace+"/"+id.Name] = id
+	}
+	chosen := map[string]Identity{}
+	var problems []Problem
+	for i := range bindings {
+		b := &bindings[i]
+		if b.Spec.Selector != sel {
+			continue
+		}
+		bkey := b.Namespace + "/" + b.Name
+		if opts.ForceNamespaced && b.Namespace != pod.Namespace {
+			continue // another namespace's binding: invisible in namespaced mode, not a problem
+		}
+		if b.Spec.AzureIdentity == "" {
+			problems = append(problems, Problem{bkey, "spec.azureIdentity is empty"})
+			continue
+		}
+		id, ok := byKey[b.Namespace+"/"+b.Spec.AzureIdentity]
+		if !ok {
+			problems = append(problems, Problem{bkey, fmt.Sprintf("AzureIdentity %s/%s not found", b.Namespace, b.Spec.AzureIdentity)})
+			continue
+		}
+		if (opts.ForceNamespaced || IsNamespaced(id)) && (id.Namespace != pod.Namespace || b.Namespace != pod.Namespace) {
+			continue // namespaced identity used from another namespace: not bound
+		}
+		if err := Validate(id); err != nil {
+			problems = append(problems, Problem{bkey, err.Error()})
+			continue
+		}
+		entry := fromAzureIdentity(id, bkey, b.Spec.Weight)
+		k := id.Namespace + "/" + id.Name
+		if prev, ok := chosen[k]; ok && (prev.Weight > entry.Weight || (prev.Weight == entry.Weight && prev.Binding < entry.Binding)) {
+			continue
+		}
+		chosen[k] = entry
+	}
+	out := make([]Identity, 0, len(chosen))
+	for _, v := range chosen {
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Weight != out[j].Weight {
+			return out[i].Weight > out[j].Weight
+		}
+		if out[i].Namespace != out[j].Namespace {
+			return out[i].Namespace < out[j].Namespace
+		}
+		return out[i].Name < out[j].Name
+	})
+	sort.Slice(problems, func(i, j int) bool { return problems[i].Binding < problems[j].Binding })
+	return out, problems
+}
+
+// IsNamespaced reports whether the identity carries aadpodidentity.k8s.io/Behavior: namespaced.
+func IsNamespaced(id *aadv1.AzureIdentity) bool {
+	return strings.EqualFold(id.Annotations[aadv1.BehaviorAnnotation], aadv1.BehaviorNamespaced)
+}
+
+// Validate says what is wrong with an identity that cannot be served, in words a user can act on.
+func Validate(id *aadv1.AzureIdentity) error {
+	switch id.Spec.Type {
+	case aadv1.UserAssignedMSI:
+		if id.Spec.ClientID == "" || id.Spec.ResourceID == "" {
+			return fmt.Errorf("AzureIdentity %s/%s is type 0 (user-assigned managed identity) and needs both spec.clientID and spec.resourceID", id.Namespace, id.Name)
+		}
+		if !strings.Contains(strings.ToLower(id.Spec.ResourceID), "/providers/microsoft.managedidentity/userassignedidentities/") {
+			return fmt.Errorf("AzureIdentity %s/%s: spec.resourceID %q is not a user-assigned identity's resource ID (/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>)", id.Namespace, id.Name, id.Spec.ResourceID)
+		}
+	case aadv1.ServicePrincipal, aadv1.ServicePrincipalCertificate:
+		if id.Spec.ClientID == "" || id.Spec.TenantID == "" || id.Spec.ClientPassword.Name == "" {
+			return fmt.Errorf("AzureIdentity %s/%s is type %d (service principal) and needs spec.clientID, spec.tenantID and spec.clientPassword.name", id.Namespace, id.Name, id.Spec.Type)
+		}
+	default:
+		return fmt.Errorf("AzureIdentity %s/%s has spec.type %d; use 0 (user-assigned managed identity), 1 (service principal with secret) or 2 (service principal with certificate)", id.Namespace, id.Name, id.Spec.Type)
+	}
+	return nil
+}
+
+func fromAzureIdentity(id *aadv1.AzureIdentity, binding string, weight int) Identity {
+	out := Identity{
+		Name: id.Name, Namespace: id.Namespace, Type: id.Spec.Type,
+		ClientID: id.Spec.ClientID, Binding: binding, Weight: weight,
+	}
+	if id.Spec.Type == aadv1.UserAssignedMSI {
+		out.ResourceID = id.Spec.ResourceID
+		return out
+	}
+	out.TenantID = id.Spec.TenantID
+	out.AuxiliaryTenantIDs = append([]string(nil), id.Spec.AuxiliaryTenantIDs...)
+	out.ADEndpoint = id.Spec.ADEndpoint
+	out.ADResourceID = id.Spec.ADResourceID
+	out.SecretName = id.Spec.ClientPassword.Name
+	return out
+}
+
+// Excepted returns the name of the first AzurePodIdentityException (by name) of the pod's namespace that
+// exempts the pod: one whose podLabels share any one key and value with the pod's labels.
+func Excepted(pod *corev1.Pod, exceptions []aadv1.AzurePodIdentityException) (string, bool) {
+	names := make([]string, 0, len(exceptions))
+	byName := map[string]*aadv1.AzurePodIdentityException{}
+	for i := range exceptions {
+		e := &exceptions[i]
+		if e.Namespace != pod.Namespace {
+			continue
+		}
+		names = append(names, e.Name)
+		byName[e.Name] = e
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		for k, v := range byName[n].Spec.PodLabels {
+			if pv, ok := pod.Labels[k]; ok && pv == v {
+				return n, true
+			}
+		}
+	}
+	return "", false
+}
+
+// Encode renders identities as the annotation value: a JSON list, stable for equal input, "[]" when empty.
+func Encode(ids []Identity) string {
+	if ids == nil {
+		ids = []Identity{}
+	}
+	b, err := json.Marshal(ids)
+	if err != nil {
+		panic(err) // only strings, ints and slices: cannot fail
+	}
+	return string(b)
+}
+
+// Decode parses the annotation value. An empty value means no identities.
+func Decode(s string) ([]Identity, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, nil
+	}
+	var ids []Identity
+	if err := json.Unmarshal([]byte(s), &ids); err != nil {
+		return nil, fmt.Errorf("annotation podidentity.io/identities is not a JSON list of identities: %w", err)
+	}
+	return ids, nil
+}

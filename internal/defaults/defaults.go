@@ -1,0 +1,42 @@
+// Package defaults holds the values the components must agree on: the webhook injects them, the init container
+// and the sidecar default to them. Changing one here changes all of them together.
+package defaults
+
+const (
+	// IMDSAddress and IMDSPort are where apps (and their SDKs) reach the instance metadata service.
+	IMDSAddress = "169.254.169.254"
+	IMDSPort    = 80
+
+	// SidecarPort is the token sidecar's IMDS port, bound to 127.0.0.1 inside the pod only. The init container
+	// redirects IMDSAddress:IMDSPort there.
+	SidecarPort = 15079
+	// SidecarHealthPort serves /healthz, /readyz and /metrics on all of the pod's addresses, for the kubelet's
+	// probes and for Prometheus; it never serves tokens.
+	SidecarHealthPort = 15080
+	// SidecarUID is the uid the sidecar runs as. Its traffic is the only traffic exempt from the redirect, so
+	// no other container of the pod may run as this uid (the webhook refuses such pods).
+	SidecarUID = 15078
+
+	// InitContainerName and SidecarContainerName are the names of the injected containers.
+	InitContainerName    = "podidentity-init"
+	SidecarContainerName = "podidentity-sidecar"
+
+	// IdentitiesVolumeName is the downward API volume that carries the identities annotation to the sidecar,
+	// mounted at IdentitiesDir; the file is IdentitiesDir/IdentitiesFile.
+	IdentitiesVolumeName = "podidentity-identities"
+	IdentitiesDir        = "/var/run/podidentity"
+	IdentitiesFile       = "identities"
+	// SecretsDir holds one directory per service-principal identity (SecretsDir/<identity name>/), mounted into
+	// the sidecar container only.
+	SecretsDir = "/var/run/podidentity/secrets"
+)
+
+// Labels and annotations of the project (AAD Pod Identity's own are in api/v1).
+const (
+	// NamespaceInjectionLabel opts a namespace in when its value is "enabled".
+	NamespaceInjectionLabel = "podidentity.io/injection"
+	// InjectAnnotation with the value "false" opts a single pod out.
+	InjectAnnotation = "podidentity.io/inject"
+	// IdentitiesAnnotation records the identities a pod is bound to (see package binding for the format).
+	IdentitiesAnnotation = "podidentity.io/identities"
+)
