@@ -51,7 +51,9 @@ type Problem struct {
 	Reason  string
 }
 
-func (p Problem) String() string { return fmt.Sprintf("AzureIdentityBinding %s: %s", p.Binding, p.Reason) }
+func (p Problem) String() string {
+	return fmt.Sprintf("AzureIdentityBinding %s: %s", p.Binding, p.Reason)
+}
 
 // Selector returns the pod's aadpodidbinding label value, or "" when it has none.
 func Selector(pod *corev1.Pod) string { return pod.Labels[aadv1.PodLabelBinding] }
