@@ -41,6 +41,25 @@ build: ## Compile every package; the component binaries (<component>/cmd/<binary
 	@mains=$$($(GO) list -f '{{if eq .Name "main"}}{{.ImportPath}}{{end}}' ./... | grep '/cmd/' || true); \
 	  if [ -n "$$mains" ]; then CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/ $$mains; fi
 
+IMAGE_REGISTRY ?= ghcr.io/podidentity
+IMAGE_TAG      ?= $(VERSION)
+IMAGEBUILD     := $(BIN)/imagebuild
+# binary:uid of each image (the Dockerfile's targets say the same).
+IMAGE_USERS    := podidentity-webhook:65532 podidentity-assigner:65532 podidentity-sidecar:15078 podidentity-init:0
+
+.PHONY: images
+images: $(IMAGEBUILD) ## Assemble the four images as tarballs in bin/images/ without a Docker daemon.
+	@mkdir -p $(BIN)/images
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/images/ $(addprefix ./,$(foreach b,$(IMAGE_USERS),$(subst podidentity-,,$(firstword $(subst :, ,$(b))))/cmd/$(firstword $(subst :, ,$(b)))))
+	@for b in $(IMAGE_USERS); do n=$${b%%:*}; u=$${b##*:}; \
+	  $(IMAGEBUILD) --binary $(BIN)/images/$$n --uid $$u --version $(VERSION) \
+	    --tag $(IMAGE_REGISTRY)/$$n:$(IMAGE_TAG) --out $(BIN)/images/$$n.tar; \
+	  echo "$(IMAGE_REGISTRY)/$$n:$(IMAGE_TAG) -> bin/images/$$n.tar ($$(du -h $(BIN)/images/$$n.tar | cut -f1))"; done
+
+$(IMAGEBUILD): hack/tools/go.mod hack/tools/imagebuild/main.go
+	@mkdir -p $(BIN)
+	cd hack/tools && $(GO) build -trimpath -o $@ ./imagebuild
+
 ##@ Test
 
 .PHONY: test
