@@ -1,0 +1,163 @@
+// Package command is podidentity-init's command line: flags, modes and exit codes around package redirect.
+package command
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"time"
+
+	"github.com/go-logr/logr/funcr"
+
+	"github.com/podidentity/podidentity/init/redirect"
+	"github.com/podidentity/podidentity/internal/version"
+)
+
+// Exit codes.
+const (
+	ExitOK      = 0
+	ExitFailed  = 1 // the rules could not be installed, verified or removed: the pod must not start
+	ExitUsage   = 2 // bad flags
+	programName = "podidentity-init"
+)
+
+// mode is what one run does.
+type mode string
+
+const (
+	modeInstall mode = "install"
+	modeDryRun  mode = "dry-run"
+	modeVerify  mode = "verify"
+	modeCleanup mode = "cleanup"
+)
+
+// options is the parsed command line.
+type options struct {
+	cfg  redirect.Config
+	mode mode
+}
+
+// Run runs podidentity-init with args (without the program name) in the caller's network namespace and returns
+// the exit code. The dry-run plan goes to stdout; logs and failures go to stderr.
+func Run(args []string, stdout, stderr io.Writer) int {
+	opts, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return ExitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", programName, err)
+		return ExitUsage
+	}
+	log := funcr.NewJSON(func(obj string) { fmt.Fprintln(stderr, obj) }, funcr.Options{}).WithName(programName)
+
+	if opts.mode == modeDryRun {
+		fmt.Fprint(stdout, Plan(opts.cfg))
+		return ExitOK
+	}
+	started := time.Now()
+	result, err := execute(opts)
+	if err != nil {
+		log.Error(err, "failed", "mode", opts.mode)
+		fmt.Fprintf(stderr, "%s: %s FAILED; the pod must not start without the IMDS redirect:\n%v\n",
+			programName, opts.mode, err)
+		return ExitFailed
+	}
+	log.Info("done", "mode", opts.mode, "result", result, "elapsed", time.Since(started).String(),
+		"version", version.Version, "imds", netip.AddrPortFrom(opts.cfg.IMDSAddress, opts.cfg.IMDSPort).String(),
+		"sidecarPort", opts.cfg.SidecarPort, "sidecarUID", opts.cfg.SidecarUID)
+	return ExitOK
+}
+
+// Plan is the --dry-run output: a header naming the settings, then the ruleset exactly as it would be written.
+func Plan(cfg redirect.Config) string {
+	return fmt.Sprintf("# %s plan: redirect %s to 127.0.0.1:%d for every uid but %d; nothing is changed by --dry-run\n",
+		programName, netip.AddrPortFrom(cfg.IMDSAddress, cfg.IMDSPort), cfg.SidecarPort, cfg.SidecarUID) +
+		redirect.Render(redirect.Desired(cfg))
+}
+
+func parse(args []string, stderr io.Writer) (options, error) {
+	def := redirect.DefaultConfig()
+	fs := flag.NewFlagSet(programName, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		sidecarPort = fs.Uint("sidecar-port", uint(def.SidecarPort), "the token sidecar's port on 127.0.0.1")
+		sidecarUID  = fs.Uint("sidecar-uid", uint(def.SidecarUID), "the sidecar's uid: its traffic is not redirected")
+		imdsAddress = fs.String("imds-address", def.IMDSAddress.String(), "the IMDS IPv4 address to redirect")
+		imdsPort    = fs.Uint("imds-port", uint(def.IMDSPort), "the IMDS TCP port to redirect")
+		dryRun      = fs.Bool("dry-run", false, "print the ruleset that would be installed and change nothing")
+		verify      = fs.Bool("verify", false, "check that the live ruleset equals the desired one; exit 1 on drift")
+		cleanup     = fs.Bool("cleanup", false, "remove the project's table (and nothing else)")
+	)
+	if err := fs.Parse(args); err != nil {
+		return options{}, err
+	}
+	if fs.NArg() > 0 {
+		return options{}, fmt.Errorf("unexpected arguments %q: all settings are flags (see --help)", fs.Args())
+	}
+	opts := options{mode: modeInstall}
+	modes := 0
+	for _, m := range []struct {
+		set  bool
+		mode mode
+	}{{*dryRun, modeDryRun}, {*verify, modeVerify}, {*cleanup, modeCleanup}} {
+		if m.set {
+			opts.mode = m.mode
+			modes++
+		}
+	}
+	if modes > 1 {
+		return options{}, errors.New("--dry-run, --verify and --cleanup exclude each other: pass at most one")
+	}
+	for _, p := range []struct {
+		name  string
+		value uint
+	}{{"sidecar-port", *sidecarPort}, {"imds-port", *imdsPort}} {
+		if p.value > 65535 {
+			return options{}, fmt.Errorf("--%s=%d is not a port: use 1-65535", p.name, p.value)
+		}
+	}
+	if *sidecarUID > 1<<32-1 {
+		return options{}, fmt.Errorf("--sidecar-uid=%d is not a uid: use 1-4294967295", *sidecarUID)
+	}
+	addr, err := netip.ParseAddr(*imdsAddress)
+	if err != nil {
+		return options{}, fmt.Errorf("--imds-address=%q is not an IP address (the default is %s)", *imdsAddress,
+			def.IMDSAddress)
+	}
+	opts.cfg = redirect.Config{
+		IMDSAddress: addr,
+		IMDSPort:    uint16(*imdsPort),
+		SidecarPort: uint16(*sidecarPort),
+		SidecarUID:  uint32(*sidecarUID),
+	}
+	if err := opts.cfg.Validate(); err != nil {
+		return options{}, err
+	}
+	return opts, nil
+}
+
+// execute performs a mode against the kernel and returns a short word for the log.
+func execute(opts options) (string, error) {
+	k, err := redirect.NewKernel(0)
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = k.Close() }()
+	want := redirect.Desired(opts.cfg)
+	switch opts.mode {
+	case modeInstall:
+		outcome, err := k.Apply(want)
+		return string(outcome), err
+	case modeVerify:
+		return "verified", k.Verify(want)
+	case modeCleanup:
+		removed, err := k.Cleanup()
+		if !removed {
+			return "nothing to remove", err
+		}
+		return "removed", err
+	}
+	return "", fmt.Errorf("unknown mode %q", opts.mode)
+}

@@ -1,0 +1,113 @@
+package command
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under init/testdata")
+
+// TestDryRunGolden pins the --dry-run output: the exact ruleset the init container installs, for the injected
+// defaults and for non-default flags.
+func TestDryRunGolden(t *testing.T) {
+	cases := []struct {
+		name   string
+		args   []string
+		golden string
+	}{
+		{"defaults", []string{"--dry-run"}, "../testdata/dry-run-defaults.golden"},
+		{"custom flags", []string{"--dry-run", "--sidecar-port=8181", "--sidecar-uid=2000",
+			"--imds-address=169.254.170.2", "--imds-port=8080"}, "../testdata/dry-run-custom.golden"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := Run(tc.args, &stdout, &stderr); code != ExitOK {
+				t.Fatalf("exit code %d, stderr:\n%s", code, stderr.String())
+			}
+			if *update {
+				if err := os.WriteFile(tc.golden, stdout.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(tc.golden)
+			if err != nil {
+				t.Fatalf("%v (run go test ./init/... -update to create it)", err)
+			}
+			if got := stdout.String(); got != string(want) {
+				t.Errorf("%s is stale or --dry-run changed (rerun with -update after checking):\n--- want\n%s\n--- got\n%s",
+					tc.golden, want, got)
+			}
+		})
+	}
+}
+
+// TestDryRunIsStable: the plan is a pure function of the flags.
+func TestDryRunIsStable(t *testing.T) {
+	var first, second, stderr bytes.Buffer
+	Run([]string{"--dry-run"}, &first, &stderr)
+	Run([]string{"--dry-run"}, &second, &stderr)
+	if first.String() != second.String() || first.Len() == 0 {
+		t.Errorf("two dry runs differ or are empty:\n%s\n---\n%s", first.String(), second.String())
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	cases := []struct {
+		name    string
+		args    []string
+		message string
+	}{
+		{"two modes", []string{"--verify", "--cleanup"}, "exclude each other"},
+		{"port out of range", []string{"--sidecar-port=70000"}, "--sidecar-port=70000 is not a port"},
+		{"imds port zero", []string{"--imds-port=0"}, "pass --imds-port=80"},
+		{"uid out of range", []string{"--sidecar-uid=4294967296"}, "is not a uid"},
+		{"root uid", []string{"--sidecar-uid=0"}, "root's traffic would bypass the redirect"},
+		{"not an address", []string{"--imds-address=imds.local"}, "is not an IP address"},
+		{"ipv6 address", []string{"--imds-address=fd00:ec2::254"}, "handles IPv4 only"},
+		{"loopback address", []string{"--imds-address=127.0.0.1"}, "loopback"},
+		{"stray argument", []string{"install"}, "unexpected arguments"},
+		{"unknown flag", []string{"--sidecar-prot=1"}, "flag provided but not defined"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := Run(tc.args, &stdout, &stderr); code != ExitUsage {
+				t.Errorf("exit code %d, want %d", code, ExitUsage)
+			}
+			if !strings.Contains(stderr.String(), tc.message) {
+				t.Errorf("stderr does not say %q:\n%s", tc.message, stderr.String())
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout should be empty on a usage error, got:\n%s", stdout.String())
+			}
+		})
+	}
+}
+
+// TestNoStaleGoldenFiles fails on golden files no test writes any more: a renamed case must not leave its old
+// file behind looking authoritative.
+func TestNoStaleGoldenFiles(t *testing.T) {
+	used := map[string]bool{
+		"dry-run-defaults.golden": true, // TestDryRunGolden
+		"dry-run-custom.golden":   true, // TestDryRunGolden
+		"nft-list-table.golden":   true, // init/redirect TestApplyConverges
+	}
+	entries, err := os.ReadDir("../testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if !used[e.Name()] {
+			t.Errorf("init/testdata/%s is not used by any test: delete it or add its test", e.Name())
+		}
+		delete(used, e.Name())
+	}
+	for name := range used {
+		t.Errorf("init/testdata/%s is missing (run go test ./init/... -update)", name)
+	}
+}

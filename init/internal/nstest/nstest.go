@@ -1,0 +1,138 @@
+// Package nstest gives tests real, throwaway network namespaces: a named namespace per test run, a "pod" and a
+// "node" joined by a veth pair, code and processes run inside them, and guaranteed removal. Everything needs
+// root; Require skips otherwise.
+package nstest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netns"
+)
+
+// Require skips the test unless it runs as root with the tools the namespace tests use.
+func Require(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("skipping in -short mode: this test creates network namespaces and nftables rules")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: network-namespace tests need root (they create namespaces, veths and nftables rules); " +
+			"run `sudo go test ./init/...`")
+	}
+	for _, tool := range []string{"ip", "nft"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: install iproute2 and nftables (apt-get install -y iproute2 nftables)", tool)
+		}
+	}
+}
+
+// NS is a named network namespace that lives until the test ends.
+type NS struct {
+	Name   string
+	handle netns.NsHandle
+}
+
+// UniqueSuffix returns a short random token for names that must not collide with parallel runs.
+func UniqueSuffix(t testing.TB) string {
+	b := make([]byte, 3)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// New creates a network namespace named pi-<suffix>-<role> with lo up, removed when the test ends (also when
+// it fails).
+func New(t testing.TB, suffix, role string) *NS {
+	t.Helper()
+	name := fmt.Sprintf("pi-%s-%s", suffix, role)
+	Cmd(t, "ip", "netns", "add", name)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("removing network namespace %s: %v: %s", name, err, out)
+		}
+	})
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatalf("opening network namespace %s: %v", name, err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	ns := &NS{Name: name, handle: h}
+	ns.Cmd(t, "ip", "link", "set", "lo", "up")
+	return ns
+}
+
+// FD is the namespace's file descriptor, for APIs that take one (nftables.WithNetNSFd).
+func (ns *NS) FD() int { return int(ns.handle) }
+
+// Cmd runs a command inside the namespace (ip netns exec) and returns its output; failure ends the test.
+func (ns *NS) Cmd(t testing.TB, argv ...string) string {
+	t.Helper()
+	return Cmd(t, append([]string{"ip", "netns", "exec", ns.Name}, argv...)...)
+}
+
+// Cmd runs a command and returns its standard output; failure ends the test.
+func Cmd(t testing.TB, argv ...string) string {
+	t.Helper()
+	out, err := exec.Command(argv[0], argv[1:]...).Output()
+	if err != nil {
+		stderr := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, stderr)
+	}
+	return string(out)
+}
+
+// Do runs fn on an OS thread that has entered the namespace. Sockets fn creates belong to the namespace for
+// their whole life; processes it starts are born in it. The thread is never reused: it stays locked and ends
+// with the goroutine, so the namespace cannot leak into other goroutines.
+func (ns *NS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := netns.Set(ns.handle); err != nil {
+			errc <- fmt.Errorf("entering network namespace %s: %w", ns.Name, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// Start starts cmd inside the namespace (cmd may carry SysProcAttr.Credential to run as another uid).
+func (ns *NS) Start(cmd *exec.Cmd) error { return ns.Do(cmd.Start) }
+
+// Link is a pod namespace with a default route through a veth to a node namespace.
+type Link struct {
+	Pod, Node *NS
+	// PodAddr and NodeAddr are the two ends' addresses on a /30.
+	PodAddr, NodeAddr string
+}
+
+// NewLink creates a pod and a node namespace joined by a veth pair: the pod's default route goes to the node,
+// and the node also holds each of nodeAddrs (e.g. 169.254.169.254), so the pod reaches them through the veth.
+func NewLink(t testing.TB, nodeAddrs ...string) *Link {
+	t.Helper()
+	suffix := UniqueSuffix(t)
+	l := &Link{Pod: New(t, suffix, "pod"), Node: New(t, suffix, "node"), PodAddr: "10.200.0.2", NodeAddr: "10.200.0.1"}
+	podIf, nodeIf := "pi"+suffix+"p", "pi"+suffix+"n"
+	Cmd(t, "ip", "link", "add", podIf, "netns", l.Pod.Name, "type", "veth", "peer", "name", nodeIf, "netns", l.Node.Name)
+	l.Node.Cmd(t, "ip", "addr", "add", l.NodeAddr+"/30", "dev", nodeIf)
+	for _, a := range nodeAddrs {
+		l.Node.Cmd(t, "ip", "addr", "add", a+"/32", "dev", nodeIf)
+	}
+	l.Node.Cmd(t, "ip", "link", "set", nodeIf, "up")
+	l.Pod.Cmd(t, "ip", "addr", "add", l.PodAddr+"/30", "dev", podIf)
+	l.Pod.Cmd(t, "ip", "link", "set", podIf, "up")
+	l.Pod.Cmd(t, "ip", "route", "add", "default", "via", l.NodeAddr)
+	return l
+}
