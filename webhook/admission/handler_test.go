@@ -1,0 +1,236 @@
+package admission
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	jsonpatchapply "github.com/evanphx/json-patch/v5"
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	admissionv1 "k8s.io/api/admission/v1"
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+	"sigs.k8s.io/yaml"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/webhook/inject"
+)
+
+const assigner = "system:serviceaccount:podidentity-system:podidentity-assigner"
+
+func testScheme(t testing.TB) *k8sruntime.Scheme {
+	s := k8sruntime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := aadv1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// newHandler serves namespace "shop" (opted in) and "plain" (not), with one binding of selector "orders".
+func newHandler(t testing.TB) (*Handler, *prometheus.Registry) {
+	t.Helper()
+	objs := []client.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "plain"}},
+		&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Name: "orders-mi", Namespace: "shop"}, Spec: aadv1.AzureIdentitySpec{
+			Type: aadv1.UserAssignedMSI, ClientID: "00000000-0000-0000-0000-00000000a001",
+			ResourceID: "/subscriptions/1111/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/orders-mi"}},
+		&aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Name: "orders", Namespace: "shop"}, Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "orders-mi", Selector: "orders"}},
+	}
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Handler{
+		Reader:           fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(objs...).Build(),
+		Settings:         inject.DefaultSettings(),
+		Injector:         inject.NewInjector(inject.DefaultSettings()),
+		AssignerUsername: assigner,
+		Metrics:          m,
+		Log:              logr.Discard(),
+	}, reg
+}
+
+func podJSON(t testing.TB, ns string, mutate func(*corev1.Pod)) []byte {
+	t.Helper()
+	p := &corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: ns, Labels: map[string]string{aadv1.PodLabelBinding: "orders"}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app:1"}}},
+	}
+	if mutate != nil {
+		mutate(p)
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func request(op admissionv1.Operation, ns, user string, obj, old []byte) admission.Request {
+	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		UID: "1", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"}, Resource: metav1.GroupVersionResource{Version: "v1", Resource: "pods"},
+		Namespace: ns, Name: "p", Operation: op, UserInfo: authnv1.UserInfo{Username: user},
+		Object: k8sruntime.RawExtension{Raw: obj}, OldObject: k8sruntime.RawExtension{Raw: old},
+	}}
+}
+
+func TestHandle(t *testing.T) {
+	injected := func(t testing.TB) []byte {
+		h, _ := newHandler(t)
+		raw := podJSON(t, "shop", nil)
+		resp := h.Handle(context.Background(), request(admissionv1.Create, "shop", "alice", raw, nil))
+		return apply(t, raw, resp)
+	}
+	withAnnotation := func(t testing.TB, pod []byte, value string) []byte {
+		var m map[string]any
+		_ = json.Unmarshal(pod, &m)
+		m["metadata"].(map[string]any)["annotations"].(map[string]any)[defaults.IdentitiesAnnotation] = value
+		b, _ := json.Marshal(m)
+		return b
+	}
+	tests := []struct {
+		name        string
+		req         func(t testing.TB) admission.Request
+		wantAllowed bool
+		wantPatch   bool
+		wantMessage string
+		wantResult  Result
+	}{
+		{"create in opted-in namespace is injected", func(t testing.TB) admission.Request {
+			return request(admissionv1.Create, "shop", "alice", podJSON(t, "shop", nil), nil)
+		}, true, true, "", ResultInjected},
+		{"create in a namespace without the label is skipped", func(t testing.TB) admission.Request {
+			return request(admissionv1.Create, "plain", "alice", podJSON(t, "plain", nil), nil)
+		}, true, false, "", ResultSkipped},
+		{"create in a missing namespace is skipped", func(t testing.TB) admission.Request {
+			return request(admissionv1.Create, "gone", "alice", podJSON(t, "gone", nil), nil)
+		}, true, false, "", ResultSkipped},
+		{"create of a NET_ADMIN pod is denied", func(t testing.TB) admission.Request {
+			return request(admissionv1.Create, "shop", "alice", podJSON(t, "shop", func(p *corev1.Pod) {
+				p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}}}
+			}), nil)
+		}, false, false, "adds capability NET_ADMIN", ResultDenied},
+		{"create of malformed JSON is denied", func(t testing.TB) admission.Request {
+			return request(admissionv1.Create, "shop", "alice", []byte(`{"spec":`), nil)
+		}, false, false, "cannot be read as a pod", ResultDenied},
+		{"update of the annotation by a user is denied", func(t testing.TB) admission.Request {
+			old := injected(t)
+			return request(admissionv1.Update, "shop", "alice", withAnnotation(t, old, "[]"), old)
+		}, false, false, "only " + assigner + " may change it", ResultDenied},
+		{"update of the annotation by the assigner is allowed", func(t testing.TB) admission.Request {
+			old := injected(t)
+			return request(admissionv1.Update, "shop", assigner, withAnnotation(t, old, "[]"), old)
+		}, true, false, "", ResultAllowed},
+		{"update of the sidecar image by a user is denied", func(t testing.TB) admission.Request {
+			old := injected(t)
+			s := strings.Replace(string(old), "podidentity-sidecar:latest", "evil:1", 1)
+			return request(admissionv1.Update, "shop", "alice", []byte(s), old)
+		}, false, false, "container podidentity-sidecar", ResultDenied},
+		{"update of another label by a user is allowed", func(t testing.TB) admission.Request {
+			old := injected(t)
+			s := strings.Replace(string(old), `"aadpodidbinding":"orders"`, `"aadpodidbinding":"orders","team":"x"`, 1)
+			return request(admissionv1.Update, "shop", "alice", []byte(s), old)
+		}, true, false, "", ResultAllowed},
+		{"privileged debug container on an injected pod is denied", func(t testing.TB) admission.Request {
+			var p corev1.Pod
+			_ = json.Unmarshal(injected(t), &p)
+			p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
+				Name: "debugger", Image: "busybox", SecurityContext: &corev1.SecurityContext{Privileged: ptr(true)}}}}
+			b, _ := json.Marshal(&p)
+			r := request(admissionv1.Update, "shop", "alice", b, nil)
+			r.SubResource = "ephemeralcontainers"
+			return r
+		}, false, false, `ephemeral container "debugger" is privileged`, ResultDenied},
+		{"delete is allowed", func(t testing.TB) admission.Request {
+			return request(admissionv1.Delete, "shop", "alice", nil, nil)
+		}, true, false, "", ResultAllowed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h, reg := newHandler(t)
+			req := tc.req(t)
+			resp := h.Handle(context.Background(), req)
+			if resp.Allowed != tc.wantAllowed {
+				t.Fatalf("allowed = %v, want %v (%v)", resp.Allowed, tc.wantAllowed, resp.Result)
+			}
+			if (len(resp.Patches) > 0) != tc.wantPatch {
+				t.Errorf("patch present = %v, want %v", len(resp.Patches) > 0, tc.wantPatch)
+			}
+			if tc.wantMessage != "" && (resp.Result == nil || !strings.Contains(resp.Result.Message, tc.wantMessage)) {
+				t.Errorf("message %v does not contain %q", resp.Result, tc.wantMessage)
+			}
+			got := testutil.ToFloat64(h.Metrics.admissions.WithLabelValues(operationLabel(string(req.Operation)), string(tc.wantResult)))
+			if got != 1 {
+				t.Errorf("podidentity_webhook_admissions_total{result=%s} = %v, want 1", tc.wantResult, got)
+			}
+			if n, err := testutil.GatherAndCount(reg, "podidentity_webhook_admissions_total"); err != nil || n != 1 {
+				t.Errorf("admissions series = %d (%v), want exactly 1", n, err)
+			}
+		})
+	}
+}
+
+// apply applies the response's patch to raw, failing the test when it does not apply.
+func apply(t testing.TB, raw []byte, resp admission.Response) []byte {
+	t.Helper()
+	if len(resp.Patches) == 0 {
+		return raw
+	}
+	pb, err := json.Marshal(resp.Patches)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := jsonpatchapply.DecodePatch(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.Apply(raw)
+	if err != nil {
+		t.Fatalf("response patch does not apply to the object: %v", err)
+	}
+	return out
+}
+
+// goldenPods returns the raw pods of the golden inputs, for fuzz seeds and benchmarks.
+func goldenPods(t testing.TB) map[string][]byte {
+	t.Helper()
+	files, err := filepath.Glob("../testdata/golden/*.in.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no golden inputs: %v", err)
+	}
+	out := map[string][]byte{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc struct {
+			Pod json.RawMessage `json:"pod"`
+		}
+		if err := yaml.Unmarshal(b, &doc); err != nil {
+			t.Fatal(err)
+		}
+		out[strings.TrimSuffix(filepath.Base(f), ".in.yaml")] = doc.Pod
+	}
+	return out
+}
+
+func ptr[T any](v T) *T { return &v }

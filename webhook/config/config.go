@@ -1,0 +1,207 @@
+// Package config holds the webhook's command-line configuration: what it injects (inject.Settings) and how it
+// serves. Defaults come from internal/defaults, the contract shared with the init container and the sidecar.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/version"
+
+	"github.com/podidentity/podidentity/webhook/inject"
+)
+
+// Mode selects how the sidecar is injected.
+type Mode string
+
+const (
+	// ModeAuto picks ModeNative on API servers 1.29 and newer (native sidecars on by default), else ModeClassic.
+	ModeAuto Mode = "auto"
+	// ModeNative injects the sidecar as an init container with restartPolicy Always.
+	ModeNative Mode = "native"
+	// ModeClassic appends the sidecar to the pod's containers (Jobs then never complete on their own).
+	ModeClassic Mode = "classic"
+)
+
+// Config is the webhook's whole configuration.
+type Config struct {
+	Inject inject.Settings
+	Mode   Mode
+
+	// AssignerUsername is the only user allowed to change the identities annotation or the injected
+	// containers of a running pod (the assigner's service account).
+	AssignerUsername string
+
+	// Serving.
+	Port             int
+	CertDir          string
+	CertName         string
+	KeyName          string
+	MetricsAddress   string
+	HealthAddress    string
+	WebhookPath      string
+	CacheSyncTimeout time.Duration
+
+	sidecarRes, initRes resourceFlags
+}
+
+// resourceFlags are the four quantities of one container, as typed on the command line.
+type resourceFlags struct{ cpuRequest, memRequest, cpuLimit, memLimit string }
+
+// Path is where the webhook serves pod admissions.
+const Path = "/mutate-v1-pod"
+
+// Bind registers the flags on fs and returns the configuration they fill; call Complete after fs.Parse.
+func Bind(fs *flag.FlagSet) *Config {
+	d := inject.DefaultSettings()
+	c := &Config{Inject: d}
+	s := &c.Inject
+	fs.StringVar(&s.InitImage, "init-image", d.InitImage, "image of the injected podidentity-init container")
+	fs.StringVar(&s.SidecarImage, "sidecar-image", d.SidecarImage, "image of the injected podidentity-sidecar container")
+	fs.Func("image-pull-policy", "pull policy of the injected containers (Always, IfNotPresent, Never; default IfNotPresent)", func(v string) error {
+		switch p := corev1.PullPolicy(v); p {
+		case corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+			s.ImagePullPolicy = p
+			return nil
+		}
+		return fmt.Errorf("%q: use Always, IfNotPresent or Never", v)
+	})
+	int32Var(fs, &s.SidecarPort, "sidecar-port", d.SidecarPort, "loopback port of the sidecar's token endpoint (the init container redirects IMDS there)")
+	int32Var(fs, &s.HealthPort, "sidecar-health-port", d.HealthPort, "sidecar port for /healthz, /readyz and /metrics (probed by the kubelet)")
+	fs.Int64Var(&s.SidecarUID, "sidecar-uid", d.SidecarUID, "uid the sidecar runs as; the only uid exempt from the redirect, refused for every other container")
+	fs.StringVar(&s.IMDSAddress, "imds-address", d.IMDSAddress, "address of the instance metadata service the init container redirects")
+	int32Var(fs, &s.IMDSPort, "imds-port", d.IMDSPort, "port of the instance metadata service")
+	fs.BoolVar(&s.BlockInstanceMetadata, "block-instance-metadata", d.BlockInstanceMetadata, "passed to the sidecar: refuse /metadata/instance requests")
+	fs.BoolVar(&s.MetadataHeaderRequired, "metadata-header-required", d.MetadataHeaderRequired, "passed to the sidecar: require the Metadata: true header")
+	fs.BoolVar(&s.ForceNamespaced, "force-namespaced", false, "bind only identities and bindings of the pod's own namespace")
+	c.Mode = ModeAuto
+	fs.Func("mode", "sidecar injection mode: auto (by API server version), native (restartPolicy Always init container, Kubernetes 1.29+) or classic (default auto)", func(v string) error {
+		switch m := Mode(v); m {
+		case ModeAuto, ModeNative, ModeClassic:
+			c.Mode = m
+			return nil
+		}
+		return fmt.Errorf("%q: use auto, native or classic", v)
+	})
+	c.sidecarRes = flagsOf(d.SidecarResources)
+	c.initRes = flagsOf(d.InitResources)
+	fs.StringVar(&c.sidecarRes.cpuRequest, "sidecar-cpu-request", c.sidecarRes.cpuRequest, "CPU request of the sidecar")
+	fs.StringVar(&c.sidecarRes.memRequest, "sidecar-memory-request", c.sidecarRes.memRequest, "memory request of the sidecar")
+	fs.StringVar(&c.sidecarRes.cpuLimit, "sidecar-cpu-limit", c.sidecarRes.cpuLimit, "CPU limit of the sidecar")
+	fs.StringVar(&c.sidecarRes.memLimit, "sidecar-memory-limit", c.sidecarRes.memLimit, "memory limit of the sidecar")
+	fs.StringVar(&c.initRes.cpuRequest, "init-cpu-request", c.initRes.cpuRequest, "CPU request of the init container")
+	fs.StringVar(&c.initRes.memRequest, "init-memory-request", c.initRes.memRequest, "memory request of the init container")
+	fs.StringVar(&c.initRes.cpuLimit, "init-cpu-limit", c.initRes.cpuLimit, "CPU limit of the init container")
+	fs.StringVar(&c.initRes.memLimit, "init-memory-limit", c.initRes.memLimit, "memory limit of the init container")
+
+	fs.StringVar(&c.AssignerUsername, "assigner-username", "system:serviceaccount:podidentity-system:podidentity-assigner", "user allowed to update a pod's identities annotation (the assigner's service account)")
+	fs.IntVar(&c.Port, "port", 9443, "HTTPS port of the webhook server")
+	fs.StringVar(&c.CertDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory with the serving certificate and key; reloaded when they change")
+	fs.StringVar(&c.CertName, "cert-name", "tls.crt", "certificate file name in --cert-dir")
+	fs.StringVar(&c.KeyName, "key-name", "tls.key", "key file name in --cert-dir")
+	fs.StringVar(&c.MetricsAddress, "metrics-bind-address", ":8080", "address of the Prometheus /metrics endpoint (0 disables it)")
+	fs.StringVar(&c.HealthAddress, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	fs.StringVar(&c.WebhookPath, "webhook-path", Path, "HTTP path of the pod admission webhook")
+	fs.DurationVar(&c.CacheSyncTimeout, "cache-sync-timeout", 2*time.Minute, "how long to wait for the informer caches at start")
+	return c
+}
+
+// Complete parses the resource quantities and checks the values; errors say which flag to fix.
+func (c *Config) Complete() error {
+	var errs []error
+	var err error
+	if c.Inject.SidecarResources, err = c.sidecarRes.parse("sidecar"); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Inject.InitResources, err = c.initRes.parse("init"); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Inject.SidecarUID <= 0 {
+		errs = append(errs, fmt.Errorf("--sidecar-uid=%d: the sidecar must run as a non-root uid (> 0)", c.Inject.SidecarUID))
+	}
+	for name, p := range map[string]int32{"--sidecar-port": c.Inject.SidecarPort, "--sidecar-health-port": c.Inject.HealthPort, "--imds-port": c.Inject.IMDSPort} {
+		if p <= 0 || p > 65535 {
+			errs = append(errs, fmt.Errorf("%s=%d: use a port between 1 and 65535", name, p))
+		}
+	}
+	if c.Inject.SidecarPort == c.Inject.HealthPort {
+		errs = append(errs, fmt.Errorf("--sidecar-port and --sidecar-health-port are both %d; use two ports", c.Inject.SidecarPort))
+	}
+	if c.Inject.InitImage == "" || c.Inject.SidecarImage == "" {
+		errs = append(errs, errors.New("--init-image and --sidecar-image must name images"))
+	}
+	if c.AssignerUsername == "" {
+		errs = append(errs, errors.New("--assigner-username must name the assigner's user (system:serviceaccount:<namespace>:<name>)"))
+	}
+	if !strings.HasPrefix(c.WebhookPath, "/") {
+		errs = append(errs, fmt.Errorf("--webhook-path=%q must start with /", c.WebhookPath))
+	}
+	return errors.Join(errs...)
+}
+
+func flagsOf(r corev1.ResourceRequirements) resourceFlags {
+	return resourceFlags{
+		cpuRequest: r.Requests.Cpu().String(), memRequest: r.Requests.Memory().String(),
+		cpuLimit: r.Limits.Cpu().String(), memLimit: r.Limits.Memory().String(),
+	}
+}
+
+func (r resourceFlags) parse(container string) (corev1.ResourceRequirements, error) {
+	q := map[string]string{"cpu-request": r.cpuRequest, "memory-request": r.memRequest, "cpu-limit": r.cpuLimit, "memory-limit": r.memLimit}
+	parsed := map[string]resource.Quantity{}
+	for k, v := range q {
+		p, err := resource.ParseQuantity(v)
+		if err != nil {
+			return corev1.ResourceRequirements{}, fmt.Errorf("--%s-%s=%q is not a quantity (e.g. 10m, 64Mi): %v", container, k, v, err)
+		}
+		parsed[k] = p
+	}
+	for _, kind := range []string{"cpu", "memory"} {
+		req, lim := parsed[kind+"-request"], parsed[kind+"-limit"]
+		if req.Cmp(lim) > 0 {
+			return corev1.ResourceRequirements{}, fmt.Errorf("--%s-%s-request exceeds --%s-%s-limit; lower the request or raise the limit", container, kind, container, kind)
+		}
+	}
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: parsed["cpu-request"], corev1.ResourceMemory: parsed["memory-request"]},
+		Limits:   corev1.ResourceList{corev1.ResourceCPU: parsed["cpu-limit"], corev1.ResourceMemory: parsed["memory-limit"]},
+	}, nil
+}
+
+// NativeSidecars decides the injection mode: native or classic are taken as given; auto is native on API
+// servers 1.29 and newer, where native sidecars are enabled by default.
+func NativeSidecars(m Mode, server *version.Info) (bool, error) {
+	switch m {
+	case ModeNative:
+		return true, nil
+	case ModeClassic:
+		return false, nil
+	}
+	if server == nil {
+		return false, errors.New("--mode=auto needs the API server version; pass --mode=native or --mode=classic")
+	}
+	major, err1 := strconv.Atoi(strings.TrimRight(server.Major, "+"))
+	minor, err2 := strconv.Atoi(strings.TrimRight(server.Minor, "+"))
+	if err1 != nil || err2 != nil {
+		return false, fmt.Errorf("--mode=auto: cannot read API server version %q.%q; pass --mode=native or --mode=classic", server.Major, server.Minor)
+	}
+	return major > 1 || (major == 1 && minor >= 29), nil
+}
+
+func int32Var(fs *flag.FlagSet, p *int32, name string, def int32, usage string) {
+	*p = def
+	fs.Func(name, fmt.Sprintf("%s (default %d)", usage, def), func(v string) error {
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", v)
+		}
+		*p = int32(n)
+		return nil
+	})
+}

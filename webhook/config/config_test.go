@@ -1,0 +1,110 @@
+package config
+
+import (
+	"flag"
+	"io"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/version"
+
+	"github.com/podidentity/podidentity/internal/defaults"
+)
+
+func parse(t *testing.T, args ...string) (*Config, error) {
+	t.Helper()
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	c := Bind(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return c, c.Complete()
+}
+
+func TestDefaultsFollowTheContract(t *testing.T) {
+	c, err := parse(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Inject
+	if s.SidecarPort != defaults.SidecarPort || s.HealthPort != defaults.SidecarHealthPort || s.SidecarUID != defaults.SidecarUID ||
+		s.IMDSAddress != defaults.IMDSAddress || s.IMDSPort != defaults.IMDSPort {
+		t.Errorf("defaults differ from internal/defaults: %+v", s)
+	}
+	if c.Mode != ModeAuto || !s.MetadataHeaderRequired || s.BlockInstanceMetadata {
+		t.Errorf("mode %s, metadata-header-required %v, block-instance-metadata %v", c.Mode, s.MetadataHeaderRequired, s.BlockInstanceMetadata)
+	}
+	if s.SidecarResources.Limits.Memory().String() != "64Mi" || s.InitResources.Requests.Cpu().String() != "10m" {
+		t.Errorf("resources: sidecar %v, init %v", s.SidecarResources, s.InitResources)
+	}
+}
+
+func TestFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+		check   func(*Config) bool
+	}{
+		{"uid and ports", []string{"--sidecar-uid=2000", "--sidecar-port=16000", "--imds-port=8080"}, "",
+			func(c *Config) bool {
+				return c.Inject.SidecarUID == 2000 && c.Inject.SidecarPort == 16000 && c.Inject.IMDSPort == 8080
+			}},
+		{"mode classic", []string{"--mode=classic"}, "", func(c *Config) bool { return c.Mode == ModeClassic }},
+		{"pull policy", []string{"--image-pull-policy=Always"}, "", func(c *Config) bool { return c.Inject.ImagePullPolicy == corev1.PullAlways }},
+		{"resources", []string{"--sidecar-memory-limit=128Mi", "--init-cpu-limit=1"}, "", func(c *Config) bool {
+			return c.Inject.SidecarResources.Limits.Memory().String() == "128Mi" && c.Inject.InitResources.Limits.Cpu().String() == "1"
+		}},
+		{"bad mode", []string{"--mode=sidecar"}, "use auto, native or classic", nil},
+		{"bad pull policy", []string{"--image-pull-policy=Sometimes"}, "use Always, IfNotPresent or Never", nil},
+		{"root sidecar", []string{"--sidecar-uid=0"}, "non-root uid", nil},
+		{"same ports", []string{"--sidecar-port=15080"}, "use two ports", nil},
+		{"port out of range", []string{"--imds-port=70000"}, "between 1 and 65535", nil},
+		{"bad quantity", []string{"--sidecar-cpu-limit=lots"}, "--sidecar-cpu-limit=\"lots\" is not a quantity", nil},
+		{"request above limit", []string{"--init-memory-request=1Gi"}, "--init-memory-request exceeds --init-memory-limit", nil},
+		{"no assigner", []string{"--assigner-username="}, "--assigner-username", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parse(t, tc.args...)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.check(c) {
+				t.Errorf("flags %v not applied: %+v", tc.args, c.Inject)
+			}
+		})
+	}
+}
+
+func TestNativeSidecars(t *testing.T) {
+	tests := []struct {
+		mode    Mode
+		server  *version.Info
+		want    bool
+		wantErr bool
+	}{
+		{ModeNative, nil, true, false},
+		{ModeClassic, &version.Info{Major: "1", Minor: "37"}, false, false},
+		{ModeAuto, &version.Info{Major: "1", Minor: "28"}, false, false},
+		{ModeAuto, &version.Info{Major: "1", Minor: "29"}, true, false},
+		{ModeAuto, &version.Info{Major: "1", Minor: "30+"}, true, false},
+		{ModeAuto, &version.Info{Major: "2", Minor: "0"}, true, false},
+		{ModeAuto, &version.Info{Major: "1", Minor: "x"}, false, true},
+		{ModeAuto, nil, false, true},
+	}
+	for _, tc := range tests {
+		got, err := NativeSidecars(tc.mode, tc.server)
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("NativeSidecars(%s, %+v) = %v, %v; want %v (error %v)", tc.mode, tc.server, got, err, tc.want, tc.wantErr)
+		}
+	}
+}

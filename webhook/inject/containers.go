@@ -1,0 +1,139 @@
+package inject
+
+import (
+	"fmt"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/podidentity/podidentity/internal/defaults"
+)
+
+// SecretVolumePrefix starts the name of each service-principal secret volume: podidentity-sp-<identity>.
+const SecretVolumePrefix = "podidentity-sp-"
+
+// healthPortName names the sidecar's health port (at most 15 characters).
+const healthPortName = "podid-health"
+
+// InitContainer is the redirect init container: it programs nftables in the pod's network namespace, so it
+// needs root and NET_ADMIN, and nothing else.
+func InitContainer(s Settings) corev1.Container {
+	return corev1.Container{
+		Name:            defaults.InitContainerName,
+		Image:           s.InitImage,
+		ImagePullPolicy: s.ImagePullPolicy,
+		Args: []string{
+			"--sidecar-port=" + strconv.Itoa(int(s.SidecarPort)),
+			"--sidecar-uid=" + strconv.FormatInt(s.SidecarUID, 10),
+			"--imds-address=" + s.IMDSAddress,
+			"--imds-port=" + strconv.Itoa(int(s.IMDSPort)),
+		},
+		Resources: *s.InitResources.DeepCopy(),
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                ptr(int64(0)),
+			RunAsNonRoot:             ptr(false),
+			Privileged:               ptr(false),
+			AllowPrivilegeEscalation: ptr(false),
+			ReadOnlyRootFilesystem:   ptr(true),
+			Capabilities: &corev1.Capabilities{
+				Add:  []corev1.Capability{"NET_ADMIN"},
+				Drop: []corev1.Capability{"ALL"},
+			},
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+}
+
+// SidecarContainer is the token sidecar, mounting the identities file and the secrets of the served
+// service principals (secretVolumes: identity name -> volume name).
+func SidecarContainer(s Settings, secretVolumes []SecretVolume) corev1.Container {
+	mounts := []corev1.VolumeMount{{Name: defaults.IdentitiesVolumeName, MountPath: defaults.IdentitiesDir, ReadOnly: true}}
+	for _, v := range secretVolumes {
+		mounts = append(mounts, corev1.VolumeMount{Name: v.Volume, MountPath: defaults.SecretsDir + "/" + v.Identity, ReadOnly: true})
+	}
+	probe := func(path string, period, failures int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: path, Port: intstr.FromInt32(s.HealthPort), Scheme: corev1.URISchemeHTTP,
+			}},
+			PeriodSeconds: period, FailureThreshold: failures, TimeoutSeconds: 1,
+		}
+	}
+	c := corev1.Container{
+		Name:            defaults.SidecarContainerName,
+		Image:           s.SidecarImage,
+		ImagePullPolicy: s.ImagePullPolicy,
+		Args: []string{
+			fmt.Sprintf("--listen-address=127.0.0.1:%d", s.SidecarPort),
+			fmt.Sprintf("--health-address=:%d", s.HealthPort),
+			"--identities-file=" + defaults.IdentitiesDir + "/" + defaults.IdentitiesFile,
+			"--secrets-dir=" + defaults.SecretsDir,
+			fmt.Sprintf("--imds-endpoint=http://%s", hostPort(s.IMDSAddress, s.IMDSPort)),
+			"--metadata-header-required=" + strconv.FormatBool(s.MetadataHeaderRequired),
+			"--block-instance-metadata=" + strconv.FormatBool(s.BlockInstanceMetadata),
+		},
+		Env: []corev1.EnvVar{
+			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+		},
+		Ports:        []corev1.ContainerPort{{Name: healthPortName, ContainerPort: s.HealthPort, Protocol: corev1.ProtocolTCP}},
+		Resources:    *s.SidecarResources.DeepCopy(),
+		VolumeMounts: mounts,
+		// The startup probe holds back every later container until the sidecar serves tokens.
+		StartupProbe:  probe("/readyz", 1, 60),
+		LivenessProbe: probe("/healthz", 10, 3),
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                ptr(s.SidecarUID),
+			RunAsGroup:               ptr(s.SidecarUID),
+			RunAsNonRoot:             ptr(true),
+			Privileged:               ptr(false),
+			AllowPrivilegeEscalation: ptr(false),
+			ReadOnlyRootFilesystem:   ptr(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+	if s.Native {
+		c.RestartPolicy = ptr(corev1.ContainerRestartPolicyAlways)
+	}
+	return c
+}
+
+// SecretVolume is the volume that carries one service principal's secret.
+type SecretVolume struct {
+	Identity string // AzureIdentity name: the directory under SecretsDir
+	Volume   string // podidentity-sp-<identity>
+	Secret   string // Secret name in the pod's namespace
+}
+
+// Volumes are the pod volumes the sidecar mounts.
+func Volumes(secretVolumes []SecretVolume) []corev1.Volume {
+	vols := []corev1.Volume{{
+		Name: defaults.IdentitiesVolumeName,
+		VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{
+			Items: []corev1.DownwardAPIVolumeFile{{
+				Path:     defaults.IdentitiesFile,
+				FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['" + defaults.IdentitiesAnnotation + "']"},
+			}},
+		}},
+	}}
+	for _, v := range secretVolumes {
+		vols = append(vols, corev1.Volume{
+			Name:         v.Volume,
+			VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: v.Secret}},
+		})
+	}
+	return vols
+}
+
+func hostPort(host string, port int32) string {
+	if port == 80 {
+		return host
+	}
+	return host + ":" + strconv.Itoa(int(port))
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,530 @@
+// Package inject decides, for one pod being created, whether the webhook injects the redirect init container
+// and the token sidecar, skips the pod, or denies it, and builds the JSON patch. It is pure: raw pod JSON and
+// the cluster's bindings, identities and exceptions in, decision out.
+//
+// The patch is built against the raw object and only ADDs what the webhook owns (containers, volumes, the
+// identities annotation). The pod is decoded into corev1.Pod only to read it: re-encoding it would drop
+// fields newer than our k8s.io/api version (Azure Workload Identity #1312).
+package inject
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	jsonpatch "gomodules.xyz/jsonpatch/v2"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/util/validation"
+	sigsjson "sigs.k8s.io/json"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/defaults"
+)
+
+// Action is what the webhook does with the pod.
+type Action string
+
+const (
+	ActionInject    Action = "injected"
+	ActionUnchanged Action = "unchanged" // already injected (reinvocation): nothing or only repairs to change
+	ActionSkip      Action = "skipped"
+	ActionDeny      Action = "denied"
+)
+
+// Reason is a bounded metric label and Event reason for skips and denials.
+type Reason string
+
+const (
+	ReasonNone Reason = ""
+	// Skips.
+	ReasonOptOut      Reason = "opt-out-annotation"
+	ReasonException   Reason = "exception"
+	ReasonHostNetwork Reason = "host-network"
+	ReasonWindows     Reason = "windows"
+	// Denials.
+	ReasonInvalidPod         Reason = "invalid-pod"
+	ReasonPrivileged         Reason = "privileged"
+	ReasonNetCapability      Reason = "net-capability"
+	ReasonSidecarUID         Reason = "sidecar-uid"
+	ReasonHostNetworkBinding Reason = "host-network-binding"
+	ReasonNameCollision      Reason = "name-collision"
+	ReasonTampered           Reason = "tampered-injection"
+)
+
+// Cluster is what the webhook read from the API server for this pod.
+type Cluster struct {
+	Bindings   []aadv1.AzureIdentityBinding
+	Identities []aadv1.AzureIdentity
+	// Exceptions of the pod's namespace.
+	Exceptions []aadv1.AzurePodIdentityException
+}
+
+// Decision is the outcome for one pod.
+type Decision struct {
+	Action Action
+	Reason Reason
+	// Message explains a denial (what to change) or a skip.
+	Message  string
+	Warnings []string
+	Patch    []jsonpatch.JsonPatchOperation
+	// Identities are the identities recorded in the pod annotation (nil unless injected).
+	Identities []binding.Identity
+}
+
+// Injector decides with fixed settings, with the JSON of the injected objects rendered once.
+type Injector struct {
+	s Settings
+	// JSON of the init container, of the sidecar without secret volumes, and of the identities volume.
+	initJSON, sidecarJSON, volumeJSON json.RawMessage
+}
+
+// NewInjector renders the settings' containers once; the Injector is read-only and safe for concurrent use.
+func NewInjector(s Settings) *Injector {
+	return &Injector{s: s, initJSON: mustJSON(InitContainer(s)), sidecarJSON: mustJSON(SidecarContainer(s, nil)), volumeJSON: mustJSON(Volumes(nil)[0])}
+}
+
+// Decide is NewInjector(s).Decide, for callers that decide once.
+func Decide(raw []byte, namespace string, cluster Cluster, s Settings) Decision {
+	return NewInjector(s).Decide(raw, namespace, cluster)
+}
+
+// Decide returns what to do with the pod whose JSON is raw. namespace is the request's namespace, used when
+// the object does not carry one (pods created with generateName through a namespaced endpoint do).
+func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decision {
+	s := in.s
+	pod, shape, err := readPod(raw)
+	if err != nil {
+		return Decision{Action: ActionDeny, Reason: ReasonInvalidPod, Message: fmt.Sprintf("podidentity webhook: the object cannot be read as a pod (%v); fix the manifest", err)}
+	}
+	if pod.Namespace == "" {
+		pod.Namespace = namespace
+	}
+	// Whatever happens next, only the webhook may set the identities annotation.
+	_, forged := pod.Annotations[defaults.IdentitiesAnnotation]
+
+	if isWindows(pod) {
+		return skip(forged, ReasonWindows, "Windows pods are not injected (the redirect needs Linux nftables): the pod can reach the node's IMDS directly; schedule identity-bearing workloads on Linux nodes")
+	}
+	if pod.Spec.HostNetwork {
+		if binding.Selector(pod) != "" {
+			return deny(ReasonHostNetworkBinding, "a hostNetwork pod cannot be isolated from the node's IMDS, so it cannot use label "+aadv1.PodLabelBinding+"; remove hostNetwork: true or the label")
+		}
+		return skip(forged, ReasonHostNetwork, "hostNetwork pods are not injected: the pod shares the node's network and can reach the node's IMDS directly")
+	}
+	if strings.EqualFold(pod.Annotations[defaults.InjectAnnotation], "false") {
+		return skip(forged, ReasonOptOut, "annotation "+defaults.InjectAnnotation+"=false: not injected; the pod can reach the node's IMDS directly")
+	}
+	if name, ok := binding.Excepted(pod, cluster.Exceptions); ok {
+		return skip(forged, ReasonException, "AzurePodIdentityException "+name+" matches the pod's labels: not injected; the pod can reach the node's IMDS directly")
+	}
+	if d, bad := guard(pod, s); bad {
+		return d
+	}
+
+	ids, problems := binding.Resolve(pod, cluster.Bindings, cluster.Identities, binding.Options{ForceNamespaced: s.ForceNamespaced})
+	var warnings []string
+	for _, p := range problems {
+		warnings = append(warnings, p.String())
+	}
+	ids, secretVols, secretWarnings := secretVolumes(pod.Namespace, ids, cluster.Identities)
+	warnings = append(warnings, secretWarnings...)
+
+	if inj, collision := injectedState(pod); collision != "" {
+		return deny(ReasonNameCollision, collision)
+	} else if inj.present {
+		return reinvoked(raw, pod, inj, ids, secretVols, warnings, s)
+	}
+
+	var patch []jsonpatch.JsonPatchOperation
+	sidecar := in.sidecarJSON
+	if len(secretVols) > 0 {
+		sidecar = mustJSON(SidecarContainer(s, secretVols))
+	}
+	ours := []json.RawMessage{in.initJSON}
+	if s.Native {
+		ours = append(ours, sidecar)
+	}
+	if len(pod.Spec.InitContainers) == 0 {
+		patch = append(patch, op("add", "/spec/initContainers", jsonList(ours)))
+	} else {
+		for i, c := range ours {
+			patch = append(patch, op("add", fmt.Sprintf("/spec/initContainers/%d", i), c))
+		}
+	}
+	if !s.Native {
+		if len(pod.Spec.Containers) == 0 {
+			patch = append(patch, op("add", "/spec/containers", jsonList([]json.RawMessage{sidecar})))
+		} else {
+			patch = append(patch, op("add", "/spec/containers/-", sidecar))
+		}
+	}
+	vols := []json.RawMessage{in.volumeJSON}
+	for _, v := range Volumes(secretVols)[1:] {
+		vols = append(vols, mustJSON(v))
+	}
+	if len(pod.Spec.Volumes) == 0 {
+		patch = append(patch, op("add", "/spec/volumes", jsonList(vols)))
+	} else {
+		for _, v := range vols {
+			patch = append(patch, op("add", "/spec/volumes/-", v))
+		}
+	}
+	patch = append(patch, annotationPatch(pod, shape, binding.Encode(ids))...)
+	return Decision{Action: ActionInject, Warnings: warnings, Patch: patch, Identities: nonNil(ids)}
+}
+
+// podShape records which parts of the raw object exist, since JSON patch cannot add below a missing member.
+type podShape struct {
+	hasMetadata bool
+}
+
+// podView holds the parts of a pod the webhook reads; the rest of the object (env, probes, resources, ...)
+// is skipped by the decoder instead of being built, which is most of the cost of an admission.
+type podView struct {
+	Metadata *struct {
+		Name        string            `json:"name"`
+		Namespace   string            `json:"namespace"`
+		Labels      map[string]string `json:"labels"`
+		Annotations map[string]string `json:"annotations"`
+	} `json:"metadata"`
+	Spec *struct {
+		HostNetwork     bool              `json:"hostNetwork"`
+		NodeSelector    map[string]string `json:"nodeSelector"`
+		OS              *corev1.PodOS     `json:"os"`
+		SecurityContext *struct {
+			RunAsUser *int64 `json:"runAsUser"`
+		} `json:"securityContext"`
+		InitContainers      []containerView `json:"initContainers"`
+		Containers          []containerView `json:"containers"`
+		EphemeralContainers []containerView `json:"ephemeralContainers"`
+		Volumes             []struct {
+			Name string `json:"name"`
+		} `json:"volumes"`
+	} `json:"spec"`
+}
+
+type containerView struct {
+	Name            string                         `json:"name"`
+	Image           string                         `json:"image"`
+	Command         []string                       `json:"command"`
+	Args            []string                       `json:"args"`
+	SecurityContext *corev1.SecurityContext        `json:"securityContext"`
+	RestartPolicy   *corev1.ContainerRestartPolicy `json:"restartPolicy"`
+}
+
+func (c containerView) container() corev1.Container {
+	return corev1.Container{Name: c.Name, Image: c.Image, Command: c.Command, Args: c.Args, SecurityContext: c.SecurityContext, RestartPolicy: c.RestartPolicy}
+}
+
+// readPod reads the raw object into a corev1.Pod that carries only what the webhook reads. It is never
+// encoded again: patches are built against raw.
+func readPod(raw []byte) (*corev1.Pod, podShape, error) {
+	var v podView
+	// Case-sensitive, as the API server reads JSON: a key the patch paths would not find must not be read.
+	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &v); err != nil {
+		return nil, podShape{}, err
+	}
+	if v.Spec == nil {
+		return nil, podShape{}, fmt.Errorf("the pod has no spec")
+	}
+	pod := &corev1.Pod{}
+	if m := v.Metadata; m != nil {
+		pod.Name, pod.Namespace, pod.Labels, pod.Annotations = m.Name, m.Namespace, m.Labels, m.Annotations
+	}
+	sp := v.Spec
+	pod.Spec.HostNetwork, pod.Spec.NodeSelector, pod.Spec.OS = sp.HostNetwork, sp.NodeSelector, sp.OS
+	if sp.SecurityContext != nil {
+		pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: sp.SecurityContext.RunAsUser}
+	}
+	for _, c := range sp.InitContainers {
+		pod.Spec.InitContainers = append(pod.Spec.InitContainers, c.container())
+	}
+	for _, c := range sp.Containers {
+		pod.Spec.Containers = append(pod.Spec.Containers, c.container())
+	}
+	for _, c := range sp.EphemeralContainers {
+		pod.Spec.EphemeralContainers = append(pod.Spec.EphemeralContainers, corev1.EphemeralContainer{
+			EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: c.Name, Image: c.Image, Command: c.Command, Args: c.Args, SecurityContext: c.SecurityContext},
+		})
+	}
+	for _, vol := range sp.Volumes {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: vol.Name})
+	}
+	return pod, podShape{hasMetadata: v.Metadata != nil}, nil
+}
+
+func annotationPatch(pod *corev1.Pod, shape podShape, value string) []jsonpatch.JsonPatchOperation {
+	if cur, ok := pod.Annotations[defaults.IdentitiesAnnotation]; ok && cur == value {
+		return nil
+	}
+	switch {
+	case !shape.hasMetadata:
+		return []jsonpatch.JsonPatchOperation{op("add", "/metadata", map[string]any{"annotations": map[string]string{defaults.IdentitiesAnnotation: value}})}
+	case len(pod.Annotations) == 0:
+		return []jsonpatch.JsonPatchOperation{op("add", "/metadata/annotations", map[string]string{defaults.IdentitiesAnnotation: value})}
+	default:
+		// add replaces an existing member: a value the user forged is overwritten.
+		return []jsonpatch.JsonPatchOperation{op("add", "/metadata/annotations/"+escape(defaults.IdentitiesAnnotation), value)}
+	}
+}
+
+func skip(forged bool, r Reason, msg string) Decision {
+	d := Decision{Action: ActionSkip, Reason: r, Message: msg, Warnings: []string{"podidentity: " + msg}}
+	if forged {
+		// The annotation names identities; on a pod the webhook did not inject, it is a claim nobody checked.
+		d.Patch = []jsonpatch.JsonPatchOperation{{Operation: "remove", Path: "/metadata/annotations/" + escape(defaults.IdentitiesAnnotation)}}
+		d.Warnings = append(d.Warnings, "podidentity: removed annotation "+defaults.IdentitiesAnnotation+": only the webhook sets it")
+	}
+	return d
+}
+
+func deny(r Reason, msg string) Decision {
+	return Decision{Action: ActionDeny, Reason: r, Message: "podidentity: " + msg}
+}
+
+// guard refuses pods whose containers could undo or bypass the redirect.
+func guard(pod *corev1.Pod, s Settings) (Decision, bool) {
+	for i := range pod.Spec.InitContainers {
+		if d, bad := checkContainer(pod, s, "init container", &pod.Spec.InitContainers[i]); bad {
+			return d, true
+		}
+	}
+	for i := range pod.Spec.Containers {
+		if d, bad := checkContainer(pod, s, "container", &pod.Spec.Containers[i]); bad {
+			return d, true
+		}
+	}
+	return Decision{}, false
+}
+
+// checkContainer refuses a user container that is privileged, adds NET_ADMIN or NET_RAW, or runs as the
+// sidecar's uid. Our own containers (by name) are checked elsewhere: a collision or a tampered copy.
+func checkContainer(pod *corev1.Pod, s Settings, kind string, c *corev1.Container) (Decision, bool) {
+	if kind != "ephemeral container" && (c.Name == defaults.InitContainerName || c.Name == defaults.SidecarContainerName) {
+		return Decision{}, false
+	}
+	sc := c.SecurityContext
+	if sc != nil && sc.Privileged != nil && *sc.Privileged {
+		return deny(ReasonPrivileged, fmt.Sprintf("%s %q is privileged and could remove the IMDS redirect; remove securityContext.privileged or opt the pod out with annotation %s: \"false\"", kind, c.Name, defaults.InjectAnnotation)), true
+	}
+	if sc != nil && sc.Capabilities != nil {
+		for _, cp := range sc.Capabilities.Add {
+			n := strings.TrimPrefix(strings.ToUpper(string(cp)), "CAP_")
+			if n == "NET_ADMIN" || n == "NET_RAW" || n == "ALL" {
+				return deny(ReasonNetCapability, fmt.Sprintf("%s %q adds capability %s and could undo or bypass the IMDS redirect; remove it from securityContext.capabilities.add", kind, c.Name, cp)), true
+			}
+		}
+	}
+	var uid *int64
+	if pod.Spec.SecurityContext != nil {
+		uid = pod.Spec.SecurityContext.RunAsUser
+	}
+	if sc != nil && sc.RunAsUser != nil {
+		uid = sc.RunAsUser
+	}
+	if uid != nil && *uid == s.SidecarUID {
+		return deny(ReasonSidecarUID, fmt.Sprintf("%s %q runs as uid %d, the token sidecar's uid whose traffic bypasses the IMDS redirect; choose another runAsUser", kind, c.Name, s.SidecarUID)), true
+	}
+	return Decision{}, false
+}
+
+func isWindows(pod *corev1.Pod) bool {
+	if pod.Spec.OS != nil && pod.Spec.OS.Name == corev1.Windows {
+		return true
+	}
+	return pod.Spec.NodeSelector[corev1.LabelOSStable] == "windows"
+}
+
+// secretVolumes keeps the identities that can be served and lists the secret volumes of the service
+// principals among them. A service principal's secret must live in the pod's namespace (the kubelet mounts
+// only those); otherwise the identity is dropped with a warning.
+func secretVolumes(podNamespace string, ids []binding.Identity, all []aadv1.AzureIdentity) ([]binding.Identity, []SecretVolume, []string) {
+	var warnings []string
+	var vols []SecretVolume
+	kept := ids[:0:0]
+	seen := map[string]bool{}
+	for _, id := range ids {
+		if id.Type == aadv1.UserAssignedMSI {
+			kept = append(kept, id)
+			continue
+		}
+		secretNS := id.Namespace
+		for i := range all {
+			if all[i].Namespace == id.Namespace && all[i].Name == id.Name && all[i].Spec.ClientPassword.Namespace != "" {
+				secretNS = all[i].Spec.ClientPassword.Namespace
+			}
+		}
+		vol := SecretVolumePrefix + id.Name
+		switch {
+		case secretNS != podNamespace:
+			warnings = append(warnings, fmt.Sprintf("podidentity: identity %s/%s is not served: its secret %s/%s must be in the pod's namespace %s; copy the secret and set spec.clientPassword.namespace", id.Namespace, id.Name, secretNS, id.SecretName, podNamespace))
+		case len(validation.IsDNS1123Label(vol)) > 0:
+			warnings = append(warnings, fmt.Sprintf("podidentity: identity %s/%s is not served: volume name %q is not a DNS label of at most 63 characters; rename the AzureIdentity (no dots, at most %d characters)", id.Namespace, id.Name, vol, validation.DNS1123LabelMaxLength-len(SecretVolumePrefix)))
+		case seen[vol]:
+			warnings = append(warnings, fmt.Sprintf("podidentity: identity %s/%s is not served: another bound service principal has the same name %s; rename one of them", id.Namespace, id.Name, id.Name))
+		default:
+			seen[vol] = true
+			kept = append(kept, id)
+			vols = append(vols, SecretVolume{Identity: id.Name, Volume: vol, Secret: id.SecretName})
+		}
+	}
+	return kept, vols, warnings
+}
+
+// injection describes what of ours a pod already carries.
+type injection struct {
+	present      bool
+	initIndex    int
+	sidecarIndex int  // in initContainers when sidecarInInit, else in containers
+	sidecarInit  bool // the sidecar is an init container (native)
+}
+
+// injectedState finds our containers; it reports a collision when the pod carries only part of them or
+// volumes with our names, since user objects with our names would be mistaken for ours.
+func injectedState(pod *corev1.Pod) (injection, string) {
+	inj := injection{initIndex: -1, sidecarIndex: -1}
+	for i, c := range pod.Spec.InitContainers {
+		switch c.Name {
+		case defaults.InitContainerName:
+			inj.initIndex = i
+		case defaults.SidecarContainerName:
+			inj.sidecarIndex, inj.sidecarInit = i, true
+		}
+	}
+	for i, c := range pod.Spec.Containers {
+		if c.Name == defaults.InitContainerName {
+			return inj, fmt.Sprintf("the pod has a container named %q, which is reserved for the injected init container; rename it", c.Name)
+		}
+		if c.Name == defaults.SidecarContainerName {
+			if inj.sidecarIndex >= 0 {
+				return inj, fmt.Sprintf("the pod has two containers named %q; rename yours", c.Name)
+			}
+			inj.sidecarIndex = i
+		}
+	}
+	hasVolume := slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == defaults.IdentitiesVolumeName })
+	switch {
+	case inj.initIndex >= 0 && inj.sidecarIndex >= 0 && hasVolume:
+		inj.present = true
+		return inj, ""
+	case inj.initIndex >= 0 || inj.sidecarIndex >= 0:
+		return inj, fmt.Sprintf("the pod has a container named %q or %q, reserved for the injected containers; rename it", defaults.InitContainerName, defaults.SidecarContainerName)
+	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == defaults.IdentitiesVolumeName || strings.HasPrefix(v.Name, SecretVolumePrefix) {
+			return inj, fmt.Sprintf("the pod has a volume named %q; names %q and %q* are reserved for the injected volumes; rename it", v.Name, defaults.IdentitiesVolumeName, SecretVolumePrefix)
+		}
+	}
+	return inj, ""
+}
+
+// reinvoked handles a pod that already carries our containers: a reinvocation of this webhook after another
+// one changed the pod, or a pod created from an injected pod's spec. Ours must be exactly what this webhook
+// injects (else a user could ship a redirect that does nothing); the init container must come first and the
+// native sidecar second, and the annotation must match the bindings. Anything already right stays untouched.
+func reinvoked(raw []byte, pod *corev1.Pod, inj injection, ids []binding.Identity, secretVols []SecretVolume, warnings []string, s Settings) Decision {
+	want := InitContainer(s)
+	if !sameSecurity(&pod.Spec.InitContainers[inj.initIndex], &want) {
+		return deny(ReasonTampered, "the pod carries a podidentity-init container that differs from the one this webhook injects; remove podidentity-init and podidentity-sidecar from the pod spec and let the webhook inject them")
+	}
+	wantSidecar := SidecarContainer(s, secretVols)
+	var sidecar *corev1.Container
+	if inj.sidecarInit {
+		sidecar = &pod.Spec.InitContainers[inj.sidecarIndex]
+	} else {
+		sidecar = &pod.Spec.Containers[inj.sidecarIndex]
+	}
+	if !sameSecurity(sidecar, &wantSidecar) {
+		return deny(ReasonTampered, "the pod carries a podidentity-sidecar container that differs from the one this webhook injects; remove podidentity-init and podidentity-sidecar from the pod spec and let the webhook inject them")
+	}
+	if inj.sidecarInit && (sidecar.RestartPolicy == nil || *sidecar.RestartPolicy != corev1.ContainerRestartPolicyAlways) {
+		return deny(ReasonTampered, "the pod carries a podidentity-sidecar init container without restartPolicy: Always; remove podidentity-init and podidentity-sidecar from the pod spec and let the webhook inject them")
+	}
+	var patch []jsonpatch.JsonPatchOperation
+	// Another webhook may have put its init containers before ours: move ours back to the front, so that
+	// nothing runs before the redirect. Moved containers are copied raw, so no field of theirs is lost.
+	initIdx, sideIdx := inj.initIndex, inj.sidecarIndex
+	if initIdx != 0 || (inj.sidecarInit && sideIdx != 1) {
+		var doc struct {
+			Spec struct {
+				InitContainers []json.RawMessage `json:"initContainers"`
+			} `json:"spec"`
+		}
+		if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &doc); err != nil || len(doc.Spec.InitContainers) != len(pod.Spec.InitContainers) {
+			return deny(ReasonInvalidPod, "podidentity webhook: cannot read spec.initContainers to reorder them; fix the manifest")
+		}
+		spec := doc.Spec
+		move := func(from, to int) {
+			patch = append(patch,
+				jsonpatch.JsonPatchOperation{Operation: "remove", Path: fmt.Sprintf("/spec/initContainers/%d", from)},
+				op("add", fmt.Sprintf("/spec/initContainers/%d", to), spec.InitContainers[from]))
+		}
+		rawSidecar := sideIdx
+		if initIdx != 0 {
+			move(initIdx, 0)
+			if inj.sidecarInit && sideIdx < initIdx {
+				sideIdx++
+			}
+		}
+		if inj.sidecarInit && sideIdx != 1 {
+			patch = append(patch,
+				jsonpatch.JsonPatchOperation{Operation: "remove", Path: fmt.Sprintf("/spec/initContainers/%d", sideIdx)},
+				op("add", "/spec/initContainers/1", spec.InitContainers[rawSidecar]))
+		}
+	}
+	patch = append(patch, annotationPatch(pod, podShape{hasMetadata: true}, binding.Encode(ids))...)
+	return Decision{Action: ActionUnchanged, Warnings: warnings, Patch: patch, Identities: nonNil(ids)}
+}
+
+// sameSecurity compares what decides whether a container is the real one: image, command, arguments,
+// security context and restart policy. Other webhooks may add env or mounts to every container; that is
+// tolerated.
+func sameSecurity(got, want *corev1.Container) bool {
+	return got.Image == want.Image &&
+		slices.Equal(got.Command, want.Command) &&
+		slices.Equal(got.Args, want.Args) &&
+		equality.Semantic.DeepEqual(got.SecurityContext, want.SecurityContext)
+}
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // API types of our own making: cannot fail
+	}
+	return b
+}
+
+func jsonList(items []json.RawMessage) json.RawMessage {
+	n := 2
+	for _, it := range items {
+		n += len(it) + 1
+	}
+	out := make([]byte, 0, n)
+	out = append(out, '[')
+	for i, it := range items {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, it...)
+	}
+	return append(out, ']')
+}
+
+func op(operation, path string, value any) jsonpatch.JsonPatchOperation {
+	return jsonpatch.JsonPatchOperation{Operation: operation, Path: path, Value: value}
+}
+
+// escape encodes a JSON pointer token (RFC 6901).
+func escape(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
+}
+
+func nonNil(ids []binding.Identity) []binding.Identity {
+	if ids == nil {
+		return []binding.Identity{}
+	}
+	return ids
+}

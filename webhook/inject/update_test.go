@@ -1,0 +1,102 @@
+package inject
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podidentity/podidentity/internal/defaults"
+)
+
+func injectedPod(t *testing.T, mutate func(*corev1.Pod)) []byte {
+	t.Helper()
+	s := DefaultSettings()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "shop", Annotations: map[string]string{defaults.IdentitiesAnnotation: "[]"}},
+		Spec: corev1.PodSpec{
+			InitContainers: []corev1.Container{InitContainer(s), SidecarContainer(s, nil)},
+			Containers:     []corev1.Container{{Name: "app", Image: "app:1"}},
+			Volumes:        Volumes(nil),
+		},
+	}
+	if mutate != nil {
+		mutate(p)
+	}
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestProtectedChange(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*corev1.Pod)
+		want   string
+	}{
+		{"nothing", nil, ""},
+		{"another annotation", func(p *corev1.Pod) { p.Annotations["team"] = "x" }, ""},
+		{"app image", func(p *corev1.Pod) { p.Spec.Containers[0].Image = "app:2" }, ""},
+		{"identities changed", func(p *corev1.Pod) { p.Annotations[defaults.IdentitiesAnnotation] = `[{"name":"x"}]` }, "annotation"},
+		{"identities removed", func(p *corev1.Pod) { delete(p.Annotations, defaults.IdentitiesAnnotation) }, "annotation"},
+		{"sidecar image", func(p *corev1.Pod) { p.Spec.InitContainers[1].Image = "evil:1" }, "container podidentity-sidecar"},
+		{"init image", func(p *corev1.Pod) { p.Spec.InitContainers[0].Image = "evil:1" }, "container podidentity-init"},
+	}
+	old := injectedPod(t, nil)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ProtectedChange(old, injectedPod(t, tc.mutate))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Errorf("ProtectedChange = %q, want %q", got, tc.want)
+			}
+		})
+	}
+	if _, err := ProtectedChange([]byte("{"), old); err == nil {
+		t.Error("malformed old object: no error")
+	}
+}
+
+func TestEphemeralDenial(t *testing.T) {
+	debug := func(sc *corev1.SecurityContext) func(*corev1.Pod) {
+		return func(p *corev1.Pod) {
+			p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "dbg", Image: "busybox", SecurityContext: sc}}}
+		}
+	}
+	uid := int64(defaults.SidecarUID)
+	tests := []struct {
+		name   string
+		mutate func(*corev1.Pod)
+		want   Reason
+	}{
+		{"plain debug container", debug(nil), ""},
+		{"privileged", debug(&corev1.SecurityContext{Privileged: ptr(true)}), ReasonPrivileged},
+		{"net raw", debug(&corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"CAP_NET_RAW"}}}), ReasonNetCapability},
+		{"sidecar uid", debug(&corev1.SecurityContext{RunAsUser: &uid}), ReasonSidecarUID},
+		{"named like our sidecar", func(p *corev1.Pod) {
+			debug(&corev1.SecurityContext{RunAsUser: &uid})(p)
+			p.Spec.EphemeralContainers[0].Name = defaults.SidecarContainerName
+		}, ReasonSidecarUID},
+		{"not injected: not ours to guard", func(p *corev1.Pod) {
+			debug(&corev1.SecurityContext{Privileged: ptr(true)})(p)
+			p.Spec.InitContainers = nil
+		}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r, msg, err := EphemeralDenial(injectedPod(t, tc.mutate), DefaultSettings())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r != tc.want || (r != "") != (msg != "") {
+				t.Errorf("EphemeralDenial = %q %q, want reason %q", r, msg, tc.want)
+			}
+		})
+	}
+}
