@@ -63,12 +63,15 @@ $(IMAGEBUILD): hack/tools/go.mod hack/tools/imagebuild/main.go
 ##@ Test
 
 .PHONY: test
-test: lint verify-generate envtest-bins ## Run every check and test: unit, golden, and integration against a real kube-apiserver and etcd.
+test: lint verify-generate envtest-bins packaging-tools ## Run every check and test: unit, golden, and integration against a real kube-apiserver and etcd.
 	$(GO) test -count=1 ./...
 
 .PHONY: test-short
 test-short: ## Unit tests only (no control plane).
 	$(GO) test -short ./...
+
+.PHONY: packaging-tools
+packaging-tools: $(BIN)/helm $(BIN)/kustomize ## Build helm and kustomize from Go modules into bin/ (once), for the chart tests.
 
 .PHONY: envtest-bins
 envtest-bins: $(ENVTEST_BINS) ## Build kube-apiserver and etcd from Go modules into bin/ (once).
@@ -82,6 +85,14 @@ $(BIN)/etcd: hack/tools/etcd/go.mod
 	@mkdir -p $(BIN)
 	@echo "building etcd from Go modules (about 1 min cold, once)"
 	cd hack/tools/etcd && $(GO) build -trimpath -ldflags "-s -w" -o $@ go.etcd.io/etcd/server/v3
+
+$(BIN)/helm: hack/tools/helm/go.mod
+	@mkdir -p $(BIN)
+	cd hack/tools/helm && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ helm.sh/helm/v3/cmd/helm
+
+$(BIN)/kustomize: hack/tools/kustomize/go.mod
+	@mkdir -p $(BIN)
+	cd hack/tools/kustomize && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ sigs.k8s.io/kustomize/kustomize/v5
 
 $(CONTROLLER_GEN): hack/tools/go.mod
 	@mkdir -p $(BIN)

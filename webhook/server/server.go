@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -30,8 +31,9 @@ import (
 	"github.com/podidentity/podidentity/webhook/inject"
 )
 
-// New builds the manager with the webhook registered. Start it with mgr.Start(ctx).
-func New(cfg *config.Config, rc *rest.Config, host string, log logr.Logger) (manager.Manager, error) {
+// New builds the manager with the webhook registered. Start it with mgr.Start(ctx). tlsOpts go to the webhook
+// server's TLS configuration (the self-managed certificates serve from memory through one).
+func New(cfg *config.Config, rc *rest.Config, host string, log logr.Logger, tlsOpts ...func(*tls.Config)) (manager.Manager, error) {
 	if cfg.Mode == config.ModeAuto {
 		dc, err := discovery.NewDiscoveryClientForConfig(rc)
 		if err != nil {
@@ -66,6 +68,7 @@ func New(cfg *config.Config, rc *rest.Config, host string, log logr.Logger) (man
 		HealthProbeBindAddress: cfg.HealthAddress,
 		WebhookServer: webhook.NewServer(webhook.Options{
 			Host: host, Port: cfg.Port, CertDir: cfg.CertDir, CertName: cfg.CertName, KeyName: cfg.KeyName,
+			TLSOpts: tlsOpts,
 		}),
 	})
 	if err != nil {
