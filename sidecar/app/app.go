@@ -1,0 +1,211 @@
+// Package app wires the token sidecar together from its configuration: identities store, token cache in front
+// of the node IMDS client and the service-principal provider, HTTP server, and health and metrics endpoints.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/sidecar/identities"
+	"github.com/podidentity/podidentity/sidecar/server"
+	"github.com/podidentity/podidentity/sidecar/serviceprincipal"
+	"github.com/podidentity/podidentity/sidecar/tokens"
+	"github.com/podidentity/podidentity/sidecar/upstream"
+)
+
+// Config is the sidecar's configuration (flags and environment).
+type Config struct {
+	ListenAddress          string
+	HealthAddress          string
+	IdentitiesFile         string
+	SecretsDir             string
+	IMDSEndpoint           string
+	MetadataHeaderRequired bool
+	BlockInstanceMetadata  bool
+	// ReloadInterval is how often the identities file is re-read.
+	ReloadInterval time.Duration
+	// AttachWait bounds how long a token request waits for IMDS (identity not yet attached, throttled,
+	// restarting) before the app gets 503; RetryAfter is the Retry-After of that 503.
+	AttachWait time.Duration
+	RetryAfter time.Duration
+	// AADAuthorityHost and AADDisableInstanceDiscovery configure service-principal identities.
+	AADAuthorityHost            string
+	AADDisableInstanceDiscovery bool
+	PodName, PodNamespace       string
+
+	// Tests set these: the Azure AD transport, the upstream retry backoff, the clock, and the token cache's
+	// validity bounds.
+	AADTransport   policy.Transporter
+	InitialBackoff time.Duration
+	Now            func() time.Time
+	Cache          tokens.Options
+}
+
+// BindFlags registers the contract's flags on fs.
+func (c *Config) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.ListenAddress, "listen-address", fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), "Address of the IMDS token endpoint; keep it on loopback.")
+	fs.StringVar(&c.HealthAddress, "health-address", fmt.Sprintf(":%d", defaults.SidecarHealthPort), "Address of /healthz, /readyz and /metrics (never tokens).")
+	fs.StringVar(&c.IdentitiesFile, "identities-file", defaults.IdentitiesDir+"/"+defaults.IdentitiesFile, "Downward-API file carrying the pod annotation "+defaults.IdentitiesAnnotation+".")
+	fs.StringVar(&c.SecretsDir, "secrets-dir", defaults.SecretsDir, "Directory with one subdirectory per service-principal identity name.")
+	fs.StringVar(&c.IMDSEndpoint, "imds-endpoint", "http://"+defaults.IMDSAddress, "The node's IMDS.")
+	fs.BoolVar(&c.MetadataHeaderRequired, "metadata-header-required", true, "Refuse token requests without the header \"Metadata: true\", as IMDS does.")
+	fs.BoolVar(&c.BlockInstanceMetadata, "block-instance-metadata", false, "Answer /metadata/instance with 403 instead of proxying it.")
+	fs.DurationVar(&c.ReloadInterval, "reload-interval", time.Second, "How often the identities file is re-read.")
+	fs.DurationVar(&c.AttachWait, "attach-wait", 15*time.Second, "How long a token request waits while IMDS says the identity is not attached yet (or throttles) before answering 503.")
+	fs.DurationVar(&c.RetryAfter, "retry-after", 5*time.Second, "Retry-After of that 503 (at most 20s).")
+	fs.StringVar(&c.AADAuthorityHost, "aad-authority-host", "", "Azure AD authority host for service principals without adEndpoint (default: Azure public cloud).")
+	fs.BoolVar(&c.AADDisableInstanceDiscovery, "aad-disable-instance-discovery", false, "Skip Azure AD instance discovery (Azure Stack).")
+}
+
+// PodFromEnv fills the pod's name and namespace from the downward-API environment.
+func (c *Config) PodFromEnv(getenv func(string) string) {
+	c.PodName = strings.TrimSpace(getenv("POD_NAME"))
+	c.PodNamespace = strings.TrimSpace(getenv("POD_NAMESPACE"))
+}
+
+// Validate checks the configuration and says what to fix.
+func (c *Config) Validate() error {
+	if c.ListenAddress == "" || c.HealthAddress == "" {
+		return errors.New("--listen-address and --health-address must be set")
+	}
+	host, _, err := net.SplitHostPort(c.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("--listen-address %q: %v (use host:port, e.g. 127.0.0.1:%d)", c.ListenAddress, err, defaults.SidecarPort)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--listen-address %q is not a loopback address: tokens must only be served inside the pod (use 127.0.0.1:%d)", c.ListenAddress, defaults.SidecarPort)
+	}
+	if c.IdentitiesFile == "" {
+		return errors.New("--identities-file must be set")
+	}
+	if c.RetryAfter > upstream.MaxRetryAfter {
+		return fmt.Errorf("--retry-after %s is above %s: SDKs stop retrying on long Retry-After values", c.RetryAfter, upstream.MaxRetryAfter)
+	}
+	if c.ReloadInterval <= 0 {
+		c.ReloadInterval = time.Second
+	}
+	return nil
+}
+
+// App is a configured sidecar.
+type App struct {
+	cfg      Config
+	log      logr.Logger
+	Store    *identities.Store
+	Cache    *tokens.Cache
+	Server   *server.Server
+	Registry *prometheus.Registry
+}
+
+// New builds a sidecar from cfg.
+func New(cfg Config, log logr.Logger) (*App, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := server.NewMetrics(reg)
+
+	imds, err := upstream.New(upstream.Options{Endpoint: cfg.IMDSEndpoint, MaxWait: cfg.AttachWait, RetryAfter: cfg.RetryAfter,
+		InitialBackoff: cfg.InitialBackoff, Now: cfg.Now})
+	if err != nil {
+		return nil, err
+	}
+	sp := serviceprincipal.New(serviceprincipal.Options{SecretsDir: cfg.SecretsDir, AuthorityHost: cfg.AADAuthorityHost,
+		DisableInstanceDiscovery: cfg.AADDisableInstanceDiscovery, Transport: cfg.AADTransport})
+	fetch := tokens.FetcherFunc(func(ctx context.Context, id binding.Identity, resource string) (tokens.Token, error) {
+		var tok tokens.Token
+		var err error
+		switch id.Type {
+		case aadv1.UserAssignedMSI:
+			tok, err = imds.Token(ctx, id.ClientID, resource)
+		case aadv1.ServicePrincipal, aadv1.ServicePrincipalCertificate:
+			tok, err = sp.Token(ctx, id, resource)
+		default:
+			err = &tokens.Error{Status: http.StatusBadRequest, Code: "invalid_request", Description: fmt.Sprintf("identity %s/%s has unsupported type %d", id.Namespace, id.Name, id.Type)}
+		}
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		metrics.UpstreamFetch.WithLabelValues(id.Namespace+"/"+id.Name, result).Inc()
+		return tok, err
+	})
+	cacheOpts := cfg.Cache
+	if cacheOpts.Now == nil {
+		cacheOpts.Now = cfg.Now
+	}
+	cache := tokens.NewCache(fetch, cacheOpts)
+	store := identities.NewStore(cfg.IdentitiesFile, log.WithName("identities"))
+	store.OnChange = func(ids []binding.Identity) { metrics.BoundIdentities.Set(float64(len(ids))) }
+
+	srv := server.New(server.Options{
+		Pod: cfg.PodNamespace + "/" + cfg.PodName, MetadataHeaderRequired: cfg.MetadataHeaderRequired,
+		BlockInstanceMetadata: cfg.BlockInstanceMetadata, Identities: store, Tokens: cache, Proxy: imds.Proxy(),
+		Log: log.WithName("audit"), Metrics: metrics, Now: cfg.Now,
+	})
+	return &App{cfg: cfg, log: log, Store: store, Cache: cache, Server: srv, Registry: reg}, nil
+}
+
+// Run listens on the configured addresses and serves until ctx ends.
+func (a *App) Run(ctx context.Context) error {
+	tl, err := net.Listen("tcp", a.cfg.ListenAddress)
+	if err != nil {
+		return fmt.Errorf("listening on --listen-address %s: %w (is another sidecar already running in this pod?)", a.cfg.ListenAddress, err)
+	}
+	hl, err := net.Listen("tcp", a.cfg.HealthAddress)
+	if err != nil {
+		_ = tl.Close()
+		return fmt.Errorf("listening on --health-address %s: %w", a.cfg.HealthAddress, err)
+	}
+	return a.Serve(ctx, tl, hl)
+}
+
+// Serve serves on the given listeners until ctx ends, then shuts down gracefully.
+func (a *App) Serve(ctx context.Context, tokenListener, healthListener net.Listener) error {
+	if err := a.Store.Load(); err != nil {
+		a.log.Error(err, "identities file not read yet; not ready until it is")
+	}
+	go a.Store.Watch(ctx, a.cfg.ReloadInterval)
+	servers := []*http.Server{
+		{Handler: a.Server.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second},
+		{Handler: a.Server.HealthHandler(a.Registry), ReadHeaderTimeout: 10 * time.Second},
+	}
+	errc := make(chan error, 2)
+	for i, l := range []net.Listener{tokenListener, healthListener} {
+		go func() { errc <- servers[i].Serve(l) }()
+	}
+	a.log.Info("serving", "tokens", tokenListener.Addr().String(), "health", healthListener.Addr().String(),
+		"imds", a.cfg.IMDSEndpoint, "metadataHeaderRequired", a.cfg.MetadataHeaderRequired, "blockInstanceMetadata", a.cfg.BlockInstanceMetadata)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		_ = s.Shutdown(shutdown)
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

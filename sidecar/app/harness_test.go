@@ -1,0 +1,244 @@
+package app
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/test/imds"
+)
+
+const rid = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
+
+// The node has three identities attached: two bound to the pod (web, jobs) and one that is not (other). A
+// sidecar that let a request through for "other" would get a real token from IMDS.
+var (
+	webMI   = imds.Identity{ClientID: "aaaaaaaa-1111-4111-8111-000000000001", ObjectID: "0b000000-0000-0000-0000-000000000001", ResourceID: rid + "web"}
+	jobsMI  = imds.Identity{ClientID: "aaaaaaaa-1111-4111-8111-000000000002", ObjectID: "0b000000-0000-0000-0000-000000000002", ResourceID: rid + "jobs"}
+	otherMI = imds.Identity{ClientID: "cccccccc-1111-4111-8111-000000000003", ObjectID: "0b000000-0000-0000-0000-000000000003", ResourceID: rid + "other"}
+
+	web  = binding.Identity{Namespace: "apps", Name: "web", Type: aadv1.UserAssignedMSI, ClientID: webMI.ClientID, ResourceID: webMI.ResourceID, Binding: "apps/web", Weight: 5}
+	jobs = binding.Identity{Namespace: "apps", Name: "jobs", Type: aadv1.UserAssignedMSI, ClientID: jobsMI.ClientID, ResourceID: jobsMI.ResourceID, Binding: "apps/jobs"}
+)
+
+// kubeletDir writes the identities file as the kubelet's atomic writer does: a timestamped directory, a ..data
+// symlink swapped to it, and the file as a symlink through ..data.
+type kubeletDir struct {
+	dir string
+	gen int
+}
+
+func (k *kubeletDir) path() string { return filepath.Join(k.dir, "identities") }
+
+func (k *kubeletDir) write(t testing.TB, ids []binding.Identity) {
+	t.Helper()
+	k.gen++
+	ts := filepath.Join(k.dir, fmt.Sprintf("..2026_11_27_21_00_%02d.%d", k.gen, k.gen))
+	if err := os.Mkdir(ts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ts, "identities"), []byte(binding.Encode(ids)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(k.dir, "..data_tmp")
+	if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(k.dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(k.path()); os.IsNotExist(err) {
+		if err := os.Symlink("..data/identities", k.path()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// logBuffer collects log lines.
+type logBuffer struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (b *logBuffer) logger() logr.Logger {
+	return funcr.NewJSON(func(obj string) {
+		b.mu.Lock()
+		b.lines = append(b.lines, obj)
+		b.mu.Unlock()
+	}, funcr.Options{Verbosity: 1})
+}
+
+func (b *logBuffer) all() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.lines...)
+}
+
+type harness struct {
+	emu     *imds.Server
+	app     *App
+	addr    string // the sidecar's token listener
+	health  string
+	files   *kubeletDir
+	logs    *logBuffer
+	imdsURL string
+}
+
+type setup struct {
+	bound    []binding.Identity
+	attached []imds.Identity
+	emu      imds.Options
+	cfg      func(*Config)
+}
+
+func start(t *testing.T, s setup) *harness {
+	t.Helper()
+	logs := &logBuffer{}
+	h := startTB(t, s, logs.logger())
+	h.logs = logs
+	return h
+}
+
+// startTB runs an emulated IMDS and a sidecar wired to it on loopback listeners, until the test ends.
+func startTB(t testing.TB, s setup, log logr.Logger) *harness {
+	t.Helper()
+	if s.emu.RatePerSecond == 0 {
+		s.emu.RatePerSecond = -1 // tests that exercise throttling set it
+	}
+	emu := imds.New(s.emu)
+	emu.SetAttached(s.attached)
+	emuSrv := httptest.NewServer(emu)
+	t.Cleanup(emuSrv.Close)
+
+	files := &kubeletDir{dir: t.TempDir()}
+	if s.bound != nil {
+		files.write(t, s.bound)
+	}
+	cfg := Config{
+		ListenAddress: "127.0.0.1:0", HealthAddress: "127.0.0.1:0", IdentitiesFile: files.path(),
+		SecretsDir: t.TempDir(), IMDSEndpoint: emuSrv.URL, MetadataHeaderRequired: true,
+		ReloadInterval: 10 * time.Millisecond, AttachWait: 5 * time.Second, RetryAfter: 2 * time.Second,
+		InitialBackoff: 5 * time.Millisecond, PodName: "web-0", PodNamespace: "apps",
+	}
+	if s.cfg != nil {
+		s.cfg(&cfg)
+	}
+	a, err := New(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Serve(ctx, tl, hl) }()
+	if s.bound != nil {
+		for deadline := time.Now().Add(10 * time.Second); !a.Store.Ready(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the sidecar did not read its identities file")
+			}
+		}
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return &harness{emu: emu, app: a, addr: tl.Addr().String(), health: hl.Addr().String(), files: files, imdsURL: emuSrv.URL}
+}
+
+// response is an HTTP answer with its body decoded as IMDS JSON (when it is).
+type response struct {
+	status int
+	header http.Header
+	body   map[string]string
+	raw    string
+}
+
+// rawGet sends target exactly as given (no client-side cleaning or escaping) over a fresh connection.
+func rawGet(t *testing.T, addr, target string, header map[string]string) response {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var b strings.Builder
+	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n", target)
+	for k, v := range header {
+		fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+	}
+	b.WriteString("\r\n")
+	if _, err := io.WriteString(conn, b.String()); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("GET %s: %v", target, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	r := response{status: resp.StatusCode, header: resp.Header, raw: string(raw)}
+	_ = json.Unmarshal(raw, &r.body)
+	return r
+}
+
+var md = map[string]string{"Metadata": "true"}
+
+func tokenTarget(query string) string {
+	return "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F" + query
+}
+
+// claims decodes a JWT's payload.
+func claims(t *testing.T, token string) map[string]any {
+	t.Helper()
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		t.Fatalf("token %q is not a JWT", token)
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c map[string]any
+	if err := json.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

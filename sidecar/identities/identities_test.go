@@ -1,0 +1,150 @@
+package identities
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/binding"
+)
+
+const rid = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
+
+var (
+	heavy = binding.Identity{Namespace: "apps", Name: "heavy", Type: aadv1.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000001", ResourceID: rid + "heavy", Weight: 9}
+	light = binding.Identity{Namespace: "apps", Name: "light", Type: aadv1.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000002", ResourceID: rid + "light"}
+	sp    = binding.Identity{Namespace: "apps", Name: "sp", Type: aadv1.ServicePrincipal, ClientID: "aaaaaaaa-0000-0000-0000-000000000003", TenantID: "t"}
+)
+
+// kubeletDir writes content the way the kubelet's atomic writer does: a timestamped directory, a ..data
+// symlink to it, and the file as a symlink through ..data. Each call swaps ..data to a new directory.
+type kubeletDir struct {
+	dir string
+	gen int
+}
+
+func (k *kubeletDir) write(t *testing.T, content string) {
+	t.Helper()
+	k.gen++
+	ts := filepath.Join(k.dir, "..2026_11_27_21_00_00."+strings.Repeat("x", k.gen))
+	if err := os.Mkdir(ts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ts, "identities"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(k.dir, "..data_tmp")
+	if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(k.dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(k.dir, "identities")); os.IsNotExist(err) {
+		if err := os.Symlink("..data/identities", filepath.Join(k.dir, "identities")); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestWatchFollowsKubeletSymlinkSwap(t *testing.T) {
+	k := &kubeletDir{dir: t.TempDir()}
+	s := NewStore(filepath.Join(k.dir, "identities"), logr.Discard())
+	if s.Ready() {
+		t.Fatal("ready before reading")
+	}
+	if err := s.Load(); err == nil {
+		t.Fatal("Load of a missing file succeeded")
+	}
+	k.write(t, binding.Encode([]binding.Identity{light}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Watch(ctx, 10*time.Millisecond)
+	waitFor(t, "first load", func() bool { return s.Ready() && len(s.Identities()) == 1 })
+
+	k.write(t, binding.Encode([]binding.Identity{heavy, light}))
+	waitFor(t, "reload after ..data swap", func() bool { return len(s.Identities()) == 2 })
+	if got := s.Identities()[0].Name; got != "heavy" {
+		t.Fatalf("first identity %q, want heavy (annotation order kept)", got)
+	}
+
+	// A broken update keeps the last good list.
+	k.write(t, "{not json")
+	if err := s.Load(); err == nil {
+		t.Fatal("Load of invalid content succeeded")
+	}
+	if len(s.Identities()) != 2 {
+		t.Fatal("invalid content replaced the list")
+	}
+	k.write(t, "[]")
+	waitFor(t, "reload to empty", func() bool { return len(s.Identities()) == 0 })
+}
+
+func TestSelect(t *testing.T) {
+	ids := []binding.Identity{heavy, light, sp}
+	tests := []struct {
+		name    string
+		ids     []binding.Identity
+		kind    SelectorKind
+		value   string
+		want    string
+		refusal string
+	}{
+		{name: "no selector: first in annotation order", ids: ids, want: "heavy"},
+		{name: "client id", ids: ids, kind: ByClientID, value: light.ClientID, want: "light"},
+		{name: "client id upper case", ids: ids, kind: ByClientID, value: strings.ToUpper(light.ClientID), want: "light"},
+		{name: "service principal by client id", ids: ids, kind: ByClientID, value: sp.ClientID, want: "sp"},
+		{name: "resource id other case", ids: ids, kind: ByResourceID, value: strings.ToLower(rid + "light"), want: "light"},
+		{name: "unbound client id", ids: ids, kind: ByClientID, value: "bbbbbbbb-0000-0000-0000-000000000001", refusal: "is not an identity bound to this pod"},
+		{name: "unbound resource id", ids: ids, kind: ByResourceID, value: rid + "other", refusal: "is not an identity bound to this pod"},
+		{name: "resource id prefix is not a match", ids: ids, kind: ByResourceID, value: rid + "ligh", refusal: "is not an identity bound"},
+		{name: "object id: not resolvable from the annotation", ids: ids, kind: ByObjectID, value: "bbbbbbbb-0000-0000-0000-000000000001", refusal: "is not an identity bound to this pod"},
+		{name: "nothing bound", kind: ByDefault, refusal: "no identity is bound"},
+		{name: "nothing bound, client id", kind: ByClientID, value: light.ClientID, refusal: "no identity is bound"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ref := Select(tt.ids, tt.kind, tt.value)
+			if tt.refusal != "" {
+				if ref == nil || !strings.Contains(ref.Description, tt.refusal) {
+					t.Fatalf("Select = %v, %v; want refusal containing %q", got.Name, ref, tt.refusal)
+				}
+				return
+			}
+			if ref != nil || got.Name != tt.want {
+				t.Fatalf("Select = %q, %v; want %q", got.Name, ref, tt.want)
+			}
+		})
+	}
+}
+
+func TestObjectID(t *testing.T) {
+	tests := []struct{ token, want string }{
+		{"eyJhbGciOiJub25lIn0.eyJvaWQiOiIwYjAwIiwiYXVkIjoiciJ9.c2ln", "0b00"}, // {"oid":"0b00","aud":"r"}
+		{"eyJhbGciOiJub25lIn0.eyJhdWQiOiJyIn0.c2ln", ""},                      // no oid
+		{"not-a-jwt", ""},
+		{"a.!!!.c", ""},
+	}
+	for _, tt := range tests {
+		if got := ObjectID(tt.token); got != tt.want {
+			t.Errorf("ObjectID(%q) = %q, want %q", tt.token, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,172 @@
+// Package serviceprincipal obtains tokens for service-principal identities (AzureIdentity types 1 and 2)
+// directly from Azure AD with azidentity, using the credential mounted into the sidecar container only:
+// <secrets dir>/<identity name>/clientSecret (type 1), or .../certificate and .../password (type 2).
+package serviceprincipal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/sidecar/tokens"
+)
+
+// Secret file names inside <secrets dir>/<identity name>/, the keys of the identity's Secret.
+const (
+	ClientSecretFile = "clientSecret"
+	CertificateFile  = "certificate"
+	PasswordFile     = "password"
+)
+
+// RetryAfter is what the app is told to wait when Azure AD could not be reached.
+const RetryAfter = 5 * time.Second
+
+// Options configure the provider.
+type Options struct {
+	// SecretsDir holds one directory per identity name.
+	SecretsDir string
+	// AuthorityHost is the Azure AD host used when an identity sets no adEndpoint (default: Azure public cloud).
+	AuthorityHost string
+	// DisableInstanceDiscovery skips Azure AD's instance discovery (for Azure Stack and emulators).
+	DisableInstanceDiscovery bool
+	// Transport overrides the HTTP transport (tests).
+	Transport policy.Transporter
+}
+
+// Provider caches one credential per identity and credential material; azidentity refreshes its own tokens,
+// and the sidecar's token cache sits in front of it.
+type Provider struct {
+	opts  Options
+	mu    sync.Mutex
+	creds map[string]cached
+}
+
+type cached struct {
+	material string // the secret files' content the credential was built from
+	cred     azcore.TokenCredential
+}
+
+// New returns a provider.
+func New(opts Options) *Provider {
+	return &Provider{opts: opts, creds: map[string]cached{}}
+}
+
+// Token returns a token for the service principal and resource. The scope is resource + "/.default", as
+// IMDS-protocol clients ask for resources, not scopes. Only the primary tenant's token is served: the IMDS
+// protocol has no way to ask for an auxiliary tenant's token (see README.md).
+func (p *Provider) Token(ctx context.Context, id binding.Identity, resource string) (tokens.Token, error) {
+	cred, err := p.credential(id)
+	if err != nil {
+		return tokens.Token{}, err
+	}
+	scope := resource
+	if !strings.HasSuffix(scope, "/.default") {
+		scope += "/.default"
+	}
+	at, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}})
+	if err != nil {
+		// Azure AD's 4xx (wrong secret, unknown app, bad scope) is definite; anything else (no answer, 5xx) is
+		// transient, and the app is told when to retry.
+		var afe *azidentity.AuthenticationFailedError
+		if errors.As(err, &afe) && afe.RawResponse != nil && afe.RawResponse.StatusCode >= 400 && afe.RawResponse.StatusCode < 500 {
+			return tokens.Token{}, &tokens.Error{Status: http.StatusBadRequest, Code: "invalid_request",
+				Description: fmt.Sprintf("Azure AD refused a token for service principal %s/%s (client ID %s): %v", id.Namespace, id.Name, id.ClientID, err)}
+		}
+		return tokens.Token{}, &tokens.Error{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", RetryAfter: RetryAfter,
+			Description: fmt.Sprintf("no token from Azure AD for service principal %s/%s (client ID %s) yet: %v", id.Namespace, id.Name, id.ClientID, err)}
+	}
+	return tokens.Token{AccessToken: at.Token, ExpiresOn: at.ExpiresOn, Resource: resource, ClientID: id.ClientID, TokenType: "Bearer"}, nil
+}
+
+func (p *Provider) credential(id binding.Identity) (azcore.TokenCredential, error) {
+	dir := filepath.Join(p.opts.SecretsDir, id.Name)
+	read := func(name string) ([]byte, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, &tokens.Error{Status: http.StatusInternalServerError, Code: "configuration_error", Description: fmt.Sprintf(
+				"service principal %s/%s: cannot read %s: %v (the webhook mounts Secret %q of the pod's namespace there; it must exist in the pod's namespace with key %q)",
+				id.Namespace, id.Name, filepath.Join(dir, name), err, id.SecretName, name)}
+		}
+		return b, nil
+	}
+	var material []byte
+	switch id.Type {
+	case aadv1.ServicePrincipal:
+		secret, err := read(ClientSecretFile)
+		if err != nil {
+			return nil, err
+		}
+		material = secret
+	case aadv1.ServicePrincipalCertificate:
+		cert, err := read(CertificateFile)
+		if err != nil {
+			return nil, err
+		}
+		pw, err := read(PasswordFile)
+		if err != nil {
+			pw = nil // a certificate without password is fine
+		}
+		material = append(append(cert, 0), pw...)
+	default:
+		return nil, fmt.Errorf("identity %s/%s has type %d, not a service principal", id.Namespace, id.Name, id.Type)
+	}
+	key := id.Namespace + "/" + id.Name + "|" + id.ClientID + "|" + id.TenantID + "|" + id.ADEndpoint
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.creds[key]; ok && c.material == string(material) {
+		return c.cred, nil
+	}
+	cred, err := p.build(id, material)
+	if err != nil {
+		return nil, err
+	}
+	p.creds[key] = cached{material: string(material), cred: cred}
+	return cred, nil
+}
+
+func (p *Provider) build(id binding.Identity, material []byte) (azcore.TokenCredential, error) {
+	host := p.opts.AuthorityHost
+	if id.ADEndpoint != "" {
+		host = id.ADEndpoint
+	}
+	// Few, short retries: the app's request is held open meanwhile, and the app retries on our 503.
+	co := azcore.ClientOptions{Cloud: cloud.AzurePublic,
+		Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 250 * time.Millisecond, MaxRetryDelay: 2 * time.Second}}
+	if host != "" {
+		co.Cloud = cloud.Configuration{ActiveDirectoryAuthorityHost: host}
+	}
+	if p.opts.Transport != nil {
+		co.Transport = p.opts.Transport
+	}
+	// Auxiliary tenants are allowed as tenants of the credential; the IMDS protocol only asks for the primary.
+	aux := append([]string(nil), id.AuxiliaryTenantIDs...)
+	switch id.Type {
+	case aadv1.ServicePrincipal:
+		secret := strings.TrimRight(string(material), "\r\n")
+		return azidentity.NewClientSecretCredential(id.TenantID, id.ClientID, secret, &azidentity.ClientSecretCredentialOptions{
+			ClientOptions: co, DisableInstanceDiscovery: p.opts.DisableInstanceDiscovery, AdditionallyAllowedTenants: aux})
+	default:
+		certData, pw, _ := strings.Cut(string(material), "\x00")
+		certs, key, err := azidentity.ParseCertificates([]byte(certData), []byte(strings.TrimRight(pw, "\r\n")))
+		if err != nil {
+			return nil, &tokens.Error{Status: http.StatusInternalServerError, Code: "configuration_error", Description: fmt.Sprintf(
+				"service principal %s/%s: the certificate in Secret %q does not parse (PEM or PKCS#12 with the key password in key %q): %v",
+				id.Namespace, id.Name, id.SecretName, PasswordFile, err)}
+		}
+		return azidentity.NewClientCertificateCredential(id.TenantID, id.ClientID, certs, key, &azidentity.ClientCertificateCredentialOptions{
+			ClientOptions: co, DisableInstanceDiscovery: p.opts.DisableInstanceDiscovery, AdditionallyAllowedTenants: aux})
+	}
+}

@@ -1,0 +1,29 @@
+// Command sidecarload measures the podidentity-sidecar binary under load (see package sidecarload) and prints
+// the figures as markdown.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/podidentity/podidentity/test/sidecarload"
+)
+
+func main() {
+	var o sidecarload.Options
+	flag.StringVar(&o.Binary, "binary", "bin/podidentity-sidecar", "The sidecar binary to measure.")
+	flag.IntVar(&o.Rate, "rate", 5000, "Requests per second.")
+	flag.DurationVar(&o.Duration, "duration", 10*time.Second, "How long the rate is held.")
+	flag.IntVar(&o.Connections, "connections", 50, "Keep-alive connections (one pacing worker each).")
+	flag.DurationVar(&o.Idle, "idle", 3*time.Second, "Idle time before idle memory is read.")
+	flag.Parse()
+	res, err := sidecarload.Run(context.Background(), o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sidecarload:", err)
+		os.Exit(1)
+	}
+	fmt.Print(res.Markdown())
+}

@@ -1,0 +1,282 @@
+// Package sidecarload measures the real podidentity-sidecar binary: it runs it against an in-process IMDS
+// emulator on loopback, drives token requests at a fixed rate over keep-alive connections, and reports latency
+// percentiles, upstream calls, resident memory (VmRSS from /proc) idle and under load, and the binary's size.
+package sidecarload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/test/imds"
+)
+
+// Options of a run.
+type Options struct {
+	// Binary is the sidecar binary to measure.
+	Binary string
+	// Rate is the target request rate (requests per second) and Duration how long it is held.
+	Rate     int
+	Duration time.Duration
+	// Connections is the number of keep-alive connections (and pacing workers).
+	Connections int
+	// Idle is how long the sidecar idles (after one token) before idle memory is read.
+	Idle time.Duration
+}
+
+// Result of a run.
+type Result struct {
+	Options
+	BinaryBytes              int64
+	Requests, Errors         int
+	Achieved                 float64 // requests per second actually sent
+	P50, P90, P99, P999, Max time.Duration
+	IdleRSSKiB, LoadRSSKiB   int64 // VmRSS idle, and the highest sample under load
+	UpstreamCalls            int
+	SidecarStartupRSSKiB     int64
+	// SidecarCPU is the CPU time (user + system) the sidecar used during the load phase.
+	SidecarCPU time.Duration
+	// LoadAvg is /proc/loadavg at the end of the run: the contention that dominates latency on a shared host.
+	LoadAvg string
+}
+
+// Run performs one measurement.
+func Run(ctx context.Context, o Options) (Result, error) {
+	res := Result{Options: o}
+	st, err := os.Stat(o.Binary)
+	if err != nil {
+		return res, fmt.Errorf("sidecar binary: %w (build it with `make build` or pass --binary)", err)
+	}
+	res.BinaryBytes = st.Size()
+
+	mi := imds.Identity{ClientID: "aaaaaaaa-1111-4111-8111-000000000001",
+		ResourceID: "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/web"}
+	emu := imds.New(imds.Options{})
+	emu.SetAttached([]imds.Identity{mi})
+	emuLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return res, err
+	}
+	emuSrv := &http.Server{Handler: emu, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = emuSrv.Serve(emuLn) }()
+	defer emuSrv.Close()
+
+	dir, err := os.MkdirTemp("", "sidecarload")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	idFile := filepath.Join(dir, "identities")
+	ids := []binding.Identity{{Namespace: "apps", Name: "web", Type: aadv1.UserAssignedMSI, ClientID: mi.ClientID, ResourceID: mi.ResourceID, Binding: "apps/web"}}
+	if err := os.WriteFile(idFile, []byte(binding.Encode(ids)), 0o644); err != nil {
+		return res, err
+	}
+	tokenAddr, healthAddr := freePort(), freePort()
+	cmd := exec.CommandContext(ctx, o.Binary, "--listen-address="+tokenAddr, "--health-address="+healthAddr,
+		"--identities-file="+idFile, "--imds-endpoint=http://"+emuLn.Addr().String(), "--secrets-dir="+dir)
+	cmd.Env = append(os.Environ(), "POD_NAME=load-0", "POD_NAMESPACE=apps")
+	// Stdout and stderr (the audit log, one line per token) go to /dev/null: nil, not a pipe to drain.
+	if err := cmd.Start(); err != nil {
+		return res, err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	pid := cmd.Process.Pid
+	if err := waitReady("http://" + healthAddr + "/readyz"); err != nil {
+		return res, err
+	}
+	res.SidecarStartupRSSKiB, _ = rss(pid)
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.Connections, MaxConnsPerHost: o.Connections, DisableCompression: true}}
+	url := "http://" + tokenAddr + "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F"
+	if _, err := get(client, url); err != nil {
+		return res, fmt.Errorf("first token: %w", err)
+	}
+	time.Sleep(o.Idle)
+	res.IdleRSSKiB, _ = rss(pid)
+
+	// Load: each worker owns one connection and sends on a fixed schedule.
+	interval := time.Duration(int64(time.Second) * int64(o.Connections) / int64(o.Rate))
+	var mu sync.Mutex
+	var lat []time.Duration
+	stop := make(chan struct{})
+	var peak int64
+	var sampler sync.WaitGroup
+	sampler.Add(1)
+	go func() {
+		defer sampler.Done()
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if v, err := rss(pid); err == nil && v > peak {
+					peak = v
+				}
+			}
+		}
+	}()
+	cpu0, _ := cpuTime(pid)
+	start := time.Now()
+	end := start.Add(o.Duration)
+	var wg sync.WaitGroup
+	for w := range o.Connections {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]time.Duration, 0, int(o.Duration/interval)+1)
+			errs := 0
+			next := start.Add(interval * time.Duration(w) / time.Duration(o.Connections))
+			for next.Before(end) {
+				if d := time.Until(next); d > 0 {
+					time.Sleep(d)
+				}
+				t0 := time.Now()
+				if _, err := get(client, url); err != nil {
+					errs++
+				} else {
+					local = append(local, time.Since(t0))
+				}
+				next = next.Add(interval)
+			}
+			mu.Lock()
+			lat = append(lat, local...)
+			res.Errors += errs
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if cpu1, err := cpuTime(pid); err == nil {
+		res.SidecarCPU = cpu1 - cpu0
+	}
+	close(stop)
+	sampler.Wait()
+	res.LoadRSSKiB = peak
+
+	res.Requests = len(lat) + res.Errors
+	res.Achieved = float64(res.Requests) / elapsed.Seconds()
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[min(len(lat)-1, int(p*float64(len(lat))))]
+	}
+	res.P50, res.P90, res.P99, res.P999 = pct(0.50), pct(0.90), pct(0.99), pct(0.999)
+	if len(lat) > 0 {
+		res.Max = lat[len(lat)-1]
+	}
+	res.UpstreamCalls = emu.Counters().TokenRequests
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		res.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	return res, nil
+}
+
+func get(c *http.Client, url string) (int, error) {
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Metadata", "true")
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	n, _ := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return int(n), fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return int(n), nil
+}
+
+func waitReady(url string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return errors.New("the sidecar did not become ready within 10 s")
+}
+
+func freePort() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// cpuTime reads a process's user + system CPU time from /proc/<pid>/stat (fields 14 and 15, in clock ticks
+// of 1/100 s, the Linux USER_HZ).
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]) // fields from 3 on
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
+// rss reads VmRSS (KiB) of a process from /proc.
+func rss(pid int) (int64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			return strconv.ParseInt(f[1], 10, 64)
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc status")
+}
+
+// Markdown renders the result as a table row set.
+func (r Result) Markdown() string {
+	var b strings.Builder
+	mib := func(kib int64) string { return fmt.Sprintf("%.1f MiB", float64(kib)/1024) }
+	fmt.Fprintf(&b, "| measure | value | target |\n|---|---|---|\n")
+	fmt.Fprintf(&b, "| target rate / achieved | %d req/s / %.0f req/s over %s, %d connections | 5,000 req/s |\n", r.Rate, r.Achieved, r.Duration, r.Connections)
+	fmt.Fprintf(&b, "| requests / errors | %d / %d | 0 errors |\n", r.Requests, r.Errors)
+	fmt.Fprintf(&b, "| latency p50 | %s | <= 100 us |\n", r.P50)
+	fmt.Fprintf(&b, "| latency p90 | %s | |\n", r.P90)
+	fmt.Fprintf(&b, "| latency p99 | %s | <= 1 ms |\n", r.P99)
+	fmt.Fprintf(&b, "| latency p99.9 / max | %s / %s | |\n", r.P999, r.Max)
+	if r.Requests > 0 {
+		fmt.Fprintf(&b, "| sidecar CPU during load | %s (%.1f us per request, %.2f cores) | |\n", r.SidecarCPU,
+			float64(r.SidecarCPU.Microseconds())/float64(r.Requests), r.SidecarCPU.Seconds()/r.Duration.Seconds())
+	}
+	fmt.Fprintf(&b, "| upstream (IMDS) token calls for the whole run | %d | 1 |\n", r.UpstreamCalls)
+	fmt.Fprintf(&b, "| RSS at ready | %s | |\n", mib(r.SidecarStartupRSSKiB))
+	fmt.Fprintf(&b, "| RSS idle (after one token, %s idle) | %s | <= 12 MiB |\n", r.Idle, mib(r.IdleRSSKiB))
+	fmt.Fprintf(&b, "| RSS under load (peak of 100 ms samples) | %s | <= 20 MiB |\n", mib(r.LoadRSSKiB))
+	fmt.Fprintf(&b, "| binary size | %.1f MiB (%d bytes) | |\n", float64(r.BinaryBytes)/(1<<20), r.BinaryBytes)
+	fmt.Fprintf(&b, "| machine load average (1, 5, 15 min) at the end | %s | |\n", r.LoadAvg)
+	return b.String()
+}
