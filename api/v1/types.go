@@ -1,37 +1,23 @@
 package v1
 
 import (
+	"github.com/podidentity/podidentity/api/identitytype"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 )
 
-// IdentityType says how an AzureIdentity obtains tokens. The values are AAD Pod Identity's.
-type IdentityType int
+// IdentityType says how an AzureIdentity obtains tokens: 0 user-assigned managed identity, 1 service principal
+// with a secret, 2 service principal with a certificate (defined in api/identitytype, which has no Kubernetes
+// dependencies).
+type IdentityType = identitytype.IdentityType
 
+// The identity types.
 const (
-	// UserAssignedMSI is a user-assigned managed identity: tokens come from the node's IMDS once the
-	// assigner has attached the identity to the node's VM or scale set.
-	UserAssignedMSI IdentityType = 0
-	// ServicePrincipal is an Azure AD application with a client secret (spec.clientPassword).
-	ServicePrincipal IdentityType = 1
-	// ServicePrincipalCertificate is an Azure AD application with a certificate (spec.clientPassword names a
-	// secret with the keys "certificate" and "password").
-	ServicePrincipalCertificate IdentityType = 2
+	UserAssignedMSI             = identitytype.UserAssignedMSI
+	ServicePrincipal            = identitytype.ServicePrincipal
+	ServicePrincipalCertificate = identitytype.ServicePrincipalCertificate
 )
-
-// String names the type as the documentation does.
-func (t IdentityType) String() string {
-	switch t {
-	case UserAssignedMSI:
-		return "UserAssignedMSI"
-	case ServicePrincipal:
-		return "ServicePrincipal"
-	case ServicePrincipalCertificate:
-		return "ServicePrincipalCertificate"
-	}
-	return "Unknown"
-}
 
 // Well-known labels, annotations and values shared with AAD Pod Identity.
 const (

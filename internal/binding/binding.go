@@ -1,10 +1,9 @@
-// Package binding decides which Azure identities a pod is bound to, and defines the pod annotation that
-// carries that decision to the pod's token sidecar. It is pure: objects in, decision out. The webhook uses it
-// at admission, the assigner to attach identities and to keep the annotation current, the sidecar to read it.
+// Package binding decides which Azure identities a pod is bound to. It is pure: objects in, decision out. The
+// webhook uses it at admission and the assigner to attach identities and keep the pod annotation (package
+// annotation) current.
 package binding
 
 import (
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -12,30 +11,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/annotation"
 )
 
-// Identity is one identity a pod may obtain tokens for, as recorded in the pod annotation
-// podidentity.io/identities. It names credentials; it never carries a secret.
-type Identity struct {
-	// Name and Namespace of the AzureIdentity.
-	Name      string `json:"name"`
-	Namespace string `json:"namespace"`
-	// Type is the AzureIdentity's spec.type (0 user-assigned MI, 1 SP secret, 2 SP certificate).
-	Type       aadv1.IdentityType `json:"type"`
-	ClientID   string             `json:"clientID,omitempty"`
-	ResourceID string             `json:"resourceID,omitempty"`
-	// TenantID, AuxiliaryTenantIDs, ADEndpoint and ADResourceID are set for service principals.
-	TenantID           string   `json:"tenantID,omitempty"`
-	AuxiliaryTenantIDs []string `json:"auxiliaryTenantIDs,omitempty"`
-	ADEndpoint         string   `json:"adEndpoint,omitempty"`
-	ADResourceID       string   `json:"adResourceID,omitempty"`
-	// SecretName names the Secret (in the pod's namespace) that a service principal's credential is mounted
-	// from into the sidecar only. Empty for managed identities.
-	SecretName string `json:"secretName,omitempty"`
-	// Binding is the AzureIdentityBinding (namespace/name) that bound the pod, and Weight its weight.
-	Binding string `json:"binding"`
-	Weight  int    `json:"weight,omitempty"`
-}
+// Identity is one identity a pod may obtain tokens for (see package annotation, which defines the format).
+type Identity = annotation.Identity
 
 // Options changes how bindings match.
 type Options struct {
@@ -188,27 +168,8 @@ func Excepted(pod *corev1.Pod, exceptions []aadv1.AzurePodIdentityException) (st
 	return "", false
 }
 
-// Encode renders identities as the annotation value: a JSON list, stable for equal input, "[]" when empty.
-func Encode(ids []Identity) string {
-	if ids == nil {
-		ids = []Identity{}
-	}
-	b, err := json.Marshal(ids)
-	if err != nil {
-		panic(err) // only strings, ints and slices: cannot fail
-	}
-	return string(b)
-}
+// Encode renders identities as the annotation value (annotation.Encode).
+func Encode(ids []Identity) string { return annotation.Encode(ids) }
 
-// Decode parses the annotation value. An empty value means no identities.
-func Decode(s string) ([]Identity, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return nil, nil
-	}
-	var ids []Identity
-	if err := json.Unmarshal([]byte(s), &ids); err != nil {
-		return nil, fmt.Errorf("annotation podidentity.io/identities is not a JSON list of identities: %w", err)
-	}
-	return ids, nil
-}
+// Decode parses the annotation value (annotation.Decode).
+func Decode(s string) ([]Identity, error) { return annotation.Decode(s) }

@@ -17,8 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/api/identitytype"
+	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/sidecar/identities"
 	"github.com/podidentity/podidentity/sidecar/server"
@@ -130,13 +130,13 @@ func New(cfg Config, log logr.Logger) (*App, error) {
 	}
 	sp := serviceprincipal.New(serviceprincipal.Options{SecretsDir: cfg.SecretsDir, AuthorityHost: cfg.AADAuthorityHost,
 		DisableInstanceDiscovery: cfg.AADDisableInstanceDiscovery, Transport: cfg.AADTransport})
-	fetch := tokens.FetcherFunc(func(ctx context.Context, id binding.Identity, resource string) (tokens.Token, error) {
+	fetch := tokens.FetcherFunc(func(ctx context.Context, id annotation.Identity, resource string) (tokens.Token, error) {
 		var tok tokens.Token
 		var err error
 		switch id.Type {
-		case aadv1.UserAssignedMSI:
+		case identitytype.UserAssignedMSI:
 			tok, err = imds.Token(ctx, id.ClientID, resource)
-		case aadv1.ServicePrincipal, aadv1.ServicePrincipalCertificate:
+		case identitytype.ServicePrincipal, identitytype.ServicePrincipalCertificate:
 			tok, err = sp.Token(ctx, id, resource)
 		default:
 			err = &tokens.Error{Status: http.StatusBadRequest, Code: "invalid_request", Description: fmt.Sprintf("identity %s/%s has unsupported type %d", id.Namespace, id.Name, id.Type)}
@@ -154,7 +154,7 @@ func New(cfg Config, log logr.Logger) (*App, error) {
 	}
 	cache := tokens.NewCache(fetch, cacheOpts)
 	store := identities.NewStore(cfg.IdentitiesFile, log.WithName("identities"))
-	store.OnChange = func(ids []binding.Identity) { metrics.BoundIdentities.Set(float64(len(ids))) }
+	store.OnChange = func(ids []annotation.Identity) { metrics.BoundIdentities.Set(float64(len(ids))) }
 
 	srv := server.New(server.Options{
 		Pod: cfg.PodNamespace + "/" + cfg.PodName, MetadataHeaderRequired: cfg.MetadataHeaderRequired,

@@ -10,21 +10,21 @@ import (
 
 	"github.com/go-logr/logr"
 
-	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 	"github.com/podidentity/podidentity/test/imds"
 )
 
 func TestReloadOnIdentitiesFileChange(t *testing.T) {
-	h := start(t, setup{bound: []binding.Identity{web}, attached: []imds.Identity{webMI, jobsMI}})
+	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI, jobsMI}})
 	jobsQuery := "&client_id=" + jobsMI.ClientID
 	if r := rawGet(t, h.addr, tokenTarget(jobsQuery), md); r.status != 400 {
 		t.Fatalf("jobs before binding: %d %s, want 400", r.status, r.raw)
 	}
-	h.files.write(t, []binding.Identity{web, jobs}) // the kubelet swaps ..data
+	h.files.write(t, []annotation.Identity{web, jobs}) // the kubelet swaps ..data
 	waitFor(t, "jobs to become bound", func() bool { return rawGet(t, h.addr, tokenTarget(jobsQuery), md).status == 200 })
 
-	h.files.write(t, []binding.Identity{jobs}) // web unbound: its cached token must not be served any more
+	h.files.write(t, []annotation.Identity{jobs}) // web unbound: its cached token must not be served any more
 	waitFor(t, "web to become unbound", func() bool {
 		return rawGet(t, h.addr, tokenTarget("&client_id="+webMI.ClientID), md).status == 400
 	})
@@ -49,12 +49,12 @@ func TestNotReadyUntilIdentitiesFileRead(t *testing.T) {
 	if r := rawGet(t, h.addr, tokenTarget(""), md); r.status != 400 || !strings.Contains(r.body["error_description"], "no identity is bound") {
 		t.Fatalf("token before the file: %d %s", r.status, r.raw)
 	}
-	h.files.write(t, []binding.Identity{web})
+	h.files.write(t, []annotation.Identity{web})
 	waitFor(t, "ready", func() bool { return get("/readyz") == 200 })
 }
 
 func TestWaitsForAttachmentThenSucceeds(t *testing.T) {
-	h := start(t, setup{bound: []binding.Identity{web}}) // not attached to the node yet
+	h := start(t, setup{bound: []annotation.Identity{web}}) // not attached to the node yet
 	done := make(chan response, 1)
 	go func() { done <- rawGet(t, h.addr, tokenTarget("&client_id="+webMI.ClientID), md) }()
 	waitFor(t, "IMDS to say Identity not found", func() bool { return h.emu.Counters().ByStatus[400] >= 2 })
@@ -66,7 +66,7 @@ func TestWaitsForAttachmentThenSucceeds(t *testing.T) {
 }
 
 func TestNotAttachedAnswers503WithRetryAfter(t *testing.T) {
-	h := start(t, setup{bound: []binding.Identity{web}, cfg: func(c *Config) { c.AttachWait = 500 * time.Millisecond; c.RetryAfter = 3 * time.Second }})
+	h := start(t, setup{bound: []annotation.Identity{web}, cfg: func(c *Config) { c.AttachWait = 500 * time.Millisecond; c.RetryAfter = 3 * time.Second }})
 	r := rawGet(t, h.addr, tokenTarget(""), md)
 	if r.status != 503 || r.header.Get("Retry-After") != "3" || r.body["error"] != "temporarily_unavailable" ||
 		!strings.Contains(r.body["error_description"], "not attached to this node yet") {
@@ -80,7 +80,7 @@ func TestNotAttachedAnswers503WithRetryAfter(t *testing.T) {
 }
 
 func TestThrottledIMDSIsRetried(t *testing.T) {
-	h := start(t, setup{bound: []binding.Identity{web}, attached: []imds.Identity{webMI}})
+	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}})
 	h.emu.InjectFaults(imds.Fault{Status: 429, Count: 2}, imds.Fault{Status: 410, Count: 1}, imds.Fault{Status: 500, Count: 1})
 	if r := rawGet(t, h.addr, tokenTarget(""), md); r.status != 200 {
 		t.Fatalf("%d %s, want a token after IMDS recovers", r.status, r.raw)
@@ -92,7 +92,7 @@ func TestThrottledIMDSIsRetried(t *testing.T) {
 
 func TestConcurrentColdRequestsMakeOneUpstreamCall(t *testing.T) {
 	// IMDS limits: 5 concurrent, 20/s. Without collapsing, 100 requests would be throttled.
-	h := start(t, setup{bound: []binding.Identity{web}, attached: []imds.Identity{webMI},
+	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI},
 		emu: imds.Options{Latency: 200 * time.Millisecond, RatePerSecond: 20, MaxConcurrent: 5}})
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 100}}
 	var wg sync.WaitGroup
@@ -128,7 +128,7 @@ func TestConcurrentColdRequestsMakeOneUpstreamCall(t *testing.T) {
 // TestRefreshAheadOfExpiry drives the sidecar's and the emulator's shared clock through a token's lifetime.
 func TestRefreshAheadOfExpiry(t *testing.T) {
 	clock := &testClock{now: time.Now()}
-	h := start(t, setup{bound: []binding.Identity{web}, attached: []imds.Identity{webMI},
+	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI},
 		emu: imds.Options{Now: clock.Now, TokenLifetime: 24 * time.Hour}, cfg: func(c *Config) { c.Now = clock.Now }})
 	first := rawGet(t, h.addr, tokenTarget(""), md)
 	if first.status != 200 || first.body["expires_in"] != "86400" {
@@ -156,7 +156,7 @@ func TestRefreshAheadOfExpiry(t *testing.T) {
 
 func TestNeverServesTokenExpiringWithinFiveMinutes(t *testing.T) {
 	clock := &testClock{now: time.Now()}
-	h := start(t, setup{bound: []binding.Identity{web}, attached: []imds.Identity{webMI},
+	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI},
 		emu: imds.Options{Now: clock.Now, TokenLifetime: time.Hour}, cfg: func(c *Config) { c.Now = clock.Now; c.Cache = tokens.Options{RetryInterval: time.Hour} }})
 	first := rawGet(t, h.addr, tokenTarget(""), md)
 	// Background refresh is disabled by the long retry interval; 4 minutes before expiry the cached token
@@ -182,7 +182,7 @@ func (c *testClock) Add(d time.Duration) {
 
 func TestOtherIMDSPaths(t *testing.T) {
 	for _, block := range []bool{false, true} {
-		h := start(t, setup{bound: []binding.Identity{web}, attached: []imds.Identity{webMI},
+		h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI},
 			emu: imds.Options{TenantID: "tenant-1"}, cfg: func(c *Config) { c.BlockInstanceMetadata = block }})
 		tests := []struct {
 			path    string
@@ -216,7 +216,7 @@ func TestOtherIMDSPaths(t *testing.T) {
 // TestBareProbeAnsweredImmediately: DefaultAzureCredential's probe (no query, no Metadata header) is answered
 // by the sidecar itself, without waiting for IMDS, even when the identity is not attached yet.
 func TestBareProbeAnsweredImmediately(t *testing.T) {
-	h := start(t, setup{bound: []binding.Identity{web}, emu: imds.Options{Latency: time.Hour}})
+	h := start(t, setup{bound: []annotation.Identity{web}, emu: imds.Options{Latency: time.Hour}})
 	for _, target := range []string{"/metadata/identity/oauth2/token", "/metadata/identity/oauth2/token?"} {
 		r := rawGet(t, h.addr, target, nil)
 		if r.status != 400 || r.body["error_description"] != "Required metadata header not specified" {
@@ -229,7 +229,7 @@ func TestBareProbeAnsweredImmediately(t *testing.T) {
 }
 
 func TestMetadataHeaderOptional(t *testing.T) {
-	h := start(t, setup{bound: []binding.Identity{web}, attached: []imds.Identity{webMI}, cfg: func(c *Config) { c.MetadataHeaderRequired = false }})
+	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}, cfg: func(c *Config) { c.MetadataHeaderRequired = false }})
 	if r := rawGet(t, h.addr, tokenTarget(""), nil); r.status != 200 {
 		t.Fatalf("without header, not required: %d %s", r.status, r.raw)
 	}
@@ -239,7 +239,7 @@ func TestMetadataHeaderOptional(t *testing.T) {
 }
 
 func TestAuditLogAndMetrics(t *testing.T) {
-	h := start(t, setup{bound: []binding.Identity{web}, attached: []imds.Identity{webMI}})
+	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}})
 	first := rawGet(t, h.addr, tokenTarget(""), md)
 	_ = rawGet(t, h.addr, tokenTarget(""), md)
 	_ = rawGet(t, h.addr, tokenTarget("&client_id="+otherMI.ClientID), md)
@@ -307,7 +307,7 @@ func TestConfigValidation(t *testing.T) {
 
 // TestObjectIDResolution: object IDs are resolved from the bound identities' tokens (the "oid" claim).
 func TestObjectIDResolution(t *testing.T) {
-	h := start(t, setup{bound: []binding.Identity{web, jobs}, attached: []imds.Identity{webMI, otherMI}, // jobs not attached yet
+	h := start(t, setup{bound: []annotation.Identity{web, jobs}, attached: []imds.Identity{webMI, otherMI}, // jobs not attached yet
 		cfg: func(c *Config) { c.AttachWait = 300 * time.Millisecond }})
 	tests := []struct {
 		name   string

@@ -11,7 +11,7 @@ import (
 
 	"github.com/go-logr/logr"
 
-	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/test/imds"
 )
 
@@ -58,7 +58,7 @@ func BenchmarkCachedToken(b *testing.B) {
 // shared fake clock, up to the refresh window 15 min before expiry) and reports the IMDS calls made.
 func BenchmarkUpstreamCallsPerLifetime(b *testing.B) {
 	clock := &testClock{now: time.Unix(1_800_000_000, 0)}
-	h := startBenchWith(b, setup{bound: []binding.Identity{web}, attached: []imds.Identity{webMI},
+	h := startBenchWith(b, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI},
 		emu: imds.Options{Now: clock.Now, TokenLifetime: 24 * time.Hour}, cfg: func(c *Config) { c.Now = clock.Now }})
 	client := &http.Client{}
 	url := "http://" + h.addr + tokenTarget("")
@@ -84,7 +84,7 @@ func BenchmarkUpstreamCallsPerLifetime(b *testing.B) {
 }
 
 func startBench(b *testing.B) *harness {
-	return startBenchWith(b, setup{bound: []binding.Identity{web}, attached: []imds.Identity{webMI}})
+	return startBenchWith(b, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}})
 }
 
 // startBenchWith starts the harness for a benchmark, with a discarding logger.

@@ -20,8 +20,8 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
 
-	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/api/identitytype"
+	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/test/imds"
 )
 
@@ -34,8 +34,8 @@ var (
 	jobsMI  = imds.Identity{ClientID: "aaaaaaaa-1111-4111-8111-000000000002", ObjectID: "0b000000-0000-0000-0000-000000000002", ResourceID: rid + "jobs"}
 	otherMI = imds.Identity{ClientID: "cccccccc-1111-4111-8111-000000000003", ObjectID: "0b000000-0000-0000-0000-000000000003", ResourceID: rid + "other"}
 
-	web  = binding.Identity{Namespace: "apps", Name: "web", Type: aadv1.UserAssignedMSI, ClientID: webMI.ClientID, ResourceID: webMI.ResourceID, Binding: "apps/web", Weight: 5}
-	jobs = binding.Identity{Namespace: "apps", Name: "jobs", Type: aadv1.UserAssignedMSI, ClientID: jobsMI.ClientID, ResourceID: jobsMI.ResourceID, Binding: "apps/jobs"}
+	web  = annotation.Identity{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: webMI.ClientID, ResourceID: webMI.ResourceID, Binding: "apps/web", Weight: 5}
+	jobs = annotation.Identity{Namespace: "apps", Name: "jobs", Type: identitytype.UserAssignedMSI, ClientID: jobsMI.ClientID, ResourceID: jobsMI.ResourceID, Binding: "apps/jobs"}
 )
 
 // kubeletDir writes the identities file as the kubelet's atomic writer does: a timestamped directory, a ..data
@@ -47,14 +47,14 @@ type kubeletDir struct {
 
 func (k *kubeletDir) path() string { return filepath.Join(k.dir, "identities") }
 
-func (k *kubeletDir) write(t testing.TB, ids []binding.Identity) {
+func (k *kubeletDir) write(t testing.TB, ids []annotation.Identity) {
 	t.Helper()
 	k.gen++
 	ts := filepath.Join(k.dir, fmt.Sprintf("..2026_11_27_21_00_%02d.%d", k.gen, k.gen))
 	if err := os.Mkdir(ts, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(ts, "identities"), []byte(binding.Encode(ids)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(ts, "identities"), []byte(annotation.Encode(ids)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tmp := filepath.Join(k.dir, "..data_tmp")
@@ -102,7 +102,7 @@ type harness struct {
 }
 
 type setup struct {
-	bound    []binding.Identity
+	bound    []annotation.Identity
 	attached []imds.Identity
 	emu      imds.Options
 	cfg      func(*Config)

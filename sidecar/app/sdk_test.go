@@ -13,7 +13,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
-	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/test/imds"
 )
 
@@ -51,7 +51,7 @@ func TestAzureSDKManagedIdentityCredential(t *testing.T) {
 			os.Unsetenv(k)
 		}
 	}
-	h := start(t, setup{bound: []binding.Identity{web, jobs}, attached: []imds.Identity{webMI, jobsMI, otherMI}})
+	h := start(t, setup{bound: []annotation.Identity{web, jobs}, attached: []imds.Identity{webMI, jobsMI, otherMI}})
 	// MSAL caches tokens per process: a resource of its own keeps every run of this test (-count) honest.
 	scope := []string{uniqueResource() + "/.default"}
 	tests := []struct {
@@ -115,7 +115,7 @@ func TestAzureSDKDefaultAzureCredential(t *testing.T) {
 			os.Unsetenv(k)
 		}
 	}
-	h := start(t, setup{bound: []binding.Identity{web}, attached: []imds.Identity{webMI, otherMI}})
+	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI, otherMI}})
 	co, tr := sdkOptions(h.addr)
 	cred, err := azidentity.NewDefaultAzureCredential(&azidentity.DefaultAzureCredentialOptions{ClientOptions: co})
 	if err != nil {

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/api/identitytype"
+	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/test/imds"
 )
 
@@ -43,13 +43,13 @@ func selfSigned(t *testing.T) (*x509.Certificate, []byte) {
 // credential read from the secrets directory the webhook mounts into the sidecar only.
 func TestServicePrincipals(t *testing.T) {
 	cert, certPEM := selfSigned(t)
-	secretSP := binding.Identity{Namespace: "apps", Name: "sp-secret", Type: aadv1.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000001", TenantID: tenant, SecretName: "sp-secret-creds"}
-	certSP := binding.Identity{Namespace: "apps", Name: "sp-cert", Type: aadv1.ServicePrincipalCertificate, ClientID: "5e000000-0000-4000-8000-000000000002", TenantID: tenant, SecretName: "sp-cert-creds",
+	secretSP := annotation.Identity{Namespace: "apps", Name: "sp-secret", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000001", TenantID: tenant, SecretName: "sp-secret-creds"}
+	certSP := annotation.Identity{Namespace: "apps", Name: "sp-cert", Type: identitytype.ServicePrincipalCertificate, ClientID: "5e000000-0000-4000-8000-000000000002", TenantID: tenant, SecretName: "sp-cert-creds",
 		AuxiliaryTenantIDs: []string{"7e0b6a1c-0000-4000-8000-00000000000b"}}
-	wrongSP := binding.Identity{Namespace: "apps", Name: "sp-wrong", Type: aadv1.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000003", TenantID: tenant, SecretName: "sp-wrong-creds"}
-	unreachableSP := binding.Identity{Namespace: "apps", Name: "sp-unreachable", Type: aadv1.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000005", TenantID: tenant, SecretName: "sp-unreachable-creds",
+	wrongSP := annotation.Identity{Namespace: "apps", Name: "sp-wrong", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000003", TenantID: tenant, SecretName: "sp-wrong-creds"}
+	unreachableSP := annotation.Identity{Namespace: "apps", Name: "sp-unreachable", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000005", TenantID: tenant, SecretName: "sp-unreachable-creds",
 		ADEndpoint: "https://127.0.0.1:1/"}
-	missingSP := binding.Identity{Namespace: "apps", Name: "sp-missing", Type: aadv1.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000004", TenantID: tenant, SecretName: "sp-missing-creds"}
+	missingSP := annotation.Identity{Namespace: "apps", Name: "sp-missing", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000004", TenantID: tenant, SecretName: "sp-missing-creds"}
 
 	aad := imds.NewAAD(time.Hour,
 		imds.App{TenantID: tenant, ClientID: secretSP.ClientID, ObjectID: "0e000000-0000-0000-0000-000000000001", Secret: "s3cret"},
@@ -75,7 +75,7 @@ func TestServicePrincipals(t *testing.T) {
 	write("sp-wrong", "clientSecret", "wrong")
 	write("sp-unreachable", "clientSecret", "s3cret")
 
-	h := start(t, setup{bound: []binding.Identity{web, secretSP, certSP, wrongSP, missingSP, unreachableSP}, attached: []imds.Identity{webMI},
+	h := start(t, setup{bound: []annotation.Identity{web, secretSP, certSP, wrongSP, missingSP, unreachableSP}, attached: []imds.Identity{webMI},
 		cfg: func(c *Config) {
 			c.SecretsDir = secrets
 			c.AADAuthorityHost = aadSrv.URL + "/"
@@ -84,7 +84,7 @@ func TestServicePrincipals(t *testing.T) {
 		}})
 	tests := []struct {
 		name   string
-		id     binding.Identity
+		id     annotation.Identity
 		status int
 		want   string
 	}{

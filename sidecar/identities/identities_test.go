@@ -10,16 +10,16 @@ import (
 
 	"github.com/go-logr/logr"
 
-	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/api/identitytype"
+	"github.com/podidentity/podidentity/internal/annotation"
 )
 
 const rid = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
 
 var (
-	heavy = binding.Identity{Namespace: "apps", Name: "heavy", Type: aadv1.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000001", ResourceID: rid + "heavy", Weight: 9}
-	light = binding.Identity{Namespace: "apps", Name: "light", Type: aadv1.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000002", ResourceID: rid + "light"}
-	sp    = binding.Identity{Namespace: "apps", Name: "sp", Type: aadv1.ServicePrincipal, ClientID: "aaaaaaaa-0000-0000-0000-000000000003", TenantID: "t"}
+	heavy = annotation.Identity{Namespace: "apps", Name: "heavy", Type: identitytype.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000001", ResourceID: rid + "heavy", Weight: 9}
+	light = annotation.Identity{Namespace: "apps", Name: "light", Type: identitytype.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000002", ResourceID: rid + "light"}
+	sp    = annotation.Identity{Namespace: "apps", Name: "sp", Type: identitytype.ServicePrincipal, ClientID: "aaaaaaaa-0000-0000-0000-000000000003", TenantID: "t"}
 )
 
 // kubeletDir writes content the way the kubelet's atomic writer does: a timestamped directory, a ..data
@@ -73,13 +73,13 @@ func TestWatchFollowsKubeletSymlinkSwap(t *testing.T) {
 	if err := s.Load(); err == nil {
 		t.Fatal("Load of a missing file succeeded")
 	}
-	k.write(t, binding.Encode([]binding.Identity{light}))
+	k.write(t, annotation.Encode([]annotation.Identity{light}))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.Watch(ctx, 10*time.Millisecond)
 	waitFor(t, "first load", func() bool { return s.Ready() && len(s.Identities()) == 1 })
 
-	k.write(t, binding.Encode([]binding.Identity{heavy, light}))
+	k.write(t, annotation.Encode([]annotation.Identity{heavy, light}))
 	waitFor(t, "reload after ..data swap", func() bool { return len(s.Identities()) == 2 })
 	if got := s.Identities()[0].Name; got != "heavy" {
 		t.Fatalf("first identity %q, want heavy (annotation order kept)", got)
@@ -98,10 +98,10 @@ func TestWatchFollowsKubeletSymlinkSwap(t *testing.T) {
 }
 
 func TestSelect(t *testing.T) {
-	ids := []binding.Identity{heavy, light, sp}
+	ids := []annotation.Identity{heavy, light, sp}
 	tests := []struct {
 		name    string
-		ids     []binding.Identity
+		ids     []annotation.Identity
 		kind    SelectorKind
 		value   string
 		want    string

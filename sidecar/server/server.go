@@ -19,7 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/sidecar/identities"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 )
@@ -29,13 +29,13 @@ const TokenPath = "/metadata/identity/oauth2/token"
 
 // Identities is the pod's bound identities.
 type Identities interface {
-	Identities() []binding.Identity
+	Identities() []annotation.Identity
 	Ready() bool
 }
 
 // Tokens returns tokens for bound identities (a *tokens.Cache).
 type Tokens interface {
-	Get(ctx context.Context, id binding.Identity, resource string, bypass bool) (tokens.Token, bool, error)
+	Get(ctx context.Context, id annotation.Identity, resource string, bypass bool) (tokens.Token, bool, error)
 }
 
 // Options configure a Server.
@@ -275,7 +275,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, start, perr)
 		return
 	}
-	var id binding.Identity
+	var id annotation.Identity
 	var tok tokens.Token
 	var hit bool
 	var err error
@@ -336,10 +336,10 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 // bound identity's token for the resource (by client ID, through the cache, so these are not wasted) and
 // serves the one whose "oid" claim is the requested object ID. A bound identity whose token cannot be had
 // yet makes an unmatched request transient (the error, e.g. 503) rather than a definite 400.
-func (s *Server) byObjectID(ctx context.Context, req request) (binding.Identity, tokens.Token, bool, *identities.Refusal, error) {
+func (s *Server) byObjectID(ctx context.Context, req request) (annotation.Identity, tokens.Token, bool, *identities.Refusal, error) {
 	ids := s.opts.Identities.Identities()
 	if _, refusal := identities.Select(ids, identities.ByDefault, ""); refusal != nil {
-		return binding.Identity{}, tokens.Token{}, false, refusal, nil
+		return annotation.Identity{}, tokens.Token{}, false, refusal, nil
 	}
 	var firstErr error
 	for _, id := range ids {
@@ -355,10 +355,10 @@ func (s *Server) byObjectID(ctx context.Context, req request) (binding.Identity,
 		}
 	}
 	if firstErr != nil {
-		return binding.Identity{}, tokens.Token{}, false, nil, firstErr
+		return annotation.Identity{}, tokens.Token{}, false, nil, firstErr
 	}
 	_, refusal := identities.Select(ids, identities.ByObjectID, req.value)
-	return binding.Identity{}, tokens.Token{}, false, refusal, nil
+	return annotation.Identity{}, tokens.Token{}, false, refusal, nil
 }
 
 func (s *Server) refuse(w http.ResponseWriter, start time.Time, e *tokens.Error) {

@@ -9,18 +9,18 @@ import (
 
 	"github.com/go-logr/logr"
 
-	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 )
 
-type fixedIdentities []binding.Identity
+type fixedIdentities []annotation.Identity
 
-func (f fixedIdentities) Identities() []binding.Identity { return f }
-func (f fixedIdentities) Ready() bool                    { return true }
+func (f fixedIdentities) Identities() []annotation.Identity { return f }
+func (f fixedIdentities) Ready() bool                       { return true }
 
 type noTokens struct{ calls int }
 
-func (n *noTokens) Get(context.Context, binding.Identity, string, bool) (tokens.Token, bool, error) {
+func (n *noTokens) Get(context.Context, annotation.Identity, string, bool) (tokens.Token, bool, error) {
 	n.calls++
 	return tokens.Token{}, false, &tokens.Error{Status: 599, Code: "reached", Description: "reached the cache"}
 }

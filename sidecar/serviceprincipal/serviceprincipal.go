@@ -19,8 +19,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
-	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/api/identitytype"
+	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 )
 
@@ -67,7 +67,7 @@ func New(opts Options) *Provider {
 // Token returns a token for the service principal and resource. The scope is resource + "/.default", as
 // IMDS-protocol clients ask for resources, not scopes. Only the primary tenant's token is served: the IMDS
 // protocol has no way to ask for an auxiliary tenant's token (see README.md).
-func (p *Provider) Token(ctx context.Context, id binding.Identity, resource string) (tokens.Token, error) {
+func (p *Provider) Token(ctx context.Context, id annotation.Identity, resource string) (tokens.Token, error) {
 	cred, err := p.credential(id)
 	if err != nil {
 		return tokens.Token{}, err
@@ -91,7 +91,7 @@ func (p *Provider) Token(ctx context.Context, id binding.Identity, resource stri
 	return tokens.Token{AccessToken: at.Token, ExpiresOn: at.ExpiresOn, Resource: resource, ClientID: id.ClientID, TokenType: "Bearer"}, nil
 }
 
-func (p *Provider) credential(id binding.Identity) (azcore.TokenCredential, error) {
+func (p *Provider) credential(id annotation.Identity) (azcore.TokenCredential, error) {
 	dir := filepath.Join(p.opts.SecretsDir, id.Name)
 	read := func(name string) ([]byte, error) {
 		b, err := os.ReadFile(filepath.Join(dir, name))
@@ -104,13 +104,13 @@ func (p *Provider) credential(id binding.Identity) (azcore.TokenCredential, erro
 	}
 	var material []byte
 	switch id.Type {
-	case aadv1.ServicePrincipal:
+	case identitytype.ServicePrincipal:
 		secret, err := read(ClientSecretFile)
 		if err != nil {
 			return nil, err
 		}
 		material = secret
-	case aadv1.ServicePrincipalCertificate:
+	case identitytype.ServicePrincipalCertificate:
 		cert, err := read(CertificateFile)
 		if err != nil {
 			return nil, err
@@ -137,7 +137,7 @@ func (p *Provider) credential(id binding.Identity) (azcore.TokenCredential, erro
 	return cred, nil
 }
 
-func (p *Provider) build(id binding.Identity, material []byte) (azcore.TokenCredential, error) {
+func (p *Provider) build(id annotation.Identity, material []byte) (azcore.TokenCredential, error) {
 	host := p.opts.AuthorityHost
 	if id.ADEndpoint != "" {
 		host = id.ADEndpoint
@@ -154,7 +154,7 @@ func (p *Provider) build(id binding.Identity, material []byte) (azcore.TokenCred
 	// Auxiliary tenants are allowed as tenants of the credential; the IMDS protocol only asks for the primary.
 	aux := append([]string(nil), id.AuxiliaryTenantIDs...)
 	switch id.Type {
-	case aadv1.ServicePrincipal:
+	case identitytype.ServicePrincipal:
 		secret := strings.TrimRight(string(material), "\r\n")
 		return azidentity.NewClientSecretCredential(id.TenantID, id.ClientID, secret, &azidentity.ClientSecretCredentialOptions{
 			ClientOptions: co, DisableInstanceDiscovery: p.opts.DisableInstanceDiscovery, AdditionallyAllowedTenants: aux})

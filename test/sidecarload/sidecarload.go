@@ -19,8 +19,8 @@ import (
 	"sync"
 	"time"
 
-	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/api/identitytype"
+	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/test/imds"
 )
 
@@ -80,8 +80,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	defer os.RemoveAll(dir)
 	idFile := filepath.Join(dir, "identities")
-	ids := []binding.Identity{{Namespace: "apps", Name: "web", Type: aadv1.UserAssignedMSI, ClientID: mi.ClientID, ResourceID: mi.ResourceID, Binding: "apps/web"}}
-	if err := os.WriteFile(idFile, []byte(binding.Encode(ids)), 0o644); err != nil {
+	ids := []annotation.Identity{{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: mi.ClientID, ResourceID: mi.ResourceID, Binding: "apps/web"}}
+	if err := os.WriteFile(idFile, []byte(annotation.Encode(ids)), 0o644); err != nil {
 		return res, err
 	}
 	tokenAddr, healthAddr := freePort(), freePort()

@@ -1,0 +1,60 @@
+// Package annotation defines the pod annotation podidentity.io/identities: the identities a pod is bound to, as
+// the webhook and the assigner record them and the pod's token sidecar reads them (through a downward-API file).
+// It imports nothing from Kubernetes, so the sidecar stays small.
+package annotation
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/podidentity/podidentity/api/identitytype"
+)
+
+// Identity is one identity a pod may obtain tokens for, as recorded in the pod annotation
+// podidentity.io/identities. It names credentials; it never carries a secret.
+type Identity struct {
+	// Name and Namespace of the AzureIdentity.
+	Name      string `json:"name"`
+	Namespace string `json:"namespace"`
+	// Type is the AzureIdentity's spec.type (0 user-assigned MI, 1 SP secret, 2 SP certificate).
+	Type       identitytype.IdentityType `json:"type"`
+	ClientID   string                    `json:"clientID,omitempty"`
+	ResourceID string                    `json:"resourceID,omitempty"`
+	// TenantID, AuxiliaryTenantIDs, ADEndpoint and ADResourceID are set for service principals.
+	TenantID           string   `json:"tenantID,omitempty"`
+	AuxiliaryTenantIDs []string `json:"auxiliaryTenantIDs,omitempty"`
+	ADEndpoint         string   `json:"adEndpoint,omitempty"`
+	ADResourceID       string   `json:"adResourceID,omitempty"`
+	// SecretName names the Secret (in the pod's namespace) that a service principal's credential is mounted
+	// from into the sidecar only. Empty for managed identities.
+	SecretName string `json:"secretName,omitempty"`
+	// Binding is the AzureIdentityBinding (namespace/name) that bound the pod, and Weight its weight.
+	Binding string `json:"binding"`
+	Weight  int    `json:"weight,omitempty"`
+}
+
+// Encode renders identities as the annotation value: a JSON list, stable for equal input, "[]" when empty.
+func Encode(ids []Identity) string {
+	if ids == nil {
+		ids = []Identity{}
+	}
+	b, err := json.Marshal(ids)
+	if err != nil {
+		panic(err) // only strings, ints and slices: cannot fail
+	}
+	return string(b)
+}
+
+// Decode parses the annotation value. An empty value means no identities.
+func Decode(s string) ([]Identity, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, nil
+	}
+	var ids []Identity
+	if err := json.Unmarshal([]byte(s), &ids); err != nil {
+		return nil, fmt.Errorf("annotation podidentity.io/identities is not a JSON list of identities: %w", err)
+	}
+	return ids, nil
+}
