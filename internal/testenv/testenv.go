@@ -76,6 +76,7 @@ func Start(t testing.TB, env *envtest.Environment) *Env {
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		_ = env.Stop() // Start can fail after launching etcd and kube-apiserver (e.g. a CRD is refused)
 		t.Fatalf("starting kube-apiserver and etcd from %s: %v", assets, err)
 	}
 	t.Cleanup(func() {

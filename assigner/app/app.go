@@ -1,0 +1,229 @@
+// Package app wires the assigner's flags, credentials, manager and controllers together; main only calls Run.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/assigner/azure"
+	"github.com/podidentity/podidentity/assigner/config"
+	"github.com/podidentity/podidentity/assigner/controller"
+	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/version"
+)
+
+// Flags are the command line.
+type Flags struct {
+	Kubeconfig                       string
+	MetricsAddr, ProbeAddr           string
+	LeaderElect                      bool
+	LeaderElectionNamespace          string
+	Namespace                        string
+	Immutable                        string
+	ForceNamespaced, Managed         bool
+	Workers                          int
+	Resync, Debounce, IsolationTTL   time.Duration
+	PollFrequency                    time.Duration
+	AzureConfig                      string
+	CloudName, ARMEndpoint, Audience string
+	AuthorityHost                    string
+	Zap                              zap.Options
+}
+
+// ParseFlags parses args (without the program name).
+func ParseFlags(args []string) (Flags, error) {
+	var f Flags
+	fs := flag.NewFlagSet("podidentity-assigner", flag.ContinueOnError)
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "kube-system"
+	}
+	fs.StringVar(&f.Kubeconfig, "kubeconfig", "", "kubeconfig file; default: in-cluster config or $KUBECONFIG")
+	fs.StringVar(&f.MetricsAddr, "metrics-bind-address", ":8080", "address of /metrics")
+	fs.StringVar(&f.ProbeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	fs.BoolVar(&f.LeaderElect, "leader-elect", true, "elect a leader through a Lease so that only one replica acts")
+	fs.StringVar(&f.LeaderElectionNamespace, "leader-election-namespace", ns, "namespace of the leader election Lease")
+	fs.StringVar(&f.Namespace, "namespace", ns, "namespace of the assigner's bookkeeping ConfigMaps (default: $POD_NAMESPACE)")
+	fs.StringVar(&f.Immutable, "immutable-user-msis", "", "comma-separated identities never removed from VMs and scale sets: client ids or resource ids (the cluster's own identity is added from azure.json)")
+	fs.BoolVar(&f.ForceNamespaced, "forceNamespaced", false, "treat every AzureIdentity as namespaced (AAD Pod Identity's flag)")
+	fs.BoolVar(&f.Managed, "managed", false, "managed mode: never call ARM; identities are attached by someone else")
+	fs.IntVar(&f.Workers, "workers", 100, "VMs and scale sets worked on at once (each slow PATCH holds one)")
+	fs.DurationVar(&f.Resync, "resync", 10*time.Minute, "how often each resource in use is read back from ARM to repair drift")
+	fs.DurationVar(&f.Debounce, "debounce", 500*time.Millisecond, "delay after an event so that bursts become one PATCH")
+	fs.DurationVar(&f.IsolationTTL, "isolation-ttl", 5*time.Minute, "how long an identity ARM rejected is left out before it is tried again")
+	fs.DurationVar(&f.PollFrequency, "poll-frequency", 5*time.Second, "polling interval of ARM operations when ARM gives no Retry-After")
+	fs.StringVar(&f.AzureConfig, "azure-config", "/etc/kubernetes/azure.json", "AKS's azure.json; empty to use AZURE_* environment variables only")
+	fs.StringVar(&f.CloudName, "cloud", "", "cloud name (AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud); default: azure.json's, else public")
+	fs.StringVar(&f.ARMEndpoint, "arm-endpoint", "", "custom cloud: Resource Manager endpoint")
+	fs.StringVar(&f.Audience, "arm-audience", "", "custom cloud: Resource Manager token audience (default: the endpoint)")
+	fs.StringVar(&f.AuthorityHost, "aad-authority", "", "custom cloud: Azure AD authority host")
+	f.Zap = zap.Options{}
+	f.Zap.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return Flags{}, err
+	}
+	return f, nil
+}
+
+// Run runs the assigner until ctx ends.
+func Run(ctx context.Context, f Flags) error {
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&f.Zap)))
+	log := ctrl.Log.WithName("assigner")
+	log.Info("starting", "version", version.Version, "managed", f.Managed)
+
+	var arm azure.Client
+	var cred azcore.TokenCredential
+	var scope string
+	immutable := splitList(f.Immutable)
+	if !f.Managed {
+		var azj config.AzureJSON
+		if f.AzureConfig != "" {
+			var err error
+			if azj, err = config.LoadAzureJSON(f.AzureConfig); err != nil {
+				return err
+			}
+		}
+		cloudCfg, err := config.Cloud(firstNonEmpty(f.CloudName, azj.Cloud), firstNonEmpty(f.ARMEndpoint, azj.ResourceManagerEndpoint), f.Audience, f.AuthorityHost)
+		if err != nil {
+			return err
+		}
+		auth, err := config.ResolveAuth(azj, os.Getenv)
+		if err != nil {
+			return err
+		}
+		if cred, err = auth.Credential(policy.ClientOptions{Cloud: cloudCfg}); err != nil {
+			return fmt.Errorf("building %s credentials: %w", auth.Method, err)
+		}
+		if azj.UserAssignedIdentityID != "" {
+			immutable = append(immutable, azj.UserAssignedIdentityID) // the cluster's own (kubelet) identity
+		}
+		scope = config.ResourceManagerScope(cloudCfg)
+		arm = azure.NewARM(cred, azure.ARMOptions{Cloud: cloudCfg, PollFrequency: f.PollFrequency,
+			Retry: policy.RetryOptions{MaxRetries: 3, RetryDelay: 2 * time.Second, MaxRetryDelay: 30 * time.Second, TryTimeout: 2 * time.Minute}})
+		log.Info("ARM configured", "auth", auth.Method, "clientID", auth.ClientID, "scope", scope)
+	}
+
+	restCfg, err := restConfig(f.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := aadv1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	mgr, err := ctrl.NewManager(restCfg, manager.Options{
+		Scheme:                        scheme,
+		Metrics:                       metricsserver.Options{BindAddress: f.MetricsAddr},
+		HealthProbeBindAddress:        f.ProbeAddr,
+		LeaderElection:                f.LeaderElect,
+		LeaderElectionID:              "podidentity-assigner",
+		LeaderElectionNamespace:       f.LeaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+	})
+	if err != nil {
+		return fmt.Errorf("creating the manager: %w", err)
+	}
+	if err := controller.Setup(ctx, mgr, arm, controller.Options{
+		Namespace: f.Namespace, Immutable: immutable, Binding: binding.Options{ForceNamespaced: f.ForceNamespaced},
+		Managed: f.Managed, Workers: f.Workers, Resync: f.Resync, Debounce: f.Debounce, IsolationTTL: f.IsolationTTL,
+	}); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("caches", func(*http.Request) error {
+		c, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if !mgr.GetCache().WaitForCacheSync(c) {
+			return errors.New("informer caches not synced yet")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if cred != nil {
+		if err := mgr.AddReadyzCheck("arm-credentials", CredentialCheck(cred, scope, 5*time.Minute)); err != nil {
+			return err
+		}
+	}
+	return mgr.Start(ctx)
+}
+
+// CredentialCheck is a readiness check that succeeds while a token for scope can be obtained; a success
+// is trusted for ttl so that probes do not hammer Azure AD.
+func CredentialCheck(cred azcore.TokenCredential, scope string, ttl time.Duration) healthz.Checker {
+	var mu sync.Mutex
+	var okUntil time.Time
+	return func(req *http.Request) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if time.Now().Before(okUntil) {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
+		defer cancel()
+		if _, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}}); err != nil {
+			return fmt.Errorf("cannot get an ARM token (check the assigner's Azure identity and its azure.json / AZURE_* settings): %w", err)
+		}
+		okUntil = time.Now().Add(ttl)
+		return nil
+	}
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("reading kubeconfig %s: %w", kubeconfig, err)
+		}
+		return c, nil
+	}
+	c, err := ctrl.GetConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no Kubernetes configuration (run in a cluster, set $KUBECONFIG or --kubeconfig): %w", err)
+	}
+	return c, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

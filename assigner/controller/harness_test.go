@@ -1,0 +1,220 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/assigner/azure"
+	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/arm"
+)
+
+const ledgerNS = "podidentity-system"
+
+func uami(name string) string {
+	return "/subscriptions/sub/resourceGroups/identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/" + name
+}
+
+func ssID(name string) string {
+	return "/subscriptions/sub/resourceGroups/MC_rg/providers/Microsoft.Compute/virtualMachineScaleSets/" + name
+}
+
+func vmID(name string) string {
+	return "/subscriptions/sub/resourceGroups/MC_rg/providers/Microsoft.Compute/virtualMachines/" + name
+}
+
+// startEnv starts kube-apiserver and etcd and creates the ledger namespace.
+func startEnv(t testing.TB) *testenv.Env {
+	env := testenv.Start(t, nil)
+	if err := env.Client.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ledgerNS}}); err != nil {
+		t.Fatal(err)
+	}
+	if os.Getenv("ASSIGNER_TEST_LOGS") != "" {
+		ctrl.SetLogger(zap.New(zap.UseDevMode(true)))
+	} else {
+		ctrl.SetLogger(logr.Discard())
+	}
+	return env
+}
+
+func armClient(srv *arm.Server) *azure.ARM {
+	return azure.NewARM(arm.Credential{}, azure.ARMOptions{Cloud: srv.Cloud(), Transport: srv.HTTPClient(), PollFrequency: 20 * time.Millisecond,
+		Retry: policy.RetryOptions{MaxRetries: 1, RetryDelay: 10 * time.Millisecond, MaxRetryDelay: 50 * time.Millisecond, TryTimeout: 3 * time.Second}})
+}
+
+func testOptions() Options {
+	return Options{Namespace: ledgerNS, Debounce: 50 * time.Millisecond, Resync: time.Minute, IsolationTTL: time.Minute,
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond, ARMTimeout: 5 * time.Minute}
+}
+
+// startAssigner runs a manager with the controllers until the returned stop is called (or the test ends).
+func startAssigner(t testing.TB, env *testenv.Env, c azure.Client, opts Options) (stop func()) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(env.Config, manager.Options{
+		Scheme:                 env.Scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := Setup(ctx, mgr, c, opts); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := mgr.Start(ctx); err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			<-done
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func mkNode(t testing.TB, c client.Client, name, providerID string) {
+	t.Helper()
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{ProviderID: providerID}}
+	if err := c.Create(context.Background(), n); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func instanceOf(ss string, i int) string { return fmt.Sprintf("azure://%s/virtualMachines/%d", ss, i) }
+
+func mkNamespace(t testing.TB, c client.Client, name string) {
+	t.Helper()
+	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+}
+
+func mkIdentity(t testing.TB, c client.Client, ns, name, resourceID string) *aadv1.AzureIdentity {
+	t.Helper()
+	id := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: resourceID, ClientID: arm.ClientIDOf(resourceID)}}
+	if err := c.Create(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func mkBinding(t testing.TB, c client.Client, ns, name, identity, selector string) *aadv1.AzureIdentityBinding {
+	t.Helper()
+	b := &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: identity, Selector: selector}}
+	if err := c.Create(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func mkPod(t testing.TB, c client.Client, ns, name, node, selector string, annotations map[string]string) *corev1.Pod {
+	t.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{aadv1.PodLabelBinding: selector}, Annotations: annotations},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app", Image: "app"}}},
+	}
+	if err := c.Create(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// deletePod removes a pod at once (there is no kubelet to finish it gracefully).
+func deletePod(t testing.TB, c client.Client, ns, name string) {
+	t.Helper()
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if err := c.Delete(context.Background(), p, client.GracePeriodSeconds(0)); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+}
+
+func eventually(t testing.TB, timeout time.Duration, what string, check func() error) {
+	t.Helper()
+	eventuallyEvery(t, timeout, 25*time.Millisecond, what, check)
+}
+
+// eventuallyEvery polls check every interval (benchmarks poll slowly so as not to load the apiserver they
+// measure).
+func eventuallyEvery(t testing.TB, timeout, interval time.Duration, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still not true after %v: %v", what, timeout, err)
+		}
+		time.Sleep(interval)
+	}
+}
+
+// azureHas checks a resource's identities: exactly want (any order), and the system-assigned identity.
+func azureHas(srv *arm.Server, id string, system bool, want ...string) error {
+	gotSystem, got := srv.Identities(id)
+	sort.Strings(want)
+	if gotSystem != system || strings.Join(got, ",") != strings.Join(want, ",") {
+		return fmt.Errorf("%s: system=%v users=%v, want system=%v users=%v", id, gotSystem, got, system, want)
+	}
+	return nil
+}
+
+// assignedStates returns namespace/name -> status of every AzureAssignedIdentity.
+func assignedStates(c client.Client) (map[string]string, error) {
+	var l aadv1.AzureAssignedIdentityList
+	if err := c.List(context.Background(), &l); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, a := range l.Items {
+		out[a.Namespace+"/"+a.Name] = a.Status.Status
+	}
+	return out, nil
+}
+
+func expectAssigned(c client.Client, want map[string]string) error {
+	got, err := assignedStates(c)
+	if err != nil {
+		return err
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		return fmt.Errorf("AzureAssignedIdentities = %v, want %v", got, want)
+	}
+	return nil
+}

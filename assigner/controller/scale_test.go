@@ -1,0 +1,203 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/assigner/azure"
+	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/arm"
+)
+
+const (
+	scaleSets        = 20
+	scaleNodesPerSet = 10
+	scalePods        = 2000
+	scaleIdentities  = 50
+)
+
+func scaleLatency(b *testing.B) time.Duration {
+	latency := 30 * time.Second
+	if v := os.Getenv("ASSIGNER_SCALE_PATCH_LATENCY"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatalf("ASSIGNER_SCALE_PATCH_LATENCY=%q: %v", v, err)
+		}
+		latency = d
+	}
+	return latency
+}
+
+// scaleWorld builds 20 scale sets of 10 nodes and 50 identities with bindings; pods are left to the caller.
+func scaleWorld(b *testing.B, latency time.Duration) (*testenv.Env, *arm.Server, *azure.ARM, []string) {
+	env := startEnv(b)
+	cfg := rest.CopyConfig(env.Config)
+	cfg.QPS, cfg.Burst = 500, 1000
+	c, err := client.New(cfg, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		b.Fatal(err)
+	}
+	env = &testenv.Env{Config: cfg, Client: c, Scheme: env.Scheme, Environment: env.Environment}
+	srv := arm.New(b, arm.Options{Latency: latency, PollAfter: time.Second})
+	var nodes []string
+	for s := range scaleSets {
+		id := ssID(fmt.Sprintf("pool%02d", s))
+		srv.AddVMSS(id, true, uami("kubelet"))
+		for n := range scaleNodesPerSet {
+			name := fmt.Sprintf("pool%02d-%d", s, n)
+			mkNode(b, c, name, instanceOf(id, n))
+			nodes = append(nodes, name)
+		}
+	}
+	mkNamespace(b, c, "apps")
+	for k := range scaleIdentities {
+		mkIdentity(b, c, "apps", "id"+strconv.Itoa(k), uami("id"+strconv.Itoa(k)))
+		mkBinding(b, c, "apps", "b"+strconv.Itoa(k), "id"+strconv.Itoa(k), "sel"+strconv.Itoa(k))
+	}
+	armc := azure.NewARM(arm.Credential{}, azure.ARMOptions{Cloud: srv.Cloud(), Transport: srv.HTTPClient(), PollFrequency: time.Second,
+		Retry: policy.RetryOptions{MaxRetries: 3, RetryDelay: 100 * time.Millisecond, TryTimeout: time.Minute}})
+	return env, srv, armc, nodes
+}
+
+// wantedPerScaleSet is what scalePodsCreate's pods need, per scale set id (same seed, same draw).
+func wantedPerScaleSet(nodes []string) map[string][]string {
+	rng := rand.New(rand.NewPCG(42, 0))
+	sets := map[string]map[string]bool{}
+	for i := range scalePods {
+		node := nodes[i%len(nodes)]
+		id := ssID(node[:strings.LastIndex(node, "-")])
+		if sets[id] == nil {
+			sets[id] = map[string]bool{uami("kubelet"): true}
+		}
+		sets[id][uami("id"+strconv.Itoa(rng.IntN(scaleIdentities)))] = true
+	}
+	out := map[string][]string{}
+	for id, m := range sets {
+		out[id] = sortedKeys(m)
+	}
+	return out
+}
+
+func attachedAll(srv *arm.Server, want map[string][]string) error {
+	for id, ids := range want {
+		if err := azureHas(srv, id, true, ids...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func scalePodsCreate(b *testing.B, c client.Client, nodes []string) {
+	rng := rand.New(rand.NewPCG(42, 0))
+	for i := range scalePods {
+		mkPod(b, c, "apps", fmt.Sprintf("p%04d", i), nodes[i%len(nodes)], "sel"+strconv.Itoa(rng.IntN(scaleIdentities)), nil)
+	}
+}
+
+func scaleOptions() Options {
+	opts := testOptions()
+	opts.Debounce = 500 * time.Millisecond
+	opts.Resync = time.Hour
+	return opts
+}
+
+func allAssigned(c client.Client) error {
+	var l aadv1.AzureAssignedIdentityList
+	if err := c.List(context.Background(), &l); err != nil {
+		return err
+	}
+	n := 0
+	for _, a := range l.Items {
+		if a.Status.Status == aadv1.AssignedIDAssigned {
+			n++
+		}
+	}
+	if n != scalePods {
+		return fmt.Errorf("%d of %d assigned", n, scalePods)
+	}
+	return nil
+}
+
+// BenchmarkScale is the load harness of BENCHMARKS.md: 2,000 pods on 200 nodes in 20 scale sets bound to 50
+// identities, every scale-set PATCH taking ASSIGNER_SCALE_PATCH_LATENCY (default 30s, not time-scaled).
+// The assigner starts on the populated cluster (first install, upgrade, failover); the benchmark reports
+// the ARM writes and time of its initial convergence and the writes of a quiet resync (a second assigner
+// re-reading everything). Run:
+//
+//	go test ./assigner/controller/ -run '^$' -bench BenchmarkScale -benchtime 1x -timeout 30m
+func BenchmarkScale(b *testing.B) {
+	latency := scaleLatency(b)
+	for range b.N {
+		env, srv, armc, nodes := scaleWorld(b, latency)
+		c := env.Client
+		created := time.Now()
+		scalePodsCreate(b, c, nodes)
+		b.Logf("created %d pods in %v", scalePods, time.Since(created).Round(time.Millisecond))
+
+		want := wantedPerScaleSet(nodes)
+		start := time.Now()
+		b.ResetTimer()
+		stop := startAssigner(b, env, armc, scaleOptions())
+		// Azure side: every scale set holds its identities (the emulator is polled in memory, cheaply).
+		eventuallyEvery(b, 10*time.Minute, 100*time.Millisecond, "identities attached", func() error { return attachedAll(srv, want) })
+		azureDone := time.Since(start)
+		eventuallyEvery(b, 10*time.Minute, time.Second, "initial convergence", func() error { return allAssigned(c) })
+		converged := time.Since(start)
+		b.StopTimer()
+		initial := srv.Counts()
+
+		// Quiet resync: a fresh assigner (restart, failover) reads every scale set and must write nothing.
+		stop()
+		stop2 := startAssigner(b, env, armc, scaleOptions())
+		eventually(b, 2*time.Minute, "resync reads", func() error {
+			if got := srv.Counts().Reads - initial.Reads; got < scaleSets {
+				return fmt.Errorf("%d reads", got)
+			}
+			return nil
+		})
+		time.Sleep(2 * time.Second)
+		resync := srv.Counts()
+		stop2()
+		b.ReportMetric(float64(initial.Writes), "arm-writes-initial")
+		b.ReportMetric(azureDone.Seconds(), "azure-attached-s")
+		b.ReportMetric(converged.Seconds(), "convergence-s")
+		b.ReportMetric(float64(resync.Writes-initial.Writes), "arm-writes-resync")
+		b.Logf("PATCH latency %v: identities attached in Azure after %v; all AzureAssignedIdentity objects Assigned after %v with %d ARM writes, %d reads, %d polls; quiet resync: %d writes, %d reads",
+			latency, azureDone.Round(10*time.Millisecond), converged.Round(10*time.Millisecond), initial.Writes, initial.Reads, initial.Polls, resync.Writes-initial.Writes, resync.Reads-initial.Reads)
+	}
+}
+
+// BenchmarkScaleStreaming: the same cluster, but the 2,000 pods are created while the assigner runs (a
+// deployment rollout). Reports ARM writes and the time from the last pod's creation to convergence.
+func BenchmarkScaleStreaming(b *testing.B) {
+	latency := scaleLatency(b)
+	for range b.N {
+		env, srv, armc, nodes := scaleWorld(b, latency)
+		c := env.Client
+		startAssigner(b, env, armc, scaleOptions())
+		time.Sleep(2 * time.Second) // caches synced, nothing to do yet
+		start := time.Now()
+		b.ResetTimer()
+		scalePodsCreate(b, c, nodes)
+		lastPod := time.Now()
+		eventuallyEvery(b, 10*time.Minute, time.Second, "convergence", func() error { return allAssigned(c) })
+		b.StopTimer()
+		counts := srv.Counts()
+		b.ReportMetric(float64(counts.Writes), "arm-writes")
+		b.ReportMetric(time.Since(start).Seconds(), "convergence-s")
+		b.ReportMetric(time.Since(lastPod).Seconds(), "after-last-pod-s")
+		b.Logf("PATCH latency %v: pods created over %v; converged %v after the first pod, %v after the last, with %d ARM writes",
+			latency, lastPod.Sub(start).Round(10*time.Millisecond), time.Since(start).Round(10*time.Millisecond), time.Since(lastPod).Round(10*time.Millisecond), counts.Writes)
+	}
+}

@@ -1,0 +1,314 @@
+// Package controller is the assigner's control loop. Two reconcilers run in one controller-runtime manager:
+//
+//   - one work item per ARM resource (VM or scale set): it derives the desired AzureAssignedIdentity objects
+//     and identities of that resource (package desired), PATCHes the difference through ARM (package azure)
+//     and moves the AzureAssignedIdentity objects through Created -> Assigned -> Unassigned. Work items of
+//     different resources run in parallel, so a slow or failing scale set never delays another; events that
+//     arrive while a PATCH is in flight mark the item dirty and are coalesced into the next pass.
+//   - one work item per pod carrying the podidentity.io/identities annotation: it keeps the annotation equal
+//     to what the bindings say, so running sidecars learn about new identities.
+//
+// Both are level-triggered: every pass recomputes from the cache and ARM, so a restart loses nothing.
+package controller
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/assigner/azure"
+	"github.com/podidentity/podidentity/assigner/desired"
+	"github.com/podidentity/podidentity/assigner/providerid"
+	"github.com/podidentity/podidentity/internal/binding"
+)
+
+// Finalizer is set on every AzureAssignedIdentity the assigner creates, so that it can detach the identity
+// before the object goes away.
+const Finalizer = "podidentity.io/assigner"
+
+// Options configure the controllers.
+type Options struct {
+	// Namespace holds the assigner's bookkeeping ConfigMaps (which identities it attached to which resource).
+	Namespace string
+	// Immutable identities are never removed: resource ids or client ids (AAD Pod Identity's
+	// --immutable-user-msis took client ids), including the cluster's own identity.
+	Immutable []string
+	// Binding options (ForceNamespaced).
+	Binding binding.Options
+	// Managed: identities are attached by someone else; never call ARM.
+	Managed bool
+	// Workers is the number of ARM resources worked on at once (default 100). A resource waiting for a
+	// long PATCH occupies one worker, so this bounds how many slow resources can be absorbed.
+	Workers int
+	// Resync is how often each resource in use is read back from ARM to repair drift (default 10m).
+	Resync time.Duration
+	// Debounce delays a resource's pass after an event so that a burst becomes one PATCH (default 500ms).
+	Debounce time.Duration
+	// IsolationTTL is how long an identity ARM rejected is left out before it is tried again (default 5m).
+	IsolationTTL time.Duration
+	// BaseBackoff and MaxBackoff bound the per-resource retry delay after failures (defaults 1s, 5m).
+	BaseBackoff, MaxBackoff time.Duration
+	// ARMTimeout bounds one pass's ARM calls, PATCH polling included (default 30m).
+	ARMTimeout time.Duration
+	// Registerer receives the metrics (default: controller-runtime's registry, served on /metrics).
+	Registerer prometheus.Registerer
+	// Recorder emits Events; default: the manager's recorder.
+	Recorder Recorder
+}
+
+// Recorder is the part of an events recorder the controller uses.
+type Recorder interface {
+	Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...interface{})
+}
+
+func (o *Options) defaults() {
+	if o.Workers <= 0 {
+		o.Workers = 100
+	}
+	if o.Resync <= 0 {
+		o.Resync = 10 * time.Minute
+	}
+	if o.Debounce < 0 {
+		o.Debounce = 0
+	} else if o.Debounce == 0 {
+		o.Debounce = 500 * time.Millisecond
+	}
+	if o.IsolationTTL <= 0 {
+		o.IsolationTTL = 5 * time.Minute
+	}
+	if o.BaseBackoff <= 0 {
+		o.BaseBackoff = time.Second
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 5 * time.Minute
+	}
+	if o.ARMTimeout <= 0 {
+		o.ARMTimeout = 30 * time.Minute
+	}
+	if o.Namespace == "" {
+		o.Namespace = "kube-system"
+	}
+}
+
+// Field indexes on the manager's cache.
+const (
+	indexPodNode       = "spec.nodeName"
+	indexNodeResource  = "podidentity.resource"
+	indexAssignedByRes = "podidentity.resource"
+)
+
+func nodeResourceKey(n *corev1.Node) string {
+	r, err := providerid.Parse(n.Spec.ProviderID)
+	if err != nil {
+		return ""
+	}
+	return r.Key()
+}
+
+func assignedResourceKey(a *aadv1.AzureAssignedIdentity) string {
+	r, err := providerid.ParseResourceID(a.Annotations[desired.ResourceAnnotation])
+	if err != nil {
+		return ""
+	}
+	return r.Key()
+}
+
+// Setup adds the controllers to mgr. arm may be nil in managed mode.
+func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options) error {
+	opts.defaults()
+	if arm == nil && !opts.Managed {
+		return fmt.Errorf("an ARM client is required unless --managed is set")
+	}
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(ctx, &corev1.Pod{}, indexPodNode, func(o client.Object) []string {
+		return []string{o.(*corev1.Pod).Spec.NodeName}
+	}); err != nil {
+		return err
+	}
+	if err := idx.IndexField(ctx, &corev1.Node{}, indexNodeResource, func(o client.Object) []string {
+		return []string{nodeResourceKey(o.(*corev1.Node))}
+	}); err != nil {
+		return err
+	}
+	if err := idx.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, indexAssignedByRes, func(o client.Object) []string {
+		return []string{assignedResourceKey(o.(*aadv1.AzureAssignedIdentity))}
+	}); err != nil {
+		return err
+	}
+	m := newMetrics(opts.Registerer)
+	rec := opts.Recorder
+	if rec == nil {
+		rec = mgr.GetEventRecorder("podidentity-assigner")
+	}
+	rr := &resourceReconciler{
+		c: mgr.GetClient(), reader: mgr.GetAPIReader(), arm: arm, opts: opts, metrics: m, recorder: rec,
+		ledger: &ledger{c: mgr.GetClient(), reader: mgr.GetAPIReader(), namespace: opts.Namespace},
+		keep:   immutableSet(opts.Immutable), states: map[string]*resourceState{},
+	}
+	c := mgr.GetClient()
+	cache := mgr.GetCache()
+	enqueue := func(q workqueue.TypedRateLimitingInterface[reconcile.Request], key string) {
+		if key != "" {
+			q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: key}}, opts.Debounce)
+		}
+	}
+	podKey := func(ctx context.Context, p *corev1.Pod) string {
+		if p.Spec.NodeName == "" {
+			return ""
+		}
+		var n corev1.Node
+		if err := c.Get(ctx, client.ObjectKey{Name: p.Spec.NodeName}, &n); err != nil {
+			return ""
+		}
+		return nodeResourceKey(&n)
+	}
+	relevantPod := func(p *corev1.Pod) bool { return binding.Selector(p) != "" && p.Spec.NodeName != "" }
+	allResources := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		var nodes corev1.NodeList
+		if err := c.List(ctx, &nodes); err == nil {
+			seen := map[string]bool{}
+			for i := range nodes.Items {
+				if k := nodeResourceKey(&nodes.Items[i]); k != "" && !seen[k] {
+					seen[k] = true
+					enqueue(q, k)
+				}
+			}
+		}
+		var aais aadv1.AzureAssignedIdentityList
+		if err := c.List(ctx, &aais); err == nil {
+			for i := range aais.Items {
+				enqueue(q, assignedResourceKey(&aais.Items[i]))
+			}
+		}
+	}
+	podHandler := handler.TypedFuncs[*corev1.Pod, reconcile.Request]{
+		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[*corev1.Pod], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if relevantPod(e.Object) {
+				enqueue(q, podKey(ctx, e.Object))
+			}
+		},
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[*corev1.Pod], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			o, n := e.ObjectOld, e.ObjectNew
+			if !relevantPod(o) && !relevantPod(n) {
+				return
+			}
+			if binding.Selector(o) == binding.Selector(n) && o.Spec.NodeName == n.Spec.NodeName &&
+				o.Status.Phase == n.Status.Phase && labelsEqual(o.Labels, n.Labels) {
+				return // nothing the desired state depends on changed
+			}
+			enqueue(q, podKey(ctx, o))
+			enqueue(q, podKey(ctx, n))
+		},
+		DeleteFunc: func(ctx context.Context, e event.TypedDeleteEvent[*corev1.Pod], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if relevantPod(e.Object) {
+				enqueue(q, podKey(ctx, e.Object))
+			}
+		},
+	}
+	nodeHandler := handler.TypedFuncs[*corev1.Node, reconcile.Request]{
+		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[*corev1.Node], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, nodeResourceKey(e.Object))
+		},
+		UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[*corev1.Node], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if e.ObjectOld.Spec.ProviderID != e.ObjectNew.Spec.ProviderID {
+				enqueue(q, nodeResourceKey(e.ObjectOld))
+				enqueue(q, nodeResourceKey(e.ObjectNew))
+			}
+		},
+		DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[*corev1.Node], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, nodeResourceKey(e.Object))
+		},
+	}
+	assignedHandler := handler.TypedFuncs[*aadv1.AzureAssignedIdentity, reconcile.Request]{
+		// Creation: mostly our own doing, but after a restart it is how a resource whose nodes are all gone
+		// gets its leftover assignments cleaned up. Deletion requests and deletions bring the resource back.
+		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, assignedResourceKey(e.Object))
+		},
+		UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if e.ObjectNew.DeletionTimestamp != nil && e.ObjectOld.DeletionTimestamp == nil {
+				enqueue(q, assignedResourceKey(e.ObjectNew))
+			}
+		},
+		DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, assignedResourceKey(e.Object))
+		},
+	}
+	err := ctrl.NewControllerManagedBy(mgr).Named("arm-resource").
+		WithOptions(controller.Options{MaxConcurrentReconciles: opts.Workers}).
+		WatchesRawSource(source.Kind(cache, &corev1.Pod{}, podHandler)).
+		WatchesRawSource(source.Kind(cache, &corev1.Node{}, nodeHandler)).
+		WatchesRawSource(source.Kind(cache, &aadv1.AzureAssignedIdentity{}, assignedHandler)).
+		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentityBinding{}, allOf[*aadv1.AzureIdentityBinding](allResources))).
+		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentity{}, allOf[*aadv1.AzureIdentity](allResources))).
+		WatchesRawSource(source.Kind(cache, &aadv1.AzurePodIdentityException{}, allOf[*aadv1.AzurePodIdentityException](allResources))).
+		Complete(rr)
+	if err != nil {
+		return err
+	}
+	return setupAnnotations(mgr, opts, m)
+}
+
+// allOf enqueues everything on any change of an object of type T.
+func allOf[T client.Object](all func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request])) handler.TypedEventHandler[T, reconcile.Request] {
+	return handler.TypedFuncs[T, reconcile.Request]{
+		CreateFunc: func(ctx context.Context, _ event.TypedCreateEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			all(ctx, q)
+		},
+		UpdateFunc: func(ctx context.Context, _ event.TypedUpdateEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			all(ctx, q)
+		},
+		DeleteFunc: func(ctx context.Context, _ event.TypedDeleteEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			all(ctx, q)
+		},
+	}
+}
+
+func labelsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if bv, ok := b[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// immutableSet returns the Keep function of azure.Goal for the given resource ids and client ids.
+func immutableSet(entries []string) func(string, string) bool {
+	ids, clients := map[string]bool{}, map[string]bool{}
+	for _, e := range entries {
+		e = strings.ToLower(strings.TrimSpace(e))
+		if e == "" {
+			continue
+		}
+		if strings.HasPrefix(e, "/subscriptions/") {
+			ids[strings.TrimRight(e, "/")] = true
+		} else {
+			clients[e] = true
+		}
+	}
+	return func(id, clientID string) bool {
+		return ids[id] || (clientID != "" && clients[strings.ToLower(clientID)])
+	}
+}
+
+func loggerFor(ctx context.Context) logr.Logger { return ctrl.LoggerFrom(ctx) }

@@ -1,0 +1,110 @@
+package arm
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const vm = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"
+
+func patch(t *testing.T, s *Server, path, body, ifMatch string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPatch, s.URL()+path+"?api-version=x", strings.NewReader(body))
+	if ifMatch != "" {
+		req.Header.Set("If-Match", ifMatch)
+	}
+	resp, err := s.HTTPClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
+}
+
+func TestPatchSemantics(t *testing.T) {
+	tests := []struct {
+		name       string
+		system     bool
+		users      []string
+		body       string
+		wantStatus int
+		wantSystem bool
+		wantUsers  string
+	}{
+		{name: "merge adds", users: []string{"/a"}, body: `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"/b":{}}}}`,
+			wantStatus: 200, wantUsers: "/a,/b"},
+		{name: "null removes, case-insensitively", users: []string{"/A", "/b"}, body: `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"/a":null}}}`,
+			wantStatus: 200, wantUsers: "/b"},
+		{name: "SystemAssigned drops user identities", system: true, users: []string{"/a"}, body: `{"identity":{"type":"SystemAssigned"}}`,
+			wantStatus: 200, wantSystem: true},
+		{name: "UserAssigned type with nothing left is rejected", users: []string{"/a"}, body: `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"/a":null}}}`,
+			wantStatus: 400, wantUsers: "/a"},
+		{name: "user map with type None is rejected", users: []string{"/a"}, body: `{"identity":{"type":"None","userAssignedIdentities":{"/b":{}}}}`,
+			wantStatus: 400, wantUsers: "/a"},
+		{name: "type is required", body: `{"identity":{"userAssignedIdentities":{"/b":{}}}}`, wantStatus: 400},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(t, Options{})
+			s.AddVM(vm, tc.system, tc.users...)
+			if resp := patch(t, s, vm, tc.body, ""); resp.StatusCode != tc.wantStatus {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.wantStatus)
+			}
+			time.Sleep(10 * time.Millisecond)
+			system, users := s.Identities(vm)
+			if system != tc.wantSystem || strings.ToLower(strings.Join(users, ",")) != tc.wantUsers {
+				t.Fatalf("system=%v users=%v; want %v %q", system, users, tc.wantSystem, tc.wantUsers)
+			}
+		})
+	}
+}
+
+func TestBusyEtagAndOnChange(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	s := New(t, Options{Latency: 200 * time.Millisecond, OnChange: func(id string, users []string) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, id+"="+strings.Join(users, ","))
+	}})
+	s.AddVM(vm, false)
+	add := `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"/a":{}}}}`
+	if r := patch(t, s, vm, add, `"9"`); r.StatusCode != http.StatusPreconditionFailed {
+		t.Fatalf("stale etag: %d", r.StatusCode)
+	}
+	if r := patch(t, s, vm, add, `"1"`); r.StatusCode != http.StatusOK {
+		t.Fatalf("current etag: %d", r.StatusCode)
+	}
+	if r := patch(t, s, vm, add, ""); r.StatusCode != http.StatusConflict {
+		t.Fatalf("while busy: %d, want 409", r.StatusCode)
+	}
+	resp, err := s.HTTPClient().Get(s.URL() + strings.ToUpper(vm))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct {
+		Properties struct{ ProvisioningState string } `json:"properties"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if body.Properties.ProvisioningState != "Updating" || resp.Header.Get("retry-after-ms") == "" {
+		t.Fatalf("GET during the operation: state %q, retry-after-ms %q", body.Properties.ProvisioningState, resp.Header.Get("retry-after-ms"))
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for s.Busy(vm) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(seen, ";") != vm+"=;"+vm+"=/a" {
+		t.Fatalf("OnChange calls: %q", seen)
+	}
+	if c := s.Counts(); c.Writes != 3 || c.AppliedWrites != 1 || c.Reads != 1 {
+		t.Fatalf("counters %+v", c)
+	}
+}

@@ -1,0 +1,264 @@
+package packaging
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/webhook/certs"
+)
+
+const (
+	selfSignedNS     = "podidentity-system"
+	selfSignedSecret = "podidentity-webhook-cert"
+	selfSignedMWC    = "podidentity-webhook"
+	injectedLabel    = "podidentity.io/test-mutated"
+)
+
+// TestSelfSignedCertificatesEndToEnd is the no-cert-manager mode against a real API server: the webhook
+// process generates its CA and serving certificate (webhook/certs), patches the caBundle, and the API server
+// then calls it for every pod of an opted-in namespace. The serving certificate's validity is forced down to
+// seconds so it is rotated several times while pods are created without pause; not one admission may fail.
+// The handler is a minimal one of this test (labels the pod): the certificate machinery is what is tested.
+func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
+	env := testenv.Start(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	for _, ns := range []*corev1.Namespace{
+		{ObjectMeta: metav1.ObjectMeta{Name: selfSignedNS}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{"podidentity.io/injection": "enabled"}}},
+	} {
+		if err := env.Client.Create(ctx, ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What the chart creates without cert-manager, taken from its rendering: the webhook's service account and
+	// RBAC (the process below runs as that account, so the chart's least-privilege rules are what is tested)
+	// and the empty Secret. The webhook configuration is the chart's but for the URL form, which stands in for
+	// the Service (the API server reaches this process on loopback).
+	out, errOut, err := helmTemplate(t, []string{"testdata/values/no-cert-manager.yaml"})
+	if err != nil {
+		t.Fatalf("helm template: %v\n%s", err, errOut)
+	}
+	var chartObjs []*unstructured.Unstructured
+	for _, o := range decodeAll(t, out) {
+		switch {
+		case o.GetKind() == "Secret" && o.GetName() == selfSignedSecret,
+			strings.HasPrefix(o.GroupVersionKind().Group, "rbac.") && o.GetName() == "podidentity-webhook",
+			o.GetKind() == "ServiceAccount" && o.GetName() == "podidentity-webhook":
+			chartObjs = append(chartObjs, o)
+		}
+	}
+	if len(chartObjs) != 6 {
+		t.Fatalf("want the Secret, ServiceAccount, ClusterRole(Binding) and Role(Binding) of the webhook, got %d objects", len(chartObjs))
+	}
+	applyAll(t, env.Config, chartObjs)
+	port := freePort(t)
+	url := fmt.Sprintf("https://localhost:%d/mutate", port)
+	fail, none, ifNeeded := admissionregistrationv1.Fail, admissionregistrationv1.SideEffectClassNone, admissionregistrationv1.IfNeededReinvocationPolicy
+	timeout := int32(5)
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: selfSignedMWC},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name:                    "pods.podidentity.io",
+			AdmissionReviewVersions: []string{"v1"},
+			ClientConfig:            admissionregistrationv1.WebhookClientConfig{URL: &url},
+			Rules: []admissionregistrationv1.RuleWithOperations{{
+				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+				Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}},
+			}},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"podidentity.io/injection": "enabled"}},
+			FailurePolicy:     &fail, SideEffects: &none, ReinvocationPolicy: &ifNeeded, TimeoutSeconds: &timeout,
+		}},
+	}
+	if err := env.Client.Create(ctx, mwc); err != nil {
+		t.Fatal(err)
+	}
+
+	// The webhook process: a manager whose webhook server serves the rotated certificate.
+	src := certs.New(testr.New(t))
+	asWebhook := rest.CopyConfig(env.Config)
+	asWebhook.Impersonate = rest.ImpersonationConfig{
+		UserName: "system:serviceaccount:" + selfSignedNS + ":podidentity-webhook",
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + selfSignedNS, "system:authenticated"},
+	}
+	// The impersonation is in force: the account may not read Secrets outside its namespace.
+	restricted, err := client.New(asWebhook, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := restricted.List(ctx, &corev1.SecretList{}, client.InNamespace("apps")); !apierrors.IsForbidden(err) {
+		t.Fatalf("the webhook's account listed Secrets of another namespace (err %v): RBAC is not least privilege or not in force", err)
+	}
+	mgr, err := ctrl.NewManager(asWebhook, ctrl.Options{
+		Scheme:                 env.Scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		WebhookServer: webhook.NewServer(webhook.Options{
+			Host: "127.0.0.1", Port: port, TLSOpts: []func(*tls.Config){src.TLSOption},
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int64
+	mgr.GetWebhookServer().Register("/mutate", &webhook.Admission{Handler: admission.HandlerFunc(
+		func(_ context.Context, req admission.Request) admission.Response {
+			calls.Add(1)
+			var pod corev1.Pod
+			if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+				return admission.Errored(http.StatusBadRequest, err)
+			}
+			if pod.Labels == nil {
+				pod.Labels = map[string]string{}
+			}
+			pod.Labels[injectedLabel] = "true"
+			b, _ := json.Marshal(&pod)
+			return admission.PatchResponseFromRaw(req.Object.Raw, b)
+		})})
+	opts := certs.Options{
+		Enabled: true, SecretName: selfSignedSecret, Namespace: selfSignedNS,
+		WebhookConfigurationName: selfSignedMWC, ServiceName: "podidentity-webhook",
+		ExtraDNSNames: []string{"localhost"},
+		// Forced short validity: the serving certificate lives 20 s and is renewed 15 s before it expires,
+		// i.e. every ~5 s; the CA lives a day and is kept, so the caBundle stays valid across rotations.
+		CAValidity: 24 * time.Hour, CertValidity: 20 * time.Second, RenewBefore: 15 * time.Second,
+		CheckInterval: time.Second, CertDir: t.TempDir(),
+	}
+	if err := src.AddToManager(mgr, opts); err != nil {
+		t.Fatal(err)
+	}
+	mgrDone := make(chan error, 1)
+	go func() { mgrDone <- mgr.Start(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-mgrDone; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}()
+
+	// The caBundle is patched with the CA of the Secret.
+	var caBundle []byte
+	waitFor(t, 60*time.Second, "the caBundle to be patched", func() bool {
+		var got admissionregistrationv1.MutatingWebhookConfiguration
+		if err := env.Client.Get(ctx, types.NamespacedName{Name: selfSignedMWC}, &got); err != nil {
+			return false
+		}
+		caBundle = got.Webhooks[0].ClientConfig.CABundle
+		return len(caBundle) > 0 && src.Ready(nil) == nil
+	})
+	var secret corev1.Secret
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: selfSignedNS, Name: selfSignedSecret}, &secret); err != nil {
+		t.Fatal(err)
+	}
+	if string(secret.Data["ca.crt"]) != string(caBundle) {
+		t.Fatal("the caBundle is not the CA kept in the Secret")
+	}
+	checkServingCert(t, secret.Data["tls.crt"], caBundle, "podidentity-webhook."+selfSignedNS+".svc")
+
+	// Pods are created back to back until the serving certificate has been replaced at least three times.
+	seen := map[string]bool{string(secret.Data["tls.crt"]): true}
+	created, deadline := 0, time.Now().Add(2*time.Minute)
+	for len(seen) < 4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the serving certificate was rotated %d times in 2 minutes, want 3 (validity 20s, renewed 15s before expiry)", len(seen)-1)
+		}
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "p" + strconv.Itoa(created), Namespace: "apps"},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}},
+		}
+		if err := env.Client.Create(ctx, pod); err != nil {
+			t.Fatalf("admission failed after %d pods and %d rotations: %v", created, len(seen)-1, err)
+		}
+		if pod.Labels[injectedLabel] != "true" {
+			t.Fatalf("pod %s was admitted without the webhook's mutation", pod.Name)
+		}
+		created++
+		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: selfSignedNS, Name: selfSignedSecret}, &secret); err != nil {
+			t.Fatal(err)
+		}
+		if !seen[string(secret.Data["tls.crt"])] {
+			seen[string(secret.Data["tls.crt"])] = true
+			checkServingCert(t, secret.Data["tls.crt"], caBundle, "localhost")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var got admissionregistrationv1.MutatingWebhookConfiguration
+	if err := env.Client.Get(ctx, types.NamespacedName{Name: selfSignedMWC}, &got); err != nil {
+		t.Fatal(err)
+	}
+	if string(got.Webhooks[0].ClientConfig.CABundle) != string(caBundle) {
+		t.Error("the caBundle changed although the CA did not expire")
+	}
+	if calls.Load() < int64(created) {
+		t.Errorf("the webhook answered %d admissions for %d pods", calls.Load(), created)
+	}
+	t.Logf("%d pods admitted through %d serving-certificate rotations, none failed", created, len(seen)-1)
+}
+
+// checkServingCert verifies the PEM certificate chains to the CA and names dnsName.
+func checkServingCert(t *testing.T, certPEM, caPEM []byte, dnsName string) {
+	t.Helper()
+	block, _ := pem.Decode(certPEM)
+	if block == nil {
+		t.Fatal("the Secret's tls.crt is not PEM")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("the caBundle holds no certificate")
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, DNSName: dnsName}); err != nil {
+		t.Errorf("serving certificate does not verify for %s against the caBundle: %v", dnsName, err)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitFor(t *testing.T, limit time.Duration, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
