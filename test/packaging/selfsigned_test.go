@@ -2,16 +2,13 @@ package packaging
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
+	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,28 +20,27 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
-	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/webhook/certs"
+	"github.com/podidentity/podidentity/webhook/config"
+	"github.com/podidentity/podidentity/webhook/server"
 )
 
 const (
 	selfSignedNS     = "podidentity-system"
 	selfSignedSecret = "podidentity-webhook-cert"
 	selfSignedMWC    = "podidentity-webhook"
-	injectedLabel    = "podidentity.io/test-mutated"
 )
 
 // TestSelfSignedCertificatesEndToEnd is the no-cert-manager mode against a real API server: the webhook
 // process generates its CA and serving certificate (webhook/certs), patches the caBundle, and the API server
 // then calls it for every pod of an opted-in namespace. The serving certificate's validity is forced down to
 // seconds so it is rotated several times while pods are created without pause; not one admission may fail.
-// The handler is a minimal one of this test (labels the pod): the certificate machinery is what is tested.
+// The webhook is the real one (webhook/server) running under the chart's service account and RBAC, so the
+// chart's permissions for the webhook's reads are proven too.
 func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 	env := testenv.Start(t, nil)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -80,7 +76,7 @@ func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 	}
 	applyAll(t, env.Config, chartObjs)
 	port := freePort(t)
-	url := fmt.Sprintf("https://localhost:%d/mutate", port)
+	url := fmt.Sprintf("https://localhost:%d%s", port, config.Path)
 	fail, none, ifNeeded := admissionregistrationv1.Fail, admissionregistrationv1.SideEffectClassNone, admissionregistrationv1.IfNeededReinvocationPolicy
 	timeout := int32(5)
 	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{
@@ -116,32 +112,19 @@ func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 	if err := restricted.List(ctx, &corev1.SecretList{}, client.InNamespace("apps")); !apierrors.IsForbidden(err) {
 		t.Fatalf("the webhook's account listed Secrets of another namespace (err %v): RBAC is not least privilege or not in force", err)
 	}
-	mgr, err := ctrl.NewManager(asWebhook, ctrl.Options{
-		Scheme:                 env.Scheme,
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		WebhookServer: webhook.NewServer(webhook.Options{
-			Host: "127.0.0.1", Port: port, TLSOpts: []func(*tls.Config){src.TLSOption},
-		}),
-	})
+	// The real webhook (webhook/server, as podidentity-webhook builds it) with the chart's flags' defaults.
+	fs := flag.NewFlagSet("podidentity-webhook", flag.ContinueOnError)
+	cfg := config.Bind(fs)
+	if err := fs.Parse([]string{"--port=" + strconv.Itoa(port), "--metrics-bind-address=0", "--health-probe-bind-address=0"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := server.New(cfg, asWebhook, "127.0.0.1", testr.New(t), src.TLSOption)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var calls atomic.Int64
-	mgr.GetWebhookServer().Register("/mutate", &webhook.Admission{Handler: admission.HandlerFunc(
-		func(_ context.Context, req admission.Request) admission.Response {
-			calls.Add(1)
-			var pod corev1.Pod
-			if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
-				return admission.Errored(http.StatusBadRequest, err)
-			}
-			if pod.Labels == nil {
-				pod.Labels = map[string]string{}
-			}
-			pod.Labels[injectedLabel] = "true"
-			b, _ := json.Marshal(&pod)
-			return admission.PatchResponseFromRaw(req.Object.Raw, b)
-		})})
 	opts := certs.Options{
 		Enabled: true, SecretName: selfSignedSecret, Namespace: selfSignedNS,
 		WebhookConfigurationName: selfSignedMWC, ServiceName: "podidentity-webhook",
@@ -196,8 +179,9 @@ func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 		if err := env.Client.Create(ctx, pod); err != nil {
 			t.Fatalf("admission failed after %d pods and %d rotations: %v", created, len(seen)-1, err)
 		}
-		if pod.Labels[injectedLabel] != "true" {
-			t.Fatalf("pod %s was admitted without the webhook's mutation", pod.Name)
+		if len(pod.Spec.InitContainers) < 2 || pod.Spec.InitContainers[0].Name != defaults.InitContainerName ||
+			pod.Spec.InitContainers[1].Name != defaults.SidecarContainerName {
+			t.Fatalf("pod %s was admitted without injection: init containers %v", pod.Name, pod.Spec.InitContainers)
 		}
 		created++
 		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: selfSignedNS, Name: selfSignedSecret}, &secret); err != nil {
@@ -215,9 +199,6 @@ func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 	}
 	if string(got.Webhooks[0].ClientConfig.CABundle) != string(caBundle) {
 		t.Error("the caBundle changed although the CA did not expire")
-	}
-	if calls.Load() < int64(created) {
-		t.Errorf("the webhook answered %d admissions for %d pods", calls.Load(), created)
 	}
 	t.Logf("%d pods admitted through %d serving-certificate rotations, none failed", created, len(seen)-1)
 }
