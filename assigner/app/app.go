@@ -14,11 +14,13 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -28,6 +30,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/azure"
 	"github.com/podidentity/podidentity/assigner/config"
 	"github.com/podidentity/podidentity/assigner/controller"
+	"github.com/podidentity/podidentity/assigner/upgrade"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/version"
 )
@@ -47,6 +50,8 @@ type Flags struct {
 	AzureConfig                      string
 	CloudName, ARMEndpoint, Audience string
 	AuthorityHost                    string
+	UpgradeCRDFields                 bool
+	UpgradeCRDFieldsOnly             bool
 	Zap                              zap.Options
 }
 
@@ -77,6 +82,8 @@ func ParseFlags(args []string) (Flags, error) {
 	fs.StringVar(&f.ARMEndpoint, "arm-endpoint", "", "custom cloud: Resource Manager endpoint")
 	fs.StringVar(&f.Audience, "arm-audience", "", "custom cloud: Resource Manager token audience (default: the endpoint)")
 	fs.StringVar(&f.AuthorityHost, "aad-authority", "", "custom cloud: Azure AD authority host")
+	fs.BoolVar(&f.UpgradeCRDFields, "upgrade-crd-fields", true, "at start-up, rewrite pre-1.6 AAD Pod Identity objects (PascalCase fields) to camelCase once, recorded in the ConfigMap "+upgrade.ConfigMapName)
+	fs.BoolVar(&f.UpgradeCRDFieldsOnly, "upgrade-crd-fields-only", false, "one-shot: rewrite pre-1.6 objects (even if the ConfigMap says it was done), record it and exit; run it while the old CRDs are still installed (see README)")
 	f.Zap = zap.Options{}
 	f.Zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -90,6 +97,9 @@ func Run(ctx context.Context, f Flags) error {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&f.Zap)))
 	log := ctrl.Log.WithName("assigner")
 	log.Info("starting", "version", version.Version, "managed", f.Managed)
+	if f.UpgradeCRDFieldsOnly {
+		return upgradeCRDFields(ctx, f, log, upgrade.Options{Force: true})
+	}
 
 	var arm azure.Client
 	var cred azcore.TokenCredential
@@ -121,6 +131,14 @@ func Run(ctx context.Context, f Flags) error {
 		arm = azure.NewARM(cred, azure.ARMOptions{Cloud: cloudCfg, PollFrequency: f.PollFrequency,
 			Retry: policy.RetryOptions{MaxRetries: 3, RetryDelay: 2 * time.Second, MaxRetryDelay: 30 * time.Second, TryTimeout: 2 * time.Minute}})
 		log.Info("ARM configured", "auth", auth.Method, "clientID", auth.ClientID, "scope", scope)
+	}
+
+	if f.UpgradeCRDFields {
+		// Before any controller reads the objects, in managed and unmanaged mode alike; every replica may do
+		// it (before leader election) because the upgrade is idempotent.
+		if err := upgradeCRDFields(ctx, f, log, upgrade.Options{}); err != nil {
+			return err
+		}
 	}
 
 	restCfg, err := restConfig(f.Kubeconfig)
@@ -171,6 +189,26 @@ func Run(ctx context.Context, f Flags) error {
 		}
 	}
 	return mgr.Start(ctx)
+}
+
+// upgradeCRDFields runs the pre-1.6 field name upgrade with a client that reads from the API server.
+func upgradeCRDFields(ctx context.Context, f Flags, log logr.Logger, opts upgrade.Options) error {
+	restCfg, err := restConfig(f.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	c, err := client.New(restCfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return fmt.Errorf("creating a client for the CRD field upgrade: %w", err)
+	}
+	if _, err := upgrade.Run(ctx, c, f.Namespace, log.WithName("crd-upgrade"), opts); err != nil {
+		return fmt.Errorf("upgrading pre-1.6 AAD Pod Identity objects (fix the cause, or start with --upgrade-crd-fields=false to skip): %w", err)
+	}
+	return nil
 }
 
 // CredentialCheck is a readiness check that succeeds while a token for scope can be obtained; a success

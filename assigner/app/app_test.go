@@ -19,6 +19,12 @@ func TestParseFlags(t *testing.T) {
 	if !f.Managed || f.LeaderElect || f.Resync != time.Minute || len(splitList(f.Immutable)) != 2 || f.Workers != 100 {
 		t.Fatalf("flags %+v", f)
 	}
+	if !f.UpgradeCRDFields || f.UpgradeCRDFieldsOnly {
+		t.Fatalf("CRD field upgrade defaults: at start-up %v, one-shot %v; want true, false", f.UpgradeCRDFields, f.UpgradeCRDFieldsOnly)
+	}
+	if g, err := ParseFlags([]string{"--upgrade-crd-fields=false", "--upgrade-crd-fields-only"}); err != nil || g.UpgradeCRDFields || !g.UpgradeCRDFieldsOnly {
+		t.Fatalf("CRD field upgrade flags not parsed: %+v, %v", g, err)
+	}
 	if _, err := ParseFlags([]string{"--no-such-flag"}); err == nil {
 		t.Fatal("unknown flag accepted")
 	}
