@@ -91,15 +91,15 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	case req.Operation == admissionv1.Update && req.SubResource == "":
 		return h.update(req)
 	case req.Operation == admissionv1.Update && req.SubResource == "ephemeralcontainers":
-		reason, msg, err := inject.EphemeralDenial(req.Object.Raw, h.Settings)
+		reason, msg, warnings, err := inject.EphemeralDenial(req.Object.Raw, h.Settings)
 		if err != nil {
 			return admission.Errored(http.StatusBadRequest, fmt.Errorf("podidentity webhook: cannot read the pod: %w", err)), ResultError, ""
 		}
 		if msg != "" {
 			h.record(req, corev1.EventTypeWarning, "PodIdentityDenied", msg)
-			return admission.Denied("podidentity: " + msg), ResultDenied, reason
+			return admission.Denied(msg), ResultDenied, reason // msg already starts with "podidentity: "
 		}
-		return admission.Allowed(""), ResultAllowed, ""
+		return admission.Allowed("").WithWarnings(warnings...), ResultAllowed, ""
 	}
 	return admission.Allowed(""), ResultAllowed, ""
 }

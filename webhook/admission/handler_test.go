@@ -234,3 +234,70 @@ func goldenPods(t testing.TB) map[string][]byte {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestUIDChangePolicy checks that the policy reaches the response: denial and its metric label under deny,
+// admission warnings under warn, for pod creation and for debug containers.
+func TestUIDChangePolicy(t *testing.T) {
+	debugged := func(t testing.TB, h *Handler) admission.Request {
+		raw := podJSON(t, "shop", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
+		})
+		var p corev1.Pod
+		_ = json.Unmarshal(apply(t, raw, h.Handle(context.Background(), request(admissionv1.Create, "shop", "alice", raw, nil))), &p)
+		p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debugger", Image: "busybox"}}}
+		b, _ := json.Marshal(&p)
+		r := request(admissionv1.Update, "shop", "alice", b, nil)
+		r.SubResource = "ephemeralcontainers"
+		return r
+	}
+	tests := []struct {
+		name        string
+		policy      inject.UIDChangePolicy
+		req         func(testing.TB, *Handler) admission.Request
+		wantAllowed bool
+		wantResult  Result
+		wantWarning bool
+	}{
+		{"deny: root app container", inject.UIDChangeDeny, func(t testing.TB, _ *Handler) admission.Request {
+			return request(admissionv1.Create, "shop", "alice", podJSON(t, "shop", nil), nil)
+		}, false, ResultDenied, false},
+		{"warn: root app container", inject.UIDChangeWarn, func(t testing.TB, _ *Handler) admission.Request {
+			return request(admissionv1.Create, "shop", "alice", podJSON(t, "shop", nil), nil)
+		}, true, ResultInjected, true},
+		{"ignore: root app container", inject.UIDChangeIgnore, func(t testing.TB, _ *Handler) admission.Request {
+			return request(admissionv1.Create, "shop", "alice", podJSON(t, "shop", nil), nil)
+		}, true, ResultInjected, false},
+		{"deny: root debug container", inject.UIDChangeDeny, debugged, false, ResultDenied, false},
+		{"warn: root debug container", inject.UIDChangeWarn, debugged, true, ResultAllowed, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h, _ := newHandler(t)
+			h.Settings.UIDChangePolicy = tc.policy
+			h.Injector = inject.NewInjector(h.Settings)
+			req := tc.req(t, h)
+			before := testutil.ToFloat64(h.Metrics.denied.WithLabelValues(string(inject.ReasonUIDChange)))
+			resp := h.Handle(context.Background(), req)
+			if resp.Allowed != tc.wantAllowed {
+				t.Fatalf("allowed = %v, want %v (%v)", resp.Allowed, tc.wantAllowed, resp.Result)
+			}
+			if got := testutil.ToFloat64(h.Metrics.admissions.WithLabelValues(operationLabel(string(req.Operation)), string(tc.wantResult))); got < 1 {
+				t.Errorf("no admission counted with result %s", tc.wantResult)
+			}
+			denied := testutil.ToFloat64(h.Metrics.denied.WithLabelValues(string(inject.ReasonUIDChange))) - before
+			if (denied == 1) != !tc.wantAllowed {
+				t.Errorf("podidentity_webhook_denied_total{reason=uid-change} rose by %v", denied)
+			}
+			if !tc.wantAllowed && (!strings.HasPrefix(resp.Result.Message, "podidentity: ") || strings.Count(resp.Result.Message, "podidentity: ") != 1 || !strings.Contains(resp.Result.Message, "can change its uid")) {
+				t.Errorf("denial %q does not explain the uid change", resp.Result.Message)
+			}
+			warned := false
+			for _, w := range resp.Warnings {
+				warned = warned || strings.Contains(w, "can change its uid")
+			}
+			if warned != tc.wantWarning {
+				t.Errorf("warnings %q, want a uid-change warning: %v", resp.Warnings, tc.wantWarning)
+			}
+		})
+	}
+}

@@ -80,6 +80,14 @@ func Bind(fs *flag.FlagSet) *Config {
 	fs.BoolVar(&s.BlockInstanceMetadata, "block-instance-metadata", d.BlockInstanceMetadata, "passed to the sidecar: refuse /metadata/instance requests")
 	fs.BoolVar(&s.MetadataHeaderRequired, "metadata-header-required", d.MetadataHeaderRequired, "passed to the sidecar: require the Metadata: true header")
 	fs.BoolVar(&s.ForceNamespaced, "force-namespaced", false, "bind only identities and bindings of the pod's own namespace")
+	fs.Func("uid-change-policy", "what to do with a user container able to change its uid to --sidecar-uid (runs as root or holds CAP_SETUID) and so bypass the redirect: warn (admit with a warning), deny or ignore (default warn)", func(v string) error {
+		p, err := inject.ParseUIDChangePolicy(v)
+		if err != nil {
+			return err
+		}
+		s.UIDChangePolicy = p
+		return nil
+	})
 	c.Mode = ModeAuto
 	fs.Func("mode", "sidecar injection mode: auto (by API server version), native (restartPolicy Always init container, Kubernetes 1.29+) or classic (default auto)", func(v string) error {
 		switch m := Mode(v); m {

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/version"
 
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/webhook/inject"
 )
 
 func parse(t *testing.T, args ...string) (*Config, error) {
@@ -36,6 +37,9 @@ func TestDefaultsFollowTheContract(t *testing.T) {
 	if c.Mode != ModeAuto || !s.MetadataHeaderRequired || s.BlockInstanceMetadata {
 		t.Errorf("mode %s, metadata-header-required %v, block-instance-metadata %v", c.Mode, s.MetadataHeaderRequired, s.BlockInstanceMetadata)
 	}
+	if s.UIDChangePolicy != inject.UIDChangeWarn {
+		t.Errorf("uid-change-policy defaults to %q, want warn (for migration)", s.UIDChangePolicy)
+	}
 	if s.SidecarResources.Limits.Memory().String() != "64Mi" || s.InitResources.Requests.Cpu().String() != "10m" {
 		t.Errorf("resources: sidecar %v, init %v", s.SidecarResources, s.InitResources)
 	}
@@ -57,6 +61,10 @@ func TestFlags(t *testing.T) {
 		{"resources", []string{"--sidecar-memory-limit=128Mi", "--init-cpu-limit=1"}, "", func(c *Config) bool {
 			return c.Inject.SidecarResources.Limits.Memory().String() == "128Mi" && c.Inject.InitResources.Limits.Cpu().String() == "1"
 		}},
+		{"uid change policy deny", []string{"--uid-change-policy=deny"}, "", func(c *Config) bool { return c.Inject.UIDChangePolicy == inject.UIDChangeDeny }},
+		{"uid change policy ignore", []string{"--uid-change-policy=ignore"}, "", func(c *Config) bool { return c.Inject.UIDChangePolicy == inject.UIDChangeIgnore }},
+		{"uid change policy warn", []string{"--uid-change-policy=warn"}, "", func(c *Config) bool { return c.Inject.UIDChangePolicy == inject.UIDChangeWarn }},
+		{"bad uid change policy", []string{"--uid-change-policy=block"}, "use warn, deny or ignore", nil},
 		{"bad mode", []string{"--mode=sidecar"}, "use auto, native or classic", nil},
 		{"bad pull policy", []string{"--image-pull-policy=Sometimes"}, "use Always, IfNotPresent or Never", nil},
 		{"root sidecar", []string{"--sidecar-uid=0"}, "non-root uid", nil},

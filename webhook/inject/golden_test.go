@@ -29,6 +29,8 @@ type goldenInput struct {
 	Settings struct {
 		Classic         bool `json:"classic"`
 		ForceNamespaced bool `json:"forceNamespaced"`
+		// UIDChangePolicy is --uid-change-policy; empty means the default (warn).
+		UIDChangePolicy UIDChangePolicy `json:"uidChangePolicy"`
 	} `json:"settings"`
 	Namespace  string                            `json:"namespace"`
 	Pod        json.RawMessage                   `json:"pod"`
@@ -66,6 +68,9 @@ func loadInput(t testing.TB, path string) (goldenInput, Settings) {
 	s := DefaultSettings()
 	s.Native = !in.Settings.Classic
 	s.ForceNamespaced = in.Settings.ForceNamespaced
+	if in.Settings.UIDChangePolicy != "" {
+		s.UIDChangePolicy = in.Settings.UIDChangePolicy
+	}
 	return in, s
 }
 
@@ -237,7 +242,7 @@ func TestGoldenCoverage(t *testing.T) {
 	for _, r := range []string{string(ActionInject), string(ActionUnchanged), string(ActionSkip), string(ActionDeny),
 		string(ReasonOptOut), string(ReasonException), string(ReasonHostNetwork), string(ReasonWindows),
 		string(ReasonPrivileged), string(ReasonNetCapability), string(ReasonSidecarUID), string(ReasonHostNetworkBinding),
-		string(ReasonNameCollision), string(ReasonTampered)} {
+		string(ReasonNameCollision), string(ReasonTampered), string(ReasonUIDChange)} {
 		if !seen[r] {
 			missing = append(missing, r)
 		}

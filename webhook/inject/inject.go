@@ -52,6 +52,7 @@ const (
 	ReasonHostNetworkBinding Reason = "host-network-binding"
 	ReasonNameCollision      Reason = "name-collision"
 	ReasonTampered           Reason = "tampered-injection"
+	ReasonUIDChange          Reason = "uid-change" // --uid-change-policy=deny (uidchange.go)
 )
 
 // Cluster is what the webhook read from the API server for this pod.
@@ -123,9 +124,12 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	if d, bad := guard(pod, s); bad {
 		return d
 	}
+	d, denied, warnings := uidChangeDecision(uidChangeFindings(pod, s, false), s.UIDChangePolicy)
+	if denied {
+		return d
+	}
 
 	ids, problems := binding.Resolve(pod, cluster.Bindings, cluster.Identities, binding.Options{ForceNamespaced: s.ForceNamespaced})
-	var warnings []string
 	for _, p := range problems {
 		warnings = append(warnings, p.String())
 	}
@@ -195,7 +199,8 @@ type podView struct {
 		NodeSelector    map[string]string `json:"nodeSelector"`
 		OS              *corev1.PodOS     `json:"os"`
 		SecurityContext *struct {
-			RunAsUser *int64 `json:"runAsUser"`
+			RunAsUser    *int64 `json:"runAsUser"`
+			RunAsNonRoot *bool  `json:"runAsNonRoot"`
 		} `json:"securityContext"`
 		InitContainers      []containerView `json:"initContainers"`
 		Containers          []containerView `json:"containers"`
@@ -237,7 +242,7 @@ func readPod(raw []byte) (*corev1.Pod, podShape, error) {
 	sp := v.Spec
 	pod.Spec.HostNetwork, pod.Spec.NodeSelector, pod.Spec.OS = sp.HostNetwork, sp.NodeSelector, sp.OS
 	if sp.SecurityContext != nil {
-		pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: sp.SecurityContext.RunAsUser}
+		pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: sp.SecurityContext.RunAsUser, RunAsNonRoot: sp.SecurityContext.RunAsNonRoot}
 	}
 	for _, c := range sp.InitContainers {
 		pod.Spec.InitContainers = append(pod.Spec.InitContainers, c.container())

@@ -36,6 +36,9 @@ type Settings struct {
 
 	// ForceNamespaced restricts every binding to the pod's own namespace (binding.Options).
 	ForceNamespaced bool
+
+	// UIDChangePolicy is what to do with a user container able to change its uid to SidecarUID.
+	UIDChangePolicy UIDChangePolicy
 }
 
 // DefaultSettings are the values of the contract in internal/defaults, with small resource budgets.
@@ -53,6 +56,7 @@ func DefaultSettings() Settings {
 		SidecarResources:       Resources("10m", "32Mi", "200m", "64Mi"),
 		InitResources:          Resources("10m", "16Mi", "100m", "32Mi"),
 		MetadataHeaderRequired: true,
+		UIDChangePolicy:        UIDChangeWarn,
 	}
 }
 

@@ -48,22 +48,29 @@ func findContainer(pod *corev1.Pod, name string) *corev1.Container {
 }
 
 // EphemeralDenial checks the ephemeral containers of a pods/ephemeralcontainers update (kubectl debug): one
-// that is privileged, adds NET_ADMIN/NET_RAW or runs as the sidecar's uid could undo or bypass the redirect.
-// It returns a denial message, or "" when they are all harmless.
-func EphemeralDenial(newRaw []byte, s Settings) (Reason, string, error) {
+// that is privileged, adds NET_ADMIN/NET_RAW or runs as the sidecar's uid could undo or bypass the redirect,
+// and one able to change its uid is handled by s.UIDChangePolicy. It returns a denial reason and message ("" when
+// admitted) and the admission warnings (--uid-change-policy=warn).
+func EphemeralDenial(newRaw []byte, s Settings) (Reason, string, []string, error) {
 	pod, _, err := readPod(newRaw)
 	if err != nil {
-		return "", "", err
+		return "", "", nil, err
 	}
 	if findContainer(pod, defaults.InitContainerName) == nil {
-		return "", "", nil // not injected: nothing to protect
+		return "", "", nil, nil // not injected: nothing to protect
 	}
 	for i := range pod.Spec.EphemeralContainers {
 		ec := &pod.Spec.EphemeralContainers[i]
 		c := corev1.Container{Name: ec.Name, SecurityContext: ec.SecurityContext}
 		if d, bad := checkContainer(pod, s, "ephemeral container", &c); bad {
-			return d.Reason, d.Message, nil
+			return d.Reason, d.Message, nil, nil
 		}
 	}
-	return "", "", nil
+	// Only the ephemeral containers: the others were checked when the pod was created.
+	only := &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: pod.Spec.SecurityContext, EphemeralContainers: pod.Spec.EphemeralContainers}}
+	d, denied, warnings := uidChangeDecision(uidChangeFindings(only, s, true), s.UIDChangePolicy)
+	if denied {
+		return d.Reason, d.Message, nil, nil
+	}
+	return "", "", warnings, nil
 }

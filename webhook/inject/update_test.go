@@ -70,32 +70,52 @@ func TestEphemeralDenial(t *testing.T) {
 		}
 	}
 	uid := int64(defaults.SidecarUID)
+	dropAll := &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
 	tests := []struct {
-		name   string
-		mutate func(*corev1.Pod)
-		want   Reason
+		name     string
+		policy   UIDChangePolicy
+		mutate   func(*corev1.Pod)
+		want     Reason
+		wantWarn int
 	}{
-		{"plain debug container", debug(nil), ""},
-		{"privileged", debug(&corev1.SecurityContext{Privileged: ptr(true)}), ReasonPrivileged},
-		{"net raw", debug(&corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"CAP_NET_RAW"}}}), ReasonNetCapability},
-		{"sidecar uid", debug(&corev1.SecurityContext{RunAsUser: &uid}), ReasonSidecarUID},
-		{"named like our sidecar", func(p *corev1.Pod) {
+		{"plain debug container, warn", UIDChangeWarn, debug(nil), "", 1},
+		{"plain debug container, deny", UIDChangeDeny, debug(nil), ReasonUIDChange, 0},
+		{"plain debug container, ignore", UIDChangeIgnore, debug(nil), "", 0},
+		{"debug container drops ALL, deny", UIDChangeDeny, debug(dropAll), "", 0},
+		{"privileged", UIDChangeWarn, debug(&corev1.SecurityContext{Privileged: ptr(true)}), ReasonPrivileged, 0},
+		{"net raw", UIDChangeWarn, debug(&corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"CAP_NET_RAW"}}}), ReasonNetCapability, 0},
+		{"sidecar uid", UIDChangeWarn, debug(&corev1.SecurityContext{RunAsUser: &uid}), ReasonSidecarUID, 0},
+		{"named like our sidecar", UIDChangeWarn, func(p *corev1.Pod) {
 			debug(&corev1.SecurityContext{RunAsUser: &uid})(p)
 			p.Spec.EphemeralContainers[0].Name = defaults.SidecarContainerName
-		}, ReasonSidecarUID},
-		{"not injected: not ours to guard", func(p *corev1.Pod) {
+		}, ReasonSidecarUID, 0},
+		{"named like our sidecar, root", UIDChangeDeny, func(p *corev1.Pod) {
+			debug(nil)(p)
+			p.Spec.EphemeralContainers[0].Name = defaults.SidecarContainerName
+		}, ReasonUIDChange, 0},
+		{"not injected: not ours to guard", UIDChangeDeny, func(p *corev1.Pod) {
 			debug(&corev1.SecurityContext{Privileged: ptr(true)})(p)
 			p.Spec.InitContainers = nil
-		}, ""},
+		}, "", 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			r, msg, err := EphemeralDenial(injectedPod(t, tc.mutate), DefaultSettings())
+			s := DefaultSettings()
+			s.UIDChangePolicy = tc.policy
+			r, msg, warnings, err := EphemeralDenial(injectedPod(t, tc.mutate), s)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if r != tc.want || (r != "") != (msg != "") {
 				t.Errorf("EphemeralDenial = %q %q, want reason %q", r, msg, tc.want)
+			}
+			if len(warnings) != tc.wantWarn {
+				t.Errorf("warnings %q, want %d", warnings, tc.wantWarn)
+			}
+			for _, w := range append(warnings, msg) {
+				if w != "" && !strings.Contains(w, `ephemeral container "`) {
+					t.Errorf("message %q does not name the ephemeral container", w)
+				}
 			}
 		})
 	}
