@@ -178,34 +178,35 @@ func (a *ARM) Patch(ctx context.Context, r providerid.Resource, p Patch) (Resour
 }
 
 func fromVMSS(v armcompute.VirtualMachineScaleSet) ResourceIdentity {
-	out := ResourceIdentity{UserAssigned: map[string]string{}, ClientIDs: map[string]string{}, ETag: deref(v.Etag)}
+	var state *string
 	if v.Properties != nil {
-		out.ProvisioningState = deref(v.Properties.ProvisioningState)
+		state = v.Properties.ProvisioningState
 	}
-	if v.Identity != nil {
-		out.SystemAssigned = v.Identity.Type != nil && strings.HasPrefix(string(*v.Identity.Type), TypeSystemAssigned)
-		for id, val := range v.Identity.UserAssignedIdentities {
-			out.UserAssigned[strings.ToLower(id)] = id
-			if val != nil && val.ClientID != nil {
-				out.ClientIDs[strings.ToLower(id)] = *val.ClientID
-			}
-		}
+	if v.Identity == nil {
+		return identityOf(v.Etag, state, nil, nil)
 	}
-	return out
+	return identityOf(v.Etag, state, v.Identity.Type, v.Identity.UserAssignedIdentities)
 }
 
 func fromVM(v armcompute.VirtualMachine) ResourceIdentity {
-	out := ResourceIdentity{UserAssigned: map[string]string{}, ClientIDs: map[string]string{}, ETag: deref(v.Etag)}
+	var state *string
 	if v.Properties != nil {
-		out.ProvisioningState = deref(v.Properties.ProvisioningState)
+		state = v.Properties.ProvisioningState
 	}
-	if v.Identity != nil {
-		out.SystemAssigned = v.Identity.Type != nil && strings.HasPrefix(string(*v.Identity.Type), TypeSystemAssigned)
-		for id, val := range v.Identity.UserAssignedIdentities {
-			out.UserAssigned[strings.ToLower(id)] = id
-			if val != nil && val.ClientID != nil {
-				out.ClientIDs[strings.ToLower(id)] = *val.ClientID
-			}
+	if v.Identity == nil {
+		return identityOf(v.Etag, state, nil, nil)
+	}
+	return identityOf(v.Etag, state, v.Identity.Type, v.Identity.UserAssignedIdentities)
+}
+
+// identityOf is the part of a VM or scale set the assigner reads; the SDK has a type for each, with the same fields.
+func identityOf(etag, state *string, typ *armcompute.ResourceIdentityType, users map[string]*armcompute.UserAssignedIdentitiesValue) ResourceIdentity {
+	out := ResourceIdentity{UserAssigned: map[string]string{}, ClientIDs: map[string]string{}, ETag: deref(etag), ProvisioningState: deref(state)}
+	out.SystemAssigned = typ != nil && strings.HasPrefix(string(*typ), TypeSystemAssigned)
+	for id, val := range users {
+		out.UserAssigned[strings.ToLower(id)] = id
+		if val != nil && val.ClientID != nil {
+			out.ClientIDs[strings.ToLower(id)] = *val.ClientID
 		}
 	}
 	return out
