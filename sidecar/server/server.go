@@ -73,17 +73,23 @@ func New(opts Options) *Server {
 }
 
 // Handler serves the IMDS endpoint. Every request first passes the path guard, so that a variant of the token
-// path never reaches the router or the proxy.
+// path never reaches the router or the proxy. The token path itself is matched before the router: it is the
+// path of almost every request, and the router's match and request copy cost more than the rest of the work.
 func (s *Server) Handler() http.Handler {
 	r := mux.NewRouter().SkipClean(true).UseEncodedPath()
-	r.Path(TokenPath).HandlerFunc(s.token)
 	r.Path("/metadata/instance").HandlerFunc(s.instance)
 	r.PathPrefix("/metadata/instance/").HandlerFunc(s.instance)
 	r.PathPrefix("/metadata/").HandlerFunc(s.proxy)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such IMDS path: the pod identity sidecar serves /metadata/...")
 	})
-	return s.guard(r)
+	return s.guard(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == TokenPath { // exact: the guard has refused every other spelling of it
+			s.token(w, req)
+			return
+		}
+		r.ServeHTTP(w, req)
+	}))
 }
 
 // HealthHandler serves /healthz (alive), /readyz (the identities file has been read) and /metrics.
@@ -313,7 +319,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	if notBefore.IsZero() {
 		notBefore = now
 	}
-	body, _ := json.Marshal(tokenResponse{
+	body := appendTokenAnswer(make([]byte, 0, 320+len(tok.AccessToken)+len(req.resource)), tokenResponse{
 		AccessToken: tok.AccessToken, ExpiresIn: expiresIn, ExtExpiresIn: expiresIn,
 		ExpiresOn: strconv.FormatInt(tok.ExpiresOn.Unix(), 10), NotBefore: strconv.FormatInt(notBefore.Unix(), 10),
 		Resource: req.resource, TokenType: tok.TokenType, ClientID: id.ClientID,

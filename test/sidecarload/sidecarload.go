@@ -35,7 +35,20 @@ type Options struct {
 	Connections int
 	// Idle is how long the sidecar idles (after one token) before idle memory is read.
 	Idle time.Duration
+	// Client is the load generator's HTTP client: ClientRaw (default) or ClientNetHTTP.
+	Client string
+	// SidecarEnv is added to the sidecar's environment (e.g. GOMAXPROCS=1, GOGC=200), for experiments.
+	SidecarEnv []string
 }
+
+// The load generator's clients. The generator shares the machine's CPUs with the sidecar, so its own cost
+// raises the sidecar's latency: net/http's Transport (two goroutines per connection and a hand-off for every
+// request) costs 1.3 to 1.6 times the CPU per request of a minimal HTTP/1.1 client that owns one connection and
+// reads each response on the sending goroutine, which is the default (sidecar/BENCHMARKS.md).
+const (
+	ClientRaw     = "raw"
+	ClientNetHTTP = "net/http"
+)
 
 // Result of a run.
 type Result struct {
@@ -47,14 +60,24 @@ type Result struct {
 	IdleRSSKiB, LoadRSSKiB   int64 // VmRSS idle, and the highest sample under load
 	UpstreamCalls            int
 	SidecarStartupRSSKiB     int64
-	// SidecarCPU is the CPU time (user + system) the sidecar used during the load phase.
-	SidecarCPU time.Duration
+	// SidecarCPU is the CPU time (user + system) the sidecar used during the load phase, and GeneratorCPU the
+	// load generator's (this process, IMDS emulator included; it is idle during the load).
+	SidecarCPU, GeneratorCPU time.Duration
 	// LoadAvg is /proc/loadavg at the end of the run: the contention that dominates latency on a shared host.
 	LoadAvg string
 }
 
 // Run performs one measurement.
 func Run(ctx context.Context, o Options) (Result, error) {
+	if o.Client == "" {
+		o.Client = ClientRaw
+	}
+	if o.Client != ClientRaw && o.Client != ClientNetHTTP {
+		return Result{Options: o}, fmt.Errorf("client %q: use %q or %q", o.Client, ClientRaw, ClientNetHTTP)
+	}
+	if o.Rate <= 0 || o.Connections <= 0 || o.Duration <= 0 {
+		return Result{Options: o}, errors.New("rate, connections and duration must be positive")
+	}
 	res := Result{Options: o}
 	st, err := os.Stat(o.Binary)
 	if err != nil {
@@ -87,7 +110,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	tokenAddr, healthAddr := freePort(), freePort()
 	cmd := exec.CommandContext(ctx, o.Binary, "--listen-address="+tokenAddr, "--health-address="+healthAddr,
 		"--identities-file="+idFile, "--imds-endpoint=http://"+emuLn.Addr().String(), "--secrets-dir="+dir)
-	cmd.Env = append(os.Environ(), "POD_NAME=load-0", "POD_NAMESPACE=apps")
+	cmd.Env = append(append(os.Environ(), "POD_NAME=load-0", "POD_NAMESPACE=apps"), o.SidecarEnv...)
 	// Stdout and stderr (the audit log, one line per token) go to /dev/null: nil, not a pipe to drain.
 	if err := cmd.Start(); err != nil {
 		return res, err
@@ -100,8 +123,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	res.SidecarStartupRSSKiB, _ = rss(pid)
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: o.Connections, MaxConnsPerHost: o.Connections, DisableCompression: true}}
-	url := "http://" + tokenAddr + "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F"
-	if _, err := get(client, url); err != nil {
+	url := "http://" + tokenAddr + tokenTarget
+	if _, err := getNetHTTP(client, url); err != nil {
 		return res, fmt.Errorf("first token: %w", err)
 	}
 	time.Sleep(o.Idle)
@@ -130,7 +153,25 @@ func Run(ctx context.Context, o Options) (Result, error) {
 			}
 		}
 	}()
+	// One client per worker, connected before the clock starts.
+	type getter struct {
+		get  func() error
+		done func()
+	}
+	getters := make([]getter, o.Connections)
+	for w := range getters {
+		if o.Client == ClientNetHTTP {
+			getters[w] = getter{func() error { _, err := getNetHTTP(client, url); return err }, func() {}}
+			continue
+		}
+		rc := &rawClient{addr: tokenAddr}
+		if err := rc.dial(); err != nil {
+			return res, fmt.Errorf("connecting to the sidecar: %w", err)
+		}
+		getters[w] = getter{rc.get, func() { _ = rc.Close() }}
+	}
 	cpu0, _ := cpuTime(pid)
+	gen0, _ := cpuTime(os.Getpid())
 	start := time.Now()
 	end := start.Add(o.Duration)
 	var wg sync.WaitGroup
@@ -138,6 +179,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			get := getters[w].get
+			defer getters[w].done()
 			local := make([]time.Duration, 0, int(o.Duration/interval)+1)
 			errs := 0
 			next := start.Add(interval * time.Duration(w) / time.Duration(o.Connections))
@@ -146,7 +189,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 					time.Sleep(d)
 				}
 				t0 := time.Now()
-				if _, err := get(client, url); err != nil {
+				if err := get(); err != nil {
 					errs++
 				} else {
 					local = append(local, time.Since(t0))
@@ -163,6 +206,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	elapsed := time.Since(start)
 	if cpu1, err := cpuTime(pid); err == nil {
 		res.SidecarCPU = cpu1 - cpu0
+	}
+	if gen1, err := cpuTime(os.Getpid()); err == nil {
+		res.GeneratorCPU = gen1 - gen0
 	}
 	close(stop)
 	sampler.Wait()
@@ -188,7 +234,10 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	return res, nil
 }
 
-func get(c *http.Client, url string) (int, error) {
+// tokenTarget is the request target of every token request: the default identity, as most apps ask.
+const tokenTarget = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F"
+
+func getNetHTTP(c *http.Client, url string) (int, error) {
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set("Metadata", "true")
 	resp, err := c.Do(req)
@@ -271,6 +320,11 @@ func (r Result) Markdown() string {
 	if r.Requests > 0 {
 		fmt.Fprintf(&b, "| sidecar CPU during load | %s (%.1f us per request, %.2f cores) | |\n", r.SidecarCPU,
 			float64(r.SidecarCPU.Microseconds())/float64(r.Requests), r.SidecarCPU.Seconds()/r.Duration.Seconds())
+		fmt.Fprintf(&b, "| load generator CPU during load (%s client, same machine) | %s (%.1f us per request, %.2f cores) | |\n", r.Client,
+			r.GeneratorCPU, float64(r.GeneratorCPU.Microseconds())/float64(r.Requests), r.GeneratorCPU.Seconds()/r.Duration.Seconds())
+	}
+	if len(r.SidecarEnv) > 0 {
+		fmt.Fprintf(&b, "| sidecar environment added | %s | |\n", strings.Join(r.SidecarEnv, " "))
 	}
 	fmt.Fprintf(&b, "| upstream (IMDS) token calls for the whole run | %d | 1 |\n", r.UpstreamCalls)
 	fmt.Fprintf(&b, "| RSS at ready | %s | |\n", mib(r.SidecarStartupRSSKiB))

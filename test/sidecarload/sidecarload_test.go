@@ -20,14 +20,25 @@ func TestRunMeasuresTheRealBinary(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	res, err := Run(context.Background(), Options{Binary: bin, Rate: 200, Duration: time.Second, Connections: 4, Idle: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
+	for _, client := range []string{ClientRaw, ClientNetHTTP} {
+		t.Run(client, func(t *testing.T) {
+			res, err := Run(context.Background(), Options{Binary: bin, Rate: 200, Duration: time.Second, Connections: 4, Idle: 100 * time.Millisecond, Client: client})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Errors != 0 || res.Requests < 100 || res.UpstreamCalls != 1 || res.IdleRSSKiB == 0 || res.LoadRSSKiB == 0 || res.BinaryBytes == 0 {
+				t.Fatalf("result %+v", res)
+			}
+			if md := res.Markdown(); !strings.Contains(md, "| latency p99 |") || !strings.Contains(md, client+" client") {
+				t.Fatalf("markdown lacks the p99 row or the client:\n%s", md)
+			}
+		})
 	}
-	if res.Errors != 0 || res.Requests < 100 || res.UpstreamCalls != 1 || res.IdleRSSKiB == 0 || res.LoadRSSKiB == 0 || res.BinaryBytes == 0 {
-		t.Fatalf("result %+v", res)
-	}
-	if md := res.Markdown(); !strings.Contains(md, "| latency p99 |") {
-		t.Fatalf("markdown lacks the p99 row:\n%s", md)
+}
+
+func TestRunRefusesAnUnknownClient(t *testing.T) {
+	_, err := Run(context.Background(), Options{Binary: "unused", Rate: 1, Duration: time.Second, Connections: 1, Client: "curl"})
+	if err == nil || !strings.Contains(err.Error(), `use "raw" or "net/http"`) {
+		t.Fatalf("error %v, want one naming the clients to use", err)
 	}
 }

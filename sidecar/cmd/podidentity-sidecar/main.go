@@ -14,6 +14,7 @@ import (
 
 	"github.com/podidentity/podidentity/internal/version"
 	"github.com/podidentity/podidentity/sidecar/app"
+	"github.com/podidentity/podidentity/sidecar/logwriter"
 )
 
 func main() {
@@ -23,16 +24,21 @@ func main() {
 	flag.Parse()
 	cfg.PodFromEnv(os.Getenv)
 
-	log := logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(-*verbosity)}))
+	// The audit log has a line per token issued: batch the lines instead of a write syscall each.
+	out := logwriter.New(os.Stderr, logwriter.DefaultInterval, logwriter.DefaultLimit)
+	log := logr.FromSlogHandler(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: slog.Level(-*verbosity)}))
 	log.Info("starting podidentity-sidecar", "version", version.Version, "pod", cfg.PodNamespace+"/"+cfg.PodName)
 	a, err := app.New(cfg, log)
 	if err != nil {
+		_ = out.Close()
 		fmt.Fprintln(os.Stderr, "podidentity-sidecar:", err)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := a.Run(ctx); err != nil {
+	err = a.Run(ctx)
+	_ = out.Close()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "podidentity-sidecar:", err)
 		os.Exit(1)
 	}

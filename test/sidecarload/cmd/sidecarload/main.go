@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/podidentity/podidentity/test/sidecarload"
@@ -19,7 +20,12 @@ func main() {
 	flag.DurationVar(&o.Duration, "duration", 10*time.Second, "How long the rate is held.")
 	flag.IntVar(&o.Connections, "connections", 50, "Keep-alive connections (one pacing worker each).")
 	flag.DurationVar(&o.Idle, "idle", 3*time.Second, "Idle time before idle memory is read.")
+	flag.StringVar(&o.Client, "client", sidecarload.ClientRaw, "Load generator client: \"raw\" (minimal HTTP/1.1, least CPU) or \"net/http\".")
+	sidecarEnv := flag.String("sidecar-env", "", "Comma-separated NAME=value pairs added to the sidecar's environment (e.g. GOMAXPROCS=1).")
 	flag.Parse()
+	if *sidecarEnv != "" {
+		o.SidecarEnv = strings.Split(*sidecarEnv, ",")
+	}
 	res, err := sidecarload.Run(context.Background(), o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sidecarload:", err)
