@@ -24,14 +24,18 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/azure"
 	"github.com/podidentity/podidentity/assigner/config"
 	"github.com/podidentity/podidentity/assigner/controller"
+	"github.com/podidentity/podidentity/assigner/desired"
+	"github.com/podidentity/podidentity/assigner/guard"
 	"github.com/podidentity/podidentity/assigner/upgrade"
 	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/version"
 )
 
@@ -52,7 +56,23 @@ type Flags struct {
 	AuthorityHost                    string
 	UpgradeCRDFields                 bool
 	UpgradeCRDFieldsOnly             bool
+	KubeAPIQPS                       float64
+	KubeAPIBurst                     int
+	Guard                            GuardFlags
 	Zap                              zap.Options
+}
+
+// GuardFlags configure guard mode (on when Pool is set).
+type GuardFlags struct {
+	Pool                   *desired.Pool
+	InjectionLabel         string
+	TrustedNamespaces      []string
+	TrustedServiceAccounts []string
+	AuditInterval          time.Duration
+}
+
+func (g GuardFlags) rules() guard.Rules {
+	return guard.Rules{Pool: g.Pool, InjectionLabel: g.InjectionLabel, TrustedNamespaces: g.TrustedNamespaces, TrustedServiceAccounts: g.TrustedServiceAccounts}
 }
 
 // ParseFlags parses args (without the program name).
@@ -84,12 +104,36 @@ func ParseFlags(args []string) (Flags, error) {
 	fs.StringVar(&f.AuthorityHost, "aad-authority", "", "custom cloud: Azure AD authority host")
 	fs.BoolVar(&f.UpgradeCRDFields, "upgrade-crd-fields", true, "at start-up, rewrite pre-1.6 AAD Pod Identity objects (PascalCase fields) to camelCase once, recorded in the ConfigMap "+upgrade.ConfigMapName)
 	fs.BoolVar(&f.UpgradeCRDFieldsOnly, "upgrade-crd-fields-only", false, "one-shot: rewrite pre-1.6 objects (even if the ConfigMap says it was done), record it and exit; run it while the old CRDs are still installed (see README)")
+	fs.Float64Var(&f.KubeAPIQPS, "kube-api-qps", controller.DefaultKubeAPIQPS, "queries per second to the Kubernetes API server (client-side limit; each pod bound to an identity costs about one write when its identities are attached; negative: no client-side limit)")
+	fs.IntVar(&f.KubeAPIBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "burst of queries to the Kubernetes API server above --kube-api-qps")
+	bindGuardFlags(fs, &f.Guard)
 	f.Zap = zap.Options{}
 	f.Zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return Flags{}, err
 	}
 	return f, nil
+}
+
+func bindGuardFlags(fs *flag.FlagSet, g *GuardFlags) {
+	fs.Func("identity-pool-label", "guard mode: attach user-assigned identities only to VMs and scale sets whose nodes all carry this node label key=value (the identity pool), and audit the pool; empty: off", func(v string) error {
+		p, err := desired.ParsePool(v)
+		g.Pool = p
+		return err
+	})
+	fs.StringVar(&g.InjectionLabel, "namespace-injection-label", defaults.NamespaceInjectionLabel, "guard mode: namespace label (value enabled) that opts namespaces in to injection, as in the webhook's namespaceSelector")
+	g.TrustedNamespaces = []string{"kube-system"}
+	fs.Func("guard-trusted-namespaces", "guard mode: comma-separated namespaces whose un-injected pods may run on the identity pool (system DaemonSets) (default kube-system)", func(v string) error {
+		l, err := guard.ParseNamespaces(v)
+		g.TrustedNamespaces = l
+		return err
+	})
+	fs.Func("guard-trusted-service-accounts", "guard mode: comma-separated namespace/name service accounts whose un-injected pods may run on the identity pool", func(v string) error {
+		l, err := guard.ParseServiceAccounts(v)
+		g.TrustedServiceAccounts = l
+		return err
+	})
+	fs.DurationVar(&g.AuditInterval, "guard-audit-interval", time.Minute, "guard mode: how often pods on nodes with identities are audited for untrusted, un-injected pods and bound pods outside the pool (also within 5s of a pod being created or scheduled); 0 disables the audit and its Events")
 }
 
 // Run runs the assigner until ctx ends.
@@ -145,6 +189,7 @@ func Run(ctx context.Context, f Flags) error {
 	if err != nil {
 		return err
 	}
+	restCfg.QPS, restCfg.Burst = float32(f.KubeAPIQPS), f.KubeAPIBurst
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
@@ -167,8 +212,16 @@ func Run(ctx context.Context, f Flags) error {
 	if err := controller.Setup(ctx, mgr, arm, controller.Options{
 		Namespace: f.Namespace, Immutable: immutable, Binding: binding.Options{ForceNamespaced: f.ForceNamespaced},
 		Managed: f.Managed, Workers: f.Workers, Resync: f.Resync, Debounce: f.Debounce, IsolationTTL: f.IsolationTTL,
+		Pool: f.Guard.Pool,
 	}); err != nil {
 		return err
+	}
+	if f.Guard.Pool != nil {
+		log.Info("guard mode: identities only on the identity pool", "pool", f.Guard.Pool.String(), "auditInterval", f.Guard.AuditInterval.String(),
+			"trustedNamespaces", f.Guard.TrustedNamespaces, "trustedServiceAccounts", f.Guard.TrustedServiceAccounts)
+		if err := guard.Setup(mgr, f.Guard.rules(), binding.Options{ForceNamespaced: f.ForceNamespaced}, f.Guard.AuditInterval, 0, ctrlmetrics.Registry); err != nil {
+			return err
+		}
 	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return err
@@ -197,6 +250,7 @@ func upgradeCRDFields(ctx context.Context, f Flags, log logr.Logger, opts upgrad
 	if err != nil {
 		return err
 	}
+	restCfg.QPS, restCfg.Burst = float32(f.KubeAPIQPS), f.KubeAPIBurst
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
@@ -224,7 +278,9 @@ func CredentialCheck(cred azcore.TokenCredential, scope string, ttl time.Duratio
 		}
 		ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
 		defer cancel()
-		if _, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}}); err != nil {
+		// EnableCAE as the ARM SDK's bearer policy asks: azidentity caches CAE and non-CAE tokens apart, and
+		// this check should fetch (and warm) the very token the ARM client will use.
+		if _, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}, EnableCAE: true}); err != nil {
 			return fmt.Errorf("cannot get an ARM token (check the assigner's Azure identity and its azure.json / AZURE_* settings): %w", err)
 		}
 		okUntil = time.Now().Add(ttl)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -54,5 +55,45 @@ func TestCredentialCheck(t *testing.T) {
 	}
 	if good.calls != 1 {
 		t.Fatalf("token fetched %d times; a success should be trusted for the TTL", good.calls)
+	}
+}
+
+func TestGuardFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+		check   func(GuardFlags) bool
+	}{
+		{"off by default", nil, "", func(g GuardFlags) bool {
+			return g.Pool == nil && g.AuditInterval == time.Minute && len(g.TrustedNamespaces) == 1 && g.TrustedNamespaces[0] == "kube-system" &&
+				g.InjectionLabel == "podidentity.io/injection"
+		}},
+		{"on", []string{"--identity-pool-label=podidentity.io/pool=identities", "--guard-trusted-namespaces=kube-system,monitoring",
+			"--guard-trusted-service-accounts=logging/fluent-bit", "--guard-audit-interval=30s"}, "", func(g GuardFlags) bool {
+			r := g.rules()
+			return r.Pool != nil && r.Pool.String() == "podidentity.io/pool=identities" && len(r.TrustedNamespaces) == 2 &&
+				len(r.TrustedServiceAccounts) == 1 && g.AuditInterval == 30*time.Second
+		}},
+		{"bad pool", []string{"--identity-pool-label=identities"}, "is not a node label key=value", nil},
+		{"bad service account", []string{"--guard-trusted-service-accounts=fluent-bit"}, "is not a service account namespace/name", nil},
+		{"bad namespace", []string{"--guard-trusted-namespaces=Kube_System"}, "is not a namespace name", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := ParseFlags(tc.args)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.check(f.Guard) {
+				t.Errorf("guard flags %+v", f.Guard)
+			}
+		})
 	}
 }

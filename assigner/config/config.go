@@ -131,9 +131,11 @@ func (a Auth) Credential(opts azcore.ClientOptions) (azcore.TokenCredential, err
 		return azidentity.NewManagedIdentityCredential(o)
 	case WorkloadIdentity:
 		return azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
-			ClientOptions: opts, ClientID: a.ClientID, TenantID: a.TenantID, TokenFilePath: a.TokenFile})
+			ClientOptions: opts, ClientID: a.ClientID, TenantID: a.TenantID, TokenFilePath: a.TokenFile,
+			DisableInstanceDiscovery: customAuthority(opts.Cloud)})
 	case ClientSecret:
-		return azidentity.NewClientSecretCredential(a.TenantID, a.ClientID, a.Secret, &azidentity.ClientSecretCredentialOptions{ClientOptions: opts})
+		return azidentity.NewClientSecretCredential(a.TenantID, a.ClientID, a.Secret, &azidentity.ClientSecretCredentialOptions{
+			ClientOptions: opts, DisableInstanceDiscovery: customAuthority(opts.Cloud)})
 	case ClientCertificate:
 		b, err := os.ReadFile(a.CertPath)
 		if err != nil {
@@ -147,9 +149,27 @@ func (a Auth) Credential(opts azcore.ClientOptions) (azcore.TokenCredential, err
 		if err != nil {
 			return nil, fmt.Errorf("parsing the client certificate %s (PEM or PKCS#12 with its private key): %w", a.CertPath, err)
 		}
-		return azidentity.NewClientCertificateCredential(a.TenantID, a.ClientID, certs, key, &azidentity.ClientCertificateCredentialOptions{ClientOptions: opts})
+		return azidentity.NewClientCertificateCredential(a.TenantID, a.ClientID, certs, key, &azidentity.ClientCertificateCredentialOptions{
+			ClientOptions: opts, DisableInstanceDiscovery: customAuthority(opts.Cloud)})
 	}
 	return nil, fmt.Errorf("unknown authentication method %q", a.Method)
+}
+
+// customAuthority tells whether c's Azure AD is not one of the public or sovereign clouds'. For such an
+// authority MSAL asks login.microsoftonline.com to validate it (instance discovery), which a private or
+// disconnected cloud (Azure Stack Hub) cannot pass: every token request would fail. The authority was
+// configured explicitly (--aad-authority), so it is trusted as given.
+func customAuthority(c cloud.Configuration) bool {
+	host := strings.TrimRight(strings.ToLower(c.ActiveDirectoryAuthorityHost), "/")
+	if host == "" {
+		return false
+	}
+	for _, known := range []cloud.Configuration{cloud.AzurePublic, cloud.AzureChina, cloud.AzureGovernment} {
+		if host == strings.TrimRight(strings.ToLower(known.ActiveDirectoryAuthorityHost), "/") {
+			return false
+		}
+	}
+	return true
 }
 
 // Cloud returns the cloud configuration: a custom one when armEndpoint is set (authority and audience then
@@ -180,10 +200,12 @@ func Cloud(name, armEndpoint, armAudience, authorityHost string) (cloud.Configur
 	return c, nil
 }
 
-// ResourceManagerScope is the token scope for ARM in cloud c.
+// ResourceManagerScope is the token scope for ARM in cloud c, spelled exactly as the ARM SDK spells it
+// (audience + "/.default", a double slash for the public cloud's "https://management.core.windows.net/"):
+// the readiness check then fetches, and azidentity caches, the very token the ARM client uses, instead of
+// a second one for a differently spelled scope.
 func ResourceManagerScope(c cloud.Configuration) string {
-	aud := c.Services[cloud.ResourceManager].Audience
-	return strings.TrimRight(aud, "/") + "/.default"
+	return c.Services[cloud.ResourceManager].Audience + "/.default"
 }
 
 func firstNonEmpty(s ...string) string {

@@ -42,6 +42,17 @@ import (
 // before the object goes away.
 const Finalizer = "podidentity.io/assigner"
 
+// Client-side rate limits the assigner's Kubernetes client should have (the binary's --kube-api-qps and
+// --kube-api-burst defaults). Each pod bound to an identity costs about one write (its
+// AzureAssignedIdentity) when its node's identities are attached: 2,000 pods on a fresh cluster or after
+// a failover are 2,000 writes at once. At client-go's default of 5 (or controller-runtime's 20) queries per
+// second that is 100 to 400 s of throttling; at 200 it is the API server's own speed that bounds it.
+// Server-side API Priority and Fairness still protects the API server.
+const (
+	DefaultKubeAPIQPS   = 200
+	DefaultKubeAPIBurst = 400
+)
+
 // Options configure the controllers.
 type Options struct {
 	// Namespace holds the assigner's bookkeeping ConfigMaps (which identities it attached to which resource).
@@ -51,6 +62,8 @@ type Options struct {
 	Immutable []string
 	// Binding options (ForceNamespaced).
 	Binding binding.Options
+	// Pool (guard mode): attach identities only to VMs and scale sets whose nodes all carry this label.
+	Pool *desired.Pool
 	// Managed: identities are attached by someone else; never call ARM.
 	Managed bool
 	// Workers is the number of ARM resources worked on at once (default 100). A resource waiting for a
@@ -66,6 +79,11 @@ type Options struct {
 	BaseBackoff, MaxBackoff time.Duration
 	// ARMTimeout bounds one pass's ARM calls, PATCH polling included (default 30m).
 	ARMTimeout time.Duration
+	// PendingObjectsAfter: new AzureAssignedIdentity objects are created once ARM has answered, in their
+	// final state (one write each); a PATCH still running after this long has them created as Created
+	// meanwhile, so that a slow scale set shows its pending assignments (default 1m: longer than a typical
+	// 30-60 s scale-set PATCH).
+	PendingObjectsAfter time.Duration
 	// Registerer receives the metrics (default: controller-runtime's registry, served on /metrics).
 	Registerer prometheus.Registerer
 	// Recorder emits Events; default: the manager's recorder.
@@ -100,6 +118,9 @@ func (o *Options) defaults() {
 	}
 	if o.ARMTimeout <= 0 {
 		o.ARMTimeout = 30 * time.Minute
+	}
+	if o.PendingObjectsAfter <= 0 {
+		o.PendingObjectsAfter = time.Minute
 	}
 	if o.Namespace == "" {
 		o.Namespace = "kube-system"
@@ -226,7 +247,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 			enqueue(q, nodeResourceKey(e.Object))
 		},
 		UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[*corev1.Node], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			if e.ObjectOld.Spec.ProviderID != e.ObjectNew.Spec.ProviderID {
+			if e.ObjectOld.Spec.ProviderID != e.ObjectNew.Spec.ProviderID ||
+				(opts.Pool != nil && opts.Pool.Contains(e.ObjectOld) != opts.Pool.Contains(e.ObjectNew)) {
 				enqueue(q, nodeResourceKey(e.ObjectOld))
 				enqueue(q, nodeResourceKey(e.ObjectNew))
 			}
@@ -239,6 +261,11 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 		// Creation: mostly our own doing, but after a restart it is how a resource whose nodes are all gone
 		// gets its leftover assignments cleaned up. Deletion requests and deletions bring the resource back.
 		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if rr.ownWrite(e.Object) {
+				// Created by a pass that already accounted for it: another pass would only burn CPU that
+				// the remaining object writes need (2,000 of them after a scale set's PATCH).
+				return
+			}
 			enqueue(q, assignedResourceKey(e.Object))
 		},
 		UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {

@@ -26,6 +26,9 @@ type Input struct {
 	Identities []aadv1.AzureIdentity
 	Exceptions []aadv1.AzurePodIdentityException
 	Options    binding.Options
+	// Pool, when set (guard mode), keeps user-assigned identities off every VM or scale set that is not made
+	// only of pool nodes; Nodes must then hold every node of the resources concerned.
+	Pool *Pool
 }
 
 // Assignment is one desired AzureAssignedIdentity.
@@ -75,6 +78,8 @@ type State struct {
 	// Resources by providerid.Resource.Key(); every resource with at least one desired identity is present.
 	Resources map[string]*ResourceIdentities
 	Skipped   []Skipped
+	// Refused lists pods whose user-assigned identities guard mode keeps off their node, with what to do.
+	Refused []Skipped
 }
 
 // NeedsIdentities reports whether the pod is one the assigner acts for: scheduled, still running or about
@@ -97,6 +102,13 @@ func Compute(in Input) State {
 	for i := range in.Identities {
 		identities[in.Identities[i].Namespace+"/"+in.Identities[i].Name] = &in.Identities[i]
 	}
+	outside := outsidePool(in.Pool, nodes, func(n *corev1.Node) string {
+		r, err := providerid.Parse(n.Spec.ProviderID)
+		if err != nil {
+			return ""
+		}
+		return r.Key()
+	})
 	bindings := map[string]*aadv1.AzureIdentityBinding{}
 	for i := range in.Bindings {
 		bindings[in.Bindings[i].Namespace+"/"+in.Bindings[i].Name] = &in.Bindings[i]
@@ -123,11 +135,18 @@ func Compute(in Input) State {
 			st.Skipped = append(st.Skipped, Skipped{pod.Namespace + "/" + pod.Name, "node " + node.Name + ": " + err.Error()})
 			continue
 		}
+		outsider := outside[res.Key()]
+		var refused []string
 		for _, id := range ids {
 			azID := identities[id.Namespace+"/"+id.Name]
 			b := bindings[id.Binding]
 			if azID == nil || b == nil {
 				continue // Resolve only returns identities and bindings from the input
+			}
+			if outsider != "" && azID.Spec.Type == aadv1.UserAssignedMSI {
+				// Service principals are not attached to the node, so guard mode leaves them alone.
+				refused = append(refused, azID.Namespace+"/"+azID.Name)
+				continue
 			}
 			a := Assignment{
 				Name:      AssignedIdentityName(pod.Name, pod.Namespace, azID.Name),
@@ -147,8 +166,12 @@ func Compute(in Input) State {
 			}
 			r.IDs[a.IdentityKey()] = azID.Spec.ResourceID
 		}
+		if len(refused) > 0 {
+			st.Refused = append(st.Refused, Skipped{pod.Namespace + "/" + pod.Name, refusal(*in.Pool, node.Name, outsider, res.ID(), refused)})
+		}
 	}
 	sort.Slice(st.Skipped, func(i, j int) bool { return st.Skipped[i].Pod < st.Skipped[j].Pod })
+	sort.Slice(st.Refused, func(i, j int) bool { return st.Refused[i].Pod < st.Refused[j].Pod })
 	return st
 }
 

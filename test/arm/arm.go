@@ -9,6 +9,7 @@ package arm
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -60,6 +61,11 @@ type Options struct {
 	// OnChange is called (outside the emulator's lock, in order per resource) after each applied identity
 	// change with the resource id and its user-assigned identity ids.
 	OnChange func(resourceID string, userAssignedIDs []string)
+	// Authorize, when set, is asked about every request before anything else; an error is answered 401
+	// InvalidAuthenticationToken with the error's text, as ARM answers a token it does not accept. Tests use
+	// it to check that the bearer token the SDK sends is the one their emulated Azure AD issued. Nil accepts
+	// any request (the static Credential's token included).
+	Authorize func(*http.Request) error
 }
 
 // Counters count requests by kind.
@@ -75,6 +81,9 @@ type resource struct {
 	busy           *operation
 	latency        time.Duration
 	writes         int
+	// inFlight counts PATCHes from arrival until their answer (rejected) or their operation's end
+	// (accepted); maxInFlight is its high-water mark: above 1 means two writers overlapped.
+	inFlight, maxInFlight int
 	// failed is set when the last operation failed; ARM then shows provisioningState Failed.
 	failed bool
 }
@@ -151,6 +160,10 @@ func (s *Server) Close() {
 
 // URL is the server's base URL (the ARM endpoint).
 func (s *Server) URL() string { return s.srv.URL }
+
+// Certificate is the server's TLS certificate (for clients that trust several servers, or a child
+// process's SSL_CERT_FILE).
+func (s *Server) Certificate() *x509.Certificate { return s.srv.Certificate() }
 
 // HTTPClient trusts the server's certificate; use it as the SDK's transport.
 func (s *Server) HTTPClient() *http.Client { return s.srv.Client() }
@@ -272,6 +285,25 @@ func (s *Server) WritesTo(id string) int {
 	return 0
 }
 
+// MaxConcurrentWrites is the largest number of PATCHes that were in flight on the resource at once (from a
+// PATCH's arrival until its answer if ARM rejected it, or until its operation ended if ARM accepted it);
+// with id "" the largest over all resources. One writer that waits for its operations never exceeds 1.
+func (s *Server) MaxConcurrentWrites(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if id != "" {
+		if r := s.resources[strings.ToLower(id)]; r != nil {
+			return r.maxInFlight
+		}
+		return 0
+	}
+	n := 0
+	for _, r := range s.resources {
+		n = max(n, r.maxInFlight)
+	}
+	return n
+}
+
 // Busy reports whether a PATCH operation on the resource is still running.
 func (s *Server) Busy(id string) bool {
 	s.mu.Lock()
@@ -301,6 +333,12 @@ func sortedValues(m map[string]string) []string {
 }
 
 func (s *Server) serve(w http.ResponseWriter, req *http.Request) {
+	if s.opts.Authorize != nil {
+		if err := s.opts.Authorize(req); err != nil {
+			writeError(w, http.StatusUnauthorized, apiError{"InvalidAuthenticationToken", "The access token is invalid: " + err.Error()}, 0)
+			return
+		}
+	}
 	path := strings.TrimRight(req.URL.Path, "/")
 	if strings.Contains(strings.ToLower(path), "/operations/") && req.Method == http.MethodGet {
 		s.serveOperation(w, path[strings.LastIndex(path, "/")+1:])
@@ -318,6 +356,19 @@ func (s *Server) serve(w http.ResponseWriter, req *http.Request) {
 	} else {
 		s.counters.Writes++
 		r.writes++
+	}
+	// A PATCH is in flight until answered, or, when it started an operation, until the operation ends.
+	started := false
+	if req.Method == http.MethodPatch {
+		r.inFlight++
+		r.maxInFlight = max(r.maxInFlight, r.inFlight)
+		defer func() {
+			if !started {
+				s.mu.Lock()
+				r.inFlight--
+				s.mu.Unlock()
+			}
+		}()
 	}
 	f := s.takeFaultLocked(req.Method, r)
 	s.mu.Unlock()
@@ -341,7 +392,7 @@ func (s *Server) serve(w http.ResponseWriter, req *http.Request) {
 		}
 		writeJSON(w, http.StatusOK, body)
 	case http.MethodPatch:
-		s.patch(w, req, r, f)
+		started = s.patch(w, req, r, f)
 	default:
 		writeError(w, http.StatusMethodNotAllowed, apiError{"MethodNotAllowed", req.Method + " is not emulated"}, 0)
 	}
@@ -380,30 +431,32 @@ type identityPatch struct {
 	UserAssignedIdentities map[string]*json.RawMessage `json:"userAssignedIdentities"`
 }
 
-func (s *Server) patch(w http.ResponseWriter, req *http.Request, r *resource, f *Fault) {
+// patch applies an identity PATCH; it reports whether an operation was started (which then owns the
+// PATCH's in-flight count).
+func (s *Server) patch(w http.ResponseWriter, req *http.Request, r *resource, f *Fault) bool {
 	var body struct {
 		Identity *identityPatch `json:"identity"`
 	}
 	if err := json.NewDecoder(req.Body).Decode(&body); err != nil {
 		writeError(w, http.StatusBadRequest, apiError{"InvalidRequestContent", err.Error()}, 0)
-		return
+		return false
 	}
 	s.mu.Lock()
 	if r.busy != nil {
 		s.mu.Unlock()
 		writeError(w, http.StatusConflict, apiError{CodeConflict, fmt.Sprintf("Operation 'PATCH' is not allowed on %s since it is performing another operation.", r.id)}, 0)
-		return
+		return false
 	}
 	if m := req.Header.Get("If-Match"); m != "" && m != "*" && m != etagOf(r) {
 		s.mu.Unlock()
 		writeError(w, http.StatusPreconditionFailed, apiError{CodePreconditionFailed, fmt.Sprintf("The etag %s does not match the current etag %s of %s.", m, etagOf(r), r.id)}, 0)
-		return
+		return false
 	}
 	system, users, aerr, status := s.applyIdentityLocked(r, body.Identity)
 	if aerr != nil {
 		s.mu.Unlock()
 		writeError(w, status, *aerr, 0)
-		return
+		return false
 	}
 	s.opSeq++
 	op := &operation{id: strconv.Itoa(s.opSeq), status: "InProgress"}
@@ -417,6 +470,7 @@ func (s *Server) patch(w http.ResponseWriter, req *http.Request, r *resource, f 
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		r.busy = nil
+		r.inFlight--
 		if f != nil && f.Async {
 			op.status, op.err, r.failed = "Failed", &apiError{f.Code, f.Message}, true
 			return
@@ -436,7 +490,7 @@ func (s *Server) patch(w http.ResponseWriter, req *http.Request, r *resource, f 
 	}
 	if f != nil && f.Hang {
 		s.hang(req.Context())
-		return
+		return true
 	}
 	s.mu.Lock()
 	resp, etag, _ := s.renderLocked(r)
@@ -449,6 +503,7 @@ func (s *Server) patch(w http.ResponseWriter, req *http.Request, r *resource, f 
 	}
 	setRetryAfter(w, s.opts.PollAfter)
 	writeJSON(w, http.StatusOK, resp)
+	return true
 }
 
 // applyIdentityLocked computes the resource's identities after the patch, with ARM's rules: the user map is

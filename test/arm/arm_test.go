@@ -2,6 +2,7 @@ package arm
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -106,5 +107,65 @@ func TestBusyEtagAndOnChange(t *testing.T) {
 	}
 	if c := s.Counts(); c.Writes != 3 || c.AppliedWrites != 1 || c.Reads != 1 {
 		t.Fatalf("counters %+v", c)
+	}
+}
+
+func TestAuthorizeAndConcurrentWrites(t *testing.T) {
+	const token = "Bearer issued-by-the-test"
+	s := New(t, Options{Latency: 100 * time.Millisecond, Authorize: func(r *http.Request) error {
+		if r.Header.Get("Authorization") != token {
+			return errors.New("not the token the test issued")
+		}
+		return nil
+	}})
+	s.AddVM(vm, false)
+	add := `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"/a":{}}}}`
+	send := func(auth string) *http.Response {
+		req, _ := http.NewRequest(http.MethodPatch, s.URL()+vm+"?api-version=x", strings.NewReader(add))
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := s.HTTPClient().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	tests := []struct {
+		name       string
+		auth       string
+		wantStatus int
+		wantMax    int // MaxConcurrentWrites after the request
+	}{
+		{name: "no token", wantStatus: http.StatusUnauthorized, wantMax: 0},
+		{name: "another token", auth: "Bearer forged", wantStatus: http.StatusUnauthorized, wantMax: 0},
+		{name: "the issued token starts an operation", auth: token, wantStatus: http.StatusOK, wantMax: 1},
+		{name: "a second writer while it runs overlaps", auth: token, wantStatus: http.StatusConflict, wantMax: 2},
+	}
+	for _, tc := range tests {
+		if resp := send(tc.auth); resp.StatusCode != tc.wantStatus {
+			t.Fatalf("%s: status %d, want %d", tc.name, resp.StatusCode, tc.wantStatus)
+		}
+		if got := s.MaxConcurrentWrites(vm); got != tc.wantMax {
+			t.Fatalf("%s: MaxConcurrentWrites = %d, want %d", tc.name, got, tc.wantMax)
+		}
+	}
+	if c := s.Counts(); c.Writes != 2 {
+		t.Fatalf("unauthorized requests reached the resource: %d writes counted, want 2", c.Writes)
+	}
+	// Sequential writers, each waiting for its operation, never overlap.
+	seq := New(t, Options{Latency: 20 * time.Millisecond})
+	seq.AddVM(vm, false)
+	for i := range 3 {
+		if r := patch(t, seq, vm, add, ""); r.StatusCode != http.StatusOK {
+			t.Fatalf("write %d: %d", i, r.StatusCode)
+		}
+		for deadline := time.Now().Add(2 * time.Second); seq.Busy(vm) && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if got := seq.MaxConcurrentWrites(""); got != 1 {
+		t.Fatalf("sequential writes: MaxConcurrentWrites = %d, want 1", got)
 	}
 }

@@ -49,6 +49,8 @@ type Config struct {
 	CacheSyncTimeout time.Duration
 
 	sidecarRes, initRes resourceFlags
+	// Guard mode's pool, as typed (parsed into Inject.Placement by Complete).
+	poolLabel, poolTaint string
 }
 
 // resourceFlags are the four quantities of one container, as typed on the command line.
@@ -88,6 +90,8 @@ func Bind(fs *flag.FlagSet) *Config {
 		s.UIDChangePolicy = p
 		return nil
 	})
+	fs.StringVar(&c.poolLabel, "identity-pool-label", "", "guard mode: node label key=value of the identity pool; pods with label aadpodidbinding get a nodeSelector for it (needs --identity-pool-taint; empty: off)")
+	fs.StringVar(&c.poolTaint, "identity-pool-taint", "", "guard mode: taint key=value:NoExecute of the identity pool; pods with label aadpodidbinding get a toleration for it")
 	c.Mode = ModeAuto
 	fs.Func("mode", "sidecar injection mode: auto (by API server version), native (restartPolicy Always init container, Kubernetes 1.29+) or classic (default auto)", func(v string) error {
 		switch m := Mode(v); m {
@@ -128,6 +132,9 @@ func (c *Config) Complete() error {
 		errs = append(errs, err)
 	}
 	if c.Inject.InitResources, err = c.initRes.parse("init"); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Inject.Placement, err = inject.ParsePlacement(c.poolLabel, c.poolTaint); err != nil {
 		errs = append(errs, err)
 	}
 	if c.Inject.SidecarUID <= 0 {

@@ -73,6 +73,13 @@ func TestFlags(t *testing.T) {
 		{"bad quantity", []string{"--sidecar-cpu-limit=lots"}, "--sidecar-cpu-limit=\"lots\" is not a quantity", nil},
 		{"request above limit", []string{"--init-memory-request=1Gi"}, "--init-memory-request exceeds --init-memory-limit", nil},
 		{"no assigner", []string{"--assigner-username="}, "--assigner-username", nil},
+		{"guard off by default", nil, "", func(c *Config) bool { return c.Inject.Placement == nil }},
+		{"guard pool", []string{"--identity-pool-label=podidentity.io/pool=identities", "--identity-pool-taint=podidentity.io/pool=identities:NoExecute"}, "",
+			func(c *Config) bool {
+				p := c.Inject.Placement
+				return p != nil && p.LabelKey == "podidentity.io/pool" && p.Toleration().Effect == corev1.TaintEffectNoExecute
+			}},
+		{"guard pool without taint", []string{"--identity-pool-label=podidentity.io/pool=identities"}, "needs both --identity-pool-label", nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 //
 //	go test ./webhook/inject -run '^$' -bench Decide -benchmem -benchtime 2s
 func BenchmarkDecide(b *testing.B) {
-	for _, name := range []string{"deployment-pod", "istio-cni", "several-bindings", "already-injected"} {
+	for _, name := range []string{"deployment-pod", "istio-cni", "several-bindings", "already-injected", "guard-pool-placement"} {
 		b.Run(name, func(b *testing.B) {
 			in, s := loadInput(b, filepath.Join(goldenDir, name+".in.yaml"))
 			cluster := Cluster{Bindings: in.Bindings, Identities: in.Identities, Exceptions: in.Exceptions}

@@ -31,6 +31,11 @@ type goldenInput struct {
 		ForceNamespaced bool `json:"forceNamespaced"`
 		// UIDChangePolicy is --uid-change-policy; empty means the default (warn).
 		UIDChangePolicy UIDChangePolicy `json:"uidChangePolicy"`
+		// IdentityPool is guard mode's --identity-pool-label and --identity-pool-taint; absent means off.
+		IdentityPool *struct {
+			Label string `json:"label"`
+			Taint string `json:"taint"`
+		} `json:"identityPool"`
 	} `json:"settings"`
 	Namespace  string                            `json:"namespace"`
 	Pod        json.RawMessage                   `json:"pod"`
@@ -70,6 +75,12 @@ func loadInput(t testing.TB, path string) (goldenInput, Settings) {
 	s.ForceNamespaced = in.Settings.ForceNamespaced
 	if in.Settings.UIDChangePolicy != "" {
 		s.UIDChangePolicy = in.Settings.UIDChangePolicy
+	}
+	if p := in.Settings.IdentityPool; p != nil {
+		var err error
+		if s.Placement, err = ParsePlacement(p.Label, p.Taint); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
 	}
 	return in, s
 }
@@ -149,7 +160,7 @@ func TestGolden(t *testing.T) {
 					t.Errorf("second pass is not stable: action %s, patch %v", again.Action, again.Patch)
 				}
 				// Every field of the input survives: removing what the webhook owns gives the input back.
-				assertOnlyAdded(t, input.Pod, patched)
+				assertOnlyAdded(t, input.Pod, patched, s.Placement)
 			}
 		})
 	}
@@ -166,9 +177,10 @@ func TestGolden(t *testing.T) {
 	}
 }
 
-// assertOnlyAdded strips the webhook's containers, volumes and annotation from the output pod and compares
-// the rest with the input, as generic JSON: fields unknown to k8s.io/api must survive.
-func assertOnlyAdded(t *testing.T, in, out []byte) {
+// assertOnlyAdded strips the webhook's containers, volumes and annotation (and, in guard mode, the pool's
+// nodeSelector entry and toleration) from the output pod and compares the rest with the input, as generic
+// JSON: fields unknown to k8s.io/api must survive.
+func assertOnlyAdded(t *testing.T, in, out []byte, placement *Placement) {
 	t.Helper()
 	var a, b map[string]any
 	if err := json.Unmarshal(in, &a); err != nil {
@@ -190,6 +202,30 @@ func assertOnlyAdded(t *testing.T, in, out []byte) {
 			}
 		}
 		spec, _ := m["spec"].(map[string]any)
+		if placement != nil {
+			if sel, ok := spec["nodeSelector"].(map[string]any); ok {
+				delete(sel, placement.LabelKey)
+				if len(sel) == 0 {
+					delete(spec, "nodeSelector")
+				}
+			}
+			if tols, ok := spec["tolerations"].([]any); ok {
+				want := placement.Toleration()
+				kept := []any{}
+				for _, e := range tols {
+					tm, _ := e.(map[string]any)
+					if tm["key"] == want.Key && tm["operator"] == string(want.Operator) && tm["value"] == want.Value && tm["effect"] == string(want.Effect) {
+						continue
+					}
+					kept = append(kept, e)
+				}
+				if len(kept) == 0 {
+					delete(spec, "tolerations")
+				} else {
+					spec["tolerations"] = kept
+				}
+			}
+		}
 		for _, key := range []string{"initContainers", "containers", "volumes"} {
 			list, ok := spec[key].([]any)
 			if !ok {
@@ -242,7 +278,7 @@ func TestGoldenCoverage(t *testing.T) {
 	for _, r := range []string{string(ActionInject), string(ActionUnchanged), string(ActionSkip), string(ActionDeny),
 		string(ReasonOptOut), string(ReasonException), string(ReasonHostNetwork), string(ReasonWindows),
 		string(ReasonPrivileged), string(ReasonNetCapability), string(ReasonSidecarUID), string(ReasonHostNetworkBinding),
-		string(ReasonNameCollision), string(ReasonTampered), string(ReasonUIDChange)} {
+		string(ReasonNameCollision), string(ReasonTampered), string(ReasonUIDChange), string(ReasonPoolConflict)} {
 		if !seen[r] {
 			missing = append(missing, r)
 		}

@@ -136,10 +136,18 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	ids, secretVols, secretWarnings := secretVolumes(pod.Namespace, ids, cluster.Identities)
 	warnings = append(warnings, secretWarnings...)
 
+	placement, refused := placementPatch(pod, s.Placement)
+	if refused != nil {
+		return *refused
+	}
 	if inj, collision := injectedState(pod); collision != "" {
 		return deny(ReasonNameCollision, collision)
 	} else if inj.present {
-		return reinvoked(raw, pod, inj, ids, secretVols, warnings, s)
+		d := reinvoked(raw, pod, inj, ids, secretVols, warnings, s)
+		if d.Action != ActionDeny {
+			d.Patch = append(d.Patch, placement...)
+		}
+		return d
 	}
 
 	var patch []jsonpatch.JsonPatchOperation
@@ -176,6 +184,7 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 			patch = append(patch, op("add", "/spec/volumes/-", v))
 		}
 	}
+	patch = append(patch, placement...)
 	patch = append(patch, annotationPatch(pod, shape, binding.Encode(ids))...)
 	return Decision{Action: ActionInject, Warnings: warnings, Patch: patch, Identities: nonNil(ids)}
 }
@@ -195,9 +204,10 @@ type podView struct {
 		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
 	Spec *struct {
-		HostNetwork     bool              `json:"hostNetwork"`
-		NodeSelector    map[string]string `json:"nodeSelector"`
-		OS              *corev1.PodOS     `json:"os"`
+		HostNetwork     bool                `json:"hostNetwork"`
+		NodeSelector    map[string]string   `json:"nodeSelector"`
+		Tolerations     []corev1.Toleration `json:"tolerations"`
+		OS              *corev1.PodOS       `json:"os"`
 		SecurityContext *struct {
 			RunAsUser    *int64 `json:"runAsUser"`
 			RunAsNonRoot *bool  `json:"runAsNonRoot"`
@@ -240,7 +250,7 @@ func readPod(raw []byte) (*corev1.Pod, podShape, error) {
 		pod.Name, pod.Namespace, pod.Labels, pod.Annotations = m.Name, m.Namespace, m.Labels, m.Annotations
 	}
 	sp := v.Spec
-	pod.Spec.HostNetwork, pod.Spec.NodeSelector, pod.Spec.OS = sp.HostNetwork, sp.NodeSelector, sp.OS
+	pod.Spec.HostNetwork, pod.Spec.NodeSelector, pod.Spec.OS, pod.Spec.Tolerations = sp.HostNetwork, sp.NodeSelector, sp.OS, sp.Tolerations
 	if sp.SecurityContext != nil {
 		pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: sp.SecurityContext.RunAsUser, RunAsNonRoot: sp.SecurityContext.RunAsNonRoot}
 	}

@@ -39,6 +39,9 @@ type Settings struct {
 
 	// UIDChangePolicy is what to do with a user container able to change its uid to SidecarUID.
 	UIDChangePolicy UIDChangePolicy
+
+	// Placement (guard mode) pins pods that ask for identities to the identity pool; nil: off.
+	Placement *Placement
 }
 
 // DefaultSettings are the values of the contract in internal/defaults, with small resource budgets.
