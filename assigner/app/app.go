@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -148,7 +147,7 @@ func Run(ctx context.Context, f Flags) error {
 	var arm azure.Client
 	var cred azcore.TokenCredential
 	var scope string
-	immutable := splitList(f.Immutable)
+	immutable := guard.SplitList(f.Immutable)
 	if !f.Managed {
 		var azj config.AzureJSON
 		if f.AzureConfig != "" {
@@ -301,16 +300,6 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("no Kubernetes configuration (run in a cluster, set $KUBECONFIG or --kubeconfig): %w", err)
 	}
 	return c, nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 func firstNonEmpty(s ...string) string {

@@ -10,6 +10,8 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+
+	"github.com/podidentity/podidentity/assigner/guard"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -17,7 +19,7 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !f.Managed || f.LeaderElect || f.Resync != time.Minute || len(splitList(f.Immutable)) != 2 || f.Workers != 100 {
+	if !f.Managed || f.LeaderElect || f.Resync != time.Minute || len(guard.SplitList(f.Immutable)) != 2 || f.Workers != 100 {
 		t.Fatalf("flags %+v", f)
 	}
 	if !f.UpgradeCRDFields || f.UpgradeCRDFieldsOnly {

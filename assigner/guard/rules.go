@@ -33,7 +33,7 @@ type Rules struct {
 // ParseServiceAccounts reads a comma-separated list of namespace/name.
 func ParseServiceAccounts(s string) ([]string, error) {
 	var out []string
-	for _, e := range splitList(s) {
+	for _, e := range SplitList(s) {
 		ns, name, ok := strings.Cut(e, "/")
 		if !ok || len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1123Subdomain(name)) > 0 {
 			return nil, fmt.Errorf("%q is not a service account namespace/name (for example monitoring/node-exporter)", e)
@@ -46,7 +46,7 @@ func ParseServiceAccounts(s string) ([]string, error) {
 // ParseNamespaces reads a comma-separated list of namespace names.
 func ParseNamespaces(s string) ([]string, error) {
 	var out []string
-	for _, e := range splitList(s) {
+	for _, e := range SplitList(s) {
 		if len(validation.IsDNS1123Label(e)) > 0 {
 			return nil, fmt.Errorf("%q is not a namespace name", e)
 		}
@@ -95,7 +95,8 @@ func (r Rules) Why(pod *corev1.Pod, namespaceLabels map[string]string) string {
 	return "it was not injected (created before its namespace opted in, an exception, or while guard mode was off)"
 }
 
-func splitList(s string) []string {
+// SplitList splits a comma-separated flag value, dropping blanks and spaces around items.
+func SplitList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {

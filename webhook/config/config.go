@@ -47,6 +47,8 @@ type Config struct {
 	HealthAddress    string
 	WebhookPath      string
 	CacheSyncTimeout time.Duration
+	// ShutdownDelay is how long a stopping replica keeps serving, closing each connection after its answer.
+	ShutdownDelay time.Duration
 
 	sidecarRes, initRes resourceFlags
 	// Guard mode's pool, as typed (parsed into Inject.Placement by Complete).
@@ -121,6 +123,7 @@ func Bind(fs *flag.FlagSet) *Config {
 	fs.StringVar(&c.HealthAddress, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	fs.StringVar(&c.WebhookPath, "webhook-path", Path, "HTTP path of the pod admission webhook")
 	fs.DurationVar(&c.CacheSyncTimeout, "cache-sync-timeout", 2*time.Minute, "how long to wait for the informer caches at start")
+	fs.DurationVar(&c.ShutdownDelay, "shutdown-delay", 5*time.Second, "after SIGTERM, keep serving this long, closing each connection after its answer, so that the API server moves to the other replicas before the port closes (0: stop at once)")
 	return c
 }
 

@@ -31,9 +31,22 @@ import (
 	"github.com/podidentity/podidentity/webhook/inject"
 )
 
-// New builds the manager with the webhook registered. Start it with mgr.Start(ctx). tlsOpts go to the webhook
-// server's TLS configuration (the self-managed certificates serve from memory through one).
-func New(cfg *config.Config, rc *rest.Config, host string, log logr.Logger, tlsOpts ...func(*tls.Config)) (manager.Manager, error) {
+// Webhook is the manager with the webhook registered, and the switch that drains it at shutdown.
+type Webhook struct {
+	manager.Manager
+	Drain *Drain
+}
+
+// Run serves until ctx is done, then keeps serving for shutdownDelay with every connection closed after its
+// answer (see Drain) before it stops.
+func (w *Webhook) Run(ctx context.Context, shutdownDelay time.Duration) error {
+	return RunDraining(ctx, w.Start, w.Drain, shutdownDelay)
+}
+
+// New builds the manager with the webhook registered. Start it with Run (or the manager's Start, without the
+// drain). tlsOpts go to the webhook server's TLS configuration (the self-managed certificates serve from memory
+// through one).
+func New(cfg *config.Config, rc *rest.Config, host string, log logr.Logger, tlsOpts ...func(*tls.Config)) (*Webhook, error) {
 	if cfg.Mode == config.ModeAuto {
 		dc, err := discovery.NewDiscoveryClientForConfig(rc)
 		if err != nil {
@@ -93,12 +106,16 @@ func New(cfg *config.Config, rc *rest.Config, host string, log logr.Logger, tlsO
 		Events:           mgr.GetEventRecorder("podidentity-webhook"),
 		Log:              log.WithName("admission"),
 	}
-	mgr.GetWebhookServer().Register(cfg.WebhookPath, &cradmission.Webhook{Handler: h})
+	drain := &Drain{}
+	mgr.GetWebhookServer().Register(cfg.WebhookPath, drain.Wrap(&cradmission.Webhook{Handler: h}))
 
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
 		return nil, err
 	}
 	if err := mgr.AddReadyzCheck("webhook", mgr.GetWebhookServer().StartedChecker()); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("shutdown", drain.ReadyCheck); err != nil {
 		return nil, err
 	}
 	if err := mgr.AddReadyzCheck("cache", func(req *http.Request) error {
@@ -111,5 +128,5 @@ func New(cfg *config.Config, rc *rest.Config, host string, log logr.Logger, tlsO
 	}); err != nil {
 		return nil, err
 	}
-	return mgr, nil
+	return &Webhook{Manager: mgr, Drain: drain}, nil
 }

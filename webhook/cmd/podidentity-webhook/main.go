@@ -63,5 +63,5 @@ func run() error {
 			return err
 		}
 	}
-	return mgr.Start(ctrl.SetupSignalHandler())
+	return mgr.Run(ctrl.SetupSignalHandler(), cfg.ShutdownDelay)
 }
