@@ -63,8 +63,8 @@ $(IMAGEBUILD): hack/tools/go.mod hack/tools/imagebuild/main.go
 ##@ Test
 
 .PHONY: test
-test: lint verify-generate envtest-bins packaging-tools ## Run every check and test: unit, golden, and integration against a real kube-apiserver and etcd.
-	$(GO) test -count=1 ./...
+test: lint verify-generate envtest-bins packaging-tools cluster-bins images ## Run every check and test: unit, golden, integration against a real kube-apiserver and etcd, and end to end on a local cluster (root).
+	$(GO) test -count=1 -timeout 30m ./...
 
 .PHONY: test-short
 test-short: ## Unit tests only (no control plane).
@@ -80,6 +80,17 @@ $(BIN)/kube-apiserver: hack/tools/k8s/go.mod
 	@mkdir -p $(BIN)
 	@echo "building kube-apiserver $(K8S_VERSION) from Go modules (about 6 min cold on 2 cores, once)"
 	cd hack/tools/k8s && $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/kube-apiserver
+
+# The node and the rest of the control plane of the end-to-end cluster (test/cluster), built like kube-apiserver.
+CLUSTER_BINS := $(BIN)/kube-controller-manager $(BIN)/kube-scheduler $(BIN)/kube-proxy $(BIN)/kubelet
+
+.PHONY: cluster-bins
+cluster-bins: $(ENVTEST_BINS) $(CLUSTER_BINS) ## Build the end-to-end cluster's Kubernetes binaries from Go modules into bin/ (once).
+
+$(CLUSTER_BINS): hack/tools/k8s/go.mod
+	@mkdir -p $(BIN)
+	@echo "building $(notdir $@) $(K8S_VERSION) from Go modules (once)"
+	cd hack/tools/k8s && $(GO) build -trimpath -ldflags "$(K8S_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/$(notdir $@)
 
 $(BIN)/etcd: hack/tools/etcd/go.mod
 	@mkdir -p $(BIN)
@@ -97,6 +108,24 @@ $(BIN)/kustomize: hack/tools/kustomize/go.mod
 $(CONTROLLER_GEN): hack/tools/go.mod
 	@mkdir -p $(BIN)
 	cd hack/tools && $(GO) build -trimpath -o $@ sigs.k8s.io/controller-tools/cmd/controller-gen
+
+##@ Demo and local cluster
+
+.PHONY: demo
+demo: cluster-bins packaging-tools images ## From nothing to a token: local cluster + emulated Azure, the chart, an Azure SDK client's token (root; KEEP=1 keeps the cluster).
+	$(GO) run ./test/demo $(if $(KEEP),--keep)
+
+.PHONY: e2e
+e2e: cluster-bins packaging-tools images ## Only the end-to-end suite on a local cluster (root; part of `make test`).
+	$(GO) test -count=1 -timeout 30m -v ./test/e2e/
+
+.PHONY: cluster-up
+cluster-up: cluster-bins $(IMAGEBUILD) ## Start the local cluster with its emulated Azure and leave it running (root).
+	$(GO) run ./test/cluster/cmd/cluster up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and undo its host changes.
+	$(GO) run ./test/cluster/cmd/cluster down
 
 ##@ Generate and check
 
@@ -126,4 +155,4 @@ clean: ## Remove build outputs (bin/ keeps the control plane unless you delete i
 
 .PHONY: help
 help: ## List targets.
-	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ { printf "  %-18s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z0-9_-]+:.*##/ { printf "  %-18s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)

@@ -1,0 +1,152 @@
+// Package fakecloud serves one consistent emulated Azure for the local cluster: the node's IMDS (test/imds)
+// on 169.254.169.254:80, the ARM emulator (test/arm) and the Azure AD emulator over HTTPS on an address pods
+// reach, and a DNS server that answers Azure AD's public host name with that address. ARM and IMDS share
+// state: an identity becomes available from IMDS only once a PATCH on the node's scale set attached it.
+package fakecloud
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/podidentity/podidentity/test/arm"
+	"github.com/podidentity/podidentity/test/imds"
+)
+
+// Config says where each emulator listens and what the emulated subscription holds.
+type Config struct {
+	// IMDSAddr serves the node's IMDS (169.254.169.254:80); AdminAddr its admin API (loopback only).
+	IMDSAddr, AdminAddr string
+	// ARMAddr and AADAddr serve ARM and Azure AD over HTTPS with CertFile/KeyFile.
+	ARMAddr, AADAddr  string
+	CertFile, KeyFile string
+	// DNSAddr (UDP) answers DNSNames with DNSAnswer and every other name with NXDOMAIN; empty: no DNS.
+	DNSAddr   string
+	DNSNames  []string
+	DNSAnswer net.IP
+	// ARMPublicURL is how clients reach ARMAddr (operation URLs are rewritten to it).
+	ARMPublicURL string
+	// TenantID of the emulated tenant; VMSSID the node's scale set; InstanceID the node's instance (IMDS
+	// compute.resourceId).
+	TenantID, VMSSID, InstanceID string
+	// Apps are the service principals the emulated Azure AD knows (the assigner's).
+	Apps []imds.App
+	// Log receives one line per identity change and per listener.
+	Log io.Writer
+}
+
+// Run serves until ctx ends. It returns once a listener fails, or nil after ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Log == nil {
+		cfg.Log = io.Discard
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+	if err != nil {
+		return fmt.Errorf("loading the fake cloud's serving certificate: %w", err)
+	}
+	metadata := imds.New(imds.Options{TenantID: cfg.TenantID, VMResourceID: cfg.InstanceID})
+	armServer := arm.NewServer(arm.Options{OnChange: attachTo(metadata, cfg.VMSSID, cfg.Log)})
+	defer armServer.Close()
+	armServer.AddVMSS(cfg.VMSSID, false)
+	armProxy, err := newARMProxy(armServer, cfg.ARMPublicURL)
+	if err != nil {
+		return err
+	}
+	aad := imds.NewAAD(time.Hour, cfg.Apps...)
+
+	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	servers := []struct {
+		name, addr string
+		handler    http.Handler
+		tls        bool
+	}{
+		{"imds", cfg.IMDSAddr, metadata, false},
+		{"imds-admin", cfg.AdminAddr, metadata.AdminHandler(), false},
+		{"arm", cfg.ARMAddr, armProxy, true},
+		{"aad", cfg.AADAddr, aad, true},
+	}
+	errs := make(chan error, len(servers))
+	var running []*http.Server
+	defer func() {
+		for _, r := range running {
+			r.Close()
+		}
+	}()
+	for _, s := range servers {
+		ln, err := net.Listen("tcp", s.addr)
+		if err != nil {
+			return fmt.Errorf("%s: listening on %s: %w", s.name, s.addr, err)
+		}
+		if s.tls {
+			ln = tls.NewListener(ln, tlsCfg)
+		}
+		srv := &http.Server{Handler: s.handler, ReadHeaderTimeout: 10 * time.Second}
+		running = append(running, srv)
+		fmt.Fprintf(cfg.Log, "%s listening on %s\n", s.name, s.addr)
+		go func(name string) {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs <- fmt.Errorf("%s: %w", name, err)
+			}
+		}(s.name)
+	}
+	if cfg.DNSAddr != "" {
+		pc, err := net.ListenPacket("udp", cfg.DNSAddr)
+		if err != nil {
+			return fmt.Errorf("dns: listening on %s: %w", cfg.DNSAddr, err)
+		}
+		fmt.Fprintf(cfg.Log, "dns listening on %s (answers %s)\n", cfg.DNSAddr, strings.Join(cfg.DNSNames, ", "))
+		defer pc.Close()
+		go serveDNS(pc, cfg.DNSNames, cfg.DNSAnswer)
+	}
+	fmt.Fprintln(cfg.Log, "ready")
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errs:
+		return err
+	}
+}
+
+// attachTo keeps the IMDS emulator's attached identities equal to the user-assigned identities of the node's
+// scale set, as Azure does.
+func attachTo(metadata *imds.Server, vmssID string, log io.Writer) func(string, []string) {
+	return func(resourceID string, userIDs []string) {
+		if !strings.EqualFold(resourceID, vmssID) {
+			return
+		}
+		ids := make([]imds.Identity, 0, len(userIDs))
+		for _, id := range userIDs {
+			ids = append(ids, imds.Identity{ClientID: arm.ClientIDOf(id), ObjectID: arm.PrincipalIDOf(id), ResourceID: id})
+		}
+		metadata.SetAttached(ids)
+		fmt.Fprintf(log, "%s identities now %v\n", resourceID, userIDs)
+	}
+}
+
+// newARMProxy serves the ARM emulator (which listens on loopback with its own test certificate) on the
+// address pods reach, rewriting the long-running operation URLs it hands out to that address.
+func newARMProxy(s *arm.Server, publicURL string) (http.Handler, error) {
+	target, err := url.Parse(s.URL())
+	if err != nil {
+		return nil, err
+	}
+	p := httputil.NewSingleHostReverseProxy(target)
+	p.Transport = s.HTTPClient().Transport
+	p.ModifyResponse = func(r *http.Response) error {
+		for _, h := range []string{"Azure-AsyncOperation", "Location"} {
+			if v := r.Header.Get(h); v != "" {
+				r.Header.Set(h, strings.Replace(v, s.URL(), publicURL, 1))
+			}
+		}
+		return nil
+	}
+	return p, nil
+}

@@ -1,0 +1,279 @@
+// Package product installs podidentity on the local test cluster (package cluster) as a user of a private
+// cloud would: the images of `make images` imported into the node's containerd, the assigner's azure.json in
+// a Secret, the emulated Azure's CA in a ConfigMap, and the helm chart of the working tree installed with
+// bin/helm, pointed at the emulated ARM endpoint. `make demo` and the end-to-end suite share it; a caller adds
+// its own chart values (guard mode, say) on top of the base ones.
+package product
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
+
+	"github.com/podidentity/podidentity/test/cluster"
+)
+
+// Names of what Install creates.
+const (
+	ReleaseName      = "podidentity"
+	Namespace        = "podidentity-system"
+	AzureJSONSecret  = "podidentity-azure-json"
+	AzureCAConfigMap = "podidentity-azure-ca"
+	// AzureCAMountDir is where the assigner finds the emulated Azure's CA (SSL_CERT_FILE=<dir>/ca.crt).
+	AzureCAMountDir = "/etc/podidentity/azure-ca"
+)
+
+// Images are the images `make images` writes to bin/images/<name>.tar.
+func Images() []string {
+	return []string{"podidentity-webhook", "podidentity-sidecar", "podidentity-init", "podidentity-assigner"}
+}
+
+// Options configure Install.
+type Options struct {
+	// RepoDir is the repository's top directory: bin/images, bin/helm and charts/podidentity are read from it.
+	RepoDir string
+	// HelmHome holds helm's cache, configuration and the values files (default <state dir>/helm).
+	HelmHome string
+	// Values are the caller's chart values, given to helm after BaseValues: helm merges maps and replaces
+	// lists and scalars.
+	Values map[string]any
+	// Log receives progress lines (imported images, created objects, the helm command); nil discards them.
+	Log func(format string, args ...any)
+}
+
+// Release is an installed chart; Upgrade changes its values.
+type Release struct {
+	// Registry and Tag are the imported images' common registry and tag (the chart's image.registry and
+	// image.tag).
+	Registry, Tag string
+	// Images are the references of the imported images.
+	Images []string
+
+	cluster *cluster.Cluster
+	opts    Options
+}
+
+// Install imports the product images, creates the release namespace with the assigner's azure.json Secret
+// and the emulated Azure's CA ConfigMap (existing ones are kept), and runs `helm upgrade --install --wait`
+// with BaseValues and opts.Values; it returns when every pod of the release is ready.
+func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Release, error) {
+	if opts.RepoDir == "" {
+		return nil, fmt.Errorf("product.Install: Options.RepoDir is empty: give the repository's top directory")
+	}
+	if opts.HelmHome == "" {
+		opts.HelmHome = filepath.Join(c.StateDir(), "helm")
+	}
+	if opts.Log == nil {
+		opts.Log = func(string, ...any) {}
+	}
+	r := &Release{cluster: c, opts: opts}
+	var err error
+	if r.Registry, r.Tag, r.Images, err = importImages(ctx, c, filepath.Join(opts.RepoDir, "bin", "images")); err != nil {
+		return nil, err
+	}
+	for _, ref := range r.Images {
+		opts.Log("%s", ref)
+	}
+	if err := createPrerequisites(ctx, c); err != nil {
+		return nil, err
+	}
+	opts.Log("Secret %s/%s (azure.json: tenant %s, client %s), ConfigMap %s (the emulated Azure's CA)",
+		Namespace, AzureJSONSecret, cluster.TenantID, cluster.AssignerClientID, AzureCAConfigMap)
+	return r, r.Upgrade(ctx, opts.Values)
+}
+
+// Upgrade runs `helm upgrade --wait` with BaseValues and values (not the values of the previous Install or
+// Upgrade: nil returns to the base values).
+func (r *Release) Upgrade(ctx context.Context, values map[string]any) error {
+	files := [][]byte{}
+	for _, v := range []map[string]any{BaseValues(r.Registry, r.Tag), values} {
+		if v == nil {
+			continue
+		}
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		files = append(files, b)
+	}
+	home := r.opts.HelmHome
+	if err := os.MkdirAll(home, 0o755); err != nil {
+		return err
+	}
+	args := []string{"upgrade", "--install", ReleaseName, filepath.Join(r.opts.RepoDir, "charts", "podidentity"),
+		"--namespace", Namespace, "--kubeconfig", r.cluster.KubeconfigPath(), "--wait", "--timeout", "4m"}
+	for i, b := range files {
+		f := filepath.Join(home, fmt.Sprintf("values-%d.yaml", i))
+		if err := os.WriteFile(f, b, 0o644); err != nil {
+			return err
+		}
+		args = append(args, "--values", f)
+	}
+	r.opts.Log("helm %s", strings.Join(args, " "))
+	cmd := exec.CommandContext(ctx, filepath.Join(r.opts.RepoDir, "bin", "helm"), args...)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(home, "config"), "HELM_DATA_HOME="+filepath.Join(home, "data"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("helm upgrade --install (bin/helm comes from `make packaging-tools`): %w\n%s\npods of %s:\n%s",
+			err, out, Namespace, PodSummary(ctx, r.cluster, Namespace))
+	}
+	return nil
+}
+
+// BaseValues are the values a user of an Azure Stack-like private cloud would give: the images, no
+// cert-manager (the webhook signs its own certificate), azure.json from a Secret, the ARM endpoint, and the
+// CA that signed it. Azure AD keeps its public name: the fake cloud's DNS answers it.
+func BaseValues(registry, tag string) map[string]any {
+	return map[string]any{
+		"image":       map[string]any{"registry": registry, "tag": tag, "pullPolicy": "IfNotPresent"},
+		"certManager": map[string]any{"enabled": false},
+		"assigner": map[string]any{
+			"credentials":       map[string]any{"azureJSON": "secret", "secretName": AzureJSONSecret},
+			"extraArgs":         []string{"--arm-endpoint=" + cluster.ARMEndpoint(), "--arm-audience=https://management.azure.com/"},
+			"extraEnv":          []map[string]any{{"name": "SSL_CERT_FILE", "value": AzureCAMountDir + "/ca.crt"}},
+			"extraVolumes":      []map[string]any{{"name": "azure-ca", "configMap": map[string]any{"name": AzureCAConfigMap}}},
+			"extraVolumeMounts": []map[string]any{{"name": "azure-ca", "mountPath": AzureCAMountDir, "readOnly": true}},
+		},
+	}
+}
+
+// AzureJSON is the assigner's azure.json for the emulated subscription: a service principal with a secret,
+// as on clusters without managed identity.
+func AzureJSON() ([]byte, error) {
+	return json.MarshalIndent(map[string]any{
+		"cloud": "AzurePublicCloud", "tenantId": cluster.TenantID, "subscriptionId": cluster.SubscriptionID,
+		"resourceGroup": cluster.ResourceGroup, "vmType": "vmss",
+		"aadClientId": cluster.AssignerClientID, "aadClientSecret": cluster.AssignerSecret,
+	}, "", "  ")
+}
+
+func createPrerequisites(ctx context.Context, c *cluster.Cluster) error {
+	cs, err := kubernetes.NewForConfig(c.RESTConfig())
+	if err != nil {
+		return err
+	}
+	azureJSON, err := AzureJSON()
+	if err != nil {
+		return err
+	}
+	ca, err := os.ReadFile(c.FakeCloudCA())
+	if err != nil {
+		return err
+	}
+	keep := func(err error) error {
+		if apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		return err
+	}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}, metav1.CreateOptions{}); keep(err) != nil {
+		return fmt.Errorf("creating namespace %s: %w", Namespace, err)
+	}
+	if _, err := cs.CoreV1().Secrets(Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: AzureJSONSecret},
+		Data: map[string][]byte{"azure.json": azureJSON}}, metav1.CreateOptions{}); keep(err) != nil {
+		return fmt.Errorf("creating Secret %s/%s: %w", Namespace, AzureJSONSecret, err)
+	}
+	if _, err := cs.CoreV1().ConfigMaps(Namespace).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: AzureCAConfigMap},
+		Data: map[string]string{"ca.crt": string(ca)}}, metav1.CreateOptions{}); keep(err) != nil {
+		return fmt.Errorf("creating ConfigMap %s/%s: %w", Namespace, AzureCAConfigMap, err)
+	}
+	return nil
+}
+
+// importImages imports the product images of dir and returns their common registry and tag.
+func importImages(ctx context.Context, c *cluster.Cluster, dir string) (registry, tag string, refs []string, err error) {
+	for _, name := range Images() {
+		tarPath := filepath.Join(dir, name+".tar")
+		ref, err := ImageRef(tarPath)
+		if err != nil {
+			return "", "", nil, fmt.Errorf("%w (build the images with `make images`)", err)
+		}
+		r, t, err := splitRef(ref, name)
+		if err != nil {
+			return "", "", nil, fmt.Errorf("%s: %w", tarPath, err)
+		}
+		if registry != "" && (r != registry || t != tag) {
+			return "", "", nil, fmt.Errorf("%s is %s, the other images are %s/...:%s: rebuild them together with `make images`", tarPath, ref, registry, tag)
+		}
+		registry, tag = r, t
+		if err := c.ImportImage(ctx, tarPath); err != nil {
+			return "", "", nil, err
+		}
+		refs = append(refs, ref)
+	}
+	return registry, tag, refs, nil
+}
+
+// splitRef splits <registry>/<name>:<tag> (the registry may carry a port) into registry and tag.
+func splitRef(ref, name string) (registry, tag string, err error) {
+	i := strings.LastIndex(ref, ":")
+	if i < 0 || strings.Contains(ref[i+1:], "/") || !strings.HasSuffix(ref[:i], "/"+name) {
+		return "", "", fmt.Errorf("tagged %q, not <registry>/%s:<tag>: rebuild it with `make images`", ref, name)
+	}
+	return strings.TrimSuffix(ref[:i], "/"+name), ref[i+1:], nil
+}
+
+// ImageRef reads the first tag of a docker-archive tarball (manifest.json's RepoTags).
+func ImageRef(tarPath string) (string, error) {
+	f, err := os.Open(tarPath)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return "", fmt.Errorf("%s has no manifest.json", tarPath)
+		}
+		if err != nil {
+			return "", fmt.Errorf("reading %s: %w", tarPath, err)
+		}
+		if h.Name != "manifest.json" {
+			continue
+		}
+		var m []struct{ RepoTags []string }
+		if err := json.NewDecoder(tr).Decode(&m); err != nil {
+			return "", fmt.Errorf("%s: manifest.json: %w", tarPath, err)
+		}
+		if len(m) == 0 || len(m[0].RepoTags) == 0 {
+			return "", fmt.Errorf("%s carries no tag", tarPath)
+		}
+		return m[0].RepoTags[0], nil
+	}
+}
+
+// PodSummary lists the pods of ns with their phase and readiness, one a line, for progress and errors.
+func PodSummary(ctx context.Context, c *cluster.Cluster, ns string) string {
+	cs, err := kubernetes.NewForConfig(c.RESTConfig())
+	if err != nil {
+		return err.Error()
+	}
+	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, p := range pods.Items {
+		ready := 0
+		for _, st := range p.Status.ContainerStatuses {
+			if st.Ready {
+				ready++
+			}
+		}
+		fmt.Fprintf(&b, "%-50s %-9s %d/%d ready\n", p.Name, p.Status.Phase, ready, len(p.Spec.Containers))
+	}
+	return b.String()
+}

@@ -1,0 +1,52 @@
+// Command demo is `make demo`: it starts the local cluster with its emulated Azure, installs the chart and
+// shows a pod of the real Azure SDK for Go getting a managed-identity token (package scenario).
+//
+//	go run ./test/demo [--keep]          everything on this machine (root); tears down unless --keep
+//	go run ./test/demo --down            stop a cluster kept by --keep
+//	go run ./test/demo --kubeconfig ~/.kube/config --app-image ... --identity-resource-id ... --identity-client-id ...
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/podidentity/podidentity/test/cluster"
+	"github.com/podidentity/podidentity/test/demo/scenario"
+)
+
+func main() {
+	var opts scenario.Options
+	var down bool
+	// Its own flag set: controller-runtime registers --kubeconfig on the global one.
+	flag := flag.NewFlagSet("demo", flag.ExitOnError)
+	flag.BoolVar(&opts.Keep, "keep", false, "leave the cluster running (stop it later with --down)")
+	flag.BoolVar(&down, "down", false, "stop the local cluster left running by --keep, and exit")
+	flag.StringVar(&opts.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "run against your cluster instead of a local one (default $KUBECONFIG; the emulated Azure, image import and chart install are skipped)")
+	flag.StringVar(&opts.AppImage, "app-image", "", "your cluster: a pullable image of test/e2e/apps/goclient")
+	flag.StringVar(&opts.IdentityResourceID, "identity-resource-id", "", "your cluster: ARM id of the user-assigned identity to bind")
+	flag.StringVar(&opts.IdentityClientID, "identity-client-id", "", "your cluster: its client id")
+	flag.DurationVar(&opts.Timeout, "timeout", 3*time.Minute, "how long to wait for the token")
+	flag.StringVar(&opts.Cluster.StateDir, "state-dir", "", "local cluster's state directory (default bin/cluster)")
+	_ = flag.Parse(os.Args[1:])
+	ctrllog.SetLogger(logr.Discard()) // the demo prints its own steps
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	if down {
+		err = cluster.Down(ctx, opts.Cluster)
+	} else {
+		err = scenario.Run(ctx, opts)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}

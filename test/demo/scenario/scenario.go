@@ -1,0 +1,368 @@
+// Package scenario is `make demo`: from nothing to a managed-identity token in a pod, one printed step at a
+// time. On this machine it starts the local cluster with its emulated Azure (test/cluster), imports the
+// images, installs the helm chart as a user would, and runs a pod whose app is the real Azure SDK for Go
+// (azidentity.ManagedIdentityCredential) asking 169.254.169.254 for a token. Against a user's cluster
+// (a kubeconfig) it runs only the in-cluster part.
+package scenario
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/arm"
+	"github.com/podidentity/podidentity/test/cluster"
+	"github.com/podidentity/podidentity/test/cluster/product"
+	"github.com/podidentity/podidentity/test/e2e/apps"
+)
+
+// Names the demo creates.
+const (
+	ReleaseNamespace = product.Namespace
+	DemoNamespace    = "podidentity-demo"
+	IdentityName     = "demo-identity"
+	BindingSelector  = "demo"
+	PodName          = "demo-app"
+)
+
+// Options configure Run.
+type Options struct {
+	// Kubeconfig of a user's cluster; empty runs everything on this machine.
+	Kubeconfig string
+	// Keep leaves the local cluster (or, on a user's cluster, the demo namespace) in place.
+	Keep bool
+	// For a user's cluster: a pullable image of the Go client (test/e2e/apps/goclient) and the user-assigned
+	// identity to bind (its ARM resource id and client id); the chart must be installed already.
+	AppImage, IdentityResourceID, IdentityClientID string
+	// Timeout bounds the wait for the token (default 3 minutes).
+	Timeout time.Duration
+	// Out receives the steps.
+	Out io.Writer
+	// Cluster configures the local cluster.
+	Cluster cluster.Options
+}
+
+// Run runs the scenario.
+func Run(ctx context.Context, opts Options) (err error) {
+	if opts.Out == nil {
+		opts.Out = os.Stdout
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 3 * time.Minute
+	}
+	began := time.Now()
+	s := &steps{out: opts.Out, began: began}
+	defer func() {
+		if err == nil {
+			s.say("done in %.1fs", time.Since(began).Seconds())
+		}
+	}()
+	if opts.Kubeconfig != "" {
+		return runOnUserCluster(ctx, s, opts)
+	}
+	return runLocal(ctx, s, opts)
+}
+
+func runLocal(ctx context.Context, s *steps, opts Options) (err error) {
+	opts.Cluster.Log = prefixWriter{s}
+	s.step("start the local cluster and the emulated Azure (IMDS on %s:80, ARM and Azure AD over HTTPS on %s)", cluster.IMDSAddress, cluster.NodeIP)
+	c, err := cluster.Start(ctx, opts.Cluster)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			s.say("logs: %s (components), %s (pods); run with --keep to look at the cluster",
+				filepath.Join(c.StateDir(), "logs"), filepath.Join(c.StateDir(), "pod-logs"))
+		}
+		if opts.Keep {
+			c.Release()
+			s.say("cluster kept: export KUBECONFIG=%s ; stop it with `go run ./test/demo --down`", c.KubeconfigPath())
+			return
+		}
+		s.step("tear down the cluster")
+		if stopErr := c.Stop(); stopErr != nil {
+			s.say("teardown: %v", stopErr)
+		}
+	}()
+	cfg := c.RESTConfig()
+	s.say("node %s (%s), providerID %s", c.NodeName(), c.NodeIP(), cluster.ProviderID)
+
+	s.step("import the demo app's image into the node's containerd")
+	repoDir := opts.Cluster.RepoDir
+	if repoDir == "" {
+		repoDir = testenv.RepoRoot()
+	}
+	appTar := filepath.Join(c.StateDir(), "cache", "goclient.tar")
+	appImage, err := apps.BuildGoClientImage(ctx, appTar)
+	if err != nil {
+		return err
+	}
+	if err := c.ImportImage(ctx, appTar); err != nil {
+		return err
+	}
+	s.say("%s (the demo app: azidentity.ManagedIdentityCredential)", appImage)
+
+	s.step("import the product images and install the helm chart (no cert-manager; the assigner authenticates to the emulated Azure AD with a client secret)")
+	if _, err := product.Install(ctx, c, product.Options{RepoDir: repoDir, Log: s.say}); err != nil {
+		return err
+	}
+	s.say("installed; pods of %s:", ReleaseNamespace)
+	for _, line := range strings.Split(strings.TrimRight(product.PodSummary(ctx, c, ReleaseNamespace), "\n"), "\n") {
+		s.say("  %s", line)
+	}
+	identityID := cluster.UserAssignedIdentityID(IdentityName)
+	return runScenario(ctx, s, cfg, opts, appImage, identityID, arm.ClientIDOf(identityID), attachedOnNode)
+}
+
+func runOnUserCluster(ctx context.Context, s *steps, opts Options) error {
+	s.step("use the cluster of %s (skipped: local cluster, emulated Azure, image import, chart install)", opts.Kubeconfig)
+	if opts.AppImage == "" || opts.IdentityResourceID == "" || opts.IdentityClientID == "" {
+		return errors.New("on your own cluster give --app-image (the Go client image, pushed to a registry your nodes pull from), --identity-resource-id and --identity-client-id (a user-assigned identity the assigner may attach), and install the chart first (docs/install.md); or unset KUBECONFIG to run everything on this machine")
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", opts.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", opts.Kubeconfig, err)
+	}
+	err = runScenario(ctx, s, cfg, opts, opts.AppImage, opts.IdentityResourceID, opts.IdentityClientID, nil)
+	if !opts.Keep {
+		s.step("delete namespace %s", DemoNamespace)
+		cs, cerr := kubernetes.NewForConfig(cfg)
+		if cerr == nil {
+			cerr = cs.CoreV1().Namespaces().Delete(context.Background(), DemoNamespace, metav1.DeleteOptions{})
+		}
+		if cerr != nil {
+			s.say("deleting namespace %s: %v", DemoNamespace, cerr)
+		}
+	}
+	return err
+}
+
+// runScenario is the part that runs on any cluster: an opted-in namespace, an AzureIdentity and its binding,
+// the app pod, and the wait for its token.
+func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, appImage, identityID, clientID string, attached func(context.Context) string) error {
+	cl, err := client.New(cfg, client.Options{Scheme: testenv.Scheme()})
+	if err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	s.step("create namespace %s labelled %s=enabled", DemoNamespace, defaults.NamespaceInjectionLabel)
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: DemoNamespace, Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}
+	if err := createOrKeep(ctx, cl, ns); err != nil {
+		return err
+	}
+
+	s.step("create AzureIdentity %s (type 0, user-assigned) and its AzureIdentityBinding (selector %s)", IdentityName, BindingSelector)
+	s.say("resourceID %s", identityID)
+	s.say("clientID   %s", clientID)
+	id := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Name: IdentityName, Namespace: DemoNamespace},
+		Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: identityID, ClientID: clientID}}
+	if err := createOrKeep(ctx, cl, id); err != nil {
+		return err
+	}
+	b := &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Name: IdentityName + "-binding", Namespace: DemoNamespace},
+		Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: IdentityName, Selector: BindingSelector}}
+	if err := createOrKeep(ctx, cl, b); err != nil {
+		return err
+	}
+
+	s.step("run pod %s/%s (label aadpodidbinding=%s), the app asks 169.254.169.254 for a token", DemoNamespace, PodName, BindingSelector)
+	_ = cs.CoreV1().Pods(DemoNamespace).Delete(ctx, PodName, metav1.DeleteOptions{})
+	if err := waitGone(ctx, cs, DemoNamespace, PodName); err != nil {
+		return err
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: PodName, Namespace: DemoNamespace, Labels: map[string]string{"aadpodidbinding": BindingSelector}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "app", Image: appImage, ImagePullPolicy: corev1.PullIfNotPresent,
+			Env: []corev1.EnvVar{{Name: "AZURE_CLIENT_ID", Value: clientID}, {Name: "MODE", Value: "until-ok"}, {Name: "INTERVAL", Value: "1s"}},
+			// What the webhook asks of an app: it can never become the sidecar's uid, whose traffic is exempt.
+			SecurityContext: &corev1.SecurityContext{RunAsNonRoot: ptr(true), AllowPrivilegeEscalation: ptr(false),
+				Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
+		}}},
+	}
+	created, err := cs.CoreV1().Pods(DemoNamespace).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("creating the demo pod (is the webhook running? %s pods must be Ready): %w", ReleaseNamespace, err)
+	}
+	s.say("admitted with init containers %v, containers %v; annotation %s=%s", names(created.Spec.InitContainers), names(created.Spec.Containers),
+		defaults.IdentitiesAnnotation, created.Annotations[defaults.IdentitiesAnnotation])
+	if len(created.Spec.InitContainers) == 0 {
+		return fmt.Errorf("the webhook did not inject the pod (no init container): check namespace %s's label and the webhook in %s", DemoNamespace, ReleaseNamespace)
+	}
+
+	s.step("wait for the token")
+	tok, err := waitForToken(ctx, cs, s, opts.Timeout, attached)
+	if err != nil {
+		return err
+	}
+	s.say("token after %d attempt(s); expires %s", tok.Attempt, tok.ExpiresOn)
+	s.say("claims:")
+	keys := make([]string, 0, len(tok.Claims))
+	for k := range tok.Claims {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v, _ := json.Marshal(tok.Claims[k])
+		s.say("  %-10s %s", k, v)
+	}
+	if got := fmt.Sprint(tok.Claims["xms_mirid"]); !strings.EqualFold(got, identityID) && attached != nil {
+		return fmt.Errorf("the token is for %s, not the bound identity %s", got, identityID)
+	}
+	return nil
+}
+
+// attempt is one line of the Go client's output (test/e2e/apps README).
+type attempt struct {
+	OK        bool           `json:"ok"`
+	Claims    map[string]any `json:"claims"`
+	ExpiresOn string         `json:"expiresOn"`
+	Error     string         `json:"error"`
+	Attempt   int            `json:"attempt"`
+}
+
+// waitForToken reads the app's log until an attempt succeeded, printing each new failure once and, where
+// known, what the node's IMDS has attached.
+func waitForToken(ctx context.Context, cs kubernetes.Interface, s *steps, timeout time.Duration, attached func(context.Context) string) (attempt, error) {
+	deadline := time.Now().Add(timeout)
+	lastErr, lastAttached, lastPhase := "", "", ""
+	for {
+		p, err := cs.CoreV1().Pods(DemoNamespace).Get(ctx, PodName, metav1.GetOptions{})
+		if err == nil && string(p.Status.Phase) != lastPhase {
+			lastPhase = string(p.Status.Phase)
+			s.say("pod %s", lastPhase)
+		}
+		if attached != nil {
+			if a := attached(ctx); a != lastAttached {
+				lastAttached = a
+				s.say("node IMDS: %s", a)
+			}
+		}
+		raw, err := cs.CoreV1().Pods(DemoNamespace).GetLogs(PodName, &corev1.PodLogOptions{Container: "app"}).DoRaw(ctx)
+		if err == nil {
+			sc := bufio.NewScanner(strings.NewReader(string(raw)))
+			for sc.Scan() {
+				var a attempt
+				if json.Unmarshal(sc.Bytes(), &a) != nil {
+					continue
+				}
+				if a.OK {
+					return a, nil
+				}
+				if a.Error != lastErr {
+					lastErr = a.Error
+					s.say("attempt %d: %s", a.Attempt, firstLine(a.Error))
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			return attempt{}, fmt.Errorf("no token within %s (last error: %s); look at the sidecar's log and the assigner's (%s)", timeout, lastErr, ReleaseNamespace)
+		}
+		select {
+		case <-ctx.Done():
+			return attempt{}, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// attachedOnNode asks the IMDS emulator's admin API which identities the node's IMDS serves.
+func attachedOnNode(ctx context.Context) string {
+	var ids []struct {
+		ResourceID string `json:"resourceID"`
+	}
+	if err := getJSON(ctx, "http://"+cluster.IMDSAdminAddress+"/attached", &ids); err != nil {
+		return "unknown: " + err.Error()
+	}
+	if len(ids) == 0 {
+		return "no identity attached to the scale set yet"
+	}
+	var out []string
+	for _, id := range ids {
+		out = append(out, id.ResourceID[strings.LastIndex(id.ResourceID, "/")+1:])
+	}
+	return "attached by the assigner through ARM: " + strings.Join(out, ", ")
+}
+
+func createOrKeep(ctx context.Context, cl client.Client, obj client.Object) error {
+	if err := cl.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating %T %s: %w", obj, obj.GetName(), err)
+	}
+	return nil
+}
+
+func waitGone(ctx context.Context, cs kubernetes.Interface, ns, name string) error {
+	for i := 0; i < 120; i++ {
+		if _, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			return nil
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return fmt.Errorf("pod %s/%s from an earlier run is still terminating", ns, name)
+}
+
+func names(cs []corev1.Container) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.Name)
+	}
+	return out
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " ..."
+	}
+	return s
+}
+
+// steps prints numbered steps, with the time since the demo began, and indented details.
+type steps struct {
+	out   io.Writer
+	n     int
+	began time.Time
+}
+
+func (s *steps) step(format string, args ...any) {
+	s.n++
+	fmt.Fprintf(s.out, "\n[%d] %s  (t=%.1fs)\n", s.n, fmt.Sprintf(format, args...), time.Since(s.began).Seconds())
+}
+
+func (s *steps) say(format string, args ...any) {
+	fmt.Fprintf(s.out, "    %s\n", fmt.Sprintf(format, args...))
+}
+
+// prefixWriter indents the cluster's progress lines under the current step.
+type prefixWriter struct{ s *steps }
+
+func (w prefixWriter) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		w.s.say("%s", line)
+	}
+	return len(p), nil
+}
+
+func ptr[T any](v T) *T { return &v }
