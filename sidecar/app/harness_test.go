@@ -10,8 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/sidecar/internal/kubeletfile"
 	"github.com/podidentity/podidentity/test/imds"
 )
 
@@ -38,37 +37,14 @@ var (
 	jobs = annotation.Identity{Namespace: "apps", Name: "jobs", Type: identitytype.UserAssignedMSI, ClientID: jobsMI.ClientID, ResourceID: jobsMI.ResourceID, Binding: "apps/jobs"}
 )
 
-// kubeletDir writes the identities file as the kubelet's atomic writer does: a timestamped directory, a ..data
-// symlink swapped to it, and the file as a symlink through ..data.
-type kubeletDir struct {
-	dir string
-	gen int
-}
+// kubeletDir is the identities file as the kubelet projects it.
+type kubeletDir struct{ *kubeletfile.Dir }
 
-func (k *kubeletDir) path() string { return filepath.Join(k.dir, "identities") }
+func (k kubeletDir) path() string { return k.Path() }
 
-func (k *kubeletDir) write(t testing.TB, ids []annotation.Identity) {
+func (k kubeletDir) write(t testing.TB, ids []annotation.Identity) {
 	t.Helper()
-	k.gen++
-	ts := filepath.Join(k.dir, fmt.Sprintf("..2026_11_27_21_00_%02d.%d", k.gen, k.gen))
-	if err := os.Mkdir(ts, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(ts, "identities"), []byte(annotation.Encode(ids)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tmp := filepath.Join(k.dir, "..data_tmp")
-	if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(k.dir, "..data")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Lstat(k.path()); os.IsNotExist(err) {
-		if err := os.Symlink("..data/identities", k.path()); err != nil {
-			t.Fatal(err)
-		}
-	}
+	k.Write(t, []byte(annotation.Encode(ids)))
 }
 
 // logBuffer collects log lines.
@@ -96,7 +72,7 @@ type harness struct {
 	app     *App
 	addr    string // the sidecar's token listener
 	health  string
-	files   *kubeletDir
+	files   kubeletDir
 	logs    *logBuffer
 	imdsURL string
 }
@@ -127,7 +103,7 @@ func startTB(t testing.TB, s setup, log logr.Logger) *harness {
 	emuSrv := httptest.NewServer(emu)
 	t.Cleanup(emuSrv.Close)
 
-	files := &kubeletDir{dir: t.TempDir()}
+	files := kubeletDir{kubeletfile.New(t.TempDir(), "identities")}
 	if s.bound != nil {
 		files.write(t, s.bound)
 	}

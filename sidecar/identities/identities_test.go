@@ -2,8 +2,6 @@ package identities
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/sidecar/internal/kubeletfile"
 )
 
 const rid = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
@@ -21,37 +20,6 @@ var (
 	light = annotation.Identity{Namespace: "apps", Name: "light", Type: identitytype.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000002", ResourceID: rid + "light"}
 	sp    = annotation.Identity{Namespace: "apps", Name: "sp", Type: identitytype.ServicePrincipal, ClientID: "aaaaaaaa-0000-0000-0000-000000000003", TenantID: "t"}
 )
-
-// kubeletDir writes content the way the kubelet's atomic writer does: a timestamped directory, a ..data
-// symlink to it, and the file as a symlink through ..data. Each call swaps ..data to a new directory.
-type kubeletDir struct {
-	dir string
-	gen int
-}
-
-func (k *kubeletDir) write(t *testing.T, content string) {
-	t.Helper()
-	k.gen++
-	ts := filepath.Join(k.dir, "..2026_11_27_21_00_00."+strings.Repeat("x", k.gen))
-	if err := os.Mkdir(ts, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(ts, "identities"), []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	tmp := filepath.Join(k.dir, "..data_tmp")
-	if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(k.dir, "..data")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Lstat(filepath.Join(k.dir, "identities")); os.IsNotExist(err) {
-		if err := os.Symlink("..data/identities", filepath.Join(k.dir, "identities")); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -65,35 +33,35 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestWatchFollowsKubeletSymlinkSwap(t *testing.T) {
-	k := &kubeletDir{dir: t.TempDir()}
-	s := NewStore(filepath.Join(k.dir, "identities"), logr.Discard())
+	k := kubeletfile.New(t.TempDir(), "identities")
+	s := NewStore(k.Path(), logr.Discard())
 	if s.Ready() {
 		t.Fatal("ready before reading")
 	}
 	if err := s.Load(); err == nil {
 		t.Fatal("Load of a missing file succeeded")
 	}
-	k.write(t, annotation.Encode([]annotation.Identity{light}))
+	k.Write(t, []byte(annotation.Encode([]annotation.Identity{light})))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.Watch(ctx, 10*time.Millisecond)
 	waitFor(t, "first load", func() bool { return s.Ready() && len(s.Identities()) == 1 })
 
-	k.write(t, annotation.Encode([]annotation.Identity{heavy, light}))
+	k.Write(t, []byte(annotation.Encode([]annotation.Identity{heavy, light})))
 	waitFor(t, "reload after ..data swap", func() bool { return len(s.Identities()) == 2 })
 	if got := s.Identities()[0].Name; got != "heavy" {
 		t.Fatalf("first identity %q, want heavy (annotation order kept)", got)
 	}
 
 	// A broken update keeps the last good list.
-	k.write(t, "{not json")
+	k.Write(t, []byte("{not json"))
 	if err := s.Load(); err == nil {
 		t.Fatal("Load of invalid content succeeded")
 	}
 	if len(s.Identities()) != 2 {
 		t.Fatal("invalid content replaced the list")
 	}
-	k.write(t, "[]")
+	k.Write(t, []byte("[]"))
 	waitFor(t, "reload to empty", func() bool { return len(s.Identities()) == 0 })
 }
 
