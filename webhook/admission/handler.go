@@ -2,6 +2,12 @@
 // bindings, identities and exceptions through the manager's cached client, lets package inject decide, and
 // turns the decision into an admission response, metrics, logs and Events. On UPDATE it guards what only the
 // webhook and the assigner may change.
+//
+// The cache is trusted only in the direction that cannot open a hole. Whenever what it holds would make the
+// webhook skip a pod or record fewer identities for it (a namespace not cached yet, or cached without the
+// opt-in label; a selector that no cached binding resolves; an exception that would exempt the pod), the
+// handler reads the API server directly and decides on that. No admission is answered before the caches
+// have synced.
 package admission
 
 import (
@@ -10,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -23,6 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/webhook/inject"
 )
@@ -31,11 +40,21 @@ import (
 // webhook configuration's namespaceSelector normally keeps those away).
 const ReasonNamespaceNotEnabled inject.Reason = "namespace-not-enabled"
 
+// ReasonNotSynced is the error reason of an admission that arrived before the caches synced.
+const ReasonNotSynced inject.Reason = "caches-not-synced"
+
 // Handler handles pod admissions.
 type Handler struct {
 	// Reader is the manager's cached client (Namespaces, AzureIdentityBindings, AzureIdentities,
 	// AzurePodIdentityExceptions).
-	Reader   client.Reader
+	Reader client.Reader
+	// Live reads the API server directly (the manager's API reader). It confirms every answer of Reader that
+	// would skip a pod or bind it to fewer identities. Nil: Reader is used (tests whose Reader is not a cache).
+	Live client.Reader
+	// Synced reports whether Reader's caches have synced, waiting at most until ctx ends; until they have,
+	// pod creations are answered with an error (the API server then refuses them under failurePolicy Fail).
+	// Nil: always synced.
+	Synced   func(ctx context.Context) bool
 	Settings inject.Settings
 	// Injector renders Settings once; nil means rendering them for each admission.
 	Injector *inject.Injector
@@ -45,6 +64,8 @@ type Handler struct {
 	// Events, when set, records skips and denials on the pod's owner (or its namespace).
 	Events events.EventRecorder
 	Log    logr.Logger
+
+	synced atomic.Bool
 }
 
 var _ admission.Handler = (*Handler)(nil)
@@ -104,7 +125,19 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	return admission.Allowed(""), ResultAllowed, ""
 }
 
+// syncWait bounds how long an admission waits for the caches at start-up before it is answered with an error.
+const syncWait = 2 * time.Second
+
 func (h *Handler) create(ctx context.Context, req admission.Request) (admission.Response, Result, inject.Reason) {
+	if h.Synced != nil && !h.synced.Load() {
+		wait, cancel := context.WithTimeout(ctx, syncWait)
+		synced := h.Synced(wait)
+		cancel()
+		h.synced.Store(synced) // once synced, an informer's cache stays synced
+		if !synced {
+			return admission.Errored(http.StatusServiceUnavailable, errors.New("podidentity webhook: starting, its caches of namespaces, bindings, identities and exceptions have not synced yet; retry in a few seconds")), ResultError, ReasonNotSynced
+		}
+	}
 	enabled, err := h.namespaceEnabled(ctx, req.Namespace)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("podidentity webhook: reading namespace %s: %w; retry, and check the webhook's RBAC (get/list/watch namespaces)", req.Namespace, err)), ResultError, ""
@@ -112,15 +145,32 @@ func (h *Handler) create(ctx context.Context, req admission.Request) (admission.
 	if !enabled {
 		return admission.Allowed("namespace not opted in"), ResultSkipped, ReasonNamespaceNotEnabled
 	}
-	cluster, err := h.readCluster(ctx, req.Namespace)
+	const rbacHint = "; retry, and check the webhook's RBAC (get/list/watch) on aadpodidentity.k8s.io"
+	cluster, err := readCluster(ctx, h.Reader, req.Namespace, h.Settings.ForceNamespaced, partsAll)
 	if err != nil {
-		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("podidentity webhook: reading bindings, identities and exceptions: %w; retry, and check the webhook's RBAC on aadpodidentity.k8s.io", err)), ResultError, ""
+		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("podidentity webhook: reading bindings, identities and exceptions: %w%s", err, rbacHint)), ResultError, ""
 	}
 	injector := h.Injector
 	if injector == nil {
 		injector = inject.NewInjector(h.Settings)
 	}
 	d := injector.Decide(req.Object.Raw, req.Namespace, cluster)
+	if parts := confirm(d); parts != 0 {
+		// The cache may lag behind the API server: decide again on what the API server holds now.
+		live, err := readCluster(ctx, h.live(), req.Namespace, h.Settings.ForceNamespaced, parts)
+		if err != nil {
+			return admission.Errored(http.StatusInternalServerError, fmt.Errorf("podidentity webhook: reading bindings, identities and exceptions from the API server: %w%s", err, rbacHint)), ResultError, ""
+		}
+		if parts&partsExceptions == 0 {
+			live.Exceptions = cluster.Exceptions
+		}
+		if parts&partsBindings == 0 {
+			live.Bindings, live.Identities = cluster.Bindings, cluster.Identities
+		}
+		again := injector.Decide(req.Object.Raw, req.Namespace, live)
+		h.countLiveRead(parts.label(), !sameOutcome(d, again))
+		d = again
+	}
 	switch d.Action {
 	case inject.ActionDeny:
 		h.record(req, corev1.EventTypeWarning, "PodIdentityDenied", d.Message)
@@ -155,36 +205,107 @@ func (h *Handler) update(req admission.Request) (admission.Response, Result, inj
 	return admission.Allowed(""), ResultAllowed, ""
 }
 
+// namespaceEnabled reports whether the namespace carries the opt-in label. The API server calls the webhook
+// only for namespaces that match its namespaceSelector, by its own, newer view: a namespace created or
+// labelled a moment before the pod may be missing from the cache, or cached without the label. Neither may
+// skip the pod, so both are confirmed with a live read; only the cached "enabled" is taken as it is (at
+// worst it injects a pod whose namespace was opted out a moment ago).
 func (h *Handler) namespaceEnabled(ctx context.Context, name string) (bool, error) {
 	var ns corev1.Namespace
-	if err := h.Reader.Get(ctx, client.ObjectKey{Name: name}, &ns); err != nil {
+	err := h.Reader.Get(ctx, client.ObjectKey{Name: name}, &ns)
+	switch {
+	case err == nil && optedIn(&ns):
+		return true, nil
+	case err != nil && !apierrors.IsNotFound(err):
+		return false, err
+	}
+	if err := h.live().Get(ctx, client.ObjectKey{Name: name}, &ns); err != nil {
 		if apierrors.IsNotFound(err) {
+			h.countLiveRead("namespace", false)
 			return false, nil
 		}
 		return false, err
 	}
-	return ns.Labels[defaults.NamespaceInjectionLabel] == "enabled", nil
+	enabled := optedIn(&ns)
+	h.countLiveRead("namespace", enabled)
+	return enabled, nil
 }
 
-// readCluster lists what identity resolution needs. Bindings and identities of every namespace can bind a
-// pod unless --force-namespaced; exceptions apply only in their own namespace.
-func (h *Handler) readCluster(ctx context.Context, namespace string) (inject.Cluster, error) {
+func optedIn(ns *corev1.Namespace) bool { return ns.Labels[defaults.NamespaceInjectionLabel] == "enabled" }
+
+func (h *Handler) live() client.Reader {
+	if h.Live != nil {
+		return h.Live
+	}
+	return h.Reader
+}
+
+func (h *Handler) countLiveRead(object string, changed bool) {
+	if h.Metrics != nil {
+		h.Metrics.liveReads.WithLabelValues(object, strconv.FormatBool(changed)).Inc()
+	}
+}
+
+// parts selects what readCluster lists.
+type parts uint8
+
+const (
+	partsBindings   parts = 1 << iota // bindings and identities
+	partsExceptions                   // exceptions of the pod's namespace
+	partsAll        = partsBindings | partsExceptions
+)
+
+// label is the "object" label of podidentity_webhook_live_reads_total.
+func (p parts) label() string {
+	switch p {
+	case partsBindings:
+		return "bindings"
+	case partsExceptions:
+		return "exceptions"
+	}
+	return "bindings-and-exceptions"
+}
+
+// confirm says which cached reads a decision rests on that a lagging cache could have got wrong in the
+// direction that weakens isolation: a skip because of an exception (deleted a moment ago?), or a pod that
+// asks for identities and was bound to none or not to all of them (binding or identity created a moment ago?).
+func confirm(d inject.Decision) parts {
+	var p parts
+	if d.Action == inject.ActionSkip && d.Reason == inject.ReasonException {
+		p |= partsExceptions
+	}
+	if d.Unresolved {
+		p |= partsBindings
+	}
+	return p
+}
+
+// sameOutcome: the live read changed neither the action nor the identities recorded.
+func sameOutcome(a, b inject.Decision) bool {
+	return a.Action == b.Action && a.Reason == b.Reason && binding.Encode(a.Identities) == binding.Encode(b.Identities)
+}
+
+// readCluster lists what identity resolution needs from r. Bindings and identities of every namespace can
+// bind a pod unless forceNamespaced; exceptions apply only in their own namespace.
+func readCluster(ctx context.Context, r client.Reader, namespace string, forceNamespaced bool, what parts) (inject.Cluster, error) {
 	var (
 		bindings   aadv1.AzureIdentityBindingList
 		identities aadv1.AzureIdentityList
 		exceptions aadv1.AzurePodIdentityExceptionList
+		errs       []error
 	)
-	// The lists are only read, so the cache may hand out its own objects.
+	// The lists are only read, so a cache may hand out its own objects (a live reader ignores the option).
 	scope := []client.ListOption{client.UnsafeDisableDeepCopy}
-	if h.Settings.ForceNamespaced {
+	if forceNamespaced {
 		scope = append(scope, client.InNamespace(namespace))
 	}
-	err := errors.Join(
-		h.Reader.List(ctx, &bindings, scope...),
-		h.Reader.List(ctx, &identities, scope...),
-		h.Reader.List(ctx, &exceptions, client.InNamespace(namespace), client.UnsafeDisableDeepCopy),
-	)
-	return inject.Cluster{Bindings: bindings.Items, Identities: identities.Items, Exceptions: exceptions.Items}, err
+	if what&partsBindings != 0 {
+		errs = append(errs, r.List(ctx, &bindings, scope...), r.List(ctx, &identities, scope...))
+	}
+	if what&partsExceptions != 0 {
+		errs = append(errs, r.List(ctx, &exceptions, client.InNamespace(namespace), client.UnsafeDisableDeepCopy))
+	}
+	return inject.Cluster{Bindings: bindings.Items, Identities: identities.Items, Exceptions: exceptions.Items}, errors.Join(errs...)
 }
 
 // record emits an Event for a skip or a denial on the pod's controlling owner, or on its namespace: the pod

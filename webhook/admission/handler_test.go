@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -24,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/webhook/inject"
 )
@@ -299,5 +301,112 @@ func TestUIDChangePolicy(t *testing.T) {
 				t.Errorf("warnings %q, want a uid-change warning: %v", resp.Warnings, tc.wantWarning)
 			}
 		})
+	}
+}
+
+// TestStaleCacheNeverSkips: what the cache says is confirmed live whenever it would skip the pod or bind it to
+// fewer identities, and the live answer decides. The cache (Reader) and the API server (Live) are two fake
+// clients that disagree the way a lagging informer and the API server do.
+func TestStaleCacheNeverSkips(t *testing.T) {
+	enabled := map[string]string{defaults.NamespaceInjectionLabel: "enabled"}
+	identity := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Name: "orders-mi", Namespace: "shop"}, Spec: aadv1.AzureIdentitySpec{
+		Type: aadv1.UserAssignedMSI, ClientID: "00000000-0000-0000-0000-00000000a001",
+		ResourceID: "/subscriptions/1111/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/orders-mi"}}
+	bindingObj := &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Name: "orders", Namespace: "shop"}, Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "orders-mi", Selector: "orders"}}
+	exception := &aadv1.AzurePodIdentityException{ObjectMeta: metav1.ObjectMeta{Name: "batch", Namespace: "shop"}, Spec: aadv1.AzurePodIdentityExceptionSpec{PodLabels: map[string]string{aadv1.PodLabelBinding: "orders"}}}
+	ns := func(labels map[string]string) *corev1.Namespace {
+		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: labels}}
+	}
+	tests := []struct {
+		name           string
+		cached, live   []client.Object
+		wantResult     Result
+		wantIdentities string // the annotation's value when injected
+		wantLive       string // object label of the live read, "" when none
+		wantChanged    bool
+	}{
+		{"namespace not cached yet", []client.Object{identity, bindingObj}, []client.Object{ns(enabled), identity, bindingObj},
+			ResultInjected, "orders-mi", "namespace", true},
+		{"namespace cached before its label", []client.Object{ns(nil), identity, bindingObj}, []client.Object{ns(enabled), identity, bindingObj},
+			ResultInjected, "orders-mi", "namespace", true},
+		{"namespace not opted in, confirmed", []client.Object{ns(nil)}, []client.Object{ns(nil)},
+			ResultSkipped, "", "namespace", false},
+		{"namespace gone, confirmed", nil, nil, ResultSkipped, "", "namespace", false},
+		{"cached opt-in is trusted", []client.Object{ns(enabled), identity, bindingObj}, []client.Object{ns(nil)},
+			ResultInjected, "orders-mi", "", false},
+		{"binding not cached yet", []client.Object{ns(enabled), identity}, []client.Object{ns(enabled), identity, bindingObj},
+			ResultInjected, "orders-mi", "bindings", true},
+		{"identity not cached yet", []client.Object{ns(enabled), bindingObj}, []client.Object{ns(enabled), identity, bindingObj},
+			ResultInjected, "orders-mi", "bindings", true},
+		{"selector bound to nothing, confirmed", []client.Object{ns(enabled)}, []client.Object{ns(enabled)},
+			ResultInjected, "", "bindings", false},
+		{"exception deleted, still cached", []client.Object{ns(enabled), identity, bindingObj, exception}, []client.Object{ns(enabled), identity, bindingObj},
+			ResultInjected, "orders-mi", "exceptions", true},
+		{"exception confirmed", []client.Object{ns(enabled), identity, bindingObj, exception}, []client.Object{ns(enabled), identity, bindingObj, exception},
+			ResultSkipped, "", "exceptions", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h, reg := newHandler(t)
+			h.Reader = fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(tc.cached...).Build()
+			h.Live = fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(tc.live...).Build()
+			raw := podJSON(t, "shop", nil)
+			resp := h.Handle(context.Background(), request(admissionv1.Create, "shop", "alice", raw, nil))
+			if !resp.Allowed {
+				t.Fatalf("denied: %v", resp.Result)
+			}
+			if got := testutil.ToFloat64(h.Metrics.admissions.WithLabelValues("CREATE", string(tc.wantResult))); got != 1 {
+				t.Fatalf("admissions{result=%s} = %v, want 1", tc.wantResult, got)
+			}
+			var pod corev1.Pod
+			if err := json.Unmarshal(apply(t, raw, resp), &pod); err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantResult == ResultInjected {
+				var names []string
+				if ids, err := binding.Decode(pod.Annotations[defaults.IdentitiesAnnotation]); err == nil {
+					for _, id := range ids {
+						names = append(names, id.Name)
+					}
+				}
+				if strings.Join(names, ",") != tc.wantIdentities {
+					t.Errorf("identities %v, want %q", names, tc.wantIdentities)
+				}
+			}
+			n, err := testutil.GatherAndCount(reg, "podidentity_webhook_live_reads_total")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantLive == "" {
+				if n != 0 {
+					t.Errorf("%d live reads counted, want none (the cache's answer was safe)", n)
+				}
+				return
+			}
+			if got := testutil.ToFloat64(h.Metrics.liveReads.WithLabelValues(tc.wantLive, strconv.FormatBool(tc.wantChanged))); got != 1 {
+				t.Errorf("live_reads_total{object=%s,changed=%v} = %v, want 1", tc.wantLive, tc.wantChanged, got)
+			}
+		})
+	}
+}
+
+// TestNotSyncedIsAnError: before the caches have synced a pod creation gets an error, never a skip.
+func TestNotSyncedIsAnError(t *testing.T) {
+	h, _ := newHandler(t)
+	calls := 0
+	synced := false
+	h.Synced = func(context.Context) bool { calls++; return synced }
+	req := request(admissionv1.Create, "shop", "alice", podJSON(t, "shop", nil), nil)
+	resp := h.Handle(context.Background(), req)
+	if resp.Allowed || resp.Result == nil || resp.Result.Code != 503 || !strings.Contains(resp.Result.Message, "not synced yet") {
+		t.Fatalf("admission before sync: allowed %v, result %+v; want a 503 error", resp.Allowed, resp.Result)
+	}
+	synced = true
+	if resp := h.Handle(context.Background(), req); !resp.Allowed || len(resp.Patches) == 0 {
+		t.Fatalf("admission after sync: allowed %v, %d patches; want injected", resp.Allowed, len(resp.Patches))
+	}
+	h.Handle(context.Background(), req)
+	if calls != 2 {
+		t.Errorf("Synced called %d times, want 2 (not again once synced)", calls)
 	}
 }

@@ -22,6 +22,7 @@ type Metrics struct {
 	injected   *prometheus.CounterVec
 	skipped    *prometheus.CounterVec
 	denied     *prometheus.CounterVec
+	liveReads  *prometheus.CounterVec
 	duration   prometheus.Histogram
 }
 
@@ -44,13 +45,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "podidentity_webhook_denied_total",
 			Help: "Pod admissions denied, by reason.",
 		}, []string{"reason"}),
+		liveReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podidentity_webhook_live_reads_total",
+			Help: "Reads from the API server that confirmed what the cache would have made the webhook skip or bind to fewer identities, by object (namespace, bindings, exceptions, bindings-and-exceptions) and whether the live answer changed the decision (changed=true: the cache lagged).",
+		}, []string{"object", "changed"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "podidentity_webhook_admission_duration_seconds",
 			Help:    "Time to decide one admission, from request decoded to response built.",
 			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5},
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.admissions, m.injected, m.skipped, m.denied, m.duration} {
+	for _, c := range []prometheus.Collector{m.admissions, m.injected, m.skipped, m.denied, m.liveReads, m.duration} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -73,6 +73,11 @@ type Decision struct {
 	Patch    []jsonpatch.JsonPatchOperation
 	// Identities are the identities recorded in the pod annotation (nil unless injected).
 	Identities []binding.Identity
+	// Unresolved is set when the pod asks for identities (label aadpodidbinding) and the bindings and
+	// identities given to Decide bound none of them, or a binding that selects the pod named an identity it
+	// could not use. When those came from a cache, it may only lag behind the API server: the caller should
+	// decide again on a live read before it records what the pod is bound to.
+	Unresolved bool
 }
 
 // Injector decides with fixed settings, with the JSON of the injected objects rendered once.
@@ -130,6 +135,7 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	}
 
 	ids, problems := binding.Resolve(pod, cluster.Bindings, cluster.Identities, binding.Options{ForceNamespaced: s.ForceNamespaced})
+	unresolved := binding.Selector(pod) != "" && (len(ids) == 0 || len(problems) > 0)
 	for _, p := range problems {
 		warnings = append(warnings, p.String())
 	}
@@ -146,6 +152,7 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 		d := reinvoked(raw, pod, inj, ids, secretVols, warnings, s)
 		if d.Action != ActionDeny {
 			d.Patch = append(d.Patch, placement...)
+			d.Unresolved = unresolved
 		}
 		return d
 	}
@@ -186,7 +193,7 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	}
 	patch = append(patch, placement...)
 	patch = append(patch, annotationPatch(pod, shape, binding.Encode(ids))...)
-	return Decision{Action: ActionInject, Warnings: warnings, Patch: patch, Identities: nonNil(ids)}
+	return Decision{Action: ActionInject, Warnings: warnings, Patch: patch, Identities: nonNil(ids), Unresolved: unresolved}
 }
 
 // podShape records which parts of the raw object exist, since JSON patch cannot add below a missing member.

@@ -99,6 +99,8 @@ func New(cfg *config.Config, rc *rest.Config, host string, log logr.Logger, tlsO
 	}
 	h := &admission.Handler{
 		Reader:           mgr.GetCache(),
+		Live:             mgr.GetAPIReader(),
+		Synced:           mgr.GetCache().WaitForCacheSync,
 		Settings:         cfg.Inject,
 		Injector:         inject.NewInjector(cfg.Inject),
 		AssignerUsername: cfg.AssignerUsername,
