@@ -11,7 +11,8 @@ import (
 
 	"github.com/go-logr/logr/funcr"
 
-	"github.com/podidentity/podidentity/init/redirect"
+	"github.com/podidentity/podidentity/internal/redirect"
+	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/version"
 )
 
@@ -37,7 +38,18 @@ const (
 type options struct {
 	cfg  redirect.Config
 	mode mode
+	// fence installs the fence of a pod without a sidecar instead of the redirect.
+	fence bool
+	// sidecarExempts: the table exempts nobody, and the sidecar adds its own cgroup's exemption when it
+	// starts (--exemption=cgroup); --verify then accepts that exemption.
+	sidecarExempts bool
 }
+
+// Exemption kinds of --exemption.
+const (
+	ExemptionCgroup = "cgroup"
+	ExemptionUID    = "uid"
+)
 
 // Run runs podidentity-init with args (without the program name) in the caller's network namespace and returns
 // the exit code. The dry-run plan goes to stdout; logs and failures go to stderr.
@@ -53,7 +65,7 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	log := funcr.NewJSON(func(obj string) { fmt.Fprintln(stderr, obj) }, funcr.Options{}).WithName(programName)
 
 	if opts.mode == modeDryRun {
-		fmt.Fprint(stdout, Plan(opts.cfg))
+		fmt.Fprint(stdout, plan(opts))
 		return ExitOK
 	}
 	started := time.Now()
@@ -66,15 +78,23 @@ func Run(args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("done", "mode", opts.mode, "result", result, "elapsed", time.Since(started).String(),
 		"version", version.Version, "imds", netip.AddrPortFrom(opts.cfg.IMDSAddress, opts.cfg.IMDSPort).String(),
-		"sidecarPort", opts.cfg.SidecarPort, "sidecarUID", opts.cfg.SidecarUID)
+		"sidecarPort", opts.cfg.SidecarPort, "exempt", opts.cfg.Exemption.String(), "fence", opts.fence)
 	return ExitOK
 }
 
-// Plan is the --dry-run output: a header naming the settings, then the ruleset exactly as it would be written.
-func Plan(cfg redirect.Config) string {
-	return fmt.Sprintf("# %s plan: redirect %s to 127.0.0.1:%d for every uid but %d; nothing is changed by --dry-run\n",
-		programName, netip.AddrPortFrom(cfg.IMDSAddress, cfg.IMDSPort), cfg.SidecarPort, cfg.SidecarUID) +
-		redirect.Render(redirect.Desired(cfg))
+// plan is the --dry-run output: a header naming the settings, then the ruleset exactly as it would be written.
+func plan(opts options) string {
+	imds := netip.AddrPortFrom(opts.cfg.IMDSAddress, opts.cfg.IMDSPort)
+	if opts.fence {
+		return fmt.Sprintf("# %s plan: fence %s off (a pod without a token sidecar); nothing is changed by --dry-run\n",
+			programName, opts.cfg.IMDSAddress) + redirect.Render(redirect.Fence(opts.cfg))
+	}
+	exempt := "exempt " + opts.cfg.Exemption.String()
+	if opts.sidecarExempts {
+		exempt = "exempt nobody until the sidecar adds its own cgroup"
+	}
+	return fmt.Sprintf("# %s plan: redirect %s to 127.0.0.1:%d, %s; nothing is changed by --dry-run\n",
+		programName, imds, opts.cfg.SidecarPort, exempt) + redirect.Render(redirect.Desired(opts.cfg))
 }
 
 func parse(args []string, stderr io.Writer) (options, error) {
@@ -83,7 +103,9 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	var (
 		sidecarPort = fs.Uint("sidecar-port", uint(def.SidecarPort), "the token sidecar's port on 127.0.0.1")
-		sidecarUID  = fs.Uint("sidecar-uid", uint(def.SidecarUID), "the sidecar's uid: its traffic is not redirected")
+		exemption   = fs.String("exemption", ExemptionCgroup, "how the sidecar's own traffic passes: cgroup (the table exempts nobody; the sidecar exempts its own cgroup when it starts) or uid (exempt --sidecar-uid, weaker: any container able to become that uid bypasses the redirect)")
+		sidecarUID  = fs.Uint("sidecar-uid", defaults.SidecarUID, "with --exemption=uid: the sidecar's uid, whose traffic is not redirected")
+		fence       = fs.Bool("fence", false, "install the fence of a pod without a token sidecar (nothing may reach the IMDS address) instead of the redirect")
 		imdsAddress = fs.String("imds-address", def.IMDSAddress.String(), "the IMDS IPv4 address to redirect")
 		imdsPort    = fs.Uint("imds-port", uint(def.IMDSPort), "the IMDS TCP port to redirect")
 		dryRun      = fs.Bool("dry-run", false, "print the ruleset that would be installed and change nothing")
@@ -118,9 +140,20 @@ func parse(args []string, stderr io.Writer) (options, error) {
 			return options{}, fmt.Errorf("--%s=%d is not a port: use 1-65535", p.name, p.value)
 		}
 	}
-	if *sidecarUID > 1<<32-1 {
-		return options{}, fmt.Errorf("--sidecar-uid=%d is not a uid: use 1-4294967295", *sidecarUID)
+	var ex redirect.Exemption
+	switch *exemption {
+	case ExemptionCgroup:
+		opts.sidecarExempts = !*fence
+	case ExemptionUID:
+		if *sidecarUID == 0 || *sidecarUID > 1<<32-1 {
+			// Exempting root would exempt every container that runs as root, which is most of them.
+			return options{}, fmt.Errorf("--sidecar-uid=%d: use the sidecar's own non-root uid (%d)", *sidecarUID, defaults.SidecarUID)
+		}
+		ex.UID = uint32(*sidecarUID)
+	default:
+		return options{}, fmt.Errorf("--exemption=%q: use cgroup or uid", *exemption)
 	}
+	opts.fence = *fence
 	addr, err := netip.ParseAddr(*imdsAddress)
 	if err != nil {
 		return options{}, fmt.Errorf("--imds-address=%q is not an IP address (the default is %s)", *imdsAddress,
@@ -130,7 +163,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		IMDSAddress: addr,
 		IMDSPort:    uint16(*imdsPort),
 		SidecarPort: uint16(*sidecarPort),
-		SidecarUID:  uint32(*sidecarUID),
+		Exemption:   ex,
 	}
 	if err := opts.cfg.Validate(); err != nil {
 		return options{}, err
@@ -146,11 +179,24 @@ func execute(opts options) (string, error) {
 	}
 	defer func() { _ = k.Close() }()
 	want := redirect.Desired(opts.cfg)
+	if opts.fence {
+		want = redirect.Fence(opts.cfg)
+	}
 	switch opts.mode {
 	case modeInstall:
 		outcome, err := k.Apply(want)
 		return string(outcome), err
 	case modeVerify:
+		if opts.sidecarExempts {
+			// The sidecar may have added its own cgroup's exemption since this table was written.
+			live, _, err := k.Live()
+			if err != nil {
+				return "", err
+			}
+			if ex := redirect.ExemptionOf(live); ex.Cgroup.ID != 0 {
+				want = redirect.Desired(opts.cfg.WithExemption(redirect.Exemption{Cgroup: ex.Cgroup}))
+			}
+		}
 		return "verified", k.Verify(want)
 	case modeCleanup:
 		removed, err := k.Cleanup()

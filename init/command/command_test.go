@@ -19,8 +19,10 @@ func TestDryRunGolden(t *testing.T) {
 		golden string
 	}{
 		{"defaults", []string{"--dry-run"}, "../testdata/dry-run-defaults.golden"},
-		{"custom flags", []string{"--dry-run", "--sidecar-port=8181", "--sidecar-uid=2000",
+		{"custom flags", []string{"--dry-run", "--sidecar-port=8181",
 			"--imds-address=169.254.170.2", "--imds-port=8080"}, "../testdata/dry-run-custom.golden"},
+		{"uid exemption", []string{"--dry-run", "--exemption=uid", "--sidecar-uid=2000"}, "../testdata/dry-run-uid.golden"},
+		{"fence", []string{"--dry-run", "--fence"}, "../testdata/dry-run-fence.golden"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -65,8 +67,9 @@ func TestUsageErrors(t *testing.T) {
 		{"two modes", []string{"--verify", "--cleanup"}, "exclude each other"},
 		{"port out of range", []string{"--sidecar-port=70000"}, "--sidecar-port=70000 is not a port"},
 		{"imds port zero", []string{"--imds-port=0"}, "pass --imds-port=80"},
-		{"uid out of range", []string{"--sidecar-uid=4294967296"}, "is not a uid"},
-		{"root uid", []string{"--sidecar-uid=0"}, "root's traffic would bypass the redirect"},
+		{"uid out of range", []string{"--exemption=uid", "--sidecar-uid=4294967296"}, "use the sidecar's own non-root uid"},
+		{"root uid", []string{"--exemption=uid", "--sidecar-uid=0"}, "use the sidecar's own non-root uid"},
+		{"unknown exemption", []string{"--exemption=mark"}, "use cgroup or uid"},
 		{"not an address", []string{"--imds-address=imds.local"}, "is not an IP address"},
 		{"ipv6 address", []string{"--imds-address=fd00:ec2::254"}, "handles IPv4 only"},
 		{"loopback address", []string{"--imds-address=127.0.0.1"}, "loopback"},
@@ -95,7 +98,8 @@ func TestNoStaleGoldenFiles(t *testing.T) {
 	used := map[string]bool{
 		"dry-run-defaults.golden": true, // TestDryRunGolden
 		"dry-run-custom.golden":   true, // TestDryRunGolden
-		"nft-list-table.golden":   true, // init/redirect TestApplyConverges
+		"dry-run-uid.golden":      true, // TestDryRunGolden
+		"dry-run-fence.golden":    true, // TestDryRunGolden
 	}
 	entries, err := os.ReadDir("../testdata")
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 // Kernel programs nftables in one network namespace over netlink. It holds no state beyond the connection.
 type Kernel struct {
 	conn *nftables.Conn
+	// netnsFD is the namespace rules are read back from (0: the caller's).
+	netnsFD int
 }
 
 // Outcome says what Apply did.
@@ -36,7 +38,7 @@ func NewKernel(netnsFD int) (*Kernel, error) {
 	if err != nil {
 		return nil, explain(stageConnect, err)
 	}
-	return &Kernel{conn: conn}, nil
+	return &Kernel{conn: conn, netnsFD: netnsFD}, nil
 }
 
 // Close releases the netlink socket.
@@ -79,14 +81,11 @@ func (k *Kernel) Live() (rs Ruleset, found bool, err error) {
 			}
 			chain.Hook = h
 		}
-		rules, err := k.conn.GetRules(table, c)
+		rules, err := readRules(k.netnsFD, TableFamily, TableName, c.Name)
 		if err != nil {
 			return Ruleset{}, false, explain(stageRead, err)
 		}
-		for _, r := range rules {
-			comment, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-			chain.Rules = append(chain.Rules, Rule{Exprs: r.Exprs, Comment: comment})
-		}
+		chain.Rules = rules
 		rs.Chains = append(rs.Chains, chain)
 	}
 	return rs, true, nil

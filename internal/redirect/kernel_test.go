@@ -9,15 +9,15 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podidentity/podidentity/init/internal/nstest"
-	"github.com/podidentity/podidentity/init/redirect"
+	"github.com/podidentity/podidentity/test/nstest"
+	"github.com/podidentity/podidentity/internal/redirect"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under init/testdata")
 
 // goldenNftTable is nft's own listing of the installed table: it proves that what the kernel holds reads, to
 // the reference tool, as the policy README.md describes (not only to our renderer).
-const goldenNftTable = "../testdata/nft-list-table.golden"
+const goldenNftTable = "testdata/nft-list-table.golden"
 
 func kernelIn(t testing.TB, ns *nstest.NS) *redirect.Kernel {
 	t.Helper()

@@ -29,7 +29,12 @@ func TestValidate(t *testing.T) {
 		{"loopback address", with(func(c *Config) { c.IMDSAddress = netip.MustParseAddr("127.0.0.1") }), "loopback"},
 		{"IMDS port 0", with(func(c *Config) { c.IMDSPort = 0 }), "--imds-port=80"},
 		{"sidecar port 0", with(func(c *Config) { c.SidecarPort = 0 }), "--sidecar-port=15079"},
-		{"sidecar uid root", with(func(c *Config) { c.SidecarUID = 0 }), "--sidecar-uid=15078"},
+		{"uid exemption", with(func(c *Config) { c.Exemption.UID = 15078 }), ""},
+		{"cgroup exemption", with(func(c *Config) { c.Exemption.Cgroup = Cgroup{ID: 4242, Level: 4} }), ""},
+		{"both exemptions", with(func(c *Config) { c.Exemption = Exemption{UID: 15078, Cgroup: Cgroup{ID: 4242, Level: 4}} }), "one way only"},
+		{"root cgroup", with(func(c *Config) { c.Exemption.Cgroup = Cgroup{ID: 1, Level: 0} }), "root cgroup"},
+		{"own cgroup namespace's root", with(func(c *Config) { c.Exemption.Cgroup = Cgroup{ID: 4242, Level: 0} }), ""},
+		{"cgroup too deep", with(func(c *Config) { c.Exemption.Cgroup = Cgroup{ID: 4242, Level: MaxCgroupLevel + 1} }), "deeper than"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -44,28 +49,63 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// TestDesiredFollowsConfig: every setting shows up where it belongs and nowhere else.
+// TestDesiredFollowsConfig: every setting shows up where it belongs and nowhere else, for each way of exempting
+// the sidecar (and for none), and the exemption reads back from the ruleset.
 func TestDesiredFollowsConfig(t *testing.T) {
-	cfg := Config{IMDSAddress: netip.MustParseAddr("169.254.170.2"), IMDSPort: 8080, SidecarPort: 8181, SidecarUID: 2000}
-	rs := Desired(cfg)
-	if rs.Family != TableFamily || rs.Table != TableName {
-		t.Fatalf("table %v %q, want inet %q", rs.Family, rs.Table, TableName)
+	base := Config{IMDSAddress: netip.MustParseAddr("169.254.170.2"), IMDSPort: 8080, SidecarPort: 8181}
+	const (
+		dnat  = "meta nfproto ipv4 ip daddr 169.254.170.2 meta l4proto tcp th dport 8080 dnat ip to 127.0.0.1:8181"
+		guard = "meta nfproto ipv4 ip daddr 169.254.170.2 ct state new reject with icmpx admin-prohibited"
+	)
+	cases := []struct {
+		name      string
+		exemption Exemption
+		exempt    string // the exemption's match, "" for none
+	}{
+		{"nobody exempt", Exemption{}, ""},
+		{"cgroup", Exemption{Cgroup: Cgroup{ID: 1 << 40, Level: 4}}, "socket cgroupv2 level 4 1099511627776"},
+		{"uid", Exemption{UID: 2000}, "meta skuid 2000"},
 	}
-	want := map[string][]string{
-		RedirectChain: {
-			"meta nfproto ipv4 ip daddr 169.254.170.2 meta skuid 2000 accept",
-			"meta nfproto ipv4 ip daddr 169.254.170.2 meta l4proto tcp th dport 8080 dnat ip to 127.0.0.1:8181",
-		},
-		GuardChain: {
-			"meta nfproto ipv4 ip daddr 169.254.170.2 meta skuid 2000 accept",
-			"meta nfproto ipv4 ip daddr 169.254.170.2 ct state new reject with icmpx admin-prohibited",
-		},
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := Desired(base.WithExemption(tc.exemption))
+			if rs.Family != TableFamily || rs.Table != TableName {
+				t.Fatalf("table %v %q, want inet %q", rs.Family, rs.Table, TableName)
+			}
+			want := map[string][]string{RedirectChain: {dnat}, GuardChain: {guard}}
+			if tc.exempt != "" {
+				accept := "meta nfproto ipv4 ip daddr 169.254.170.2 " + tc.exempt + " accept"
+				want = map[string][]string{RedirectChain: {accept, dnat}, GuardChain: {accept, guard}}
+			}
+			checkChains(t, rs, want)
+			if got := ExemptionOf(rs); got != tc.exemption {
+				t.Errorf("ExemptionOf = %+v, want %+v", got, tc.exemption)
+			}
+		})
 	}
+}
+
+func TestFence(t *testing.T) {
+	rs := Fence(Config{IMDSAddress: netip.MustParseAddr("169.254.170.2"), IMDSPort: 8080, SidecarPort: 8181})
+	checkChains(t, rs, map[string][]string{FenceChain: {
+		"meta nfproto ipv4 ip daddr 169.254.170.2 meta l4proto tcp reject with tcp reset",
+		"meta nfproto ipv4 ip daddr 169.254.170.2 reject with icmpx admin-prohibited",
+	}})
+	if got := ExemptionOf(rs); !got.IsZero() {
+		t.Errorf("a fence exempts %v", got)
+	}
+}
+
+func checkChains(t *testing.T, rs Ruleset, want map[string][]string) {
+	t.Helper()
 	if len(rs.Chains) != len(want) {
 		t.Fatalf("%d chains, want %d", len(rs.Chains), len(want))
 	}
 	for _, c := range rs.Chains {
-		rules := want[c.Name]
+		rules, ok := want[c.Name]
+		if !ok {
+			t.Fatalf("unexpected chain %s", c.Name)
+		}
 		if len(c.Rules) != len(rules) {
 			t.Fatalf("chain %s has %d rules, want %d", c.Name, len(c.Rules), len(rules))
 		}
@@ -114,6 +154,10 @@ func TestRenderTellsApartWhatDiffers(t *testing.T) {
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nativeUint32(7)}}, "meta skuid != 7"},
 		{"other payload", []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 9, Len: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{6}}}, "@nh,72,8 0x06"},
+		{"cgroup", []expr.Any{&expr.Socket{Key: expr.SocketKeyCgroupv2, Level: 3, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint64(77)}}, "socket cgroupv2 level 3 77"},
+		{"socket mark", []expr.Any{&expr.Socket{Key: expr.SocketKeyMark, Register: 1}},
+			"unsupported-expression(*expr.Socket&{Key:1 Level:0 Register:1})"},
 		{"jump", []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "elsewhere"}}, "jump elsewhere"},
 		{"tcp reset", []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}, "reject with tcp reset"},
 		{"unknown expression", []expr.Any{&expr.Log{Key: 1 << unix.NFTA_LOG_PREFIX, Data: []byte("x")}},

@@ -100,6 +100,18 @@ func decompile(exprs []expr.Any) []string {
 			out = append(out, natStatement(regs, e))
 		case *expr.Reject:
 			out = append(out, rejectStatement(e))
+		case *expr.Socket:
+			if e.Key != expr.SocketKeyCgroupv2 {
+				out = append(out, unknown(e))
+				continue
+			}
+			regs[e.Register] = operand{name: fmt.Sprintf("socket cgroupv2 level %d", e.Level), format: hostUint64}
+		case *expr.Target:
+			if name, ok := strings.CutPrefix(e.Name, unparsedPrefix); ok {
+				out = append(out, fmt.Sprintf("unparsed-expression(%s)", name))
+				continue
+			}
+			out = append(out, unknown(e))
 		case *expr.Counter:
 			// Counts change with traffic; the statement's presence is what matters.
 			out = append(out, "counter")
@@ -347,6 +359,13 @@ func hostUint32(b []byte) string {
 		return hexBytes(b)
 	}
 	return fmt.Sprint(binaryutil.NativeEndian.Uint32(b))
+}
+
+func hostUint64(b []byte) string {
+	if len(b) != 8 {
+		return hexBytes(b)
+	}
+	return fmt.Sprint(binaryutil.NativeEndian.Uint64(b))
 }
 
 func bigEndianUint(b []byte) string {

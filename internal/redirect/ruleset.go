@@ -64,18 +64,34 @@ const (
 	regPort  = 2
 )
 
-// Desired is the ruleset for cfg. It is a pure function of cfg: same config, same ruleset, in the same order.
+// FenceChain is the filter chain of a pod without a token sidecar: it refuses every flow to the IMDS address.
+const FenceChain = "imds-fence"
+
+// Desired is the redirect ruleset for cfg. It is a pure function of cfg: same config, same ruleset, in the same
+// order.
 //
 // Policy (see init/README.md):
-//   - TCP to IMDS address:port from any uid but the sidecar's is DNAT'ed to 127.0.0.1:<sidecar port>.
-//   - The sidecar's uid passes untouched, to every port of the IMDS address.
-//   - Any other new flow to the IMDS address (other ports, UDP, ICMP) from any other uid is rejected, so that
-//     nothing but the sidecar can reach the node's metadata service. Replies to the sidecar's flows are
-//     established flows and are not touched.
+//   - TCP to IMDS address:port from every socket but the sidecar's is DNAT'ed to 127.0.0.1:<sidecar port>.
+//   - The sidecar's sockets (cfg.Exemption: its cgroup, or in the legacy mode its uid) pass untouched, to
+//     every port of the IMDS address. With no exemption nothing reaches the real IMDS.
+//   - Any other new flow to the IMDS address (other ports, UDP, ICMP) is rejected, so that nothing but the
+//     sidecar can reach the node's metadata service. Replies to the sidecar's flows are established flows and
+//     are not touched.
 //   - IPv6 is left alone: Azure's IMDS has no IPv6 address, and an IPv6 socket reaching it through an
 //     IPv4-mapped address (::ffff:169.254.169.254) sends IPv4 packets, which these rules see.
 func Desired(cfg Config) Ruleset {
 	imds := cfg.IMDSAddress
+	var exemptRedirect, exemptGuard []Rule
+	if match, who := exemptionMatch(cfg.Exemption); match != nil {
+		exemptRedirect = []Rule{{
+			Exprs:   concat(matchIPv4Daddr(imds), match, verdict(expr.VerdictAccept)),
+			Comment: CommentPrefix + who + " reaches the real IMDS untranslated",
+		}}
+		exemptGuard = []Rule{{
+			Exprs:   concat(matchIPv4Daddr(imds), match, verdict(expr.VerdictAccept)),
+			Comment: CommentPrefix + who + " may use any port of the IMDS address",
+		}}
+	}
 	return Ruleset{
 		Family: TableFamily,
 		Table:  TableName,
@@ -88,19 +104,12 @@ func Desired(cfg Config) Ruleset {
 					Priority: *nftables.ChainPriorityNATDest,
 					Policy:   nftables.ChainPolicyAccept,
 				},
-				Rules: []Rule{
-					{
-						Exprs: concat(matchIPv4Daddr(imds), matchSkUID(cfg.SidecarUID), verdict(expr.VerdictAccept)),
-						Comment: CommentPrefix + fmt.Sprintf("uid %d (the sidecar) reaches the real IMDS untranslated",
-							cfg.SidecarUID),
-					},
-					{
-						Exprs: concat(matchIPv4Daddr(imds), matchTCPDport(cfg.IMDSPort),
-							dnatIPv4(netip.AddrFrom4([4]byte{127, 0, 0, 1}), cfg.SidecarPort)),
-						Comment: CommentPrefix + fmt.Sprintf("every other uid's IMDS calls go to the sidecar on 127.0.0.1:%d",
-							cfg.SidecarPort),
-					},
-				},
+				Rules: append(exemptRedirect, Rule{
+					Exprs: concat(matchIPv4Daddr(imds), matchTCPDport(cfg.IMDSPort),
+						dnatIPv4(netip.AddrFrom4([4]byte{127, 0, 0, 1}), cfg.SidecarPort)),
+					Comment: CommentPrefix + fmt.Sprintf("every other IMDS call goes to the sidecar on 127.0.0.1:%d",
+						cfg.SidecarPort),
+				}),
 			},
 			{
 				Name: GuardChain,
@@ -110,21 +119,92 @@ func Desired(cfg Config) Ruleset {
 					Priority: *nftables.ChainPriorityFilter,
 					Policy:   nftables.ChainPolicyAccept,
 				},
-				Rules: []Rule{
-					{
-						Exprs:   concat(matchIPv4Daddr(imds), matchSkUID(cfg.SidecarUID), verdict(expr.VerdictAccept)),
-						Comment: CommentPrefix + fmt.Sprintf("uid %d (the sidecar) may use any port of the IMDS address", cfg.SidecarUID),
-					},
-					{
-						// Redirected flows arrive here with 127.0.0.1 as destination (nat runs first), so this
-						// only sees what the redirect did not take.
-						Exprs:   concat(matchIPv4Daddr(imds), matchCtStateNew(), rejectAdminProhibited()),
-						Comment: CommentPrefix + "no other new flow may reach the IMDS address",
-					},
-				},
+				Rules: append(exemptGuard, Rule{
+					// Redirected flows arrive here with 127.0.0.1 as destination (nat runs first), so this
+					// only sees what the redirect did not take.
+					Exprs:   concat(matchIPv4Daddr(imds), matchCtStateNew(), rejectAdminProhibited()),
+					Comment: CommentPrefix + "no other new flow may reach the IMDS address",
+				}),
 			},
 		},
 	}
+}
+
+// Fence is the ruleset of a pod that has no token sidecar (CNI mode): nothing in it may reach the IMDS
+// address. Unlike the redirect's guard it refuses established flows too, so that a pod fenced after it started
+// (repaired by the node agent) loses the connections it already had; TCP gets a reset, so that a client fails
+// at once instead of retransmitting.
+func Fence(cfg Config) Ruleset {
+	imds := cfg.IMDSAddress
+	return Ruleset{
+		Family: TableFamily,
+		Table:  TableName,
+		Chains: []Chain{{
+			Name: FenceChain,
+			Hook: &Hook{
+				Type:     nftables.ChainTypeFilter,
+				Hooknum:  *nftables.ChainHookOutput,
+				Priority: *nftables.ChainPriorityFilter,
+				Policy:   nftables.ChainPolicyAccept,
+			},
+			Rules: []Rule{
+				{
+					Exprs:   concat(matchIPv4Daddr(imds), matchL4Proto(unix.IPPROTO_TCP), rejectTCPReset()),
+					Comment: CommentPrefix + "this pod has no token sidecar: TCP to the IMDS address is reset",
+				},
+				{
+					Exprs:   concat(matchIPv4Daddr(imds), rejectAdminProhibited()),
+					Comment: CommentPrefix + "this pod has no token sidecar: nothing else may reach the IMDS address",
+				},
+			},
+		}},
+	}
+}
+
+// exemptionMatch is the match of the sidecar's sockets and the words for it in comments; nil when nobody is
+// exempt.
+func exemptionMatch(e Exemption) ([]expr.Any, string) {
+	switch {
+	case e.Cgroup.ID != 0:
+		return matchCgroup(e.Cgroup), fmt.Sprintf("the sidecar's cgroup (id %d)", e.Cgroup.ID)
+	case e.UID != 0:
+		return matchSkUID(e.UID), fmt.Sprintf("uid %d (the sidecar)", e.UID)
+	}
+	return nil, ""
+}
+
+// ExemptionOf returns the exemption a live redirect table carries in the first rule of its redirect chain
+// (zero when it has none, or when rs is not a redirect table).
+func ExemptionOf(rs Ruleset) Exemption {
+	for _, c := range rs.Chains {
+		if c.Name != RedirectChain || len(c.Rules) == 0 {
+			continue
+		}
+		var (
+			e      Exemption
+			loaded expr.Any // what the last load put in the register a comparison reads
+		)
+		for _, x := range c.Rules[0].Exprs {
+			switch x := x.(type) {
+			case *expr.Socket, *expr.Meta, *expr.Payload:
+				loaded = x
+			case *expr.Cmp:
+				switch l := loaded.(type) {
+				case *expr.Socket:
+					if l.Key == expr.SocketKeyCgroupv2 && len(x.Data) == 8 {
+						e.Cgroup = Cgroup{ID: binaryutil.NativeEndian.Uint64(x.Data), Level: l.Level}
+					}
+				case *expr.Meta:
+					if l.Key == expr.MetaKeySKUID && len(x.Data) == 4 {
+						e.UID = binaryutil.NativeEndian.Uint32(x.Data)
+					}
+				}
+				loaded = nil
+			}
+		}
+		return e
+	}
+	return Exemption{}
 }
 
 func concat(parts ...[]expr.Any) []expr.Any {
@@ -153,13 +233,27 @@ func matchSkUID(uid uint32) []expr.Any {
 	}
 }
 
-func matchTCPDport(port uint16) []expr.Any {
+// matchCgroup matches packets of sockets created in the cgroup: the kernel loads the id of the socket's
+// cgroup's ancestor at the level, in host byte order.
+func matchCgroup(cg Cgroup) []expr.Any {
+	return []expr.Any{
+		&expr.Socket{Key: expr.SocketKeyCgroupv2, Level: cg.Level, Register: regMatch},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: regMatch, Data: binaryutil.NativeEndian.PutUint64(cg.ID)},
+	}
+}
+
+func matchL4Proto(proto byte) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regMatch},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: regMatch, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: regMatch, Data: []byte{proto}},
+	}
+}
+
+func matchTCPDport(port uint16) []expr.Any {
+	return concat(matchL4Proto(unix.IPPROTO_TCP), []expr.Any{
 		&expr.Payload{DestRegister: regMatch, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: regMatch, Data: binaryutil.BigEndian.PutUint16(port)},
-	}
+	})
 }
 
 func matchCtStateNew() []expr.Any {
@@ -177,6 +271,10 @@ func dnatIPv4(to netip.Addr, port uint16) []expr.Any {
 		&expr.Immediate{Register: regPort, Data: binaryutil.BigEndian.PutUint16(port)},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: regAddr, RegProtoMin: regPort},
 	}
+}
+
+func rejectTCPReset() []expr.Any {
+	return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}
 }
 
 func rejectAdminProhibited() []expr.Any {

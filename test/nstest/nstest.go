@@ -9,11 +9,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Require skips the test unless it runs as root with the tools the namespace tests use.
@@ -135,4 +138,70 @@ func NewLink(t testing.TB, nodeAddrs ...string) *Link {
 	l.Pod.Cmd(t, "ip", "link", "set", podIf, "up")
 	l.Pod.Cmd(t, "ip", "route", "add", "default", "via", l.NodeAddr)
 	return l
+}
+
+// Cgroup is a cgroup v2 the test made, for processes whose sockets the rules must tell apart by cgroup.
+type Cgroup struct {
+	// Path is the directory on the cgroup2 filesystem.
+	Path string
+	// ID and Level are what nftables' socket cgroupv2 match compares: the directory's inode number, and its
+	// depth below the cgroup2 root.
+	ID    uint64
+	Level uint32
+	fd    int
+}
+
+// Cgroup2Root is where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on a cgroup v2 host,
+// /sys/fs/cgroup/unified on a hybrid v1/v2 one; ok is false when there is none.
+func Cgroup2Root() (string, bool) {
+	for _, dir := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		var st unix.Statfs_t
+		if unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			return dir, true
+		}
+	}
+	return "", false
+}
+
+// NewCgroup creates the cgroup v2 pi-<suffix>/<name> (parents as needed), removed when the test ends, after
+// the processes in it have exited.
+func NewCgroup(t testing.TB, suffix, name string) *Cgroup {
+	t.Helper()
+	root, ok := Cgroup2Root()
+	if !ok {
+		t.Skip("skipping: no cgroup v2 hierarchy on this host (neither /sys/fs/cgroup nor /sys/fs/cgroup/unified is cgroup2)")
+	}
+	parent := filepath.Join(root, "pi-"+suffix)
+	path := filepath.Join(parent, name)
+	for _, dir := range []string{parent, path} {
+		if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
+			t.Fatalf("creating cgroup %s: %v", dir, err)
+		}
+	}
+	t.Cleanup(func() {
+		_ = os.Remove(path)
+		_ = os.Remove(parent) // fails while a sibling still exists; the last one removes it
+	})
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(path, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	rel, _ := filepath.Rel(root, path)
+	return &Cgroup{Path: path, ID: st.Ino, Level: uint32(strings.Count(rel, "/") + 1), fd: fd}
+}
+
+// Into makes a command start inside the cgroup (clone3 with CLONE_INTO_CGROUP), keeping its other process
+// attributes.
+func (c *Cgroup) Into(cmd *exec.Cmd) *exec.Cmd {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.UseCgroupFD = true
+	cmd.SysProcAttr.CgroupFD = c.fd
+	return cmd
 }

@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podidentity/podidentity/init/internal/nstest"
-	"github.com/podidentity/podidentity/init/redirect"
+	"github.com/podidentity/podidentity/test/nstest"
+	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/defaults"
 )
 
@@ -215,8 +215,9 @@ func TestInitContainerInRealNamespaces(t *testing.T) {
 		}{
 			{"an app uid is redirected to the sidecar", appUID, imds, "ok " + sidecarBanner},
 			{"root is redirected too", 0, imds, "ok " + sidecarBanner},
-			{"the sidecar uid reaches the node", defaults.SidecarUID, imds, "ok node:80"},
-			{"the sidecar uid reaches other IMDS ports", defaults.SidecarUID, imdsOtherPort, "ok node:443"},
+			// No uid is exempt: the sidecar exempts its own cgroup once it runs (init/redirect's exemption tests).
+			{"the sidecar's uid is redirected too", defaults.SidecarUID, imds, "ok " + sidecarBanner},
+			{"the sidecar's uid is refused on other IMDS ports", defaults.SidecarUID, imdsOtherPort, "error "},
 			{"an app uid is refused on other IMDS ports", appUID, imdsOtherPort, "error "},
 		}
 		for _, tc := range cases {
@@ -234,6 +235,28 @@ func TestInitContainerInRealNamespaces(t *testing.T) {
 					t.Errorf("uid %d to %s: %q, want %q", tc.uid, tc.addr, got, tc.want)
 				}
 			})
+		}
+	})
+
+	t.Run("legacy uid exemption", func(t *testing.T) {
+		legacy := nstest.NewLink(t, defaults.IMDSAddress)
+		serveBanner(t, legacy.Node, imds, "node:80")
+		serveBanner(t, legacy.Node, imdsOtherPort, "node:443")
+		serveBanner(t, legacy.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), sidecarBanner)
+		if code, _, stderr := runInit(t, legacy.Pod, 0, "--exemption=uid", fmt.Sprintf("--sidecar-uid=%d", defaults.SidecarUID)); code != 0 {
+			t.Fatalf("podidentity-init --exemption=uid: exit %d:\n%s", code, stderr)
+		}
+		for _, tc := range []struct {
+			uid        uint32
+			addr, want string
+		}{
+			{defaults.SidecarUID, imds, "ok node:80"},
+			{defaults.SidecarUID, imdsOtherPort, "ok node:443"},
+			{appUID, imds, "ok " + sidecarBanner},
+		} {
+			if got := dialAs(t, legacy.Pod, tc.uid, tc.addr); got != tc.want {
+				t.Errorf("uid %d to %s: %q, want %q", tc.uid, tc.addr, got, tc.want)
+			}
 		}
 	})
 
