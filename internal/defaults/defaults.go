@@ -39,4 +39,9 @@ const (
 	InjectAnnotation = "podidentity.io/inject"
 	// IdentitiesAnnotation records the identities a pod is bound to (see package binding for the format).
 	IdentitiesAnnotation = "podidentity.io/identities"
+	// SecurityWarningsAnnotation lists, comma-separated, the reasons the webhook admitted a pod of an opted-in
+	// namespace in a state that weakens its isolation (e.g. "opt-out-annotation", "exception",
+	// "host-network", "windows", "uid-change"). Only the webhook sets it; the assigner turns it into Warning
+	// Events on the pod and reports such pods in its audit.
+	SecurityWarningsAnnotation = "podidentity.io/security-warnings"
 )
