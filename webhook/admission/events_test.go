@@ -43,7 +43,12 @@ func TestEvents(t *testing.T) {
 	}{
 		{"denial of an owned pod goes to its owner", func(p *corev1.Pod) { owned(p); privileged(p) }, false, "ReplicaSet", "web-1", "PodIdentityDenied", corev1.EventTypeWarning},
 		{"denial of a bare pod goes to the namespace", privileged, false, "Namespace", "shop", "PodIdentityDenied", corev1.EventTypeWarning},
-		{"skip is a normal Event", func(p *corev1.Pod) { p.Annotations = map[string]string{defaults.InjectAnnotation: "false"} }, false, "Namespace", "shop", "PodIdentitySkipped", corev1.EventTypeNormal},
+		// A skip in an opted-in namespace leaves the pod able to reach the node's IMDS: a security warning.
+		{"skip is a security warning", func(p *corev1.Pod) { p.Annotations = map[string]string{defaults.InjectAnnotation: "false"} }, false, "Namespace", "shop", EventSecurityWarning, corev1.EventTypeWarning},
+		{"skip of an owned pod warns its owner", func(p *corev1.Pod) {
+			owned(p)
+			p.Annotations = map[string]string{defaults.InjectAnnotation: "false"}
+		}, false, "ReplicaSet", "web-1", EventSecurityWarning, corev1.EventTypeWarning},
 		{"dry run records nothing", privileged, true, "", "", "", ""},
 		{"injection records nothing", nil, false, "", "", "", ""},
 	}

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +41,10 @@ import (
 // webhook configuration's namespaceSelector normally keeps those away).
 const ReasonNamespaceNotEnabled inject.Reason = "namespace-not-enabled"
 
+// EventSecurityWarning is the reason of the Warning Event for a pod admitted in a state that weakens its
+// isolation (not injected in an opted-in namespace, or able to bypass the uid exemption).
+const EventSecurityWarning = "PodIdentitySecurityWarning"
+
 // ReasonNotSynced is the error reason of an admission that arrived before the caches synced.
 const ReasonNotSynced inject.Reason = "caches-not-synced"
 
@@ -58,6 +63,9 @@ type Handler struct {
 	Settings inject.Settings
 	// Injector renders Settings once; nil means rendering them for each admission.
 	Injector *inject.Injector
+	// InjectionLabel is the namespace label (value "enabled") that opts a namespace in, as in the webhook
+	// configuration's namespaceSelector; empty means defaults.NamespaceInjectionLabel.
+	InjectionLabel string
 	// AssignerUsername may change the identities annotation and the injected containers of a running pod.
 	AssignerUsername string
 	Metrics          *Metrics
@@ -112,13 +120,20 @@ func (h *Handler) handle(ctx context.Context, req admission.Request) (admission.
 	case req.Operation == admissionv1.Update && req.SubResource == "":
 		return h.update(req)
 	case req.Operation == admissionv1.Update && req.SubResource == "ephemeralcontainers":
-		reason, msg, warnings, err := inject.EphemeralDenial(req.Object.Raw, h.Settings)
+		reason, msg, warnings, patch, err := inject.EphemeralDecision(req.OldObject.Raw, req.Object.Raw, h.Settings)
 		if err != nil {
 			return admission.Errored(http.StatusBadRequest, fmt.Errorf("podidentity webhook: cannot read the pod: %w", err)), ResultError, ""
 		}
 		if msg != "" {
 			h.record(req, corev1.EventTypeWarning, "PodIdentityDenied", msg)
 			return admission.Denied(msg), ResultDenied, reason // msg already starts with "podidentity: "
+		}
+		if len(warnings) > 0 {
+			h.countSecurityWarnings(req.Namespace, []inject.Reason{inject.ReasonUIDChange})
+			h.record(req, corev1.EventTypeWarning, EventSecurityWarning, strings.Join(warnings, "; "))
+		}
+		if len(patch) > 0 {
+			return admission.Patched("", patch...).WithWarnings(warnings...), ResultAllowed, ""
 		}
 		return admission.Allowed("").WithWarnings(warnings...), ResultAllowed, ""
 	}
@@ -171,12 +186,22 @@ func (h *Handler) create(ctx context.Context, req admission.Request) (admission.
 		h.countLiveRead(parts.label(), !sameOutcome(d, again))
 		d = again
 	}
+	if len(d.SecurityWarnings) > 0 {
+		// The admission response's warnings reach a person only for kubectl; a controller's pods are
+		// created by kube-controller-manager. The Event on the owner, the metric, the pod's annotation (and
+		// the assigner's Event on the pod) are what an operator sees.
+		h.countSecurityWarnings(req.Namespace, d.SecurityWarnings)
+		note := d.Message
+		if d.Action != inject.ActionSkip {
+			note = strings.Join(d.Warnings, "; ")
+		}
+		h.record(req, corev1.EventTypeWarning, EventSecurityWarning, note)
+	}
 	switch d.Action {
 	case inject.ActionDeny:
 		h.record(req, corev1.EventTypeWarning, "PodIdentityDenied", d.Message)
 		return admission.Denied(d.Message).WithWarnings(d.Warnings...), ResultDenied, d.Reason
 	case inject.ActionSkip:
-		h.record(req, corev1.EventTypeNormal, "PodIdentitySkipped", d.Message)
 		return patched(d), ResultSkipped, d.Reason
 	case inject.ActionUnchanged:
 		return patched(d), ResultUnchanged, ""
@@ -214,7 +239,7 @@ func (h *Handler) namespaceEnabled(ctx context.Context, name string) (bool, erro
 	var ns corev1.Namespace
 	err := h.Reader.Get(ctx, client.ObjectKey{Name: name}, &ns)
 	switch {
-	case err == nil && optedIn(&ns):
+	case err == nil && h.optedIn(&ns):
 		return true, nil
 	case err != nil && !apierrors.IsNotFound(err):
 		return false, err
@@ -226,12 +251,27 @@ func (h *Handler) namespaceEnabled(ctx context.Context, name string) (bool, erro
 		}
 		return false, err
 	}
-	enabled := optedIn(&ns)
+	enabled := h.optedIn(&ns)
 	h.countLiveRead("namespace", enabled)
 	return enabled, nil
 }
 
-func optedIn(ns *corev1.Namespace) bool { return ns.Labels[defaults.NamespaceInjectionLabel] == "enabled" }
+func (h *Handler) optedIn(ns *corev1.Namespace) bool {
+	label := h.InjectionLabel
+	if label == "" {
+		label = defaults.NamespaceInjectionLabel
+	}
+	return ns.Labels[label] == "enabled"
+}
+
+func (h *Handler) countSecurityWarnings(namespace string, reasons []inject.Reason) {
+	if h.Metrics == nil {
+		return
+	}
+	for _, r := range reasons {
+		h.Metrics.securityWarnings.WithLabelValues(string(r), namespace).Inc()
+	}
+}
 
 func (h *Handler) live() client.Reader {
 	if h.Live != nil {

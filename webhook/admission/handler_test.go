@@ -275,6 +275,7 @@ func TestUIDChangePolicy(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h, _ := newHandler(t)
+			h.Settings.Exemption = inject.ExemptionUID
 			h.Settings.UIDChangePolicy = tc.policy
 			h.Injector = inject.NewInjector(h.Settings)
 			req := tc.req(t, h)
@@ -408,5 +409,58 @@ func TestNotSyncedIsAnError(t *testing.T) {
 	h.Handle(context.Background(), req)
 	if calls != 2 {
 		t.Errorf("Synced called %d times, want 2 (not again once synced)", calls)
+	}
+}
+
+// TestSecurityWarnings: a pod admitted in a state that weakens its isolation carries the security-warnings
+// annotation and is counted by reason and namespace; a custom opt-in label is the one the webhook reads.
+func TestSecurityWarnings(t *testing.T) {
+	tests := []struct {
+		name       string
+		label      string // --namespace-injection-label; "" for the default
+		nsLabels   map[string]string
+		mutate     func(*corev1.Pod)
+		wantResult Result
+		wantReason string // annotation value and metric reason; "" for none
+	}{
+		{"opt-out", "", map[string]string{defaults.NamespaceInjectionLabel: "enabled"},
+			func(p *corev1.Pod) { p.Annotations = map[string]string{defaults.InjectAnnotation: "false"} }, ResultSkipped, "opt-out-annotation"},
+		{"host network without binding", "", map[string]string{defaults.NamespaceInjectionLabel: "enabled"},
+			func(p *corev1.Pod) { p.Labels = nil; p.Spec.HostNetwork = true }, ResultSkipped, "host-network"},
+		{"injected, nothing to warn about", "", map[string]string{defaults.NamespaceInjectionLabel: "enabled"}, nil, ResultInjected, ""},
+		{"custom opt-in label", "example.com/identities", map[string]string{"example.com/identities": "enabled"}, nil, ResultInjected, ""},
+		{"default label under a custom one", "example.com/identities", map[string]string{defaults.NamespaceInjectionLabel: "enabled"}, nil, ResultSkipped, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h, reg := newHandler(t)
+			h.InjectionLabel = tc.label
+			h.Reader = fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: tc.nsLabels}}).Build()
+			raw := podJSON(t, "shop", tc.mutate)
+			resp := h.Handle(context.Background(), request(admissionv1.Create, "shop", "alice", raw, nil))
+			if got := testutil.ToFloat64(h.Metrics.admissions.WithLabelValues("CREATE", string(tc.wantResult))); got != 1 {
+				t.Fatalf("admissions{result=%s} = %v, want 1 (%v)", tc.wantResult, got, resp.Result)
+			}
+			var pod corev1.Pod
+			if err := json.Unmarshal(apply(t, raw, resp), &pod); err != nil {
+				t.Fatal(err)
+			}
+			if got := pod.Annotations[defaults.SecurityWarningsAnnotation]; got != tc.wantReason {
+				t.Errorf("annotation %s = %q, want %q", defaults.SecurityWarningsAnnotation, got, tc.wantReason)
+			}
+			n, err := testutil.GatherAndCount(reg, "podidentity_webhook_security_warnings_total")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantReason == "" {
+				if n != 0 {
+					t.Errorf("%d security warning series, want none", n)
+				}
+				return
+			}
+			if got := testutil.ToFloat64(h.Metrics.securityWarnings.WithLabelValues(tc.wantReason, "shop")); got != 1 {
+				t.Errorf("security_warnings_total{reason=%s,namespace=shop} = %v, want 1", tc.wantReason, got)
+			}
+		})
 	}
 }

@@ -1,6 +1,8 @@
 package admission
 
 import (
+	"errors"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -23,7 +25,10 @@ type Metrics struct {
 	skipped    *prometheus.CounterVec
 	denied     *prometheus.CounterVec
 	liveReads  *prometheus.CounterVec
-	duration   prometheus.Histogram
+	// securityWarnings is labelled by namespace too: an operator must find the namespace to fix. Namespaces
+	// are few compared with pods, and only opted-in namespaces reach the webhook.
+	securityWarnings *prometheus.CounterVec
+	duration         prometheus.Histogram
 }
 
 // NewMetrics registers the metrics on reg (controller-runtime's metrics.Registry in the binary).
@@ -49,16 +54,24 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "podidentity_webhook_live_reads_total",
 			Help: "Reads from the API server that confirmed what the cache would have made the webhook skip or bind to fewer identities, by object (namespace, bindings, exceptions, bindings-and-exceptions) and whether the live answer changed the decision (changed=true: the cache lagged).",
 		}, []string{"object", "changed"}),
+		securityWarnings: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podidentity_webhook_security_warnings_total",
+			Help: "Pods (and debug containers) admitted in an opted-in namespace in a state that weakens their isolation, by reason (opt-out-annotation, exception, host-network, windows: not injected, the pod can reach the node's IMDS directly; uid-change: a container can change to the exempt uid) and namespace.",
+		}, []string{"reason", "namespace"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "podidentity_webhook_admission_duration_seconds",
 			Help:    "Time to decide one admission, from request decoded to response built.",
 			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5},
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.admissions, m.injected, m.skipped, m.denied, m.liveReads, m.duration} {
-		if err := reg.Register(c); err != nil {
+	// A second webhook in the same process (tests) reuses the collectors the first registered.
+	for _, c := range []**prometheus.CounterVec{&m.admissions, &m.injected, &m.skipped, &m.denied, &m.liveReads, &m.securityWarnings} {
+		if err := register(reg, *c, c); err != nil {
 			return nil, err
 		}
+	}
+	if err := register(reg, m.duration, &m.duration); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -69,4 +82,17 @@ func operationLabel(op string) string {
 		return op
 	}
 	return "other"
+}
+
+// register registers c on reg; when an equal collector is registered already, *into becomes that one.
+func register[T prometheus.Collector](reg prometheus.Registerer, c T, into *T) error {
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(T); ok {
+			*into = existing
+			return nil
+		}
+	}
+	return err
 }

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/version"
 
+	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/webhook/inject"
 )
 
@@ -33,6 +34,9 @@ const (
 type Config struct {
 	Inject inject.Settings
 	Mode   Mode
+
+	// InjectionLabel is the namespace label whose value "enabled" opts a namespace in.
+	InjectionLabel string
 
 	// AssignerUsername is the only user allowed to change the identities annotation or the injected
 	// containers of a running pod (the assigner's service account).
@@ -78,13 +82,21 @@ func Bind(fs *flag.FlagSet) *Config {
 	})
 	int32Var(fs, &s.SidecarPort, "sidecar-port", d.SidecarPort, "loopback port of the sidecar's token endpoint (the init container redirects IMDS there)")
 	int32Var(fs, &s.HealthPort, "sidecar-health-port", d.HealthPort, "sidecar port for /healthz, /readyz and /metrics (probed by the kubelet)")
-	fs.Int64Var(&s.SidecarUID, "sidecar-uid", d.SidecarUID, "uid the sidecar runs as; the only uid exempt from the redirect, refused for every other container")
+	fs.Int64Var(&s.SidecarUID, "sidecar-uid", d.SidecarUID, "uid the sidecar serves as (with --sidecar-exemption=uid also the one uid exempt from the redirect, then refused for every other container)")
+	fs.Func("sidecar-exemption", "how the sidecar's own IMDS traffic passes the redirect: cgroup (the sidecar exempts its own container's cgroup at start, then drops to --sidecar-uid with no capabilities; needs Linux 5.13+ and cgroup v2) or uid (exempt --sidecar-uid; any container able to become that uid bypasses the redirect, see --uid-change-policy) (default cgroup)", func(v string) error {
+		e, err := inject.ParseExemption(v)
+		if err != nil {
+			return err
+		}
+		s.Exemption = e
+		return nil
+	})
 	fs.StringVar(&s.IMDSAddress, "imds-address", d.IMDSAddress, "address of the instance metadata service the init container redirects")
 	int32Var(fs, &s.IMDSPort, "imds-port", d.IMDSPort, "port of the instance metadata service")
 	fs.BoolVar(&s.BlockInstanceMetadata, "block-instance-metadata", d.BlockInstanceMetadata, "passed to the sidecar: refuse /metadata/instance requests")
 	fs.BoolVar(&s.MetadataHeaderRequired, "metadata-header-required", d.MetadataHeaderRequired, "passed to the sidecar: require the Metadata: true header")
 	fs.BoolVar(&s.ForceNamespaced, "force-namespaced", false, "bind only identities and bindings of the pod's own namespace")
-	fs.Func("uid-change-policy", "what to do with a user container able to change its uid to --sidecar-uid (runs as root or holds CAP_SETUID) and so bypass the redirect: warn (admit with a warning), deny or ignore (default warn)", func(v string) error {
+	fs.Func("uid-change-policy", "with --sidecar-exemption=uid: what to do with a user container able to change its uid to --sidecar-uid (runs as root or holds CAP_SETUID) and so bypass the redirect: deny, warn (admit with a warning, a Warning Event and a metric) or ignore (default deny)", func(v string) error {
 		p, err := inject.ParseUIDChangePolicy(v)
 		if err != nil {
 			return err
@@ -114,6 +126,7 @@ func Bind(fs *flag.FlagSet) *Config {
 	fs.StringVar(&c.initRes.cpuLimit, "init-cpu-limit", c.initRes.cpuLimit, "CPU limit of the init container")
 	fs.StringVar(&c.initRes.memLimit, "init-memory-limit", c.initRes.memLimit, "memory limit of the init container")
 
+	fs.StringVar(&c.InjectionLabel, "namespace-injection-label", defaults.NamespaceInjectionLabel, "namespace label (value enabled) that opts a namespace in, as in the webhook configuration's namespaceSelector")
 	fs.StringVar(&c.AssignerUsername, "assigner-username", "system:serviceaccount:podidentity-system:podidentity-assigner", "user allowed to update a pod's identities annotation (the assigner's service account)")
 	fs.IntVar(&c.Port, "port", 9443, "HTTPS port of the webhook server")
 	fs.StringVar(&c.CertDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory with the serving certificate and key; reloaded when they change")
@@ -153,6 +166,9 @@ func (c *Config) Complete() error {
 	}
 	if c.Inject.InitImage == "" || c.Inject.SidecarImage == "" {
 		errs = append(errs, errors.New("--init-image and --sidecar-image must name images"))
+	}
+	if c.InjectionLabel == "" {
+		errs = append(errs, errors.New("--namespace-injection-label must name the label that opts namespaces in (default "+defaults.NamespaceInjectionLabel+")"))
 	}
 	if c.AssignerUsername == "" {
 		errs = append(errs, errors.New("--assigner-username must name the assigner's user (system:serviceaccount:<namespace>:<name>)"))

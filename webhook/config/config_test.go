@@ -37,8 +37,11 @@ func TestDefaultsFollowTheContract(t *testing.T) {
 	if c.Mode != ModeAuto || !s.MetadataHeaderRequired || s.BlockInstanceMetadata {
 		t.Errorf("mode %s, metadata-header-required %v, block-instance-metadata %v", c.Mode, s.MetadataHeaderRequired, s.BlockInstanceMetadata)
 	}
-	if s.UIDChangePolicy != inject.UIDChangeWarn {
-		t.Errorf("uid-change-policy defaults to %q, want warn (for migration)", s.UIDChangePolicy)
+	if s.Exemption != inject.ExemptionCgroup || s.UIDChangePolicy != inject.UIDChangeDeny {
+		t.Errorf("sidecar-exemption defaults to %q and uid-change-policy to %q, want cgroup and deny (the closed ones)", s.Exemption, s.UIDChangePolicy)
+	}
+	if c.InjectionLabel != defaults.NamespaceInjectionLabel {
+		t.Errorf("namespace-injection-label defaults to %q", c.InjectionLabel)
 	}
 	if s.SidecarResources.Limits.Memory().String() != "64Mi" || s.InitResources.Requests.Cpu().String() != "10m" {
 		t.Errorf("resources: sidecar %v, init %v", s.SidecarResources, s.InitResources)
@@ -65,6 +68,10 @@ func TestFlags(t *testing.T) {
 		{"uid change policy ignore", []string{"--uid-change-policy=ignore"}, "", func(c *Config) bool { return c.Inject.UIDChangePolicy == inject.UIDChangeIgnore }},
 		{"uid change policy warn", []string{"--uid-change-policy=warn"}, "", func(c *Config) bool { return c.Inject.UIDChangePolicy == inject.UIDChangeWarn }},
 		{"bad uid change policy", []string{"--uid-change-policy=block"}, "use warn, deny or ignore", nil},
+		{"uid exemption", []string{"--sidecar-exemption=uid"}, "", func(c *Config) bool { return c.Inject.Exemption == inject.ExemptionUID }},
+		{"bad exemption", []string{"--sidecar-exemption=mark"}, "use cgroup or uid", nil},
+		{"injection label", []string{"--namespace-injection-label=example.com/identities"}, "", func(c *Config) bool { return c.InjectionLabel == "example.com/identities" }},
+		{"empty injection label", []string{"--namespace-injection-label="}, "--namespace-injection-label must name", nil},
 		{"bad mode", []string{"--mode=sidecar"}, "use auto, native or classic", nil},
 		{"bad pull policy", []string{"--image-pull-policy=Sometimes"}, "use Always, IfNotPresent or Never", nil},
 		{"root sidecar", []string{"--sidecar-uid=0"}, "non-root uid", nil},

@@ -19,16 +19,20 @@ const healthPortName = "podid-health"
 // InitContainer is the redirect init container: it programs nftables in the pod's network namespace, so it
 // needs root and NET_ADMIN, and nothing else.
 func InitContainer(s Settings) corev1.Container {
+	args := []string{
+		"--sidecar-port=" + strconv.Itoa(int(s.SidecarPort)),
+		"--imds-address=" + s.IMDSAddress,
+		"--imds-port=" + strconv.Itoa(int(s.IMDSPort)),
+		"--exemption=" + string(s.Exemption),
+	}
+	if s.Exemption == ExemptionUID {
+		args = append(args, "--sidecar-uid="+strconv.FormatInt(s.SidecarUID, 10))
+	}
 	return corev1.Container{
 		Name:            defaults.InitContainerName,
 		Image:           s.InitImage,
 		ImagePullPolicy: s.ImagePullPolicy,
-		Args: []string{
-			"--sidecar-port=" + strconv.Itoa(int(s.SidecarPort)),
-			"--sidecar-uid=" + strconv.FormatInt(s.SidecarUID, 10),
-			"--imds-address=" + s.IMDSAddress,
-			"--imds-port=" + strconv.Itoa(int(s.IMDSPort)),
-		},
+		Args:            args,
 		Resources: *s.InitResources.DeepCopy(),
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser:                ptr(int64(0)),
@@ -84,22 +88,40 @@ func SidecarContainer(s Settings, secretVolumes []SecretVolume) corev1.Container
 		// The startup probe holds back every later container until the sidecar serves tokens.
 		StartupProbe:  probe("/readyz", 1, 60),
 		LivenessProbe: probe("/healthz", 10, 3),
-		SecurityContext: &corev1.SecurityContext{
-			RunAsUser:                ptr(s.SidecarUID),
-			RunAsGroup:               ptr(s.SidecarUID),
-			RunAsNonRoot:             ptr(true),
-			Privileged:               ptr(false),
-			AllowPrivilegeEscalation: ptr(false),
-			ReadOnlyRootFilesystem:   ptr(true),
-			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
-		},
+		SecurityContext:          sidecarSecurity(s),
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+	if s.Exemption == ExemptionCgroup {
+		// It exempts its own cgroup at start, as root, then serves as SidecarUID with no capability left.
+		c.Args = append(c.Args, "--install-exemption",
+			"--run-as-uid="+strconv.FormatInt(s.SidecarUID, 10), "--run-as-gid="+strconv.FormatInt(s.SidecarUID, 10))
 	}
 	if s.Native {
 		c.RestartPolicy = ptr(corev1.ContainerRestartPolicyAlways)
 	}
 	return c
+}
+
+// sidecarSecurity is the sidecar's security context. With the cgroup exemption it starts as root with the
+// three capabilities its start needs (NET_ADMIN to replace the pod's table, SETUID and SETGID to drop to
+// SidecarUID); allowPrivilegeEscalation false sets no_new_privs, which does not stop a root process from
+// giving up its uid but stops anything it executes from gaining privileges.
+func sidecarSecurity(s Settings) *corev1.SecurityContext {
+	sc := &corev1.SecurityContext{
+		RunAsUser:                ptr(s.SidecarUID),
+		RunAsGroup:               ptr(s.SidecarUID),
+		RunAsNonRoot:             ptr(true),
+		Privileged:               ptr(false),
+		AllowPrivilegeEscalation: ptr(false),
+		ReadOnlyRootFilesystem:   ptr(true),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+	if s.Exemption == ExemptionCgroup {
+		sc.RunAsUser, sc.RunAsGroup, sc.RunAsNonRoot = ptr(int64(0)), ptr(int64(0)), ptr(false)
+		sc.Capabilities.Add = []corev1.Capability{"NET_ADMIN", "SETUID", "SETGID"}
+	}
+	return sc
 }
 
 // SecretVolume is the volume that carries one service principal's secret.

@@ -29,7 +29,9 @@ type goldenInput struct {
 	Settings struct {
 		Classic         bool `json:"classic"`
 		ForceNamespaced bool `json:"forceNamespaced"`
-		// UIDChangePolicy is --uid-change-policy; empty means the default (warn).
+		// Exemption is --sidecar-exemption; empty means the default (cgroup).
+		Exemption Exemption `json:"exemption"`
+		// UIDChangePolicy is --uid-change-policy; empty means the default (deny).
 		UIDChangePolicy UIDChangePolicy `json:"uidChangePolicy"`
 		// IdentityPool is guard mode's --identity-pool-label and --identity-pool-taint; absent means off.
 		IdentityPool *struct {
@@ -73,6 +75,9 @@ func loadInput(t testing.TB, path string) (goldenInput, Settings) {
 	s := DefaultSettings()
 	s.Native = !in.Settings.Classic
 	s.ForceNamespaced = in.Settings.ForceNamespaced
+	if in.Settings.Exemption != "" {
+		s.Exemption = in.Settings.Exemption
+	}
 	if in.Settings.UIDChangePolicy != "" {
 		s.UIDChangePolicy = in.Settings.UIDChangePolicy
 	}
@@ -177,9 +182,9 @@ func TestGolden(t *testing.T) {
 	}
 }
 
-// assertOnlyAdded strips the webhook's containers, volumes and annotation (and, in guard mode, the pool's
-// nodeSelector entry and toleration) from the output pod and compares the rest with the input, as generic
-// JSON: fields unknown to k8s.io/api must survive.
+// assertOnlyAdded strips the webhook's containers, volumes and annotations, the NET_RAW drop it adds to user
+// containers (and, in guard mode, the pool's nodeSelector entry and toleration) from the output pod and
+// compares the rest with the input, as generic JSON: fields unknown to k8s.io/api must survive.
 func assertOnlyAdded(t *testing.T, in, out []byte, placement *Placement) {
 	t.Helper()
 	var a, b map[string]any
@@ -189,10 +194,12 @@ func assertOnlyAdded(t *testing.T, in, out []byte, placement *Placement) {
 	if err := json.Unmarshal(out, &b); err != nil {
 		t.Fatal(err)
 	}
+	undoNetRaw(a, b)
 	strip := func(m map[string]any) {
 		if md, ok := m["metadata"].(map[string]any); ok {
 			if ann, ok := md["annotations"].(map[string]any); ok {
 				delete(ann, defaults.IdentitiesAnnotation)
+				delete(ann, defaults.SecurityWarningsAnnotation)
 				if len(ann) == 0 {
 					delete(md, "annotations")
 				}
@@ -255,6 +262,55 @@ func assertOnlyAdded(t *testing.T, in, out []byte, placement *Placement) {
 	}
 }
 
+// undoNetRaw removes from every user container of out (a decoded pod) the NET_RAW the webhook added to its
+// capabilities.drop, and the securityContext, capabilities and drop members it had to create for that, where
+// the same container of in (by name) did not have them.
+func undoNetRaw(in, out map[string]any) {
+	members := func(pod map[string]any) map[string]map[string]any {
+		byName := map[string]map[string]any{}
+		spec, _ := pod["spec"].(map[string]any)
+		for _, key := range []string{"initContainers", "containers"} {
+			list, _ := spec[key].([]any)
+			for _, e := range list {
+				c, _ := e.(map[string]any)
+				name, _ := c["name"].(string)
+				byName[name] = c
+			}
+		}
+		return byName
+	}
+	before := members(in)
+	// restore puts member key of m back as it was in was: absent, null, or (when out's is empty) what it was.
+	restore := func(m, was map[string]any, key string, empty bool) {
+		prev, had := was[key]
+		switch {
+		case !had && empty:
+			delete(m, key)
+		case had && prev == nil:
+			m[key] = nil
+		}
+	}
+	for name, c := range members(out) {
+		was, ok := before[name]
+		if !ok {
+			continue // ours
+		}
+		wasSC, _ := was["securityContext"].(map[string]any)
+		wasCaps, _ := wasSC["capabilities"].(map[string]any)
+		wasDrop, _ := wasCaps["drop"].([]any)
+		sc, _ := c["securityContext"].(map[string]any)
+		caps, _ := sc["capabilities"].(map[string]any)
+		drop, _ := caps["drop"].([]any)
+		if len(drop) != len(wasDrop)+1 || drop[len(drop)-1] != "NET_RAW" {
+			continue // nothing added: left to the comparison
+		}
+		caps["drop"] = drop[:len(drop)-1]
+		restore(caps, wasCaps, "drop", len(drop) == 1)
+		restore(sc, wasSC, "capabilities", len(caps) == 0)
+		restore(c, was, "securityContext", len(sc) == 0)
+	}
+}
+
 // TestGoldenCoverage keeps the suite honest: every action and every skip and deny reason has a case.
 func TestGoldenCoverage(t *testing.T) {
 	if *update {
@@ -278,7 +334,8 @@ func TestGoldenCoverage(t *testing.T) {
 	for _, r := range []string{string(ActionInject), string(ActionUnchanged), string(ActionSkip), string(ActionDeny),
 		string(ReasonOptOut), string(ReasonException), string(ReasonHostNetwork), string(ReasonWindows),
 		string(ReasonPrivileged), string(ReasonNetCapability), string(ReasonSidecarUID), string(ReasonHostNetworkBinding),
-		string(ReasonNameCollision), string(ReasonTampered), string(ReasonUIDChange), string(ReasonPoolConflict)} {
+		string(ReasonNameCollision), string(ReasonTampered), string(ReasonUIDChange), string(ReasonPoolConflict),
+		string(ReasonCapability)} {
 		if !seen[r] {
 			missing = append(missing, r)
 		}

@@ -48,6 +48,7 @@ const (
 	ReasonInvalidPod         Reason = "invalid-pod"
 	ReasonPrivileged         Reason = "privileged"
 	ReasonNetCapability      Reason = "net-capability"
+	ReasonCapability         Reason = "capability" // SYS_ADMIN, SYS_PTRACE, SYS_MODULE, BPF
 	ReasonSidecarUID         Reason = "sidecar-uid"
 	ReasonHostNetworkBinding Reason = "host-network-binding"
 	ReasonNameCollision      Reason = "name-collision"
@@ -73,6 +74,11 @@ type Decision struct {
 	Patch    []jsonpatch.JsonPatchOperation
 	// Identities are the identities recorded in the pod annotation (nil unless injected).
 	Identities []binding.Identity
+	// SecurityWarnings are the reasons the pod is admitted in a state that weakens its isolation (a skip in an
+	// opted-in namespace, a container able to change to the exempt uid under --uid-change-policy=warn). The
+	// patch records them in the pod annotation podidentity.io/security-warnings; the caller turns them into
+	// Warning Events and metrics.
+	SecurityWarnings []Reason
 	// Unresolved is set when the pod asks for identities (label aadpodidbinding) and the bindings and
 	// identities given to Decide bound none of them, or a binding that selects the pod named an identity it
 	// could not use. When those came from a cache, it may only lag behind the API server: the caller should
@@ -108,23 +114,22 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	if pod.Namespace == "" {
 		pod.Namespace = namespace
 	}
-	// Whatever happens next, only the webhook may set the identities annotation.
-	_, forged := pod.Annotations[defaults.IdentitiesAnnotation]
+	skip := func(r Reason, msg string) Decision { return skipped(pod, shape, r, msg) }
 
 	if isWindows(pod) {
-		return skip(forged, ReasonWindows, "Windows pods are not injected (the redirect needs Linux nftables): the pod can reach the node's IMDS directly; schedule identity-bearing workloads on Linux nodes")
+		return skip(ReasonWindows, "Windows pods are not injected (the redirect needs Linux nftables): the pod can reach the node's IMDS directly; schedule identity-bearing workloads on Linux nodes")
 	}
 	if pod.Spec.HostNetwork {
 		if binding.Selector(pod) != "" {
 			return deny(ReasonHostNetworkBinding, "a hostNetwork pod cannot be isolated from the node's IMDS, so it cannot use label "+aadv1.PodLabelBinding+"; remove hostNetwork: true or the label")
 		}
-		return skip(forged, ReasonHostNetwork, "hostNetwork pods are not injected: the pod shares the node's network and can reach the node's IMDS directly")
+		return skip(ReasonHostNetwork, "hostNetwork pods are not injected: the pod shares the node's network and can reach the node's IMDS directly")
 	}
 	if strings.EqualFold(pod.Annotations[defaults.InjectAnnotation], "false") {
-		return skip(forged, ReasonOptOut, "annotation "+defaults.InjectAnnotation+"=false: not injected; the pod can reach the node's IMDS directly")
+		return skip(ReasonOptOut, "annotation "+defaults.InjectAnnotation+"=false: not injected; the pod can reach the node's IMDS directly")
 	}
 	if name, ok := binding.Excepted(pod, cluster.Exceptions); ok {
-		return skip(forged, ReasonException, "AzurePodIdentityException "+name+" matches the pod's labels: not injected; the pod can reach the node's IMDS directly")
+		return skip(ReasonException, "AzurePodIdentityException "+name+" matches the pod's labels: not injected; the pod can reach the node's IMDS directly")
 	}
 	if d, bad := guard(pod, s); bad {
 		return d
@@ -132,6 +137,10 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	d, denied, warnings := uidChangeDecision(uidChangeFindings(pod, s, false), s.UIDChangePolicy)
 	if denied {
 		return d
+	}
+	var security []Reason
+	if len(warnings) > 0 {
+		security = append(security, ReasonUIDChange)
 	}
 
 	ids, problems := binding.Resolve(pod, cluster.Bindings, cluster.Identities, binding.Options{ForceNamespaced: s.ForceNamespaced})
@@ -149,15 +158,17 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	if inj, collision := injectedState(pod); collision != "" {
 		return deny(ReasonNameCollision, collision)
 	} else if inj.present {
-		d := reinvoked(raw, pod, inj, ids, secretVols, warnings, s)
+		d := reinvoked(raw, pod, inj, ids, secretVols, warnings, security, s)
 		if d.Action != ActionDeny {
 			d.Patch = append(d.Patch, placement...)
 			d.Unresolved = unresolved
+			d.SecurityWarnings = security
 		}
 		return d
 	}
 
-	var patch []jsonpatch.JsonPatchOperation
+	// Before ours are inserted, while the user containers keep their indices.
+	patch := dropNetRaw(pod)
 	sidecar := in.sidecarJSON
 	if len(secretVols) > 0 {
 		sidecar = mustJSON(SidecarContainer(s, secretVols))
@@ -192,8 +203,24 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 		}
 	}
 	patch = append(patch, placement...)
-	patch = append(patch, annotationPatch(pod, shape, binding.Encode(ids))...)
-	return Decision{Action: ActionInject, Warnings: warnings, Patch: patch, Identities: nonNil(ids), Unresolved: unresolved}
+	patch = append(patch, annotationsPatch(pod, shape, ownAnnotations(ids, security))...)
+	return Decision{Action: ActionInject, Warnings: warnings, Patch: patch, Identities: nonNil(ids), Unresolved: unresolved, SecurityWarnings: security}
+}
+
+// ownAnnotations are the values of the annotations only the webhook sets, for an injected pod: "" removes one.
+func ownAnnotations(ids []binding.Identity, security []Reason) map[string]string {
+	return map[string]string{
+		defaults.IdentitiesAnnotation:       binding.Encode(ids),
+		defaults.SecurityWarningsAnnotation: joinReasons(security),
+	}
+}
+
+func joinReasons(rs []Reason) string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		parts[i] = string(r)
+	}
+	return strings.Join(parts, ",")
 }
 
 // podShape records which parts of the raw object exist, since JSON patch cannot add below a missing member.
@@ -278,26 +305,55 @@ func readPod(raw []byte) (*corev1.Pod, podShape, error) {
 	return pod, podShape{hasMetadata: v.Metadata != nil}, nil
 }
 
-func annotationPatch(pod *corev1.Pod, shape podShape, value string) []jsonpatch.JsonPatchOperation {
-	if cur, ok := pod.Annotations[defaults.IdentitiesAnnotation]; ok && cur == value {
-		return nil
+// annotationsPatch sets the annotations in want (removing those whose value is ""), leaving what already
+// matches untouched. JSON patch cannot add below a missing member, so a missing metadata or annotations
+// object is added whole.
+func annotationsPatch(pod *corev1.Pod, shape podShape, want map[string]string) []jsonpatch.JsonPatchOperation {
+	keys := make([]string, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	set := map[string]string{}
+	var remove []string
+	for _, k := range keys {
+		cur, ok := pod.Annotations[k]
+		switch v := want[k]; {
+		case v == "" && ok:
+			remove = append(remove, k)
+		case v != "" && (!ok || cur != v):
+			set[k] = v
+		}
 	}
 	switch {
+	case len(set) == 0 && len(remove) == 0:
+		return nil
 	case !shape.hasMetadata:
-		return []jsonpatch.JsonPatchOperation{op("add", "/metadata", map[string]any{"annotations": map[string]string{defaults.IdentitiesAnnotation: value}})}
+		return []jsonpatch.JsonPatchOperation{op("add", "/metadata", map[string]any{"annotations": set})}
 	case len(pod.Annotations) == 0:
-		return []jsonpatch.JsonPatchOperation{op("add", "/metadata/annotations", map[string]string{defaults.IdentitiesAnnotation: value})}
-	default:
-		// add replaces an existing member: a value the user forged is overwritten.
-		return []jsonpatch.JsonPatchOperation{op("add", "/metadata/annotations/"+escape(defaults.IdentitiesAnnotation), value)}
+		return []jsonpatch.JsonPatchOperation{op("add", "/metadata/annotations", set)}
 	}
+	var ops []jsonpatch.JsonPatchOperation
+	for _, k := range keys {
+		if v, ok := set[k]; ok {
+			// add replaces an existing member: a value the user forged is overwritten.
+			ops = append(ops, op("add", "/metadata/annotations/"+escape(k), v))
+		}
+	}
+	for _, k := range remove {
+		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "remove", Path: "/metadata/annotations/" + escape(k)})
+	}
+	return ops
 }
 
-func skip(forged bool, r Reason, msg string) Decision {
-	d := Decision{Action: ActionSkip, Reason: r, Message: msg, Warnings: []string{"podidentity: " + msg}}
-	if forged {
-		// The annotation names identities; on a pod the webhook did not inject, it is a claim nobody checked.
-		d.Patch = []jsonpatch.JsonPatchOperation{{Operation: "remove", Path: "/metadata/annotations/" + escape(defaults.IdentitiesAnnotation)}}
+// skipped admits the pod without injection. Every skip happens in an opted-in namespace and leaves the pod
+// able to reach the node's IMDS directly, so it is a security warning, recorded in the pod's annotation; an
+// identities annotation the pod carries is removed: on a pod the webhook did not inject, it is a claim nobody
+// checked.
+func skipped(pod *corev1.Pod, shape podShape, r Reason, msg string) Decision {
+	d := Decision{Action: ActionSkip, Reason: r, Message: msg, Warnings: []string{"podidentity: " + msg}, SecurityWarnings: []Reason{r}}
+	d.Patch = annotationsPatch(pod, shape, map[string]string{defaults.IdentitiesAnnotation: "", defaults.SecurityWarningsAnnotation: string(r)})
+	if _, forged := pod.Annotations[defaults.IdentitiesAnnotation]; forged {
 		d.Warnings = append(d.Warnings, "podidentity: removed annotation "+defaults.IdentitiesAnnotation+": only the webhook sets it")
 	}
 	return d
@@ -322,8 +378,29 @@ func guard(pod *corev1.Pod, s Settings) (Decision, bool) {
 	return Decision{}, false
 }
 
-// checkContainer refuses a user container that is privileged, adds NET_ADMIN or NET_RAW, or runs as the
-// sidecar's uid. Our own containers (by name) are checked elsewhere: a collision or a tampered copy.
+// refusedCapability says whether no user container of an injected pod may add the capability (name without
+// "CAP_", upper case), and what it would let the container do to the isolation.
+func refusedCapability(name string) (Reason, string, bool) {
+	switch name {
+	case "ALL", "NET_ADMIN":
+		return ReasonNetCapability, "could undo or bypass the IMDS redirect", true
+	case "NET_RAW":
+		return ReasonNetCapability, "could send packets around the IMDS redirect (packet sockets skip the pod's nftables rules)", true
+	case "SYS_ADMIN":
+		return ReasonCapability, "could join the token sidecar's cgroup, whose sockets the redirect exempts, or leave the pod's network namespace", true
+	case "SYS_PTRACE":
+		return ReasonCapability, "could take over the token sidecar's process and its exempt sockets", true
+	case "SYS_MODULE":
+		return ReasonCapability, "could load kernel code that bypasses the IMDS redirect", true
+	case "BPF":
+		return ReasonCapability, "could load programs that change how the kernel handles the pod's traffic", true
+	}
+	return "", "", false
+}
+
+// checkContainer refuses a user container that is privileged, adds a capability that could undo or bypass
+// the redirect, or (under the uid exemption) runs as the sidecar's uid. Our own containers (by name) are
+// checked elsewhere: a collision or a tampered copy.
 func checkContainer(pod *corev1.Pod, s Settings, kind string, c *corev1.Container) (Decision, bool) {
 	if kind != "ephemeral container" && (c.Name == defaults.InitContainerName || c.Name == defaults.SidecarContainerName) {
 		return Decision{}, false
@@ -334,11 +411,13 @@ func checkContainer(pod *corev1.Pod, s Settings, kind string, c *corev1.Containe
 	}
 	if sc != nil && sc.Capabilities != nil {
 		for _, cp := range sc.Capabilities.Add {
-			n := strings.TrimPrefix(strings.ToUpper(string(cp)), "CAP_")
-			if n == "NET_ADMIN" || n == "NET_RAW" || n == "ALL" {
-				return deny(ReasonNetCapability, fmt.Sprintf("%s %q adds capability %s and could undo or bypass the IMDS redirect; remove it from securityContext.capabilities.add", kind, c.Name, cp)), true
+			if reason, why, refused := refusedCapability(strings.TrimPrefix(strings.ToUpper(string(cp)), "CAP_")); refused {
+				return deny(reason, fmt.Sprintf("%s %q adds capability %s and %s; remove it from securityContext.capabilities.add", kind, c.Name, cp, why)), true
 			}
 		}
+	}
+	if s.Exemption != ExemptionUID {
+		return Decision{}, false // no uid is exempt: running as the sidecar's uid gains nothing
 	}
 	var uid *int64
 	if pod.Spec.SecurityContext != nil {
@@ -447,7 +526,7 @@ func injectedState(pod *corev1.Pod) (injection, string) {
 // one changed the pod, or a pod created from an injected pod's spec. Ours must be exactly what this webhook
 // injects (else a user could ship a redirect that does nothing); the init container must come first and the
 // native sidecar second, and the annotation must match the bindings. Anything already right stays untouched.
-func reinvoked(raw []byte, pod *corev1.Pod, inj injection, ids []binding.Identity, secretVols []SecretVolume, warnings []string, s Settings) Decision {
+func reinvoked(raw []byte, pod *corev1.Pod, inj injection, ids []binding.Identity, secretVols []SecretVolume, warnings []string, security []Reason, s Settings) Decision {
 	want := InitContainer(s)
 	if !sameSecurity(&pod.Spec.InitContainers[inj.initIndex], &want) {
 		return deny(ReasonTampered, "the pod carries a podidentity-init container that differs from the one this webhook injects; remove podidentity-init and podidentity-sidecar from the pod spec and let the webhook inject them")
@@ -465,7 +544,8 @@ func reinvoked(raw []byte, pod *corev1.Pod, inj injection, ids []binding.Identit
 	if inj.sidecarInit && (sidecar.RestartPolicy == nil || *sidecar.RestartPolicy != corev1.ContainerRestartPolicyAlways) {
 		return deny(ReasonTampered, "the pod carries a podidentity-sidecar init container without restartPolicy: Always; remove podidentity-init and podidentity-sidecar from the pod spec and let the webhook inject them")
 	}
-	var patch []jsonpatch.JsonPatchOperation
+	// User containers first, at their current indices (another webhook may have added some).
+	patch := dropNetRaw(pod)
 	// Another webhook may have put its init containers before ours: move ours back to the front, so that
 	// nothing runs before the redirect. Moved containers are copied raw, so no field of theirs is lost.
 	initIdx, sideIdx := inj.initIndex, inj.sidecarIndex
@@ -497,7 +577,7 @@ func reinvoked(raw []byte, pod *corev1.Pod, inj injection, ids []binding.Identit
 				op("add", "/spec/initContainers/1", spec.InitContainers[rawSidecar]))
 		}
 	}
-	patch = append(patch, annotationPatch(pod, podShape{hasMetadata: true}, binding.Encode(ids))...)
+	patch = append(patch, annotationsPatch(pod, podShape{hasMetadata: true}, ownAnnotations(ids, security))...)
 	return Decision{Action: ActionUnchanged, Warnings: warnings, Patch: patch, Identities: nonNil(ids)}
 }
 

@@ -1,6 +1,8 @@
 package inject
 
 import (
+	"fmt"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
@@ -16,9 +18,11 @@ type Settings struct {
 	// SidecarPort is the sidecar's loopback token port, HealthPort its probe and metrics port.
 	SidecarPort int32
 	HealthPort  int32
-	// SidecarUID is the sidecar's uid: the init container exempts exactly this uid from the redirect, so no
-	// other container of the pod may run as it.
+	// SidecarUID is the uid the sidecar serves as. With ExemptionUID it is also the one uid the redirect
+	// exempts, so no other container of the pod may run as it or be able to change to it.
 	SidecarUID int64
+	// Exemption is how the sidecar's own traffic passes the redirect (see init/README.md).
+	Exemption Exemption
 
 	IMDSAddress string
 	IMDSPort    int32
@@ -59,8 +63,32 @@ func DefaultSettings() Settings {
 		SidecarResources:       Resources("10m", "32Mi", "200m", "64Mi"),
 		InitResources:          Resources("10m", "16Mi", "100m", "32Mi"),
 		MetadataHeaderRequired: true,
-		UIDChangePolicy:        UIDChangeWarn,
+		Exemption:              ExemptionCgroup,
+		UIDChangePolicy:        UIDChangeDeny,
 	}
+}
+
+// Exemption is how the redirect lets the sidecar's own traffic through to the node's IMDS.
+type Exemption string
+
+const (
+	// ExemptionCgroup: the init container exempts nobody; the sidecar starts as root with NET_ADMIN, SETUID
+	// and SETGID only, exempts its own container's cgroup and drops to SidecarUID with no capabilities
+	// before it serves. No other container can join that cgroup, whatever its uid (the default).
+	ExemptionCgroup Exemption = "cgroup"
+	// ExemptionUID: the init container exempts SidecarUID; the sidecar runs as it from the start. Any
+	// container able to become that uid bypasses the redirect, so UIDChangePolicy applies. Only for nodes
+	// whose kernel cannot match cgroups (Linux < 5.13, cgroup v1 only).
+	ExemptionUID Exemption = "uid"
+)
+
+// ParseExemption reads a --sidecar-exemption value.
+func ParseExemption(v string) (Exemption, error) {
+	switch e := Exemption(v); e {
+	case ExemptionCgroup, ExemptionUID:
+		return e, nil
+	}
+	return "", fmt.Errorf("%q: use cgroup or uid", v)
 }
 
 // Resources builds requests and limits from quantities; it panics on a malformed quantity, so callers with

@@ -9,15 +9,16 @@ import (
 	"github.com/podidentity/podidentity/internal/defaults"
 )
 
-// UIDChangePolicy says what the webhook does with a user container that is able to change its uid: such a
-// container can setuid to the sidecar's uid, whose sockets the init container's rules exempt, and reach the
-// node's IMDS for every identity attached to the node.
+// UIDChangePolicy says what the webhook does, under the uid exemption (ExemptionUID), with a user container
+// that is able to change its uid: such a container can setuid to the sidecar's uid, whose sockets the init
+// container's rules then exempt, and reach the node's IMDS for every identity attached to the node. Under the
+// cgroup exemption (the default) a uid change gains nothing and the policy is not consulted.
 type UIDChangePolicy string
 
 const (
-	// UIDChangeWarn admits and injects the pod with an admission warning (the default, for migration).
+	// UIDChangeWarn admits and injects the pod with an admission warning, a Warning Event and a metric.
 	UIDChangeWarn UIDChangePolicy = "warn"
-	// UIDChangeDeny refuses the pod: this closes the hole.
+	// UIDChangeDeny refuses the pod: this closes the hole (the default).
 	UIDChangeDeny UIDChangePolicy = "deny"
 	// UIDChangeIgnore checks nothing.
 	UIDChangeIgnore UIDChangePolicy = "ignore"
@@ -88,7 +89,7 @@ func uidChangeMessage(kind, name string, sidecarUID int64) string {
 // Ephemeral containers are listed only when withEphemeral (they exist only on the ephemeralcontainers
 // subresource).
 func uidChangeFindings(pod *corev1.Pod, s Settings, withEphemeral bool) []string {
-	if s.UIDChangePolicy == UIDChangeIgnore {
+	if s.UIDChangePolicy == UIDChangeIgnore || s.Exemption != ExemptionUID {
 		return nil
 	}
 	var out []string

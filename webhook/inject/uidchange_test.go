@@ -84,9 +84,17 @@ func TestUIDChangeDecide(t *testing.T) {
 		{"deny: pod-level runAsNonRoot with container no escalation", UIDChangeDeny, `{"spec":{"securityContext":{"runAsNonRoot":true},"containers":[{"name":"app","image":"x","securityContext":{"allowPrivilegeEscalation":false}}]}}`, ActionInject, nil},
 		{"deny: skipped pods are not checked", UIDChangeDeny, `{"metadata":{"annotations":{"podidentity.io/inject":"false"}},"spec":{"containers":[` + root + `]}}`, ActionSkip, nil},
 	}
+	t.Run("cgroup exemption: a root container gains nothing by a uid change", func(t *testing.T) {
+		s := DefaultSettings() // cgroup exemption, policy deny
+		d := Decide([]byte(`{"spec":{"containers":[`+root+`]}}`), "default", Cluster{}, s)
+		if d.Action != ActionInject || len(d.SecurityWarnings) != 0 {
+			t.Errorf("action %s, security warnings %v; want injected without any", d.Action, d.SecurityWarnings)
+		}
+	})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := DefaultSettings()
+			s.Exemption = ExemptionUID
 			s.UIDChangePolicy = tc.policy
 			d := Decide([]byte(tc.pod), "default", Cluster{}, s)
 			if d.Action != tc.wantAction {

@@ -3,6 +3,7 @@ package inject
 import (
 	"fmt"
 
+	jsonpatch "gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 
@@ -13,7 +14,7 @@ import (
 const ReasonProtectedUpdate Reason = "protected-update"
 
 // ProtectedChange reports what an update of a running pod changes among the things only the webhook and the
-// assigner own: the identities annotation and the injected containers. "" means nothing protected changed.
+// assigner own: the identities and security-warnings annotations and the injected containers. "" means nothing protected changed.
 func ProtectedChange(oldRaw, newRaw []byte) (string, error) {
 	oldPod, _, err := readPod(oldRaw)
 	if err != nil {
@@ -23,10 +24,12 @@ func ProtectedChange(oldRaw, newRaw []byte) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("new object: %w", err)
 	}
-	ov, oOK := oldPod.Annotations[defaults.IdentitiesAnnotation]
-	nv, nOK := newPod.Annotations[defaults.IdentitiesAnnotation]
-	if ov != nv || oOK != nOK {
-		return "annotation " + defaults.IdentitiesAnnotation, nil
+	for _, key := range []string{defaults.IdentitiesAnnotation, defaults.SecurityWarningsAnnotation} {
+		ov, oOK := oldPod.Annotations[key]
+		nv, nOK := newPod.Annotations[key]
+		if ov != nv || oOK != nOK {
+			return "annotation " + key, nil
+		}
 	}
 	for _, name := range []string{defaults.InitContainerName, defaults.SidecarContainerName} {
 		if !equality.Semantic.DeepEqual(findContainer(oldPod, name), findContainer(newPod, name)) {
@@ -47,30 +50,45 @@ func findContainer(pod *corev1.Pod, name string) *corev1.Container {
 	return nil
 }
 
-// EphemeralDenial checks the ephemeral containers of a pods/ephemeralcontainers update (kubectl debug): one
-// that is privileged, adds NET_ADMIN/NET_RAW or runs as the sidecar's uid could undo or bypass the redirect,
-// and one able to change its uid is handled by s.UIDChangePolicy. It returns a denial reason and message ("" when
-// admitted) and the admission warnings (--uid-change-policy=warn).
-func EphemeralDenial(newRaw []byte, s Settings) (Reason, string, []string, error) {
+// EphemeralDecision checks the ephemeral containers of a pods/ephemeralcontainers update (kubectl debug) of an
+// injected pod: one that is privileged or adds a refused capability could undo or bypass the redirect, and
+// (under the uid exemption) one able to change its uid is handled by s.UIDChangePolicy. It returns a denial
+// reason and message ("" when admitted), the admission warnings (--uid-change-policy=warn), and the patch
+// that makes the ephemeral containers the update adds drop NET_RAW (those already in oldRaw cannot change).
+func EphemeralDecision(oldRaw, newRaw []byte, s Settings) (Reason, string, []string, []jsonpatch.JsonPatchOperation, error) {
 	pod, _, err := readPod(newRaw)
 	if err != nil {
-		return "", "", nil, err
+		return "", "", nil, nil, err
 	}
 	if findContainer(pod, defaults.InitContainerName) == nil {
-		return "", "", nil, nil // not injected: nothing to protect
+		return "", "", nil, nil, nil // not injected: nothing to protect
 	}
+	existing := map[string]bool{}
+	if len(oldRaw) > 0 {
+		old, _, err := readPod(oldRaw)
+		if err != nil {
+			return "", "", nil, nil, fmt.Errorf("old object: %w", err)
+		}
+		for _, ec := range old.Spec.EphemeralContainers {
+			existing[ec.Name] = true
+		}
+	}
+	var patch []jsonpatch.JsonPatchOperation
 	for i := range pod.Spec.EphemeralContainers {
 		ec := &pod.Spec.EphemeralContainers[i]
 		c := corev1.Container{Name: ec.Name, SecurityContext: ec.SecurityContext}
 		if d, bad := checkContainer(pod, s, "ephemeral container", &c); bad {
-			return d.Reason, d.Message, nil, nil
+			return d.Reason, d.Message, nil, nil, nil
+		}
+		if !existing[ec.Name] {
+			patch = append(patch, dropNetRawOps(fmt.Sprintf("/spec/ephemeralContainers/%d", i), ec.SecurityContext)...)
 		}
 	}
 	// Only the ephemeral containers: the others were checked when the pod was created.
 	only := &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: pod.Spec.SecurityContext, EphemeralContainers: pod.Spec.EphemeralContainers}}
 	d, denied, warnings := uidChangeDecision(uidChangeFindings(only, s, true), s.UIDChangePolicy)
 	if denied {
-		return d.Reason, d.Message, nil, nil
+		return d.Reason, d.Message, nil, nil, nil
 	}
-	return "", "", warnings, nil
+	return "", "", warnings, patch, nil
 }

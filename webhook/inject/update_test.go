@@ -72,45 +72,64 @@ func TestEphemeralDenial(t *testing.T) {
 	uid := int64(defaults.SidecarUID)
 	dropAll := &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
 	tests := []struct {
-		name     string
-		policy   UIDChangePolicy
-		mutate   func(*corev1.Pod)
-		want     Reason
-		wantWarn int
+		name      string
+		exemption Exemption // "" means ExemptionUID: the uid change policy applies
+		policy    UIDChangePolicy
+		mutate    func(*corev1.Pod)
+		want      Reason
+		wantWarn  int
+		wantPatch int // operations (NET_RAW dropped from a new debug container)
 	}{
-		{"plain debug container, warn", UIDChangeWarn, debug(nil), "", 1},
-		{"plain debug container, deny", UIDChangeDeny, debug(nil), ReasonUIDChange, 0},
-		{"plain debug container, ignore", UIDChangeIgnore, debug(nil), "", 0},
-		{"debug container drops ALL, deny", UIDChangeDeny, debug(dropAll), "", 0},
-		{"privileged", UIDChangeWarn, debug(&corev1.SecurityContext{Privileged: ptr(true)}), ReasonPrivileged, 0},
-		{"net raw", UIDChangeWarn, debug(&corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"CAP_NET_RAW"}}}), ReasonNetCapability, 0},
-		{"sidecar uid", UIDChangeWarn, debug(&corev1.SecurityContext{RunAsUser: &uid}), ReasonSidecarUID, 0},
-		{"named like our sidecar", UIDChangeWarn, func(p *corev1.Pod) {
+		{"cgroup exemption: plain debug container drops NET_RAW", ExemptionCgroup, UIDChangeDeny, debug(nil), "", 0, 1},
+		{"cgroup exemption: root debug container as the sidecar's uid", ExemptionCgroup, UIDChangeDeny, debug(&corev1.SecurityContext{RunAsUser: &uid}), "", 0, 1},
+		{"cgroup exemption: drops ALL already", ExemptionCgroup, UIDChangeDeny, debug(dropAll), "", 0, 0},
+		{"cgroup exemption: SYS_PTRACE", ExemptionCgroup, UIDChangeDeny, debug(&corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"SYS_PTRACE"}}}), ReasonCapability, 0, 0},
+		{"cgroup exemption: SYS_ADMIN", ExemptionCgroup, UIDChangeDeny, debug(&corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"sys_admin"}}}), ReasonCapability, 0, 0},
+		{"plain debug container, warn", "", UIDChangeWarn, debug(nil), "", 1, 1},
+		{"plain debug container, deny", "", UIDChangeDeny, debug(nil), ReasonUIDChange, 0, 0},
+		{"plain debug container, ignore", "", UIDChangeIgnore, debug(nil), "", 0, 1},
+		{"debug container drops ALL, deny", "", UIDChangeDeny, debug(dropAll), "", 0, 0},
+		{"privileged", "", UIDChangeWarn, debug(&corev1.SecurityContext{Privileged: ptr(true)}), ReasonPrivileged, 0, 0},
+		{"net raw", "", UIDChangeWarn, debug(&corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"CAP_NET_RAW"}}}), ReasonNetCapability, 0, 0},
+		{"sidecar uid", "", UIDChangeWarn, debug(&corev1.SecurityContext{RunAsUser: &uid}), ReasonSidecarUID, 0, 0},
+		{"named like our sidecar", "", UIDChangeWarn, func(p *corev1.Pod) {
 			debug(&corev1.SecurityContext{RunAsUser: &uid})(p)
 			p.Spec.EphemeralContainers[0].Name = defaults.SidecarContainerName
-		}, ReasonSidecarUID, 0},
-		{"named like our sidecar, root", UIDChangeDeny, func(p *corev1.Pod) {
+		}, ReasonSidecarUID, 0, 0},
+		{"named like our sidecar, root", "", UIDChangeDeny, func(p *corev1.Pod) {
 			debug(nil)(p)
 			p.Spec.EphemeralContainers[0].Name = defaults.SidecarContainerName
-		}, ReasonUIDChange, 0},
-		{"not injected: not ours to guard", UIDChangeDeny, func(p *corev1.Pod) {
+		}, ReasonUIDChange, 0, 0},
+		{"not injected: not ours to guard", "", UIDChangeDeny, func(p *corev1.Pod) {
 			debug(&corev1.SecurityContext{Privileged: ptr(true)})(p)
 			p.Spec.InitContainers = nil
-		}, "", 0},
+		}, "", 0, 0},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := DefaultSettings()
+			s.Exemption = ExemptionUID
+			if tc.exemption != "" {
+				s.Exemption = tc.exemption
+			}
 			s.UIDChangePolicy = tc.policy
-			r, msg, warnings, err := EphemeralDenial(injectedPod(t, tc.mutate), s)
+			newPod := injectedPod(t, tc.mutate)
+			r, msg, warnings, patch, err := EphemeralDecision(nil, newPod, s)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if r != tc.want || (r != "") != (msg != "") {
-				t.Errorf("EphemeralDenial = %q %q, want reason %q", r, msg, tc.want)
+				t.Errorf("EphemeralDecision = %q %q, want reason %q", r, msg, tc.want)
 			}
 			if len(warnings) != tc.wantWarn {
 				t.Errorf("warnings %q, want %d", warnings, tc.wantWarn)
+			}
+			if len(patch) != tc.wantPatch {
+				t.Errorf("patch %v, want %d operations", patch, tc.wantPatch)
+			}
+			// A debug container that the pod had before the update cannot change: no patch for it.
+			if _, _, _, again, err := EphemeralDecision(newPod, newPod, s); err != nil || len(again) != 0 {
+				t.Errorf("existing debug container patched: %v %v", again, err)
 			}
 			for _, w := range append(warnings, msg) {
 				if w != "" && !strings.Contains(w, `ephemeral container "`) {

@@ -103,6 +103,7 @@ func New(cfg *config.Config, rc *rest.Config, host string, log logr.Logger, tlsO
 		Synced:           mgr.GetCache().WaitForCacheSync,
 		Settings:         cfg.Inject,
 		Injector:         inject.NewInjector(cfg.Inject),
+		InjectionLabel:   cfg.InjectionLabel,
 		AssignerUsername: cfg.AssignerUsername,
 		Metrics:          m,
 		Events:           mgr.GetEventRecorder("podidentity-webhook"),
