@@ -13,21 +13,31 @@ import (
 	"time"
 )
 
-// Markers of the section of BENCHMARKS.md that the suite owns; everything outside them is left as it is.
-const (
-	SectionBegin = "<!-- BEGIN e2e figures: written by `go test ./test/e2e/`, do not edit by hand -->"
-	SectionEnd   = "<!-- END e2e figures -->"
+// Section is a part of BENCHMARKS.md that the suite owns, between two markers; everything outside the suite's
+// sections is left as it is.
+type Section struct{ Begin, End string }
+
+// The suite's sections: its figures, and the attacker matrix.
+var (
+	FiguresSection = Section{
+		Begin: "<!-- BEGIN e2e figures: written by `go test ./test/e2e/`, do not edit by hand -->",
+		End:   "<!-- END e2e figures -->",
+	}
+	MatrixSection = Section{
+		Begin: "<!-- BEGIN attacker matrix: written by `go test ./test/e2e/`, do not edit by hand -->",
+		End:   "<!-- END attacker matrix -->",
+	}
 )
 
-// ReplaceSection returns doc with the text between the markers replaced by body, or with a new marked section
-// appended when doc has none. A doc with a begin marker but no end marker after it is an error: the file was
-// damaged by hand and overwriting could lose text.
-func ReplaceSection(doc, body string) (string, error) {
-	section := SectionBegin + "\n" + strings.TrimRight(body, "\n") + "\n" + SectionEnd
-	b := strings.Index(doc, SectionBegin)
+// ReplaceSection returns doc with the text between the section's markers replaced by body, or with a new
+// marked section appended when doc has none. A doc with a begin marker but no end marker after it is an error:
+// the file was damaged by hand and overwriting could lose text.
+func ReplaceSection(doc string, sec Section, body string) (string, error) {
+	section := sec.Begin + "\n" + strings.TrimRight(body, "\n") + "\n" + sec.End
+	b := strings.Index(doc, sec.Begin)
 	if b < 0 {
-		if strings.Contains(doc, SectionEnd) {
-			return "", fmt.Errorf("BENCHMARKS.md has %q without %q before it: fix the markers by hand", SectionEnd, SectionBegin)
+		if strings.Contains(doc, sec.End) {
+			return "", fmt.Errorf("BENCHMARKS.md has %q without %q before it: fix the markers by hand", sec.End, sec.Begin)
 		}
 		if doc != "" && !strings.HasSuffix(doc, "\n") {
 			doc += "\n"
@@ -37,14 +47,14 @@ func ReplaceSection(doc, body string) (string, error) {
 		}
 		return doc + section + "\n", nil
 	}
-	e := strings.Index(doc[b:], SectionEnd)
+	e := strings.Index(doc[b:], sec.End)
 	if e < 0 {
-		return "", fmt.Errorf("BENCHMARKS.md has %q without %q after it: fix the markers by hand", SectionBegin, SectionEnd)
+		return "", fmt.Errorf("BENCHMARKS.md has %q without %q after it: fix the markers by hand", sec.Begin, sec.End)
 	}
-	if strings.Contains(doc[b+len(SectionBegin):], SectionBegin) {
-		return "", fmt.Errorf("BENCHMARKS.md has %q twice: fix the markers by hand", SectionBegin)
+	if strings.Contains(doc[b+len(sec.Begin):], sec.Begin) {
+		return "", fmt.Errorf("BENCHMARKS.md has %q twice: fix the markers by hand", sec.Begin)
 	}
-	return doc[:b] + section + doc[b+e+len(SectionEnd):], nil
+	return doc[:b] + section + doc[b+e+len(sec.End):], nil
 }
 
 // Figure is one measured number of the suite.
@@ -154,13 +164,28 @@ func Render(m Machine, outcomes []Outcome, figs []Figure) string {
 	return b.String()
 }
 
-// WriteSection replaces the suite's section of the markdown file at path (creating the file if needed).
-func WriteSection(path, body string) error {
+// RenderMatrix is the markdown of the attacker matrix: one row per route tried.
+func RenderMatrix(m Machine, rows []MatrixRow) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Last run: %s, `%s`, Linux %s.\n\n", m.When.Format("2006-01-02 15:04 MST"), m.Command, orUnknown(m.Kernel))
+	if len(rows) == 0 {
+		b.WriteString("No rows: the attacker scenarios did not run to their end.\n")
+		return b.String()
+	}
+	b.WriteString("| chart values | pod | route | verdict | where it was stopped |\n|---|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", cell(r.Mode), cell(r.Pod), cell(r.Route), cell(r.Verdict), cell(r.Stopped))
+	}
+	return b.String()
+}
+
+// WriteSection replaces a section of the suite in the markdown file at path (creating the file if needed).
+func WriteSection(path string, sec Section, body string) error {
 	doc, err := os.ReadFile(path)
 	if err != nil && !os.IsNotExist(err) {
 		return err
 	}
-	out, err := ReplaceSection(string(doc), body)
+	out, err := ReplaceSection(string(doc), sec, body)
 	if err != nil {
 		return err
 	}
@@ -174,4 +199,4 @@ func orUnknown(s string) string {
 	return s
 }
 
-func cell(s string) string { return strings.ReplaceAll(s, "|", "\\|") }
+func cell(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "|", "\\|"), "\n", " ") }

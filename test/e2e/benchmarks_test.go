@@ -7,6 +7,7 @@ import (
 )
 
 func TestReplaceSection(t *testing.T) {
+	SectionBegin, SectionEnd := FiguresSection.Begin, FiguresSection.End
 	sec := func(body string) string { return SectionBegin + "\n" + body + "\n" + SectionEnd }
 	tests := []struct {
 		name, doc, body, want, wantErr string
@@ -20,7 +21,7 @@ func TestReplaceSection(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := ReplaceSection(tt.doc, tt.body)
+			got, err := ReplaceSection(tt.doc, FiguresSection, tt.body)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("error = %v, want %q", err, tt.wantErr)
@@ -33,7 +34,7 @@ func TestReplaceSection(t *testing.T) {
 			if got != tt.want {
 				t.Errorf("got\n%q\nwant\n%q", got, tt.want)
 			}
-			if again, err := ReplaceSection(got, tt.body); err != nil || again != got {
+			if again, err := ReplaceSection(got, FiguresSection, tt.body); err != nil || again != got {
 				t.Errorf("replacing again changed the file: %v\n%q", err, again)
 			}
 		})

@@ -19,6 +19,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/product"
 	"github.com/podidentity/podidentity/test/e2e/apps"
@@ -55,6 +56,7 @@ func TestE2E(t *testing.T) {
 		{"job with the native sidecar completes", e.scenarioJob},
 		{"sandbox restart and detach on deletion", e.scenarioRestartAndDetach},
 		{"unlabelled namespace untouched, hostNetwork refused", e.scenarioUntouchedAndRefused},
+		{"attacker matrix: no route to an unbound identity", e.scenarioAttackMatrix},
 		{"webhook rolling restart admits every pod", e.scenarioWebhookRollout},
 		// Last: it changes the release and the node (undone at its end).
 		{"guard mode keeps identities to isolated pods", e.scenarioGuard},
@@ -68,10 +70,16 @@ func TestE2E(t *testing.T) {
 		}
 	}
 
+	cmd := "go test ./test/e2e/ -run " + flagValue("test.run", "TestE2E")
 	if figs := e.figures.List(); *writeFigures && len(figs) > 0 {
-		cmd := "go test ./test/e2e/ -run " + flagValue("test.run", "TestE2E")
 		body := "## Figures of the last run\n\n" + Render(ThisMachine(cmd, time.Now()), outcomes, figs)
-		if err := WriteSection("BENCHMARKS.md", body); err != nil {
+		if err := WriteSection("BENCHMARKS.md", FiguresSection, body); err != nil {
+			t.Errorf("writing BENCHMARKS.md: %v", err)
+		}
+	}
+	if rows := e.matrix.Rows(); *writeFigures && len(rows) > 0 {
+		body := "## Attacker matrix of the last run\n\n" + RenderMatrix(ThisMachine(cmd, time.Now()), rows)
+		if err := WriteSection("BENCHMARKS.md", MatrixSection, body); err != nil {
 			t.Errorf("writing BENCHMARKS.md: %v", err)
 		}
 	}
@@ -100,7 +108,7 @@ func setUp(ctx context.Context, t *testing.T) *env {
 	})
 	// controller-runtime's client logs through a global logger and prints a stack trace when none is set.
 	ctrllog.SetLogger(logr.Discard())
-	e := &env{cluster: c, figures: &Figures{}, imds: imdsAdmin{base: "http://" + cluster.IMDSAdminAddress}}
+	e := &env{cluster: c, figures: &Figures{}, matrix: &Matrix{}, imds: imdsAdmin{base: "http://" + cluster.IMDSAdminAddress}}
 	cfg := c.RESTConfig()
 	if e.cs, err = kubernetes.NewForConfig(cfg); err != nil {
 		t.Fatal(err)
@@ -128,6 +136,10 @@ func setUp(ctx context.Context, t *testing.T) *env {
 	}{
 		{apps.BuildGoClientImage, "goclient.tar", &e.goImage},
 		{apps.BuildJSClientImage, "jsclient.tar", &e.jsImage},
+		{func(ctx context.Context, tar string) (string, error) { return apps.BuildAttackerImage(ctx, tar, 0) }, "attacker.tar", &e.attackerImage},
+		{func(ctx context.Context, tar string) (string, error) {
+			return apps.BuildAttackerImage(ctx, tar, defaults.SidecarUID)
+		}, "attacker-sidecar-uid.tar", &e.attackerSidecarUIDImage},
 	} {
 		tar := filepath.Join(root, "bin", "e2e", b.tar)
 		if *b.ref, err = b.build(ctx, tar); err != nil {

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
+	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/product"
 )
@@ -143,6 +144,43 @@ func (e *env) scenarioGuard(t *testing.T) {
 		outcome += "; events: " + strings.Join(reasons, ", ")
 		t.Logf("pod with spec.nodeName on the tainted node: %s", outcome)
 		e.figures.Add(Figure{Scenario: "guard mode", Name: "un-injected pod with spec.nodeName on the tainted node", Value: outcome})
+	})
+
+	t.Run("pods without a redirect cannot run on the identity pool", func(t *testing.T) {
+		// The attacker matrix's side-door rows, with guard mode: the same pods never get onto the only node,
+		// which is the identity pool.
+		optedIn := e.namespace(t, "guard-optout", true)
+		hostNet := attackPod("host-network", e.attackerImage, "direct", id.ClientID, "")
+		hostNet.Spec.HostNetwork = true
+		optOut := attackPod("opted-out", e.attackerImage, "direct", id.ClientID, "")
+		optOut.Annotations = map[string]string{defaults.InjectAnnotation: "false"}
+		cases := []struct {
+			pod, ns string
+			spec    *corev1.Pod
+		}{
+			{"pod of a namespace without the opt-in label", untrusted, attackPod("plain", e.attackerImage, "direct", id.ClientID, "")},
+			{"hostNetwork pod", untrusted, hostNet},
+			{"opted-out pod (" + defaults.InjectAnnotation + ": \"false\") in an opted-in namespace", optedIn, optOut},
+		}
+		for _, c := range cases {
+			e.createPod(t, c.ns, c.spec)
+		}
+		for _, c := range cases {
+			p := e.waitPod(t, c.ns, c.spec.Name, "unschedulable", podTimeout, func(p *corev1.Pod) bool {
+				for _, cond := range p.Status.Conditions {
+					if cond.Type == corev1.PodScheduled && cond.Status == corev1.ConditionFalse && cond.Reason == corev1.PodReasonUnschedulable {
+						return true
+					}
+				}
+				return p.Status.Phase != corev1.PodPending
+			})
+			if p.Status.Phase != corev1.PodPending || p.Spec.NodeName != "" {
+				t.Errorf("%s: phase %s on node %q, want it kept off the identity pool", c.pod, p.Status.Phase, p.Spec.NodeName)
+				continue
+			}
+			e.matrix.Add(MatrixRow{Pod: c.pod, Route: "direct", Verdict: "no token", Mode: "guard mode",
+				Stopped: "never scheduled: the only node is the identity pool, whose NoExecute taint it does not tolerate (a toleration is refused by the guard policy)"})
+		}
 	})
 
 	t.Run("audit reports the pod planted before guard mode", func(t *testing.T) {

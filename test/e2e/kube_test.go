@@ -42,7 +42,10 @@ type env struct {
 	imds    imdsAdmin
 	goImage string
 	jsImage string
-	figures *Figures
+	// attackerImage runs as root; attackerSidecarUIDImage's USER is the sidecar's uid.
+	attackerImage, attackerSidecarUIDImage string
+	figures                                *Figures
+	matrix                                 *Matrix
 	// podidentityNamespace is where the chart runs the webhook and the assigner.
 	podidentityNamespace string
 	// release is the installed chart, for scenarios that change its values.

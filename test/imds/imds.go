@@ -11,6 +11,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -43,6 +44,10 @@ type Counters struct {
 	Tokens        int `json:"tokens"`
 	// TokensByClientID counts tokens issued per identity.
 	TokensByClientID map[string]int `json:"tokensByClientID"`
+	// TokensByCaller counts tokens issued per identity and caller: the key is "<client ID> <caller IP>", the
+	// caller being the source address of the request (in a cluster, the pod IP of whoever reached the node's
+	// IMDS: the token sidecar of a pod, or a pod that got around it).
+	TokensByCaller map[string]int `json:"tokensByCaller"`
 	// ByStatus counts token-path answers per HTTP status.
 	ByStatus map[int]int `json:"byStatus"`
 	// Throttled counts 429 answers caused by the rate or concurrency limit (not by injected faults).
@@ -106,7 +111,7 @@ func New(opts Options) *Server {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Server{opts: opts, counters: Counters{TokensByClientID: map[string]int{}, ByStatus: map[int]int{}}}
+	return &Server{opts: opts, counters: Counters{TokensByClientID: map[string]int{}, TokensByCaller: map[string]int{}, ByStatus: map[int]int{}}}
 }
 
 // SetAttached replaces the identities attached to the emulated VM.
@@ -163,6 +168,10 @@ func (s *Server) Counters() Counters {
 	c.TokensByClientID = make(map[string]int, len(s.counters.TokensByClientID))
 	for k, v := range s.counters.TokensByClientID {
 		c.TokensByClientID[k] = v
+	}
+	c.TokensByCaller = make(map[string]int, len(s.counters.TokensByCaller))
+	for k, v := range s.counters.TokensByCaller {
+		c.TokensByCaller[k] = v
 	}
 	c.ByStatus = make(map[int]int, len(s.counters.ByStatus))
 	for k, v := range s.counters.ByStatus {
@@ -317,6 +326,7 @@ func (s *Server) tokenStatus(w http.ResponseWriter, r *http.Request) int {
 	serial := s.serial
 	s.counters.Tokens++
 	s.counters.TokensByClientID[id.ClientID]++
+	s.counters.TokensByCaller[id.ClientID+" "+callerIP(r)]++
 	s.mu.Unlock()
 
 	now := s.opts.Now()
@@ -334,6 +344,15 @@ func (s *Server) tokenStatus(w http.ResponseWriter, r *http.Request) int {
 		"client_id":      id.ClientID,
 	})
 	return http.StatusOK
+}
+
+// callerIP is the request's source address without the port.
+func callerIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
 }
 
 // choose finds the attached identity a request selects; called with s.mu held.

@@ -20,6 +20,7 @@ import (
 const (
 	GoClientRepo = "podidentity.local/e2e-goclient"
 	JSClientRepo = "podidentity.local/e2e-jsclient"
+	AttackerRepo = "podidentity.local/e2e-attacker"
 )
 
 // AppUID is the uid (and gid) the apps run as: not root, and not the sidecar's uid (15078), whose traffic the
@@ -33,6 +34,7 @@ const NodePath = "/usr/bin/node"
 const (
 	GoClientPath = "/goclient"
 	JSClientDir  = "/app"
+	AttackerPath = "/attacker"
 )
 
 // RootDir is the repository's root (the directory of the main go.mod), found from this source file so the
@@ -81,26 +83,39 @@ func goTool() string {
 // BuildGoClientImage builds the Go client as a static binary and writes its image to outTar; it returns the
 // image reference (podidentity.local/e2e-goclient:<content hash>).
 func BuildGoClientImage(ctx context.Context, outTar string) (string, error) {
+	return buildGoImage(ctx, "./test/e2e/apps/goclient", GoClientRepo, GoClientPath, AppUID, outTar)
+}
+
+// BuildAttackerImage builds the attacker (attacker/) as a static binary and writes its image, whose USER is uid,
+// to outTar; it returns the image reference (podidentity.local/e2e-attacker:<content hash>). The suite builds
+// it for root and for the sidecar's uid.
+func BuildAttackerImage(ctx context.Context, outTar string, uid int) (string, error) {
+	return buildGoImage(ctx, "./test/e2e/apps/attacker", AttackerRepo, AttackerPath, uid, outTar)
+}
+
+// buildGoImage builds the Go main package pkg as a static binary and writes an image holding it at path, run as
+// uid, to outTar.
+func buildGoImage(ctx context.Context, pkg, repo, path string, uid int, outTar string) (string, error) {
 	root, dir, unlock, err := workDir()
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	bin := filepath.Join(dir, "goclient")
-	cmd := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./test/e2e/apps/goclient")
+	bin := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.CommandContext(ctx, goTool(), "build", "-trimpath", "-ldflags=-s -w", "-o", bin, pkg)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building the Go client: %w\n%s", err, out)
+		return "", fmt.Errorf("building %s: %w\n%s", pkg, err, out)
 	}
-	entries := append(userFiles(AppUID), entry{path: GoClientPath, mode: 0o755, src: bin})
+	entries := append(userFiles(uid), entry{path: path, mode: 0o755, src: bin})
 	return writeImage(imageSpec{
-		repo:       GoClientRepo,
+		repo:       repo,
 		entries:    entries,
-		entrypoint: []string{GoClientPath},
+		entrypoint: []string{path},
 		env:        []string{"PATH=/"},
 		workdir:    "/",
-		uid:        AppUID,
+		uid:        uid,
 	}, outTar)
 }
 
