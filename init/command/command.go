@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-logr/logr/funcr"
 
+	"github.com/podidentity/podidentity/init/probe"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/version"
@@ -32,6 +33,8 @@ const (
 	modeDryRun  mode = "dry-run"
 	modeVerify  mode = "verify"
 	modeCleanup mode = "cleanup"
+	// modeTraffic checks the redirect by sending traffic, without privileges (CNI mode's init container).
+	modeTraffic mode = "verify-traffic"
 )
 
 // options is the parsed command line.
@@ -66,6 +69,18 @@ func Run(args []string, stdout, stderr io.Writer) int {
 
 	if opts.mode == modeDryRun {
 		fmt.Fprint(stdout, plan(opts))
+		return ExitOK
+	}
+	if opts.mode == modeTraffic {
+		// No nftables at all: an unprivileged container cannot read them; it checks where its traffic goes.
+		started := time.Now()
+		err := probe.Check(probe.Config{IMDS: netip.AddrPortFrom(opts.cfg.IMDSAddress, opts.cfg.IMDSPort), OtherPort: otherPort(opts.cfg.IMDSPort), SidecarPort: opts.cfg.SidecarPort})
+		if err != nil {
+			log.Error(err, "failed", "mode", opts.mode)
+			fmt.Fprintf(stderr, "%s: %s FAILED; the pod must not start without the IMDS redirect:\n%v\n", programName, opts.mode, err)
+			return ExitFailed
+		}
+		log.Info("done", "mode", opts.mode, "result", "redirect and guard in place", "elapsed", time.Since(started).String(), "version", version.Version)
 		return ExitOK
 	}
 	started := time.Now()
@@ -111,6 +126,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		dryRun      = fs.Bool("dry-run", false, "print the ruleset that would be installed and change nothing")
 		verify      = fs.Bool("verify", false, "check that the live ruleset equals the desired one; exit 1 on drift")
 		cleanup     = fs.Bool("cleanup", false, "remove the project's table (and nothing else)")
+		traffic     = fs.Bool("verify-traffic", false, "without privileges: check that a connection to the IMDS address arrives at the sidecar's port and another port of it is refused (CNI mode, where a node plugin installs the rules); exit 1 otherwise")
 	)
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
@@ -123,14 +139,14 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	for _, m := range []struct {
 		set  bool
 		mode mode
-	}{{*dryRun, modeDryRun}, {*verify, modeVerify}, {*cleanup, modeCleanup}} {
+	}{{*dryRun, modeDryRun}, {*verify, modeVerify}, {*cleanup, modeCleanup}, {*traffic, modeTraffic}} {
 		if m.set {
 			opts.mode = m.mode
 			modes++
 		}
 	}
 	if modes > 1 {
-		return options{}, errors.New("--dry-run, --verify and --cleanup exclude each other: pass at most one")
+		return options{}, errors.New("--dry-run, --verify, --verify-traffic and --cleanup exclude each other: pass at most one")
 	}
 	for _, p := range []struct {
 		name  string
@@ -169,6 +185,15 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		return options{}, err
 	}
 	return opts, nil
+}
+
+// otherPort is a port of the IMDS address the guard must refuse: 443 (as IMDS has none), or 444 when the IMDS
+// port is 443.
+func otherPort(imdsPort uint16) uint16 {
+	if imdsPort == 443 {
+		return 444
+	}
+	return 443
 }
 
 // execute performs a mode against the kernel and returns a short word for the log.

@@ -410,3 +410,51 @@ func BenchmarkInitBinary(b *testing.B) {
 		}
 	}
 }
+
+// TestVerifyTraffic is CNI mode's init container: unprivileged (uid 65532, no capabilities), it passes only
+// when the pod's traffic to the IMDS address arrives at the sidecar's port and another port is refused, and it
+// fails, naming the missing piece, in a namespace without rules and in one with the fence of a pod that has no
+// sidecar.
+func TestVerifyTraffic(t *testing.T) {
+	requireNamespaces(t)
+	const unprivileged = 65532
+	cases := []struct {
+		name    string
+		rules   []string // podidentity-init arguments that install the rules first; nil: none
+		code    int
+		message string
+	}{
+		{"redirect installed", []string{}, 0, ""},
+		{"no rules", nil, 1, "the redirect is missing"},
+		{"fence of a pod without a sidecar", []string{"--fence"}, 1, "the redirect is missing"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			link := nstest.NewLink(t, defaults.IMDSAddress)
+			// The node answers on both ports: without the rules, the probe really reaches it.
+			serveBanner(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, fmt.Sprint(defaults.IMDSPort)), "node:80")
+			serveBanner(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, "443"), "node:443")
+			if tc.rules != nil {
+				if code, _, stderr := runInit(t, link.Pod, 0, tc.rules...); code != 0 {
+					t.Fatalf("installing the rules: exit %d:\n%s", code, stderr)
+				}
+			}
+			code, _, stderr := runInit(t, link.Pod, unprivileged, "--verify-traffic")
+			if code != tc.code || !strings.Contains(stderr, tc.message) {
+				t.Errorf("--verify-traffic as uid %d: exit %d, stderr:\n%s\nwant exit %d mentioning %q", unprivileged, code, stderr, tc.code, tc.message)
+			}
+		})
+	}
+	t.Run("guard missing", func(t *testing.T) {
+		link := nstest.NewLink(t, defaults.IMDSAddress)
+		serveBanner(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, "443"), "node:443")
+		if code, _, stderr := runInit(t, link.Pod, 0); code != 0 {
+			t.Fatalf("installing the redirect: exit %d:\n%s", code, stderr)
+		}
+		link.Pod.Cmd(t, "nft", "flush", "chain", "inet", redirect.TableName, redirect.GuardChain)
+		code, _, stderr := runInit(t, link.Pod, unprivileged, "--verify-traffic")
+		if code != 1 || !strings.Contains(stderr, "the guard is missing") {
+			t.Errorf("--verify-traffic without the guard: exit %d, stderr:\n%s", code, stderr)
+		}
+	})
+}
