@@ -12,8 +12,8 @@ import (
 	"github.com/go-logr/logr/funcr"
 
 	"github.com/podidentity/podidentity/init/probe"
-	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/version"
 )
 

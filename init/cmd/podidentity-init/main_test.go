@@ -18,9 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podidentity/podidentity/test/nstest"
-	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/redirect"
+	"github.com/podidentity/podidentity/test/nstest"
 )
 
 // dialEnv makes the test binary a one-shot TCP client: it dials the address in the variable, prints "ok
