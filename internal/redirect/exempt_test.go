@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podidentity/podidentity/test/nstest"
-	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/redirect"
+	"github.com/podidentity/podidentity/test/nstest"
 )
 
 // helperEnv makes the test binary a helper process for the exemption tests: "exempt-self" learns its own

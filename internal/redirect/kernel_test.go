@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podidentity/podidentity/test/nstest"
 	"github.com/podidentity/podidentity/internal/redirect"
+	"github.com/podidentity/podidentity/test/nstest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under init/testdata")

@@ -33,7 +33,7 @@ func InitContainer(s Settings) corev1.Container {
 		Image:           s.InitImage,
 		ImagePullPolicy: s.ImagePullPolicy,
 		Args:            args,
-		Resources: *s.InitResources.DeepCopy(),
+		Resources:       *s.InitResources.DeepCopy(),
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser:                ptr(int64(0)),
 			RunAsNonRoot:             ptr(false),
@@ -86,8 +86,8 @@ func SidecarContainer(s Settings, secretVolumes []SecretVolume) corev1.Container
 		Resources:    *s.SidecarResources.DeepCopy(),
 		VolumeMounts: mounts,
 		// The startup probe holds back every later container until the sidecar serves tokens.
-		StartupProbe:  probe("/readyz", 1, 60),
-		LivenessProbe: probe("/healthz", 10, 3),
+		StartupProbe:             probe("/readyz", 1, 60),
+		LivenessProbe:            probe("/healthz", 10, 3),
 		SecurityContext:          sidecarSecurity(s),
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
