@@ -96,6 +96,14 @@ func Bind(fs *flag.FlagSet) *Config {
 	fs.BoolVar(&s.BlockInstanceMetadata, "block-instance-metadata", d.BlockInstanceMetadata, "passed to the sidecar: refuse /metadata/instance requests")
 	fs.BoolVar(&s.MetadataHeaderRequired, "metadata-header-required", d.MetadataHeaderRequired, "passed to the sidecar: require the Metadata: true header")
 	fs.BoolVar(&s.ForceNamespaced, "force-namespaced", false, "bind only identities and bindings of the pod's own namespace")
+	fs.Func("redirect-mode", "who installs the redirect: init (a NET_ADMIN init container; opted-in namespaces need Pod Security privileged) or cni (the podidentity CNI plugin of the node, which also fences every other pod; the injected containers are unprivileged and pass Pod Security restricted) (default init)", func(v string) error {
+		m, err := inject.ParseRedirectMode(v)
+		if err != nil {
+			return err
+		}
+		s.RedirectMode = m
+		return nil
+	})
 	fs.Func("uid-change-policy", "with --sidecar-exemption=uid: what to do with a user container able to change its uid to --sidecar-uid (runs as root or holds CAP_SETUID) and so bypass the redirect: deny, warn (admit with a warning, a Warning Event and a metric) or ignore (default deny)", func(v string) error {
 		p, err := inject.ParseUIDChangePolicy(v)
 		if err != nil {
@@ -166,6 +174,9 @@ func (c *Config) Complete() error {
 	}
 	if c.Inject.InitImage == "" || c.Inject.SidecarImage == "" {
 		errs = append(errs, errors.New("--init-image and --sidecar-image must name images"))
+	}
+	if c.Inject.RedirectMode == inject.RedirectCNI && c.Inject.Exemption != inject.ExemptionCgroup {
+		errs = append(errs, errors.New("--redirect-mode=cni exempts the sidecar by its cgroup (the node agent installs it): drop --sidecar-exemption=uid"))
 	}
 	if c.InjectionLabel == "" {
 		errs = append(errs, errors.New("--namespace-injection-label must name the label that opts namespaces in (default "+defaults.NamespaceInjectionLabel+")"))

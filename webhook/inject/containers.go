@@ -17,8 +17,12 @@ const SecretVolumePrefix = "podidentity-sp-"
 const healthPortName = "podid-health"
 
 // InitContainer is the redirect init container: it programs nftables in the pod's network namespace, so it
-// needs root and NET_ADMIN, and nothing else.
+// needs root and NET_ADMIN, and nothing else. In CNI mode it only checks, without any privilege, that the
+// node's plugin put the redirect there.
 func InitContainer(s Settings) corev1.Container {
+	if s.RedirectMode == RedirectCNI {
+		return verifierContainer(s)
+	}
 	args := []string{
 		"--sidecar-port=" + strconv.Itoa(int(s.SidecarPort)),
 		"--imds-address=" + s.IMDSAddress,
@@ -49,6 +53,37 @@ func InitContainer(s Settings) corev1.Container {
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
 }
+
+// verifierContainer is CNI mode's init container: the pod starts only if its traffic to the IMDS address
+// arrives at the sidecar's port, whatever happened on the node. It passes the Pod Security level restricted.
+func verifierContainer(s Settings) corev1.Container {
+	return corev1.Container{
+		Name:            defaults.InitContainerName,
+		Image:           s.InitImage,
+		ImagePullPolicy: s.ImagePullPolicy,
+		Args: []string{
+			"--verify-traffic",
+			"--sidecar-port=" + strconv.Itoa(int(s.SidecarPort)),
+			"--imds-address=" + s.IMDSAddress,
+			"--imds-port=" + strconv.Itoa(int(s.IMDSPort)),
+		},
+		Resources: *s.InitResources.DeepCopy(),
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                ptr(int64(VerifierUID)),
+			RunAsGroup:               ptr(int64(VerifierUID)),
+			RunAsNonRoot:             ptr(true),
+			Privileged:               ptr(false),
+			AllowPrivilegeEscalation: ptr(false),
+			ReadOnlyRootFilesystem:   ptr(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+}
+
+// VerifierUID is the uid of CNI mode's init container: distroless's nonroot, not the sidecar's.
+const VerifierUID = 65532
 
 // SidecarContainer is the token sidecar, mounting the identities file and the secrets of the served
 // service principals (secretVolumes: identity name -> volume name).
@@ -91,7 +126,7 @@ func SidecarContainer(s Settings, secretVolumes []SecretVolume) corev1.Container
 		SecurityContext:          sidecarSecurity(s),
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
-	if s.Exemption == ExemptionCgroup {
+	if s.Exemption == ExemptionCgroup && s.RedirectMode != RedirectCNI {
 		// It exempts its own cgroup at start, as root, then serves as SidecarUID with no capability left.
 		c.Args = append(c.Args, "--install-exemption",
 			"--run-as-uid="+strconv.FormatInt(s.SidecarUID, 10), "--run-as-gid="+strconv.FormatInt(s.SidecarUID, 10))
@@ -117,7 +152,8 @@ func sidecarSecurity(s Settings) *corev1.SecurityContext {
 		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 	}
-	if s.Exemption == ExemptionCgroup {
+	if s.Exemption == ExemptionCgroup && s.RedirectMode != RedirectCNI {
+		// In CNI mode the node agent exempts the sidecar's cgroup: it runs unprivileged from the start.
 		sc.RunAsUser, sc.RunAsGroup, sc.RunAsNonRoot = ptr(int64(0)), ptr(int64(0)), ptr(false)
 		sc.Capabilities.Add = []corev1.Capability{"NET_ADMIN", "SETUID", "SETGID"}
 	}

@@ -31,6 +31,8 @@ type goldenInput struct {
 		ForceNamespaced bool `json:"forceNamespaced"`
 		// Exemption is --sidecar-exemption; empty means the default (cgroup).
 		Exemption Exemption `json:"exemption"`
+		// RedirectMode is --redirect-mode; empty means the default (init).
+		RedirectMode RedirectMode `json:"redirectMode"`
 		// UIDChangePolicy is --uid-change-policy; empty means the default (deny).
 		UIDChangePolicy UIDChangePolicy `json:"uidChangePolicy"`
 		// IdentityPool is guard mode's --identity-pool-label and --identity-pool-taint; absent means off.
@@ -75,6 +77,9 @@ func loadInput(t testing.TB, path string) (goldenInput, Settings) {
 	s := DefaultSettings()
 	s.Native = !in.Settings.Classic
 	s.ForceNamespaced = in.Settings.ForceNamespaced
+	if in.Settings.RedirectMode != "" {
+		s.RedirectMode = in.Settings.RedirectMode
+	}
 	if in.Settings.Exemption != "" {
 		s.Exemption = in.Settings.Exemption
 	}
@@ -335,7 +340,7 @@ func TestGoldenCoverage(t *testing.T) {
 		string(ReasonOptOut), string(ReasonException), string(ReasonHostNetwork), string(ReasonWindows),
 		string(ReasonPrivileged), string(ReasonNetCapability), string(ReasonSidecarUID), string(ReasonHostNetworkBinding),
 		string(ReasonNameCollision), string(ReasonTampered), string(ReasonUIDChange), string(ReasonPoolConflict),
-		string(ReasonCapability)} {
+		string(ReasonCapability), string(ReasonFencedByCNI)} {
 		if !seen[r] {
 			missing = append(missing, r)
 		}

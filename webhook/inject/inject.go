@@ -44,6 +44,9 @@ const (
 	ReasonException   Reason = "exception"
 	ReasonHostNetwork Reason = "host-network"
 	ReasonWindows     Reason = "windows"
+	// ReasonFencedByCNI: CNI mode, a pod that asks for no identity gets no sidecar; the node's plugin fences
+	// it off the IMDS address.
+	ReasonFencedByCNI Reason = "no-binding-fenced"
 	// Denials.
 	ReasonInvalidPod         Reason = "invalid-pod"
 	ReasonPrivileged         Reason = "privileged"
@@ -125,11 +128,20 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 		}
 		return skip(ReasonHostNetwork, "hostNetwork pods are not injected: the pod shares the node's network and can reach the node's IMDS directly")
 	}
+	cni := s.RedirectMode == RedirectCNI
 	if strings.EqualFold(pod.Annotations[defaults.InjectAnnotation], "false") {
+		if cni {
+			return fenced(pod, shape, ReasonOptOut, "annotation "+defaults.InjectAnnotation+"=false: not injected; the node's podidentity CNI plugin fences the pod off the IMDS address")
+		}
 		return skip(ReasonOptOut, "annotation "+defaults.InjectAnnotation+"=false: not injected; the pod can reach the node's IMDS directly")
 	}
 	if name, ok := binding.Excepted(pod, cluster.Exceptions); ok {
 		return skip(ReasonException, "AzurePodIdentityException "+name+" matches the pod's labels: not injected; the pod can reach the node's IMDS directly")
+	}
+	if cni && binding.Selector(pod) == "" {
+		// Checked after the exception (an excepted pod may reach IMDS and is warned about) and before the
+		// container checks: nothing of ours runs in this pod, the plugin's fence is all it gets.
+		return fenced(pod, shape, ReasonFencedByCNI, "no label "+aadv1.PodLabelBinding+": no token sidecar; the node's podidentity CNI plugin fences the pod off the IMDS address (label the pod and recreate it to give it identities)")
 	}
 	if d, bad := guard(pod, s); bad {
 		return d
@@ -356,6 +368,16 @@ func skipped(pod *corev1.Pod, shape podShape, r Reason, msg string) Decision {
 	if _, forged := pod.Annotations[defaults.IdentitiesAnnotation]; forged {
 		d.Warnings = append(d.Warnings, "podidentity: removed annotation "+defaults.IdentitiesAnnotation+": only the webhook sets it")
 	}
+	return d
+}
+
+// fenced admits the pod without injection in CNI mode, where the node's plugin fences it: no security warning,
+// and a forged identities annotation is removed as for any skip.
+func fenced(pod *corev1.Pod, shape podShape, r Reason, msg string) Decision {
+	d := skipped(pod, shape, r, msg)
+	d.SecurityWarnings = nil
+	d.Warnings = d.Warnings[1:] // the admission warning is for pods left open; the Event and log keep the reason
+	d.Patch = annotationsPatch(pod, shape, map[string]string{defaults.IdentitiesAnnotation: "", defaults.SecurityWarningsAnnotation: ""})
 	return d
 }
 

@@ -23,6 +23,8 @@ type Settings struct {
 	SidecarUID int64
 	// Exemption is how the sidecar's own traffic passes the redirect (see init/README.md).
 	Exemption Exemption
+	// RedirectMode is who installs the redirect: the NET_ADMIN init container, or the node's CNI plugin.
+	RedirectMode RedirectMode
 
 	IMDSAddress string
 	IMDSPort    int32
@@ -64,6 +66,7 @@ func DefaultSettings() Settings {
 		InitResources:          Resources("10m", "16Mi", "100m", "32Mi"),
 		MetadataHeaderRequired: true,
 		Exemption:              ExemptionCgroup,
+		RedirectMode:           RedirectInit,
 		UIDChangePolicy:        UIDChangeDeny,
 	}
 }
@@ -81,6 +84,30 @@ const (
 	// whose kernel cannot match cgroups (Linux < 5.13, cgroup v1 only).
 	ExemptionUID Exemption = "uid"
 )
+
+// RedirectMode is who installs the redirect in a pod's network namespace.
+type RedirectMode string
+
+const (
+	// RedirectInit: the injected init container, as root with NET_ADMIN (opted-in namespaces need the Pod
+	// Security level privileged); the sidecar exempts its own cgroup at start (the default).
+	RedirectInit RedirectMode = "init"
+	// RedirectCNI: the podidentity CNI plugin, chained after the node's primary CNI, at sandbox creation; it
+	// also fences every other pod of the node off the IMDS address. The injected init container only checks,
+	// unprivileged, that the redirect is there; the sidecar runs non-root with no capabilities and the node
+	// agent exempts its cgroup. Injected pods pass the Pod Security level restricted. Only pods that ask for
+	// identities (label aadpodidbinding) get a sidecar: the others need only the fence.
+	RedirectCNI RedirectMode = "cni"
+)
+
+// ParseRedirectMode reads a --redirect-mode value.
+func ParseRedirectMode(v string) (RedirectMode, error) {
+	switch m := RedirectMode(v); m {
+	case RedirectInit, RedirectCNI:
+		return m, nil
+	}
+	return "", fmt.Errorf("%q: use init or cni", v)
+}
 
 // ParseExemption reads a --sidecar-exemption value.
 func ParseExemption(v string) (Exemption, error) {
