@@ -83,17 +83,65 @@ func (c *Cluster) writeKubeconfigs() error {
 // writeNodeConfigs writes containerd's, the CNI's, the kubelet's and kube-proxy's configuration.
 func (c *Cluster) writeNodeConfigs() error {
 	st := c.opts.StateDir
-	for _, d := range []string{c.confDir(), filepath.Join(st, "cni", "net.d"), filepath.Join(st, "containerd")} {
+	for _, d := range []string{c.confDir(), c.CNIConfDir(), c.CNIBinDir(), filepath.Join(st, "containerd")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
 	}
+	// The node's CNI binaries: the host's, linked into a directory of the cluster's own, so that a chained
+	// plugin installed by a DaemonSet (podidentity's CNI mode) lands there and not in the host's /usr/lib/cni.
+	plugins, err := os.ReadDir(hostCNIBinDir)
+	if err != nil {
+		return fmt.Errorf("the host's CNI plugins in %s: %w", hostCNIBinDir, err)
+	}
+	for _, p := range plugins {
+		if err := os.Symlink(filepath.Join(hostCNIBinDir, p.Name()), filepath.Join(c.CNIBinDir(), p.Name())); err != nil && !os.IsExist(err) {
+			return err
+		}
+	}
 	files := map[string]string{
-		filepath.Join(c.confDir(), "containerd.toml"): containerdConfig(st),
-		// CNI: the bridge with host-local addresses; containerd's CRI brings lo up itself (loopback plugin).
-		// No ipMasq (pods only talk to the node) and no portmap (no hostPort in the tests): both would add
-		// iptables rules per pod that a killed pod leaves behind.
-		filepath.Join(st, "cni", "net.d", "10-podidentity.conflist"): fmt.Sprintf(`{
+		filepath.Join(c.confDir(), "containerd.toml"): containerdConfig(st, c.CNIBinDir(), c.CNIConfDir()),
+		c.primaryCNIConfig():                          c.primaryCNIConfigContent(),
+		// Pods (dnsPolicy ClusterFirst without cluster DNS falls back to this) ask the fake cloud's DNS, which
+		// knows only Azure's names; nothing leaks to the host's resolver.
+		filepath.Join(c.confDir(), "resolv.conf"):     "nameserver " + NodeIP + "\n",
+		filepath.Join(c.confDir(), "kubelet.yaml"):    c.kubeletConfig(),
+		filepath.Join(c.confDir(), "kube-proxy.yaml"): c.kubeProxyConfig(),
+	}
+	for path, content := range files {
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hostCNIBinDir holds the host's CNI plugins (Debian's containernetworking-plugins).
+const hostCNIBinDir = "/usr/lib/cni"
+
+// CNIBinDir is the node's CNI binary directory (the runtime's bin_dir).
+func (c *Cluster) CNIBinDir() string { return filepath.Join(c.opts.StateDir, "cni", "bin") }
+
+// CNIConfDir is the node's CNI configuration directory (the runtime's conf_dir).
+func (c *Cluster) CNIConfDir() string { return filepath.Join(c.opts.StateDir, "cni", "net.d") }
+
+// primaryCNIConfig is the node's network configuration list, the one the runtime loads (the first file).
+func (c *Cluster) primaryCNIConfig() string {
+	return filepath.Join(c.CNIConfDir(), "10-podidentity.conflist")
+}
+
+// RewritePrimaryCNIConfig writes the node's network configuration list afresh, as a primary CNI does at start
+// or upgrade: whatever was chained into it is gone.
+func (c *Cluster) RewritePrimaryCNIConfig() error {
+	return os.WriteFile(c.primaryCNIConfig(), []byte(c.primaryCNIConfigContent()), 0o644)
+}
+
+// primaryCNIConfigContent is the bridge with host-local addresses; containerd's CRI brings lo up itself
+// (loopback plugin). No ipMasq (pods only talk to the node) and no portmap (no hostPort in the tests): both
+// would add iptables rules per pod that a killed pod leaves behind.
+func (c *Cluster) primaryCNIConfigContent() string {
+	st := c.opts.StateDir
+	return fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "podidentity",
   "plugins": [
@@ -112,24 +160,12 @@ func (c *Cluster) writeNodeConfigs() error {
     }
   ]
 }
-`, BridgeName, filepath.Join(st, "cni", "ipam"), PodCIDR),
-		// Pods (dnsPolicy ClusterFirst without cluster DNS falls back to this) ask the fake cloud's DNS, which
-		// knows only Azure's names; nothing leaks to the host's resolver.
-		filepath.Join(c.confDir(), "resolv.conf"):     "nameserver " + NodeIP + "\n",
-		filepath.Join(c.confDir(), "kubelet.yaml"):    c.kubeletConfig(),
-		filepath.Join(c.confDir(), "kube-proxy.yaml"): c.kubeProxyConfig(),
-	}
-	for path, content := range files {
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
+`, BridgeName, filepath.Join(st, "cni", "ipam"), PodCIDR)
 }
 
 // containerdConfig is a private containerd: its own root, state, socket, opt and runc directories, so the
 // system containerd (if any) is neither used nor disturbed.
-func containerdConfig(st string) string {
+func containerdConfig(st, cniBin, cniConf string) string {
 	cd := filepath.Join(st, "containerd")
 	return fmt.Sprintf(`version = 2
 root = %q
@@ -153,11 +189,11 @@ state = %q
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         Root = %q
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = %q
     conf_dir = %q
 `, filepath.Join(cd, "root"), filepath.Join(cd, "state"), filepath.Join(cd, "containerd.sock"),
 		filepath.Join(cd, "containerd.sock.ttrpc"), filepath.Join(cd, "opt"), PauseImage,
-		filepath.Join(st, "runc"), filepath.Join(st, "cni", "net.d"))
+		filepath.Join(st, "runc"), cniBin, cniConf)
 }
 
 func (c *Cluster) kubeletConfig() string {
