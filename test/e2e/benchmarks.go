@@ -88,6 +88,37 @@ func (f *Figures) List() []Figure {
 	return out
 }
 
+// MatrixRow is one line of the attacker matrix: a route a pod tries for a token of an identity attached to
+// the node but not bound to it, and where it ended.
+type MatrixRow struct {
+	// Pod says what kind of pod tried (its namespace, injection, privileges).
+	Pod, Route string
+	// Verdict is "no token" or "token"; Stopped says where the route ended.
+	Verdict, Stopped string
+	// Mode is the chart's configuration the row ran with (defaults, guard mode, ...).
+	Mode string
+}
+
+// Matrix collects the rows; safe for concurrent use.
+type Matrix struct {
+	mu   sync.Mutex
+	rows []MatrixRow
+}
+
+// Add records a row.
+func (m *Matrix) Add(r MatrixRow) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rows = append(m.rows, r)
+}
+
+// Rows returns the rows in the order they were recorded.
+func (m *Matrix) Rows() []MatrixRow {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]MatrixRow(nil), m.rows...)
+}
+
 // Outcome says whether a scenario that ran passed.
 type Outcome struct {
 	Scenario string
