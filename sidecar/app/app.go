@@ -21,6 +21,7 @@ import (
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/sidecar/identities"
+	"github.com/podidentity/podidentity/sidecar/loopguard"
 	"github.com/podidentity/podidentity/sidecar/server"
 	"github.com/podidentity/podidentity/sidecar/serviceprincipal"
 	"github.com/podidentity/podidentity/sidecar/tokens"
@@ -103,9 +104,11 @@ func (c *Config) Validate() error {
 
 // App is a configured sidecar.
 type App struct {
-	cfg      Config
-	log      logr.Logger
-	Store    *identities.Store
+	cfg   Config
+	log   logr.Logger
+	Store *identities.Store
+	// Upstream confirms that the sidecar's requests reach the node's IMDS rather than come back to it.
+	Upstream *loopguard.Check
 	Cache    *tokens.Cache
 	Server   *server.Server
 	Registry *prometheus.Registry
@@ -123,11 +126,15 @@ func New(cfg Config, log logr.Logger) (*App, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := server.NewMetrics(reg)
 
+	// One nonce per process: the token server refuses requests carrying it, which only this process sends.
+	loop := loopguard.New()
 	imds, err := upstream.New(upstream.Options{Endpoint: cfg.IMDSEndpoint, MaxWait: cfg.AttachWait, RetryAfter: cfg.RetryAfter,
-		InitialBackoff: cfg.InitialBackoff, Now: cfg.Now})
+		InitialBackoff: cfg.InitialBackoff, Now: cfg.Now, Nonce: loop.Nonce()})
 	if err != nil {
 		return nil, err
 	}
+	check := loopguard.NewCheck(loopguard.CheckOptions{Probe: imds.Probe, Guard: loop, Upstream: cfg.IMDSEndpoint,
+		Log: log.WithName("upstream")})
 	sp := serviceprincipal.New(serviceprincipal.Options{SecretsDir: cfg.SecretsDir, AuthorityHost: cfg.AADAuthorityHost,
 		DisableInstanceDiscovery: cfg.AADDisableInstanceDiscovery, Transport: cfg.AADTransport})
 	fetch := tokens.FetcherFunc(func(ctx context.Context, id annotation.Identity, resource string) (tokens.Token, error) {
@@ -159,9 +166,9 @@ func New(cfg Config, log logr.Logger) (*App, error) {
 	srv := server.New(server.Options{
 		Pod: cfg.PodNamespace + "/" + cfg.PodName, MetadataHeaderRequired: cfg.MetadataHeaderRequired,
 		BlockInstanceMetadata: cfg.BlockInstanceMetadata, Identities: store, Tokens: cache, Proxy: imds.Proxy(),
-		Log: log.WithName("audit"), Metrics: metrics, Now: cfg.Now,
+		Log: log.WithName("audit"), Metrics: metrics, Now: cfg.Now, Loop: loop, Upstream: check,
 	})
-	return &App{cfg: cfg, log: log, Store: store, Cache: cache, Server: srv, Registry: reg}, nil
+	return &App{cfg: cfg, log: log, Store: store, Upstream: check, Cache: cache, Server: srv, Registry: reg}, nil
 }
 
 // Run listens on the configured addresses and serves until ctx ends.
@@ -194,6 +201,9 @@ func (a *App) Serve(ctx context.Context, tokenListener, healthListener net.Liste
 	}
 	a.log.Info("serving", "tokens", tokenListener.Addr().String(), "health", healthListener.Addr().String(),
 		"imds", a.cfg.IMDSEndpoint, "metadataHeaderRequired", a.cfg.MetadataHeaderRequired, "blockInstanceMetadata", a.cfg.BlockInstanceMetadata)
+	// Probe only now that the token server listens: a probe that the redirect sends back must reach it, to be
+	// recognised as a loop rather than a refused connection.
+	go a.Upstream.Run(ctx)
 	var err error
 	select {
 	case <-ctx.Done():

@@ -81,7 +81,10 @@ type setup struct {
 	bound    []annotation.Identity
 	attached []imds.Identity
 	emu      imds.Options
-	cfg      func(*Config)
+	// cfg changes the configuration; ListenAddress is already the token listener's address.
+	cfg func(*Config)
+	// upstreamPending: do not wait for the sidecar to confirm its upstream (tests of that readiness).
+	upstreamPending bool
 }
 
 func start(t *testing.T, s setup) *harness {
@@ -107,8 +110,16 @@ func startTB(t testing.TB, s setup, log logr.Logger) *harness {
 	if s.bound != nil {
 		files.write(t, s.bound)
 	}
+	tl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := Config{
-		ListenAddress: "127.0.0.1:0", HealthAddress: "127.0.0.1:0", IdentitiesFile: files.path(),
+		ListenAddress: tl.Addr().String(), HealthAddress: hl.Addr().String(), IdentitiesFile: files.path(),
 		SecretsDir: t.TempDir(), IMDSEndpoint: emuSrv.URL, MetadataHeaderRequired: true,
 		ReloadInterval: 10 * time.Millisecond, AttachWait: 5 * time.Second, RetryAfter: 2 * time.Second,
 		InitialBackoff: 5 * time.Millisecond, PodName: "web-0", PodNamespace: "apps",
@@ -118,19 +129,19 @@ func startTB(t testing.TB, s setup, log logr.Logger) *harness {
 	}
 	a, err := New(cfg, log)
 	if err != nil {
-		t.Fatal(err)
-	}
-	tl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+		_ = tl.Close()
+		_ = hl.Close()
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(ctx, tl, hl) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
 	if s.bound != nil {
 		for deadline := time.Now().Add(10 * time.Second); !a.Store.Ready(); time.Sleep(time.Millisecond) {
 			if time.Now().After(deadline) {
@@ -138,12 +149,16 @@ func startTB(t testing.TB, s setup, log logr.Logger) *harness {
 			}
 		}
 	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
+	// The readiness probe is a request to IMDS's other paths: let it land before a test counts those.
+	for deadline := time.Now().Add(10 * time.Second); !s.upstreamPending; time.Sleep(time.Millisecond) {
+		if ok, _ := a.Upstream.Ready(); ok {
+			break
 		}
-	})
+		if time.Now().After(deadline) {
+			_, why := a.Upstream.Ready()
+			t.Fatalf("the sidecar did not confirm its upstream: %s", why)
+		}
+	}
 	return &harness{emu: emu, app: a, addr: tl.Addr().String(), health: hl.Addr().String(), files: files, imdsURL: emuSrv.URL}
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/sidecar/identities"
+	"github.com/podidentity/podidentity/sidecar/loopguard"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 )
 
@@ -54,6 +55,15 @@ type Options struct {
 	Metrics *Metrics
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Loop recognises the sidecar's own upstream requests sent back by the redirect (nil: no check).
+	Loop *loopguard.Guard
+	// Upstream says whether the node's IMDS has been confirmed reachable (nil: /readyz does not wait for it).
+	Upstream Readiness
+}
+
+// Readiness is a condition of /readyz, with the reason when it is not met (a *loopguard.Check).
+type Readiness interface {
+	Ready() (bool, string)
 }
 
 // Server serves the IMDS protocol for one pod.
@@ -83,22 +93,58 @@ func (s *Server) Handler() http.Handler {
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such IMDS path: the pod identity sidecar serves /metadata/...")
 	})
-	return s.guard(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	guarded := s.guard(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.URL.Path == TokenPath { // exact: the guard has refused every other spelling of it
 			s.token(w, req)
 			return
 		}
 		r.ServeHTTP(w, req)
 	}))
+	if s.opts.Loop == nil {
+		return guarded
+	}
+	// The sidecar's own request, sent back by the redirect, is answered before anything else: fetching or
+	// proxying for it would send it back again.
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if s.opts.Loop.Own(req.Header) {
+			s.loop(w, req)
+			return
+		}
+		guarded.ServeHTTP(w, req)
+	})
 }
 
-// HealthHandler serves /healthz (alive), /readyz (the identities file has been read) and /metrics.
+// loop answers the sidecar's own request that came back through the redirect: 508 Loop Detected, in IMDS's
+// error format, saying the exemption is missing. The loop is recorded before the answer is written, so that
+// the sender (loopguard.Check) sees it once it has the answer. The connection is closed after the answer:
+// conntrack keeps an established connection on its DNAT'ed path even after the exemption is installed, so a
+// kept-alive connection would carry the sidecar's next requests back to itself.
+func (s *Server) loop(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Connection", "close")
+	if s.opts.Loop.Record(s.opts.Now()) {
+		s.opts.Log.Info("the sidecar's own IMDS request came back to it: the redirect's exemption for the sidecar is not installed",
+			"pod", s.opts.Pod, "path", r.URL.Path, "loops", s.opts.Loop.Loops(), "loggedAtMostEvery", loopguard.DefaultLogInterval.String())
+	}
+	writeError(w, http.StatusLoopDetected, loopguard.Code, loopguard.Description)
+}
+
+// HealthHandler serves /healthz (alive), /readyz (the identities file has been read and the node's IMDS
+// confirmed reachable) and /metrics.
 func (s *Server) HealthHandler(g prometheus.Gatherer) http.Handler {
 	r := mux.NewRouter()
 	r.Path("/healthz").HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	r.Path("/readyz").HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		var reasons []string
 		if !s.opts.Identities.Ready() {
-			http.Error(w, "identities file not read yet", http.StatusServiceUnavailable)
+			reasons = append(reasons, "identities file not read yet")
+		}
+		if s.opts.Upstream != nil {
+			if ok, why := s.opts.Upstream.Ready(); !ok {
+				reasons = append(reasons, "upstream IMDS not confirmed: "+why)
+			}
+		}
+		if len(reasons) > 0 {
+			http.Error(w, strings.Join(reasons, "\n"), http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok"))

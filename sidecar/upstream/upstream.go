@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/podidentity/podidentity/sidecar/loopguard"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 )
 
@@ -47,6 +48,9 @@ type Options struct {
 	Sleep func(ctx context.Context, d time.Duration) error
 	// Now is the clock used to turn expires_in into a time (default time.Now).
 	Now func() time.Time
+	// Nonce goes in the loopguard.Header of every request to IMDS (token fetches, proxied requests, probes), so
+	// that the sidecar's own server recognises a request that the redirect sent back to it. Empty: no header.
+	Nonce string
 }
 
 // Client is the node IMDS client.
@@ -155,6 +159,7 @@ func (c *Client) once(ctx context.Context, clientID, resource string) attempt {
 		return attempt{err: &tokens.Error{Status: http.StatusInternalServerError, Code: "internal_error", Description: err.Error()}}
 	}
 	req.Header.Set("Metadata", "true")
+	c.tag(req.Header)
 	resp, err := c.opts.HTTP.Do(req)
 	if err != nil {
 		return attempt{retry: "IMDS unreachable (" + err.Error() + ")"}
@@ -178,6 +183,11 @@ func (c *Client) once(ctx context.Context, clientID, resource string) attempt {
 	_ = json.Unmarshal(body, &e)
 	retryAfter := parseRetryAfter(resp.Header.Get("Retry-After"))
 	switch {
+	case resp.StatusCode == http.StatusLoopDetected && e.Error == loopguard.Code:
+		// The request came back to the sidecar: every retry would too, until the exemption is installed. The
+		// app gets a transient error at once, and the sidecar is not ready meanwhile (loopguard.Check).
+		return attempt{err: &tokens.Error{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable",
+			RetryAfter: c.opts.RetryAfter, Description: "no token: " + e.Description}}
 	case (resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusNotFound) &&
 		strings.Contains(strings.ToLower(e.Description), "identity not found"):
 		return attempt{retry: "IMDS says \"Identity not found\": the identity is not attached to this node yet (the assigner attaches it)"}
@@ -260,14 +270,46 @@ func parseRetryAfter(v string) time.Duration {
 	return 0
 }
 
+// tag marks a request to IMDS as this sidecar's own (see Options.Nonce).
+func (c *Client) tag(h http.Header) {
+	if c.opts.Nonce != "" {
+		h[loopguard.Header] = []string{c.opts.Nonce}
+	}
+}
+
+// ProbePath is what Probe asks IMDS for: a path every IMDS answers, that needs no identity.
+const ProbePath = "/metadata/versions"
+
+// Probe sends GET /metadata/versions with "Metadata: true" and the nonce, as loopguard.Check's probe: nil
+// for any HTTP answer (the answer's status does not matter, only where it came from), an error when none came.
+func (c *Client) Probe(ctx context.Context) error {
+	u := *c.base
+	u.Path += ProbePath
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Metadata", "true")
+	c.tag(req.Header)
+	resp, err := c.opts.HTTP.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	return resp.Body.Close()
+}
+
 // Proxy forwards a request unchanged to the node's IMDS. It is built with Rewrite, which (unlike Director)
-// adds no X-Forwarded-For: IMDS refuses requests carrying it. Incoming X-Forwarded-* headers are dropped.
+// adds no X-Forwarded-For: IMDS refuses requests carrying it. Incoming X-Forwarded-* headers are dropped. The
+// nonce header replaces whatever the app sent under that name.
 func (c *Client) Proxy() http.Handler {
 	target := *c.base
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(&target)
 			pr.Out.Host = target.Host
+			delete(pr.Out.Header, loopguard.Header)
+			c.tag(pr.Out.Header)
 		},
 		Transport: c.opts.HTTP.Transport,
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {

@@ -7,9 +7,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/podidentity/podidentity/sidecar/loopguard"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 	"github.com/podidentity/podidentity/test/imds"
 )
@@ -137,5 +140,103 @@ func TestProxyAddsNoForwardedFor(t *testing.T) {
 		if v := got.Values(h); len(v) > 0 {
 			t.Fatalf("IMDS received %s: %v", h, v)
 		}
+	}
+}
+
+// TestNonceOnEveryUpstreamRequest: token fetches, probes and proxied requests all carry the process's nonce (an
+// app's own value for the header is replaced), so that the sidecar's server recognises every one of them when
+// the redirect sends it back.
+func TestNonceOnEveryUpstreamRequest(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string][]string{} // path -> nonce header values
+	emu := imds.New(imds.Options{RatePerSecond: -1})
+	emu.SetAttached([]imds.Identity{web})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen[r.URL.Path] = r.Header.Values(loopguard.Header)
+		mu.Unlock()
+		emu.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	c, err := New(Options{Endpoint: srv.URL, Nonce: "n0nce"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Token(context.Background(), web.ClientID, "https://vault.azure.net"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Probe(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest(http.MethodGet, "/metadata/instance?api-version=2021-02-01", nil)
+	req.Header.Set("Metadata", "true")
+	req.Header.Set(loopguard.Header, "the-app-s-own-value")
+	rec := httptest.NewRecorder()
+	c.Proxy().ServeHTTP(rec, req)
+	if rec.Code != 200 {
+		t.Fatalf("proxied: %d %s", rec.Code, rec.Body.String())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, path := range []string{TokenPath, ProbePath, "/metadata/instance"} {
+		if got := seen[path]; len(got) != 1 || got[0] != "n0nce" {
+			t.Errorf("%s reached IMDS with nonce header %q, want exactly [n0nce]", path, got)
+		}
+	}
+}
+
+// TestLoopedTokenFetchFailsFast: when the redirect sends the token fetch back to the sidecar (exemption not
+// installed), its server answers 508; retrying would loop again, so the app gets a 503 at once that says why.
+func TestLoopedTokenFetchFailsFast(t *testing.T) {
+	var calls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusLoopDetected)
+		_, _ = io.WriteString(w, `{"error":"`+loopguard.Code+`","error_description":"`+loopguard.Description+`"}`)
+	}))
+	defer srv.Close()
+	c, err := New(Options{Endpoint: srv.URL, Nonce: "n", MaxWait: time.Minute, RetryAfter: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = c.Token(context.Background(), web.ClientID, "https://vault.azure.net")
+	var te *tokens.Error
+	if !errors.As(err, &te) || te.Status != http.StatusServiceUnavailable || te.RetryAfter != 3*time.Second ||
+		!strings.Contains(te.Description, "exemption for the sidecar is not installed") {
+		t.Fatalf("err = %#v, want 503 with Retry-After naming the missing exemption", err)
+	}
+	if n := calls.Load(); n != 1 || time.Since(start) > 5*time.Second {
+		t.Fatalf("%d calls in %s: a loop must not be retried", n, time.Since(start))
+	}
+}
+
+func TestProbe(t *testing.T) {
+	answering := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != ProbePath || r.Header.Get("Metadata") != "true" {
+			t.Errorf("probe %s with Metadata %q", r.URL.Path, r.Header.Get("Metadata"))
+		}
+		w.WriteHeader(http.StatusBadRequest) // any answer from IMDS proves it is reachable
+	}))
+	defer answering.Close()
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+	for _, tt := range []struct {
+		name, endpoint, wantErr string
+	}{
+		{"an answer, whatever its status", answering.URL, ""},
+		{"connection refused", closed.URL, "connection refused"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := New(Options{Endpoint: tt.endpoint})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = c.Probe(context.Background())
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("Probe: %v, want %q", err, tt.wantErr)
+			}
+		})
 	}
 }

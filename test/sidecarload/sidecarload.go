@@ -102,6 +102,10 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
+	// A sidecar started as root serves as its own uid (15078): the identities file must stay readable to it.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return res, err
+	}
 	idFile := filepath.Join(dir, "identities")
 	ids := []annotation.Identity{{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: mi.ClientID, ResourceID: mi.ResourceID, Binding: "apps/web"}}
 	if err := os.WriteFile(idFile, []byte(annotation.Encode(ids)), 0o644); err != nil {

@@ -15,11 +15,14 @@ import (
 	"github.com/podidentity/podidentity/internal/version"
 	"github.com/podidentity/podidentity/sidecar/app"
 	"github.com/podidentity/podidentity/sidecar/logwriter"
+	"github.com/podidentity/podidentity/sidecar/privilege"
 )
 
 func main() {
 	var cfg app.Config
 	cfg.BindFlags(flag.CommandLine)
+	var priv privilege.Options
+	priv.BindFlags(flag.CommandLine)
 	verbosity := flag.Int("v", 0, "Log verbosity (1 also logs refused token requests).")
 	flag.Parse()
 	cfg.PodFromEnv(os.Getenv)
@@ -28,6 +31,12 @@ func main() {
 	out := logwriter.New(os.Stderr, logwriter.DefaultInterval, logwriter.DefaultLimit)
 	log := logr.FromSlogHandler(slog.NewJSONHandler(out, &slog.HandlerOptions{Level: slog.Level(-*verbosity)}))
 	log.Info("starting podidentity-sidecar", "version", version.Version, "pod", cfg.PodNamespace+"/"+cfg.PodName)
+	// Before anything else runs: the exemption (as root), then no privilege left for the rest of the process.
+	if err := privilege.Start(priv, cfg.IMDSEndpoint, cfg.ListenAddress, log.WithName("privilege")); err != nil {
+		_ = out.Close()
+		fmt.Fprintln(os.Stderr, "podidentity-sidecar:", err)
+		os.Exit(1)
+	}
 	a, err := app.New(cfg, log)
 	if err != nil {
 		_ = out.Close()

@@ -22,18 +22,6 @@ import (
 	"github.com/podidentity/podidentity/test/imds"
 )
 
-// runMainEnv makes the test binary run main() instead of the tests: the test below starts the real command,
-// with its real logger on stderr, as a separate process.
-const runMainEnv = "PODIDENTITY_SIDECAR_TEST_RUN_MAIN"
-
-func TestMain(m *testing.M) {
-	if os.Getenv(runMainEnv) == "1" {
-		main()
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
 // The audit log is batched (logwriter): after a SIGTERM the process has written exactly one whole JSON line per
 // token issued, with every field, and none with the token itself.
 func TestAuditLinesSurviveBatchingAndShutdown(t *testing.T) {
@@ -47,16 +35,17 @@ func TestAuditLinesSurviveBatchingAndShutdown(t *testing.T) {
 	emuSrv := httptest.NewServer(emu)
 	defer emuSrv.Close()
 
-	dir := t.TempDir()
+	bin := sidecarBinary(t)
+	dir := readableDir(t) // started as root, the sidecar reads it as its unprivileged uid
 	idFile := filepath.Join(dir, "identities")
 	ids := []annotation.Identity{{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: mi.ClientID, ResourceID: mi.ResourceID, Binding: "apps/web"}}
 	if err := os.WriteFile(idFile, []byte(annotation.Encode(ids)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tokenAddr, healthAddr := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(os.Args[0], "--listen-address="+tokenAddr, "--health-address="+healthAddr,
+	cmd := exec.Command(bin, "--listen-address="+tokenAddr, "--health-address="+healthAddr,
 		"--identities-file="+idFile, "--imds-endpoint="+emuSrv.URL, "--secrets-dir="+dir)
-	cmd.Env = append(os.Environ(), runMainEnv+"=1", "POD_NAME=web-0", "POD_NAMESPACE=apps")
+	cmd.Env = append(os.Environ(), "POD_NAME=web-0", "POD_NAMESPACE=apps")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
