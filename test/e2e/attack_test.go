@@ -165,11 +165,12 @@ func (e *env) scenarioAttackMatrix(t *testing.T) {
 	shared := attackPod("shared-pid", e.attackerImage, "sidecar-process", victim.ClientID, own.Selector)
 	shared.Spec.ShareProcessNamespace = ptr.To(true)
 	runs = append(runs, run{pod: "root, shareProcessNamespace with the sidecar", route: "sidecar-process (environ, mem, fds, pidfd_getfd, ptrace, cgroup), then setuid and again", spec: shared, container: "attack"})
-	userInit := attackPod("user-init", e.attackerImage, "direct", victim.ClientID, own.Selector)
-	userInit.Spec.InitContainers = []corev1.Container{userInit.Spec.Containers[0]}
+	// A user init container, as root: it runs after ours (the webhook puts ours first, and moves them back to
+	// the front when another webhook prepends its own), so the redirect is already there.
+	userInit := attackPod("user-init", e.attackerImage, "setuid", victim.ClientID, own.Selector)
+	userInit.Spec.InitContainers = []corev1.Container{*userInit.Spec.Containers[0].DeepCopy()}
 	userInit.Spec.InitContainers[0].Name = "attack-init"
-	userInit.Spec.Containers[0].Env[0].Value = "setuid"
-	runs = append(runs, run{pod: "user init container (the webhook puts ours first)", route: "direct", spec: userInit, container: "attack-init"})
+	runs = append(runs, run{pod: "user init container, root (the webhook puts ours first)", route: "setuid", spec: userInit, container: "attack-init"})
 	for _, c := range []struct{ name, capability string }{{"net-admin", "NET_ADMIN"}, {"net-raw", "NET_RAW"}, {"sys-ptrace", "SYS_PTRACE"}, {"sys-admin", "SYS_ADMIN"}} {
 		p := attackPod(c.name, e.attackerImage, "direct", victim.ClientID, own.Selector)
 		p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{corev1.Capability(c.capability)}}}

@@ -190,7 +190,13 @@ func (r *Result) sidecarProcess(t Target) {
 			}
 			return err
 		})
-		try("list /proc/<sidecar>/fd", func() error { _, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); return err })
+		// Listing the descriptors (root may, with CAP_DAC_OVERRIDE) gives nothing: a socket cannot be opened
+		// through /proc/<pid>/fd, only taken with pidfd_getfd, tried next.
+		if fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid)); err == nil {
+			r.step("%s: list /proc/<sidecar>/fd: %d entries (listing alone takes nothing)", who, len(fds))
+		} else {
+			r.step("%s: list /proc/<sidecar>/fd: %v", who, err)
+		}
 		try("pidfd_getfd a socket of the sidecar", func() error {
 			pfd, err := unix.PidfdOpen(pid, 0)
 			if err != nil {
