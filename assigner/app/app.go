@@ -8,13 +8,17 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -32,6 +36,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/controller"
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/assigner/guard"
+	"github.com/podidentity/podidentity/assigner/podaudit"
 	"github.com/podidentity/podidentity/assigner/upgrade"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/defaults"
@@ -57,13 +62,18 @@ type Flags struct {
 	UpgradeCRDFieldsOnly             bool
 	KubeAPIQPS                       float64
 	KubeAPIBurst                     int
-	Guard                            GuardFlags
-	Zap                              zap.Options
+	// AttachUninjected: attach identities for pods the webhook did not inject too (AAD Pod Identity's
+	// behaviour, while its NMI still protects them during a migration).
+	AttachUninjected bool
+	Guard            GuardFlags
+	Zap              zap.Options
 }
 
 // GuardFlags configure guard mode (on when Pool is set).
 type GuardFlags struct {
-	Pool                   *desired.Pool
+	Pool *desired.Pool
+	// InjectionLabel (--namespace-injection-label) is not guard mode's only: with or without it, identities
+	// are attached only for pods the webhook injected in namespaces carrying this label.
 	InjectionLabel         string
 	TrustedNamespaces      []string
 	TrustedServiceAccounts []string
@@ -105,10 +115,18 @@ func ParseFlags(args []string) (Flags, error) {
 	fs.BoolVar(&f.UpgradeCRDFieldsOnly, "upgrade-crd-fields-only", false, "one-shot: rewrite pre-1.6 objects (even if the ConfigMap says it was done), record it and exit; run it while the old CRDs are still installed (see README)")
 	fs.Float64Var(&f.KubeAPIQPS, "kube-api-qps", controller.DefaultKubeAPIQPS, "queries per second to the Kubernetes API server (client-side limit; each pod bound to an identity costs about one write when its identities are attached; negative: no client-side limit)")
 	fs.IntVar(&f.KubeAPIBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "burst of queries to the Kubernetes API server above --kube-api-qps")
+	fs.BoolVar(&f.AttachUninjected, "attach-uninjected-pods", false, "attach identities also for bound pods the podidentity webhook did not inject (AAD Pod Identity's behaviour), "+
+		"which can otherwise ask their node's IMDS directly for every identity attached to it: only while AAD Pod Identity's NMI still protects those pods during a migration")
 	bindGuardFlags(fs, &f.Guard)
 	f.Zap = zap.Options{}
 	f.Zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
+		return Flags{}, err
+	}
+	if errs := validation.IsQualifiedName(f.Guard.InjectionLabel); len(errs) > 0 {
+		err := fmt.Errorf("--namespace-injection-label %q is not a label key (%s): give the label the webhook's namespaceSelector uses, by default %s",
+			f.Guard.InjectionLabel, strings.Join(errs, "; "), defaults.NamespaceInjectionLabel)
+		fmt.Fprintln(fs.Output(), err)
 		return Flags{}, err
 	}
 	return f, nil
@@ -120,7 +138,7 @@ func bindGuardFlags(fs *flag.FlagSet, g *GuardFlags) {
 		g.Pool = p
 		return err
 	})
-	fs.StringVar(&g.InjectionLabel, "namespace-injection-label", defaults.NamespaceInjectionLabel, "guard mode: namespace label (value enabled) that opts namespaces in to injection, as in the webhook's namespaceSelector")
+	fs.StringVar(&g.InjectionLabel, "namespace-injection-label", defaults.NamespaceInjectionLabel, "namespace label (value enabled) that opts namespaces in to injection, as in the webhook's namespaceSelector: identities are attached only for pods the webhook injected in such namespaces (see --attach-uninjected-pods), and guard mode's audit uses it too")
 	g.TrustedNamespaces = []string{"kube-system"}
 	fs.Func("guard-trusted-namespaces", "guard mode: comma-separated namespaces whose un-injected pods may run on the identity pool (system DaemonSets) (default kube-system)", func(v string) error {
 		l, err := guard.ParseNamespaces(v)
@@ -208,17 +226,33 @@ func Run(ctx context.Context, f Flags) error {
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
+	if err := checkNamespaceAccess(ctx, mgr.GetAPIReader()); err != nil {
+		return err
+	}
+	injection := desired.Injection{Label: f.Guard.InjectionLabel, AttachUninjected: f.AttachUninjected}
+	if f.AttachUninjected {
+		log.Info("WARNING: --attach-uninjected-pods is on: identities are attached for bound pods the podidentity webhook did not inject, "+
+			"and such a pod can ask its node's IMDS directly for every identity attached to the node; keep it on only while AAD Pod Identity's NMI "+
+			"still runs and protects those pods during a migration", "namespaceInjectionLabel", injection.LabelKey())
+	} else {
+		log.Info("identities are attached only for pods the podidentity webhook injected", "namespaceInjectionLabel", injection.LabelKey())
+	}
+	bindingOpts := binding.Options{ForceNamespaced: f.ForceNamespaced}
 	if err := controller.Setup(ctx, mgr, arm, controller.Options{
-		Namespace: f.Namespace, Immutable: immutable, Binding: binding.Options{ForceNamespaced: f.ForceNamespaced},
+		Namespace: f.Namespace, Immutable: immutable, Binding: bindingOpts,
 		Managed: f.Managed, Workers: f.Workers, Resync: f.Resync, Debounce: f.Debounce, IsolationTTL: f.IsolationTTL,
-		Pool: f.Guard.Pool,
+		Pool: f.Guard.Pool, Injection: injection,
 	}); err != nil {
+		return err
+	}
+	// With or without guard mode: un-injected bound pods and pods admitted with security warnings.
+	if _, err := podaudit.Setup(mgr, podaudit.Options{Injection: injection, Binding: bindingOpts, Registerer: ctrlmetrics.Registry}); err != nil {
 		return err
 	}
 	if f.Guard.Pool != nil {
 		log.Info("guard mode: identities only on the identity pool", "pool", f.Guard.Pool.String(), "auditInterval", f.Guard.AuditInterval.String(),
 			"trustedNamespaces", f.Guard.TrustedNamespaces, "trustedServiceAccounts", f.Guard.TrustedServiceAccounts)
-		if err := guard.Setup(mgr, f.Guard.rules(), binding.Options{ForceNamespaced: f.ForceNamespaced}, f.Guard.AuditInterval, 0, ctrlmetrics.Registry); err != nil {
+		if err := guard.Setup(mgr, f.Guard.rules(), bindingOpts, f.AttachUninjected, f.Guard.AuditInterval, 0, ctrlmetrics.Registry); err != nil {
 			return err
 		}
 	}
@@ -241,6 +275,18 @@ func Run(ctx context.Context, f Flags) error {
 		}
 	}
 	return mgr.Start(ctx)
+}
+
+// checkNamespaceAccess fails the start when the assigner may not list namespaces: it needs their opt-in label
+// for every attachment, and without access its namespace cache would never sync, leaving only a timeout to
+// explain why nothing happens.
+func checkNamespaceAccess(ctx context.Context, r client.Reader) error {
+	err := r.List(ctx, &corev1.NamespaceList{}, client.Limit(1))
+	if apierrors.IsForbidden(err) {
+		return fmt.Errorf("the assigner may not list namespaces, which it needs to tell which are opted in to injection: "+
+			"grant its service account get, list and watch on namespaces (the chart's assigner ClusterRole does): %w", err)
+	}
+	return nil // other failures show up, with their own cause, when the caches start
 }
 
 // upgradeCRDFields runs the pre-1.6 field name upgrade with a client that reads from the API server.

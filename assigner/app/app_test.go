@@ -10,6 +10,11 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/podidentity/podidentity/assigner/guard"
 )
@@ -95,6 +100,60 @@ func TestGuardFlags(t *testing.T) {
 			}
 			if !tc.check(f.Guard) {
 				t.Errorf("guard flags %+v", f.Guard)
+			}
+		})
+	}
+}
+
+func TestInjectionFlags(t *testing.T) {
+	f, err := ParseFlags(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.AttachUninjected || f.Guard.InjectionLabel != "podidentity.io/injection" {
+		t.Fatalf("defaults: attach uninjected %v, label %q; want false, podidentity.io/injection", f.AttachUninjected, f.Guard.InjectionLabel)
+	}
+	f, err = ParseFlags([]string{"--attach-uninjected-pods", "--namespace-injection-label=example.com/inject"})
+	if err != nil || !f.AttachUninjected || f.Guard.InjectionLabel != "example.com/inject" {
+		t.Fatalf("flags %+v (%v)", f, err)
+	}
+	for _, bad := range []string{"", "not a label", "/x"} {
+		if _, err := ParseFlags([]string{"--namespace-injection-label=" + bad}); err == nil || !strings.Contains(err.Error(), "is not a label key") {
+			t.Errorf("--namespace-injection-label=%q: err %v", bad, err)
+		}
+	}
+}
+
+func TestCheckNamespaceAccess(t *testing.T) {
+	forbidden := apierrors.NewForbidden(schema.GroupResource{Resource: "namespaces"}, "", errors.New("RBAC: access denied"))
+	tests := []struct {
+		name    string
+		listErr error
+		wantErr string
+	}{
+		{name: "allowed"},
+		{name: "forbidden: says what to grant", listErr: forbidden, wantErr: "grant its service account get, list and watch on namespaces"},
+		{name: "other failures are left to the caches", listErr: errors.New("connection refused")},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := fake.NewClientBuilder().WithInterceptorFuncs(interceptor.Funcs{
+				List: func(ctx context.Context, c client.WithWatch, l client.ObjectList, opts ...client.ListOption) error {
+					if tc.listErr != nil {
+						return tc.listErr
+					}
+					return c.List(ctx, l, opts...)
+				},
+			}).Build()
+			err := checkNamespaceAccess(context.Background(), c)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("err = %v, want %q", err, tc.wantErr)
 			}
 		})
 	}

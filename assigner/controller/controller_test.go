@@ -239,7 +239,7 @@ func TestBindingChangeUpdatesAnnotation(t *testing.T) {
 	mkIdentity(t, c, "apps", "second", uami("second"))
 	startAssigner(t, env, armClient(srv), testOptions())
 	mkPod(t, c, "apps", "injected", "n0", "app", map[string]string{defaults.IdentitiesAnnotation: "[]"})
-	mkPod(t, c, "apps", "plain", "n0", "app", nil) // not injected: left alone
+	mkUninjectedPod(t, c, "apps", "plain", "n0", "app", nil) // not injected: left alone
 
 	annotation := func(name string) ([]binding.Identity, bool, error) {
 		var p corev1.Pod

@@ -25,6 +25,9 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/azure"
+	"github.com/podidentity/podidentity/assigner/podaudit"
+	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/arm"
 )
@@ -70,6 +73,24 @@ func testOptions() Options {
 // startAssigner runs a manager with the controllers until the returned stop is called (or the test ends).
 func startAssigner(t testing.TB, env *testenv.Env, c azure.Client, opts Options) (stop func()) {
 	t.Helper()
+	return startManager(t, env, c, opts, nil)
+}
+
+// startAssignerAndAudit is startAssigner with the pod audit too (as the binary runs them), its passes kicked
+// by changes at most every minGap; it returns the registry of the audit's metrics.
+func startAssignerAndAudit(t testing.TB, env *testenv.Env, c azure.Client, opts Options, minGap time.Duration) (*prometheus.Registry, func()) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	stop := startManager(t, env, c, opts, func(mgr ctrl.Manager) error {
+		_, err := podaudit.Setup(mgr, podaudit.Options{Injection: opts.Injection, Binding: opts.Binding, Interval: time.Hour,
+			MinGap: minGap, Registerer: reg})
+		return err
+	})
+	return reg, stop
+}
+
+func startManager(t testing.TB, env *testenv.Env, c azure.Client, opts Options, more func(ctrl.Manager) error) (stop func()) {
+	t.Helper()
 	mgr, err := ctrl.NewManager(env.Config, manager.Options{
 		Scheme:                 env.Scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
@@ -85,6 +106,11 @@ func startAssigner(t testing.TB, env *testenv.Env, c azure.Client, opts Options)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := Setup(ctx, mgr, c, opts); err != nil {
 		t.Fatal(err)
+	}
+	if more != nil {
+		if err := more(mgr); err != nil {
+			t.Fatal(err)
+		}
 	}
 	done := make(chan struct{})
 	go func() {
@@ -115,9 +141,16 @@ func mkNode(t testing.TB, c client.Client, name, providerID string) {
 
 func instanceOf(ss string, i int) string { return fmt.Sprintf("azure://%s/virtualMachines/%d", ss, i) }
 
+// mkNamespace creates a namespace opted in to injection (the assigner attaches identities only for pods the
+// webhook injected there).
 func mkNamespace(t testing.TB, c client.Client, name string) {
 	t.Helper()
-	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil && !apierrors.IsAlreadyExists(err) {
+	mkNamespaceLabels(t, c, name, map[string]string{defaults.NamespaceInjectionLabel: "enabled"})
+}
+
+func mkNamespaceLabels(t testing.TB, c client.Client, name string, labels map[string]string) {
+	t.Helper()
+	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
 }
@@ -142,7 +175,39 @@ func mkBinding(t testing.TB, c client.Client, ns, name, identity, selector strin
 	return b
 }
 
+// mkPod creates a pod as the webhook leaves it when it injects it: with the identities annotation (the
+// bindings' current answer, as the webhook computes it, unless annotations give one). The webhook itself does
+// not run here, nor do its containers matter to the assigner.
 func mkPod(t testing.TB, c client.Client, ns, name, node, selector string, annotations map[string]string) *corev1.Pod {
+	t.Helper()
+	if _, ok := annotations[defaults.IdentitiesAnnotation]; !ok {
+		all := map[string]string{defaults.IdentitiesAnnotation: webhookAnnotation(t, c, ns, selector)}
+		for k, v := range annotations {
+			all[k] = v
+		}
+		annotations = all
+	}
+	return mkUninjectedPod(t, c, ns, name, node, selector, annotations)
+}
+
+// webhookAnnotation is the identities annotation the webhook would give a pod of namespace ns labelled with
+// selector.
+func webhookAnnotation(t testing.TB, c client.Client, ns, selector string) string {
+	t.Helper()
+	var bl aadv1.AzureIdentityBindingList
+	var il aadv1.AzureIdentityList
+	for _, l := range []client.ObjectList{&bl, &il} {
+		if err := c.List(context.Background(), l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Labels: map[string]string{aadv1.PodLabelBinding: selector}}}
+	ids, _ := binding.Resolve(p, bl.Items, il.Items, binding.Options{})
+	return binding.Encode(ids)
+}
+
+// mkUninjectedPod creates a pod the webhook did not inject (unless annotations say otherwise).
+func mkUninjectedPod(t testing.TB, c client.Client, ns, name, node, selector string, annotations map[string]string) *corev1.Pod {
 	t.Helper()
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{aadv1.PodLabelBinding: selector}, Annotations: annotations},

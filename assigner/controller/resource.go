@@ -183,13 +183,22 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		}
 	}
 	in.Bindings, in.Identities, in.Exceptions = bl.Items, il.Items, el.Items
+	in.Injection = r.opts.Injection
+	if in.NamespaceLabels, err = r.namespaceLabels(ctx, in.Pods); err != nil {
+		return reconcile.Result{}, err
+	}
 	want := desired.Compute(in)
 	var assigned aadv1.AzureAssignedIdentityList
 	if err := r.c.List(ctx, &assigned, ctrl.MatchingFields{indexAssignedByRes: key}); err != nil {
 		return reconcile.Result{}, err
 	}
-
 	s := r.state(key)
+	if changed, err := r.confirmOptIn(ctx, newGrants(want, assigned.Items, s.cur, r.opts.Managed), in.NamespaceLabels); err != nil {
+		return reconcile.Result{}, err
+	} else if changed {
+		want = desired.Compute(in)
+	}
+
 	var wantIDs map[string]string
 	if ri := want.Resources[key]; ri != nil {
 		wantIDs = ri.IDs
@@ -247,6 +256,81 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		result.RequeueAfter = max(r.opts.Debounce, 10*time.Millisecond)
 	}
 	return result, nil
+}
+
+// namespaceLabels returns, from the cache, the labels of the namespaces of the pods that may need identities;
+// a namespace the cache does not have is left out (its pods count as not injected for now, and the namespace
+// watch brings the resource back when it shows up).
+func (r *resourceReconciler) namespaceLabels(ctx context.Context, pods []corev1.Pod) (map[string]map[string]string, error) {
+	out := map[string]map[string]string{}
+	for i := range pods {
+		p := &pods[i]
+		if _, done := out[p.Namespace]; done || !desired.NeedsIdentities(p) {
+			continue
+		}
+		var ns corev1.Namespace
+		err := r.c.Get(ctx, ctrl.ObjectKey{Name: p.Namespace}, &ns)
+		switch {
+		case apierrors.IsNotFound(err):
+			continue
+		case err != nil:
+			return nil, fmt.Errorf("reading namespace %s from the cache (the assigner needs get/list/watch on namespaces): %w", p.Namespace, err)
+		}
+		out[p.Namespace] = ns.Labels
+	}
+	return out, nil
+}
+
+// newGrants lists the namespaces of the pods that this pass would give something they do not have yet: an
+// AzureAssignedIdentity that does not exist, or (unless managed: then nothing is attached by us) a
+// user-assigned identity that is not known to be on the resource (cur, the last state read from ARM; nil
+// when unknown).
+func newGrants(want desired.State, existing []aadv1.AzureAssignedIdentity, cur *azure.ResourceIdentity, managed bool) map[string]bool {
+	have := make(map[string]bool, len(existing))
+	for i := range existing {
+		have[existing[i].Namespace+"/"+existing[i].Name] = true
+	}
+	out := map[string]bool{}
+	for k, a := range want.Assignments {
+		if !have[k] || (a.NeedsARM && !managed && (cur == nil || !cur.Has(a.Identity.Spec.ResourceID))) {
+			out[a.PodNamespace] = true
+		}
+	}
+	return out
+}
+
+// confirmOptIn re-reads from the API server the namespaces in grants, which the cache says are opted in, and
+// writes what it read into labels. An opted-in namespace is what lets a pod's identities onto its node: a
+// cache that still shows a label just removed must not attach anything new (pods created after the removal
+// were not seen by the webhook, so their identities annotation may be forged). Namespaces whose pods only
+// keep what they have are not re-read: losing an opt-in is then handled like any removal, when the cache
+// catches up. It reports whether labels changed, so that the caller decides again.
+func (r *resourceReconciler) confirmOptIn(ctx context.Context, grants map[string]bool, labels map[string]map[string]string) (bool, error) {
+	if r.opts.Injection.AttachUninjected {
+		return false, nil // the namespace does not decide anything
+	}
+	changed := false
+	for name := range grants {
+		var ns corev1.Namespace
+		err := r.reader.Get(ctx, ctrl.ObjectKey{Name: name}, &ns)
+		switch {
+		case apierrors.IsNotFound(err):
+			delete(labels, name)
+			changed = true
+			continue
+		case err != nil:
+			// Not deciding is the safe way: deciding without the namespace would detach the identities of
+			// its running pods over a failed read.
+			return false, fmt.Errorf("confirming that namespace %s is opted in to injection before attaching identities for its pods (the assigner needs get on namespaces): %w", name, err)
+		}
+		label := r.opts.Injection.LabelKey()
+		if desired.OptedIn(ns.Labels, label) != desired.OptedIn(labels[name], label) {
+			loggerFor(ctx).Info("namespace opt-in differs between the cache and the API server; deciding on the API server's", "namespace", name, "optedIn", desired.OptedIn(ns.Labels, label))
+			changed = true
+		}
+		labels[name] = ns.Labels
+	}
+	return changed, nil
 }
 
 // syncObjects brings existing AzureAssignedIdentity objects up to date and marks the ones no longer wanted

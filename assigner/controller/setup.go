@@ -1,7 +1,8 @@
 // Package controller is the assigner's control loop. Two reconcilers run in one controller-runtime manager:
 //
 //   - one work item per ARM resource (VM or scale set): it derives the desired AzureAssignedIdentity objects
-//     and identities of that resource (package desired), PATCHes the difference through ARM (package azure)
+//     and identities of that resource (package desired: only for pods the webhook injected, in namespaces
+//     opted in to injection), PATCHes the difference through ARM (package azure)
 //     and moves the AzureAssignedIdentity objects through Created -> Assigned -> Unassigned. Work items of
 //     different resources run in parallel, so a slow or failing scale set never delays another; events that
 //     arrive while a PATCH is in flight mark the item dirty and are coalesced into the next pass.
@@ -64,6 +65,9 @@ type Options struct {
 	Binding binding.Options
 	// Pool (guard mode): attach identities only to VMs and scale sets whose nodes all carry this label.
 	Pool *desired.Pool
+	// Injection: attach identities only for pods the webhook injected (namespace opt-in label), unless
+	// AttachUninjected.
+	Injection desired.Injection
 	// Managed: identities are attached by someone else; never call ARM.
 	Managed bool
 	// Workers is the number of ARM resources worked on at once (default 100). A resource waiting for a
@@ -230,7 +234,8 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 				return
 			}
 			if binding.Selector(o) == binding.Selector(n) && o.Spec.NodeName == n.Spec.NodeName &&
-				o.Status.Phase == n.Status.Phase && labelsEqual(o.Labels, n.Labels) {
+				o.Status.Phase == n.Status.Phase && labelsEqual(o.Labels, n.Labels) &&
+				hasIdentitiesAnnotation(o) == hasIdentitiesAnnotation(n) {
 				return // nothing the desired state depends on changed
 			}
 			enqueue(q, podKey(ctx, o))
@@ -257,6 +262,43 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 			enqueue(q, nodeResourceKey(e.Object))
 		},
 	}
+	// A namespace that is opted in or out changes whether its pods count as injected: bring back the
+	// resources its bound pods run on. Other namespace changes do not matter.
+	optedIn := func(ns *corev1.Namespace) bool { return desired.OptedIn(ns.Labels, opts.Injection.LabelKey()) }
+	namespacePods := func(ctx context.Context, ns string, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		var pods corev1.PodList
+		if err := c.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+			loggerFor(ctx).Error(err, "listing the pods of a namespace whose opt-in label changed; they are reconsidered at the next resync", "namespace", ns)
+			return
+		}
+		seen := map[string]bool{}
+		for i := range pods.Items {
+			if p := &pods.Items[i]; relevantPod(p) {
+				if k := podKey(ctx, p); !seen[k] {
+					seen[k] = true
+					enqueue(q, k)
+				}
+			}
+		}
+	}
+	namespaceHandler := handler.TypedFuncs[*corev1.Namespace, reconcile.Request]{
+		// Without the label a namespace counts as if it were absent, so only an opted-in one matters here.
+		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[*corev1.Namespace], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if optedIn(e.Object) {
+				namespacePods(ctx, e.Object.Name, q)
+			}
+		},
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[*corev1.Namespace], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if optedIn(e.ObjectOld) != optedIn(e.ObjectNew) {
+				namespacePods(ctx, e.ObjectNew.Name, q)
+			}
+		},
+		DeleteFunc: func(ctx context.Context, e event.TypedDeleteEvent[*corev1.Namespace], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if optedIn(e.Object) {
+				namespacePods(ctx, e.Object.Name, q)
+			}
+		},
+	}
 	assignedHandler := handler.TypedFuncs[*aadv1.AzureAssignedIdentity, reconcile.Request]{
 		// Creation: mostly our own doing, but after a restart it is how a resource whose nodes are all gone
 		// gets its leftover assignments cleaned up. Deletion requests and deletions bring the resource back.
@@ -281,6 +323,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 		WithOptions(controller.Options{MaxConcurrentReconciles: opts.Workers}).
 		WatchesRawSource(source.Kind(cache, &corev1.Pod{}, podHandler)).
 		WatchesRawSource(source.Kind(cache, &corev1.Node{}, nodeHandler)).
+		WatchesRawSource(source.Kind(cache, &corev1.Namespace{}, namespaceHandler)).
 		WatchesRawSource(source.Kind(cache, &aadv1.AzureAssignedIdentity{}, assignedHandler)).
 		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentityBinding{}, allOf[*aadv1.AzureIdentityBinding](allResources))).
 		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentity{}, allOf[*aadv1.AzureIdentity](allResources))).

@@ -29,6 +29,12 @@ type Input struct {
 	// Pool, when set (guard mode), keeps user-assigned identities off every VM or scale set that is not made
 	// only of pool nodes; Nodes must then hold every node of the resources concerned.
 	Pool *Pool
+	// NamespaceLabels are the labels of the pods' namespaces, by namespace name. A pod whose namespace is
+	// missing counts as not injected: a cache that has not seen the namespace yet must not attach identities
+	// (the caller reconsiders the pod when the namespace shows up).
+	NamespaceLabels map[string]map[string]string
+	// Injection: which bound pods get attachments (by default only those the webhook injected).
+	Injection Injection
 }
 
 // Assignment is one desired AzureAssignedIdentity.
@@ -80,6 +86,9 @@ type State struct {
 	Skipped   []Skipped
 	// Refused lists pods whose user-assigned identities guard mode keeps off their node, with what to do.
 	Refused []Skipped
+	// Uninjected lists bound pods that get no assignment at all because the webhook did not inject them
+	// (empty with Injection.AttachUninjected).
+	Uninjected []Uninjected
 }
 
 // NeedsIdentities reports whether the pod is one the assigner acts for: scheduled, still running or about
@@ -115,14 +124,14 @@ func Compute(in Input) State {
 	}
 	for i := range in.Pods {
 		pod := &in.Pods[i]
-		if !NeedsIdentities(pod) {
-			continue
-		}
-		if _, ok := binding.Excepted(pod, in.Exceptions); ok {
-			continue
-		}
-		ids, _ := binding.Resolve(pod, in.Bindings, in.Identities, in.Options)
+		ids := bound(pod, &in)
 		if len(ids) == 0 {
+			continue
+		}
+		if u, ok := uninjected(pod, ids, &in); ok {
+			// No AzureAssignedIdentity either, service principals included: the assigner acts only for
+			// pods the webhook isolated (an existing object is marked Unassigned like any unwanted one).
+			st.Uninjected = append(st.Uninjected, u)
 			continue
 		}
 		node, ok := nodes[pod.Spec.NodeName]
@@ -172,6 +181,7 @@ func Compute(in Input) State {
 	}
 	sort.Slice(st.Skipped, func(i, j int) bool { return st.Skipped[i].Pod < st.Skipped[j].Pod })
 	sort.Slice(st.Refused, func(i, j int) bool { return st.Refused[i].Pod < st.Refused[j].Pod })
+	sort.Slice(st.Uninjected, func(i, j int) bool { return st.Uninjected[i].Pod < st.Uninjected[j].Pod })
 	return st
 }
 

@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/defaults"
 )
 
 const (
@@ -20,7 +21,15 @@ func node(name, providerID string) corev1.Node {
 	return corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{ProviderID: providerID}}
 }
 
+// pod is a pod as the webhook leaves it in an opted-in namespace (annotated; see optedIn for the namespace).
 func pod(ns, name, node, sel string, labels ...string) corev1.Pod {
+	p := plainPod(ns, name, node, sel, labels...)
+	p.Annotations = map[string]string{defaults.IdentitiesAnnotation: "[]"}
+	return p
+}
+
+// plainPod is a pod the webhook did not inject.
+func plainPod(ns, name, node, sel string, labels ...string) corev1.Pod {
 	l := map[string]string{}
 	if sel != "" {
 		l[aadv1.PodLabelBinding] = sel
@@ -29,6 +38,15 @@ func pod(ns, name, node, sel string, labels ...string) corev1.Pod {
 		l[labels[i]] = labels[i+1]
 	}
 	return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: l}, Spec: corev1.PodSpec{NodeName: node}}
+}
+
+// optedIn gives each namespace the default opt-in label.
+func optedIn(namespaces ...string) map[string]map[string]string {
+	out := map[string]map[string]string{}
+	for _, ns := range namespaces {
+		out[ns] = map[string]string{defaults.NamespaceInjectionLabel: "enabled"}
+	}
+	return out
 }
 
 func msi(ns, name, rid string) aadv1.AzureIdentity {
@@ -54,6 +72,7 @@ func TestCompute(t *testing.T) {
 			msi("ns", "one-again", strings.ToLower(uami("One"))), sp},
 		Bindings: []aadv1.AzureIdentityBinding{bind("ns", "b1", "one", "app1"), bind("ns", "b2", "two", "app2"),
 			bind("ns", "b3", "sp", "app2"), bind("ns", "b4", "one-again", "app3")},
+		NamespaceLabels: optedIn("ns"),
 	}
 	tests := []struct {
 		name            string
@@ -129,6 +148,9 @@ func TestCompute(t *testing.T) {
 			}
 			if len(st.Skipped) != tc.wantSkipped {
 				t.Errorf("skipped = %v, want %d", st.Skipped, tc.wantSkipped)
+			}
+			if len(st.Uninjected) != 0 {
+				t.Errorf("uninjected = %v, want none (every pod is injected)", st.Uninjected)
 			}
 		})
 	}

@@ -30,9 +30,10 @@ func TestComputePool(t *testing.T) {
 	sp := aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "sp"},
 		Spec: aadv1.AzureIdentitySpec{Type: aadv1.ServicePrincipal, ClientID: "c", TenantID: "t", ClientPassword: corev1.SecretReference{Name: "s"}}}
 	base := Input{
-		Identities: []aadv1.AzureIdentity{msi("ns", "one", uami("one")), sp},
-		Bindings:   []aadv1.AzureIdentityBinding{bind("ns", "b1", "one", "app1"), bind("ns", "b2", "sp", "app1")},
-		Pods:       []corev1.Pod{pod("ns", "a0", "a0", "app1"), pod("ns", "b0", "b0", "app1"), pod("ns", "v", "v", "app1")},
+		Identities:      []aadv1.AzureIdentity{msi("ns", "one", uami("one")), sp},
+		Bindings:        []aadv1.AzureIdentityBinding{bind("ns", "b1", "one", "app1"), bind("ns", "b2", "sp", "app1")},
+		Pods:            []corev1.Pod{pod("ns", "a0", "a0", "app1"), pod("ns", "b0", "b0", "app1"), pod("ns", "v", "v", "app1")},
+		NamespaceLabels: optedIn("ns"),
 	}
 	pool := &Pool{Key: poolKey, Value: inPool}
 	tests := []struct {

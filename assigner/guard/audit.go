@@ -77,10 +77,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // scheduled, so that a planted pod or a bound pod outside the pool is reported within seconds rather than at
 // the next tick. It is a manager.Runnable that runs on the leader only.
 type Auditor struct {
-	Reader   client.Reader
-	Rules    Rules
-	Binding  binding.Options
-	Interval time.Duration
+	Reader  client.Reader
+	Rules   Rules
+	Binding binding.Options
+	// AttachUninjected is the assigner's --attach-uninjected-pods: which bound pods it attaches identities
+	// for, and so which of them guard mode refuses.
+	AttachUninjected bool
+	Interval         time.Duration
 	// MinGap bounds how often kicks start a pass (default 5s): a pass reads every pod from the cache.
 	MinGap   time.Duration
 	Recorder Recorder
@@ -196,8 +199,15 @@ func (a *Auditor) audit(ctx context.Context) (Report, error) {
 	}
 	in := Input{Nodes: nodes.Items, Pods: pods.Items, Namespaces: namespaces.Items, Assigned: assigned.Items}
 	rep := Audit(in, a.Rules)
+	labels := make(map[string]map[string]string, len(namespaces.Items))
+	for i := range namespaces.Items {
+		labels[namespaces.Items[i].Name] = namespaces.Items[i].Labels
+	}
+	// The same decision as the controller's, so that a pod is refused here exactly when guard mode is what
+	// keeps its identities off its node (an un-injected pod is reported by the pod audit instead).
 	rep.Refused = desired.Compute(desired.Input{Pods: pods.Items, Nodes: nodes.Items, Bindings: bindings.Items,
-		Identities: identities.Items, Exceptions: exceptions.Items, Options: a.Binding, Pool: a.Rules.Pool}).Refused
+		Identities: identities.Items, Exceptions: exceptions.Items, Options: a.Binding, Pool: a.Rules.Pool,
+		NamespaceLabels: labels, Injection: desired.Injection{Label: a.Rules.InjectionLabel, AttachUninjected: a.AttachUninjected}}).Refused
 	return rep, nil
 }
 
@@ -262,14 +272,15 @@ func Audit(in Input, r Rules) Report {
 
 // Setup adds the audit to mgr: every interval on the elected replica, and at most every minGap (0: 5s) after
 // a pod is created or scheduled, with Events from the manager's recorder and metrics on reg.
-func Setup(mgr manager.Manager, r Rules, b binding.Options, interval, minGap time.Duration, reg prometheus.Registerer) error {
+// attachUninjected is the assigner's --attach-uninjected-pods.
+func Setup(mgr manager.Manager, r Rules, b binding.Options, attachUninjected bool, interval, minGap time.Duration, reg prometheus.Registerer) error {
 	if interval <= 0 {
 		return nil
 	}
 	if r.Pool == nil {
 		return errors.New("the guard audit needs the identity pool label (--identity-pool-label)")
 	}
-	a := NewAuditor(Auditor{Reader: mgr.GetClient(), Rules: r, Binding: b, Interval: interval, MinGap: minGap,
+	a := NewAuditor(Auditor{Reader: mgr.GetClient(), Rules: r, Binding: b, AttachUninjected: attachUninjected, Interval: interval, MinGap: minGap,
 		Recorder: mgr.GetEventRecorder("podidentity-assigner"), Metrics: NewMetrics(reg), Log: mgr.GetLogger().WithName("guard-audit")})
 	// A new pod, or one just scheduled, may be planted on the pool or bound outside it: audit soon.
 	inf, err := mgr.GetCache().GetInformer(context.Background(), &corev1.Pod{})

@@ -50,7 +50,9 @@ func BenchmarkAuditPass(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		rep := Audit(in, r)
-		refused := desired.Compute(desired.Input{Pods: in.Pods, Nodes: in.Nodes, Bindings: bindings, Identities: identities, Pool: r.Pool}).Refused
+		labels := map[string]map[string]string{"apps": in.Namespaces[0].Labels}
+		refused := desired.Compute(desired.Input{Pods: in.Pods, Nodes: in.Nodes, Bindings: bindings, Identities: identities, Pool: r.Pool,
+			NamespaceLabels: labels}).Refused
 		if rep.IdentityNodes != 100 || len(rep.Untrusted) == 0 || len(refused) == 0 {
 			b.Fatalf("identity nodes %d, untrusted %d, refused %d", rep.IdentityNodes, len(rep.Untrusted), len(refused))
 		}

@@ -77,7 +77,7 @@ func TestGuardModeAssignerAndAudit(t *testing.T) {
 		Resync: time.Minute, Pool: pool, Registerer: prometheus.NewRegistry()}))
 	// An hour between ticks: what the test sees comes from the first pass and from kicks (pod created or
 	// scheduled), which must make reports prompt.
-	must(t, Setup(mgr, rules, binding.Options{}, time.Hour, 100*time.Millisecond, reg))
+	must(t, Setup(mgr, rules, binding.Options{}, false, time.Hour, 100*time.Millisecond, reg))
 	done := make(chan struct{})
 	go func() { defer close(done); _ = mgr.Start(mctx) }()
 	t.Cleanup(func() { cancel(); <-done })
