@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"sort"
 	"strings"
 	"testing"
@@ -77,23 +78,28 @@ func (e *env) attackOutcome(t *testing.T, ns, pod, container string) attackResul
 }
 
 func stoppedText(r attackResult) string {
-	where := map[string]string{
-		"syscall":  "the kernel refused a step",
-		"redirect": "redirected to the pod's token sidecar, which refused the unbound identity",
-		"imds":     "the node's IMDS answered without a token",
-		"network":  "no connection",
-	}[r.Stopped]
-	if where == "" {
-		where = r.Stopped
+	switch r.Stopped {
+	case "redirect":
+		return fmt.Sprintf("redirected to the pod's token sidecar, which refused the unbound identity (HTTP %d)", r.Status)
+	case "imds":
+		return fmt.Sprintf("the node's IMDS answered without a token (HTTP %d: the identity is not on the node)", r.Status)
 	}
 	detail := r.Error
 	if detail == "" && len(r.Steps) > 0 {
 		detail = r.Steps[len(r.Steps)-1]
 	}
-	if detail != "" {
-		where += ": " + detail
+	// Keep the failing call and the kernel's answer, not the URL (whose client id changes every run).
+	for _, call := range []string{"setsockopt(", "socket(", "setuid(", "connect: "} {
+		if i := strings.Index(detail, call); i >= 0 {
+			detail = detail[i:]
+			break
+		}
 	}
-	return where
+	where := map[string]string{"syscall": "the kernel refused a step", "network": "no connection"}[r.Stopped]
+	if where == "" {
+		where = r.Stopped
+	}
+	return where + ": " + detail
 }
 
 // tokensToOthers counts the tokens the node's IMDS issued for clientID to callers other than allowed, between
@@ -164,7 +170,7 @@ func (e *env) scenarioAttackMatrix(t *testing.T) {
 	}
 	shared := attackPod("shared-pid", e.attackerImage, "sidecar-process", victim.ClientID, own.Selector)
 	shared.Spec.ShareProcessNamespace = ptr.To(true)
-	runs = append(runs, run{pod: "root, shareProcessNamespace with the sidecar", route: "sidecar-process (environ, mem, fds, pidfd_getfd, ptrace, cgroup), then setuid and again", spec: shared, container: "attack"})
+	runs = append(runs, run{pod: "root, shareProcessNamespace with the sidecar", route: "the sidecar's process: /proc environ and mem, pidfd_getfd, ptrace, joining its cgroup; as root, then as uid 15078; then ask", spec: shared, container: "attack"})
 	// A user init container, as root: it runs after ours (the webhook puts ours first, and moves them back to
 	// the front when another webhook prepends its own), so the redirect is already there.
 	userInit := attackPod("user-init", e.attackerImage, "setuid", victim.ClientID, own.Selector)
