@@ -18,6 +18,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
+	"github.com/podidentity/podidentity/assigner/internal/periodic"
 	"github.com/podidentity/podidentity/assigner/providerid"
 	"github.com/podidentity/podidentity/internal/binding"
 )
@@ -90,50 +91,32 @@ type Auditor struct {
 	Metrics  *Metrics
 	Log      logr.Logger
 
-	kick chan struct{}
+	loop *periodic.Loop
 }
 
 // NewAuditor returns an Auditor ready for Kick.
 func NewAuditor(a Auditor) *Auditor {
-	a.kick = make(chan struct{}, 1)
 	if a.MinGap <= 0 {
 		a.MinGap = 5 * time.Second
 	}
+	a.loop = periodic.New(a.Interval, a.MinGap)
 	return &a
 }
 
 // Kick asks for an early pass; it never blocks, and kicks while one is pending are merged.
-func (a *Auditor) Kick() {
-	select {
-	case a.kick <- struct{}{}:
-	default:
-	}
-}
+func (a *Auditor) Kick() { a.loop.Kick() }
 
 // NeedLeaderElection makes only the elected assigner audit (one Event per finding, not one per replica).
 func (a *Auditor) NeedLeaderElection() bool { return true }
 
 // Start audits at once, then every Interval, until ctx ends.
 func (a *Auditor) Start(ctx context.Context) error {
-	t := time.NewTicker(a.Interval)
-	defer t.Stop()
-	for {
-		last := time.Now()
+	a.loop.Run(ctx, func(ctx context.Context) {
 		if _, err := a.Run(ctx); err != nil && ctx.Err() == nil {
 			a.Log.Error(err, "guard audit failed; retrying at the next interval")
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		case <-a.kick:
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Until(last.Add(a.MinGap))):
-			}
-		}
-	}
+	})
+	return nil
 }
 
 // Run does one audit pass: it reads the cluster, records an Event per finding, sets the metrics and logs.

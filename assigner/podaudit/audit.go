@@ -32,6 +32,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
+	"github.com/podidentity/podidentity/assigner/internal/periodic"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/defaults"
 )
@@ -213,7 +214,7 @@ type Auditor struct {
 	Metrics   *Metrics
 	Log       logr.Logger
 
-	kick chan struct{}
+	loop *periodic.Loop
 	// mu serializes passes: warned and the metrics' last series belong to one pass at a time.
 	mu sync.Mutex
 	// warned holds the pods (by Event reason, namespace, name and uid) that got their Event, so that each
@@ -229,7 +230,6 @@ type warnedKey struct {
 
 // NewAuditor returns an Auditor ready for Kick, with defaults: Interval 1m, MinGap 5s.
 func NewAuditor(a *Auditor) *Auditor {
-	a.kick = make(chan struct{}, 1)
 	a.warned = map[warnedKey]bool{}
 	if a.Interval <= 0 {
 		a.Interval = time.Minute
@@ -237,41 +237,24 @@ func NewAuditor(a *Auditor) *Auditor {
 	if a.MinGap <= 0 {
 		a.MinGap = 5 * time.Second
 	}
+	a.loop = periodic.New(a.Interval, a.MinGap)
 	return a
 }
 
 // Kick asks for an early pass; it never blocks, and kicks while one is pending are merged.
-func (a *Auditor) Kick() {
-	select {
-	case a.kick <- struct{}{}:
-	default:
-	}
-}
+func (a *Auditor) Kick() { a.loop.Kick() }
 
 // NeedLeaderElection makes only the elected assigner audit: one Event per finding, not one per replica.
 func (a *Auditor) NeedLeaderElection() bool { return true }
 
 // Start audits at once, then every Interval and after kicks, until ctx ends.
 func (a *Auditor) Start(ctx context.Context) error {
-	t := time.NewTicker(a.Interval)
-	defer t.Stop()
-	for {
-		last := time.Now()
+	a.loop.Run(ctx, func(ctx context.Context) {
 		if _, err := a.Run(ctx); err != nil && ctx.Err() == nil {
 			a.Log.Error(err, "pod audit failed; retrying at the next interval or change")
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		case <-a.kick:
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Until(last.Add(a.MinGap))):
-			}
-		}
-	}
+	})
+	return nil
 }
 
 // Run does one pass: it reads the cache, sets the gauges, and records each finding's Event once per pod.
