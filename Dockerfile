@@ -1,6 +1,6 @@
 # One multi-stage build, one target per binary:
 #   docker buildx build --target sidecar --platform linux/amd64,linux/arm64 -t <registry>/podidentity-sidecar:<tag> .
-# Targets: webhook, sidecar, assigner, init. Binaries are static (CGO_ENABLED=0) and cross-compiled by the Go
+# Targets: webhook, sidecar, assigner, init, node. Binaries are static (CGO_ENABLED=0) and cross-compiled by the Go
 # toolchain for TARGETOS/TARGETARCH, so multi-arch needs no emulation. Without a Docker engine, `make images`
 # assembles the same images as tarballs (hack/tools/imagebuild).
 ARG GO_VERSION=1.26
@@ -14,7 +14,7 @@ RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath \
       -ldflags "-s -w -X github.com/podidentity/podidentity/internal/version.Version=${VERSION}" \
-      -o /out/ ./webhook/cmd/... ./sidecar/cmd/... ./assigner/cmd/... ./init/cmd/...
+      -o /out/ ./webhook/cmd/... ./sidecar/cmd/... ./assigner/cmd/... ./init/cmd/... ./cni/cmd/...
 
 FROM gcr.io/distroless/static-debian12:nonroot AS webhook
 COPY --from=build /out/podidentity-webhook /podidentity-webhook
@@ -38,3 +38,10 @@ FROM gcr.io/distroless/static-debian12 AS init
 COPY --from=build /out/podidentity-init /podidentity-init
 USER 0:0
 ENTRYPOINT ["/podidentity-init"]
+
+# CNI mode's node agent (a privileged DaemonSet): it copies the CNI plugin beside it onto the node.
+FROM gcr.io/distroless/static-debian12 AS node
+COPY --from=build /out/podidentity-node /podidentity-node
+COPY --from=build /out/podidentity-cni /podidentity-cni
+USER 0:0
+ENTRYPOINT ["/podidentity-node"]

@@ -27,7 +27,7 @@ export KUBEBUILDER_ASSETS := $(BIN)
 
 LDFLAGS := -s -w -X github.com/podidentity/podidentity/internal/version.Version=$(VERSION)
 
-BINARIES := podidentity-webhook podidentity-sidecar podidentity-assigner podidentity-init
+BINARIES := podidentity-webhook podidentity-sidecar podidentity-assigner podidentity-init podidentity-node podidentity-cni
 
 .PHONY: all
 all: build
@@ -44,15 +44,20 @@ build: ## Compile every package; the component binaries (<component>/cmd/<binary
 IMAGE_REGISTRY ?= ghcr.io/podidentity
 IMAGE_TAG      ?= $(VERSION)
 IMAGEBUILD     := $(BIN)/imagebuild
-# binary:uid of each image (the Dockerfile's targets say the same).
-IMAGE_USERS    := podidentity-webhook:65532 podidentity-assigner:65532 podidentity-sidecar:15078 podidentity-init:0
+# binary:uid of each image (the Dockerfile's targets say the same). The node image also carries the CNI plugin,
+# which its agent copies onto the node.
+IMAGE_USERS    := podidentity-webhook:65532 podidentity-assigner:65532 podidentity-sidecar:15078 podidentity-init:0 podidentity-node:0
+IMAGE_PACKAGES := ./webhook/cmd/podidentity-webhook ./assigner/cmd/podidentity-assigner ./sidecar/cmd/podidentity-sidecar \
+                  ./init/cmd/podidentity-init ./cni/cmd/podidentity-node ./cni/cmd/podidentity-cni
+IMAGE_EXTRA_podidentity-node := podidentity-cni
 
 .PHONY: images
-images: $(IMAGEBUILD) ## Assemble the four images as tarballs in bin/images/ without a Docker daemon.
+images: $(IMAGEBUILD) ## Assemble the five images as tarballs in bin/images/ without a Docker daemon.
 	@mkdir -p $(BIN)/images
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/images/ $(addprefix ./,$(foreach b,$(IMAGE_USERS),$(subst podidentity-,,$(firstword $(subst :, ,$(b))))/cmd/$(firstword $(subst :, ,$(b)))))
-	@for b in $(IMAGE_USERS); do n=$${b%%:*}; u=$${b##*:}; \
-	  $(IMAGEBUILD) --binary $(BIN)/images/$$n --uid $$u --version $(VERSION) \
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/images/ $(IMAGE_PACKAGES)
+	@for b in $(IMAGE_USERS); do n=$${b%%:*}; u=$${b##*:}; extra=""; \
+	  [ "$$n" = podidentity-node ] && extra="--extra-binary $(BIN)/images/$(IMAGE_EXTRA_podidentity-node)"; \
+	  $(IMAGEBUILD) --binary $(BIN)/images/$$n $$extra --uid $$u --version $(VERSION) \
 	    --tag $(IMAGE_REGISTRY)/$$n:$(IMAGE_TAG) --out $(BIN)/images/$$n.tar; \
 	  echo "$(IMAGE_REGISTRY)/$$n:$(IMAGE_TAG) -> bin/images/$$n.tar ($$(du -h $(BIN)/images/$$n.tar | cut -f1))"; done
 

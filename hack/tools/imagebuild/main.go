@@ -32,19 +32,27 @@ func main() {
 		caBundle = flag.String("ca-bundle", "/etc/ssl/certs/ca-certificates.crt", "CA bundle copied to /etc/ssl/certs/ca-certificates.crt; empty for none")
 		version  = flag.String("version", "dev", "value of the org.opencontainers.image.version label")
 		arch     = flag.String("arch", runtime.GOARCH, "image architecture (the binary must match)")
+		extra    extraBinaries
 	)
+	flag.Var(&extra, "extra-binary", "another static binary to put at /<its name> (repeatable; e.g. the CNI plugin the node agent installs)")
 	flag.Parse()
 	if *binary == "" || *ref == "" || *out == "" {
 		fmt.Fprintln(os.Stderr, "imagebuild: --binary, --tag and --out are required")
 		os.Exit(2)
 	}
-	if err := build(*binary, *ref, *out, *uid, *caBundle, *version, *arch); err != nil {
+	if err := build(*binary, extra, *ref, *out, *uid, *caBundle, *version, *arch); err != nil {
 		fmt.Fprintln(os.Stderr, "imagebuild:", err)
 		os.Exit(1)
 	}
 }
 
-func build(binary, ref, out string, uid int, caBundle, version, arch string) error {
+// extraBinaries collects --extra-binary.
+type extraBinaries []string
+
+func (e *extraBinaries) String() string     { return fmt.Sprint([]string(*e)) }
+func (e *extraBinaries) Set(v string) error { *e = append(*e, v); return nil }
+
+func build(binary string, extra []string, ref, out string, uid int, caBundle, version, arch string) error {
 	tag, err := name.NewTag(ref)
 	if err != nil {
 		return fmt.Errorf("--tag %q: %w", ref, err)
@@ -58,6 +66,13 @@ func build(binary, ref, out string, uid int, caBundle, version, arch string) err
 		{name: entry, mode: 0o755, data: bin},
 		{name: "/etc/passwd", mode: 0o644, data: []byte(fmt.Sprintf("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\npodidentity:x:%d:%d:podidentity:/:/sbin/nologin\n", uid, uid))},
 		{name: "/etc/group", mode: 0o644, data: []byte(fmt.Sprintf("root:x:0:\nnonroot:x:65532:\npodidentity:x:%d:\n", uid))},
+	}
+	for _, x := range extra {
+		data, err := os.ReadFile(x)
+		if err != nil {
+			return fmt.Errorf("--extra-binary: %w", err)
+		}
+		files = append(files, file{name: "/" + path.Base(x), mode: 0o755, data: data})
 	}
 	if caBundle != "" {
 		ca, err := os.ReadFile(caBundle)
