@@ -101,7 +101,7 @@ func (c *Cluster) writeNodeConfigs() error {
 	}
 	files := map[string]string{
 		filepath.Join(c.confDir(), "containerd.toml"): containerdConfig(st, c.CNIBinDir(), c.CNIConfDir()),
-		c.primaryCNIConfig():                          c.primaryCNIConfigContent(),
+		c.PrimaryCNIConfig():                          c.primaryCNIConfigContent(),
 		// Pods (dnsPolicy ClusterFirst without cluster DNS falls back to this) ask the fake cloud's DNS, which
 		// knows only Azure's names; nothing leaks to the host's resolver.
 		filepath.Join(c.confDir(), "resolv.conf"):     "nameserver " + NodeIP + "\n",
@@ -125,15 +125,15 @@ func (c *Cluster) CNIBinDir() string { return filepath.Join(c.opts.StateDir, "cn
 // CNIConfDir is the node's CNI configuration directory (the runtime's conf_dir).
 func (c *Cluster) CNIConfDir() string { return filepath.Join(c.opts.StateDir, "cni", "net.d") }
 
-// primaryCNIConfig is the node's network configuration list, the one the runtime loads (the first file).
-func (c *Cluster) primaryCNIConfig() string {
+// PrimaryCNIConfig is the node's network configuration list, the one the runtime loads (the first file).
+func (c *Cluster) PrimaryCNIConfig() string {
 	return filepath.Join(c.CNIConfDir(), "10-podidentity.conflist")
 }
 
 // RewritePrimaryCNIConfig writes the node's network configuration list afresh, as a primary CNI does at start
 // or upgrade: whatever was chained into it is gone.
 func (c *Cluster) RewritePrimaryCNIConfig() error {
-	return os.WriteFile(c.primaryCNIConfig(), []byte(c.primaryCNIConfigContent()), 0o644)
+	return os.WriteFile(c.PrimaryCNIConfig(), []byte(c.primaryCNIConfigContent()), 0o644)
 }
 
 // primaryCNIConfigContent is the bridge with host-local addresses; containerd's CRI brings lo up itself

@@ -28,12 +28,13 @@ var update = flag.Bool("update", false, "rewrite the generated flag tables of do
 
 const root = "../.."
 
-// binaries are the four commands whose flags the reference documents.
+// binaries are the commands whose flags the reference documents.
 var binaries = []struct{ name, pkg string }{
 	{"podidentity-webhook", "./webhook/cmd/podidentity-webhook"},
 	{"podidentity-sidecar", "./sidecar/cmd/podidentity-sidecar"},
 	{"podidentity-assigner", "./assigner/cmd/podidentity-assigner"},
 	{"podidentity-init", "./init/cmd/podidentity-init"},
+	{"podidentity-node", "./cni/cmd/podidentity-node"},
 }
 
 // cliFlag is one flag as the flag package prints it in its usage.

@@ -135,8 +135,16 @@ func tokensToOthers(before, after map[string]int, clientID string, allowed ...st
 // victim's identity to any caller but the victim pod. The pods that have no redirect at all (namespace not
 // opted in, hostNetwork, opted out) get their own rows: without guard mode they reach the node's IMDS, which
 // is what the matrix records (the guard scenario records them with guard mode).
-func (e *env) scenarioAttackMatrix(t *testing.T) {
-	const mode = "chart defaults"
+func (e *env) scenarioAttackMatrix(t *testing.T) { e.attackMatrix(t, modeDefaults) }
+
+// The chart configurations the matrix runs with (its first column).
+const (
+	modeDefaults = "chart defaults"
+	modeCNI      = "CNI mode (redirect.mode=cni)"
+)
+
+// attackMatrix runs every route against the release as it is configured now (mode names it in the report).
+func (e *env) attackMatrix(t *testing.T, mode string) {
 	ns := e.namespace(t, "attack", true)
 	victim := e.identity(t, ns, "victim")
 	own := e.identity(t, ns, "own")
@@ -288,10 +296,12 @@ func trimText(s string, n int) string {
 	return s
 }
 
-// attackWithoutRedirect records what pods without any redirect can do on a node that carries an identity:
-// they ask the node's IMDS directly. Without guard mode (or CNI mode) nothing stops them: these rows are the
-// side door the threat model describes, kept here so that closing it shows.
+// attackWithoutRedirect records what pods without a redirect of their own can do on a node that carries an
+// identity: they ask the node's IMDS directly. With the chart's defaults nothing stops them (the side door the
+// threat model describes, closed by guard mode); in CNI mode the node's plugin fences every such pod but a
+// hostNetwork one. The rows keep both visible, and the expected verdicts are asserted, so that a change shows.
 func (e *env) attackWithoutRedirect(t *testing.T, victim identity, mode string) {
+	cni := mode == modeCNI
 	plain := e.namespace(t, "attack-side", false)
 	optedIn := e.namespace(t, "attack-optout", true)
 	hostNet := attackPod("host-network", e.attackerImage, "direct", victim.ClientID, "")
@@ -299,18 +309,36 @@ func (e *env) attackWithoutRedirect(t *testing.T, victim identity, mode string) 
 	optOut := attackPod("opted-out", e.attackerImage, "direct", victim.ClientID, "")
 	optOut.Annotations = map[string]string{defaults.InjectAnnotation: "false"}
 	for _, c := range []struct {
-		pod, ns string
-		spec    *corev1.Pod
+		pod, ns   string
+		spec      *corev1.Pod
+		wantToken bool
 	}{
-		{"pod of a namespace without the opt-in label", plain, attackPod("plain", e.attackerImage, "direct", victim.ClientID, "")},
-		{"hostNetwork pod", plain, hostNet},
-		{"opted-out pod (" + defaults.InjectAnnotation + ": \"false\") in an opted-in namespace", optedIn, optOut},
+		{"pod of a namespace without the opt-in label", plain, attackPod("plain", e.attackerImage, "direct", victim.ClientID, ""), !cni},
+		{"hostNetwork pod", plain, hostNet, true},
+		{"opted-out pod (" + defaults.InjectAnnotation + ": \"false\") in an opted-in namespace", optedIn, optOut, !cni},
 	} {
+		before := e.imds.Counters(t)
 		created := e.createPod(t, c.ns, c.spec)
 		res := e.attackOutcome(t, c.ns, c.spec.Name, "attack")
+		if res.Token != c.wantToken {
+			t.Errorf("%s, %s: token %v, want %v: %+v", mode, c.pod, res.Token, c.wantToken, res)
+		}
+		if !c.wantToken {
+			// Counted by the node's IMDS itself, per caller: nothing for this pod's IP.
+			ip := e.waitPod(t, c.ns, c.spec.Name, "an IP", podTimeout, func(p *corev1.Pod) bool { return p.Status.PodIP != "" }).Status.PodIP
+			after := e.imds.Counters(t)
+			if n := after.TokensByCaller[victim.ClientID+" "+ip] - before.TokensByCaller[victim.ClientID+" "+ip]; n != 0 {
+				t.Errorf("%s, %s: the node's IMDS issued %d tokens of %s to it (%s)", mode, c.pod, n, victim.ClientID, ip)
+			}
+		}
 		verdict := map[bool]string{true: "token", false: "no token"}[res.Token]
-		stopped := "not stopped: the pod reaches the node's IMDS directly (closed by guard mode or CNI mode)"
-		if !res.Token {
+		stopped := "not stopped: the pod reaches the node's IMDS directly (closed by guard mode, and but for hostNetwork by CNI mode)"
+		switch {
+		case res.Token && cni:
+			stopped = "not stopped: a hostNetwork pod has no network namespace of its own, so no CNI plugin runs for it (refuse hostNetwork with Pod Security baseline or restricted; guard mode keeps it off identity nodes)"
+		case !res.Token && cni:
+			stopped = "fenced by the node's podidentity CNI plugin: " + stoppedText(res)
+		case !res.Token:
 			stopped = stoppedText(res)
 		}
 		if w := created.Annotations[defaults.SecurityWarningsAnnotation]; w != "" {

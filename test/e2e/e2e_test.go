@@ -58,8 +58,9 @@ func TestE2E(t *testing.T) {
 		{"unlabelled namespace untouched, hostNetwork refused", e.scenarioUntouchedAndRefused},
 		{"attacker matrix: no route to an unbound identity", e.scenarioAttackMatrix},
 		{"webhook rolling restart admits every pod", e.scenarioWebhookRollout},
-		// Last: it changes the release and the node (undone at its end).
+		// Last: they change the release and the node (undone at their end).
 		{"guard mode keeps identities to isolated pods", e.scenarioGuard},
+		{"CNI mode: restricted namespaces, no side door", e.scenarioCNIMode},
 	}
 	var outcomes []Outcome
 	for _, sc := range scenarios {

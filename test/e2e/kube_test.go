@@ -441,3 +441,12 @@ func nftTables(ctx context.Context, pid int) (string, error) {
 	}
 	return string(out), nil
 }
+
+// nftChains lists the project's table of the network namespace of a running container (root on the node).
+func nftChains(ctx context.Context, pid int) (string, error) {
+	out, err := exec.CommandContext(ctx, "nsenter", "-t", fmt.Sprint(pid), "-n", "nft", "list", "table", "inet", "podidentity").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("nsenter -t %d -n nft list table inet podidentity: %v: %s", pid, err, out)
+	}
+	return string(out), nil
+}

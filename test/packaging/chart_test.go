@@ -94,6 +94,7 @@ var goldenCases = []struct {
 	{"defaults", nil},
 	{"no-cert-manager", []string{"testdata/values/no-cert-manager.yaml"}},
 	{"full", []string{"testdata/values/full.yaml"}},
+	{"cni", []string{"testdata/values/cni.yaml"}},
 }
 
 func TestHelmTemplateGolden(t *testing.T) {
@@ -194,10 +195,37 @@ func TestHelmTemplateInvariants(t *testing.T) {
 			}
 			find(t, objs, "PodDisruptionBudget", "podidentity-webhook")
 			find(t, objs, "Service", "podidentity-webhook")
-			// Least privilege: only the webhook and the assigner have accounts; the sidecar and init none.
+			// Least privilege: only the webhook, the assigner and (CNI mode) the node agent have accounts; the
+			// sidecar and init none.
+			cni := tc.name == "cni"
 			for _, o := range objs {
-				if o.GetKind() == "ServiceAccount" && o.GetName() != "podidentity-webhook" && o.GetName() != "podidentity-assigner" {
+				if o.GetKind() == "ServiceAccount" && o.GetName() != "podidentity-webhook" && o.GetName() != "podidentity-assigner" &&
+					(!cni || o.GetName() != "podidentity-node") {
 					t.Errorf("unexpected ServiceAccount %s", o.GetName())
+				}
+			}
+			// CNI mode: the node agent on every node, and its RBAC read-only but for Events.
+			if cni {
+				ds := find(t, objs, "DaemonSet", "podidentity-node")
+				spec, _, _ := unstructured.NestedMap(ds.Object, "spec", "template", "spec")
+				if spec["hostNetwork"] != true || spec["hostPID"] != true {
+					t.Errorf("node agent: hostNetwork %v, hostPID %v; it needs both (it enters pods' network namespaces)", spec["hostNetwork"], spec["hostPID"])
+				}
+				role := find(t, objs, "ClusterRole", "podidentity-node")
+				rules, _, _ := unstructured.NestedSlice(role.Object, "rules")
+				for _, r := range rules {
+					m := r.(map[string]any)
+					res, _, _ := unstructured.NestedStringSlice(m, "resources")
+					verbs, _, _ := unstructured.NestedStringSlice(m, "verbs")
+					if !contains(res, "events") && (contains(verbs, "create") || contains(verbs, "update") || contains(verbs, "patch") || contains(verbs, "delete")) {
+						t.Errorf("node agent may %v %v: it needs only to read pods, namespaces, exceptions and its DaemonSet", verbs, res)
+					}
+				}
+			} else {
+				for _, o := range objs {
+					if o.GetKind() == "DaemonSet" {
+						t.Errorf("DaemonSet %s rendered outside CNI mode", o.GetName())
+					}
 				}
 			}
 		})

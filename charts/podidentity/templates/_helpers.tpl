@@ -14,6 +14,7 @@
 
 {{- define "podidentity.webhook" -}}{{ include "podidentity.fullname" . }}-webhook{{- end -}}
 {{- define "podidentity.assigner" -}}{{ include "podidentity.fullname" . }}-assigner{{- end -}}
+{{- define "podidentity.node" -}}{{ include "podidentity.fullname" . }}-node{{- end -}}
 {{- define "podidentity.certSecret" -}}{{ include "podidentity.webhook" . }}-cert{{- end -}}
 
 {{/* Labels of every object; podidentity.labels adds the instance, which the selector labels carry too. */}}

@@ -37,7 +37,7 @@ const (
 
 // Images are the images `make images` writes to bin/images/<name>.tar.
 func Images() []string {
-	return []string{"podidentity-webhook", "podidentity-sidecar", "podidentity-init", "podidentity-assigner"}
+	return []string{"podidentity-webhook", "podidentity-sidecar", "podidentity-init", "podidentity-assigner", "podidentity-node"}
 }
 
 // Options configure Install.
@@ -145,6 +145,19 @@ func BaseValues(registry, tag string) map[string]any {
 			"extraEnv":          []map[string]any{{"name": "SSL_CERT_FILE", "value": AzureCAMountDir + "/ca.crt"}},
 			"extraVolumes":      []map[string]any{{"name": "azure-ca", "configMap": map[string]any{"name": AzureCAConfigMap}}},
 			"extraVolumeMounts": []map[string]any{{"name": "azure-ca", "mountPath": AzureCAMountDir, "readOnly": true}},
+		},
+	}
+}
+
+// CNIValues switch a release to CNI mode on the local cluster: the node agent chains the plugin into the
+// cluster's own CNI directories (the node's runtime reads them), not the host's.
+func CNIValues(c *cluster.Cluster) map[string]any {
+	return map[string]any{
+		"redirect": map[string]any{"mode": "cni"},
+		"cni": map[string]any{
+			"binDir":     c.CNIBinDir(),
+			"confDir":    c.CNIConfDir(),
+			"failureDir": filepath.Join(c.StateDir(), "cni", "failures"),
 		},
 	}
 }
