@@ -1,7 +1,7 @@
 // Command demo is `make demo`: it starts the local cluster with its emulated Azure, installs the chart and
 // shows a pod of the real Azure SDK for Go getting a managed-identity token (package scenario).
 //
-//	go run ./test/demo [--keep]          everything on this machine (root); tears down unless --keep
+//	go run ./test/demo [--keep] [--mode=cni]  everything on this machine (root); tears down unless --keep
 //	go run ./test/demo --down            stop a cluster kept by --keep
 //	go run ./test/demo --kubeconfig ~/.kube/config --app-image ... --identity-resource-id ... --identity-client-id ...
 package main
@@ -28,6 +28,7 @@ func main() {
 	// Its own flag set: controller-runtime registers --kubeconfig on the global one.
 	flag := flag.NewFlagSet("demo", flag.ExitOnError)
 	flag.BoolVar(&opts.Keep, "keep", false, "leave the cluster running (stop it later with --down)")
+	flag.StringVar(&opts.Mode, "mode", "init", "the chart's redirect.mode on the local cluster: init, or cni (the node's CNI plugin; the demo namespace enforces Pod Security restricted)")
 	flag.BoolVar(&down, "down", false, "stop the local cluster left running by --keep, and exit")
 	flag.StringVar(&opts.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "run against your cluster instead of a local one (default $KUBECONFIG; the emulated Azure, image import and chart install are skipped)")
 	flag.StringVar(&opts.AppImage, "app-image", "", "your cluster: a pullable image of test/e2e/apps/goclient")

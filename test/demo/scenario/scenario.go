@@ -59,6 +59,9 @@ type Options struct {
 	Out io.Writer
 	// Cluster configures the local cluster.
 	Cluster cluster.Options
+	// Mode is the chart's redirect.mode on the local cluster: "init" (default) or "cni", where the demo
+	// namespace also enforces the Pod Security level restricted.
+	Mode string
 }
 
 // Run runs the scenario.
@@ -76,6 +79,13 @@ func Run(ctx context.Context, opts Options) (err error) {
 			s.say("done in %.1fs", time.Since(began).Seconds())
 		}
 	}()
+	switch opts.Mode {
+	case "":
+		opts.Mode = "init"
+	case "init", "cni":
+	default:
+		return fmt.Errorf("--mode=%q: use init or cni", opts.Mode)
+	}
 	if opts.Kubeconfig != "" {
 		return runOnUserCluster(ctx, s, opts)
 	}
@@ -122,9 +132,23 @@ func runLocal(ctx context.Context, s *steps, opts Options) (err error) {
 	}
 	s.say("%s (the demo app: azidentity.ManagedIdentityCredential)", appImage)
 
-	s.step("import the product images and install the helm chart (no cert-manager; the assigner authenticates to the emulated Azure AD with a client secret)")
-	if _, err := product.Install(ctx, c, product.Options{RepoDir: repoDir, Log: s.say}); err != nil {
+	s.step("import the product images and install the helm chart (no cert-manager; the assigner authenticates to the emulated Azure AD with a client secret; redirect.mode=%s)", opts.Mode)
+	var values map[string]any
+	if opts.Mode == "cni" {
+		values = product.CNIValues(c)
+	}
+	if _, err := product.Install(ctx, c, product.Options{RepoDir: repoDir, Log: s.say, Values: values}); err != nil {
 		return err
+	}
+	if opts.Mode == "cni" {
+		b, err := os.ReadFile(c.PrimaryCNIConfig())
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(string(b), "podidentity-cni") {
+			return fmt.Errorf("CNI mode: the node agent has not chained podidentity-cni into %s yet", c.PrimaryCNIConfig())
+		}
+		s.say("the node agent chained podidentity-cni into %s", c.PrimaryCNIConfig())
 	}
 	s.say("installed; pods of %s:", ReleaseNamespace)
 	for _, line := range strings.Split(strings.TrimRight(product.PodSummary(ctx, c, ReleaseNamespace), "\n"), "\n") {
@@ -168,8 +192,13 @@ func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, 
 	if err != nil {
 		return err
 	}
-	s.step("create namespace %s labelled %s=enabled", DemoNamespace, defaults.NamespaceInjectionLabel)
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: DemoNamespace, Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}
+	labels := map[string]string{defaults.NamespaceInjectionLabel: "enabled"}
+	if opts.Mode == "cni" {
+		// CNI mode's injected containers are unprivileged: the namespace can enforce the strictest level.
+		labels["pod-security.kubernetes.io/enforce"] = "restricted"
+	}
+	s.step("create namespace %s labelled %v", DemoNamespace, labels)
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: DemoNamespace, Labels: labels}}
 	if err := createOrKeep(ctx, cl, ns); err != nil {
 		return err
 	}
@@ -198,10 +227,10 @@ func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, 
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{
 			Name: "app", Image: appImage, ImagePullPolicy: corev1.PullIfNotPresent,
 			Env: []corev1.EnvVar{{Name: "AZURE_CLIENT_ID", Value: clientID}, {Name: "MODE", Value: "until-ok"}, {Name: "INTERVAL", Value: "1s"}},
-			// What the webhook asks of an app: it can never become the sidecar's uid, whose traffic is exempt.
+			// An app as the Pod Security level restricted wants it (CNI mode's demo namespace enforces it).
 			SecurityContext: &corev1.SecurityContext{RunAsNonRoot: ptr(true), AllowPrivilegeEscalation: ptr(false),
 				Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
-		}}},
+		}}, SecurityContext: &corev1.PodSecurityContext{SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}},
 	}
 	created, err := cs.CoreV1().Pods(DemoNamespace).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
