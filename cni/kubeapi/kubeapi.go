@@ -23,10 +23,10 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/cni/policy"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 )
 
-// Objects are what policy.Decide needs about one pod.
+// Objects are what imdspolicy.Decide needs about one pod.
 type Objects struct {
 	Pod        *corev1.Pod
 	Namespace  *corev1.Namespace
@@ -123,7 +123,7 @@ func (c *Client) Fetch(ctx context.Context, namespace, name, uid string, r Retry
 			return c.explain(err, "get", "pods", namespace+"/"+name)
 		}
 		// A static pod's sandbox carries the kubelet's UID for it, which its mirror pod has as an annotation.
-		if uid != "" && pod.UID != types.UID(uid) && pod.Annotations[policy.MirrorAnnotation] != uid {
+		if uid != "" && pod.UID != types.UID(uid) && pod.Annotations[imdspolicy.MirrorAnnotation] != uid {
 			return &Error{Cause: CauseNotFound, Msg: fmt.Sprintf("pod %s/%s has UID %s, but the runtime creates the sandbox of UID %s: "+
 				"the pod was deleted and recreated; the kubelet creates a new sandbox for the new pod", namespace, name, pod.UID, uid)}
 		}

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/podidentity/podidentity/cni/pluginconf"
-	"github.com/podidentity/podidentity/cni/policy"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
 )
 
@@ -42,7 +42,7 @@ type Config struct {
 	Workers        int
 	Uninstall      bool
 
-	Policy   policy.Policy
+	Policy   imdspolicy.Policy
 	Redirect redirect.Config
 	// imds and ports as given, for the plugin's entry
 	imdsAddress string
@@ -88,7 +88,7 @@ func Parse(args []string, env func(string) string, stderr io.Writer) (Config, er
 	fs.StringVar(&c.Policy.SidecarImage, "sidecar-image", "", "the image the webhook injects as podidentity-sidecar (the webhook's --sidecar-image): only pods with exactly this image get the redirect")
 	fs.StringVar(&c.Policy.InjectionLabel, "injection-label", defaults.NamespaceInjectionLabel, "the namespace label that opts a namespace in with the value \"enabled\" (the webhook's --namespace-injection-label)")
 	fs.StringVar(&exempt, "exempt-namespaces", "kube-system", "comma-separated namespaces whose pods are never fenced (add the agent's own namespace)")
-	fs.StringVar(&scope, "fence-scope", string(policy.ScopeAll), "which pods without a sidecar are fenced: all, or opted-in (only pods of opted-in namespaces)")
+	fs.StringVar(&scope, "fence-scope", string(imdspolicy.ScopeAll), "which pods without a sidecar are fenced: all, or opted-in (only pods of opted-in namespaces)")
 	fs.StringVar(&c.imdsAddress, "imds-address", def.IMDSAddress.String(), "the IMDS address")
 	fs.UintVar(&c.imdsPort, "imds-port", uint(def.IMDSPort), "the IMDS port")
 	fs.UintVar(&c.sidecarPort, "sidecar-port", uint(def.SidecarPort), "the token sidecar's port on 127.0.0.1 in injected pods")
@@ -104,7 +104,7 @@ func Parse(args []string, env func(string) string, stderr io.Writer) (Config, er
 		}
 	}
 	var err error
-	if c.Policy.Scope, err = policy.ParseScope(scope); err != nil {
+	if c.Policy.Scope, err = imdspolicy.ParseScope(scope); err != nil {
 		return Config{}, fmt.Errorf("--fence-scope: %w", err)
 	}
 	if c.imdsPort > 65535 || c.sidecarPort > 65535 {

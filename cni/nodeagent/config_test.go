@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/podidentity/podidentity/cni/nodeagent"
-	"github.com/podidentity/podidentity/cni/policy"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 )
 
 func env(vars map[string]string) func(string) string {
@@ -41,7 +41,7 @@ func TestParse(t *testing.T) {
 			"--fence-scope=opted-in", "--host-cni-conf-dir=/etc/cni/conf.d", "--kubeconfig-name=ZZ-pi", "--injection-label=x.io/inject", "--sidecar-port=15090"},
 			check: func(t *testing.T, c nodeagent.Config) {
 				s := c.Settings()
-				if s.Kubeconfig != "/etc/cni/conf.d/ZZ-pi" || c.Policy.Scope != policy.ScopeOptedIn || !c.Policy.Exempt("podidentity-system") ||
+				if s.Kubeconfig != "/etc/cni/conf.d/ZZ-pi" || c.Policy.Scope != imdspolicy.ScopeOptedIn || !c.Policy.Exempt("podidentity-system") ||
 					s.InjectionLabel != "x.io/inject" || s.SidecarPort != 15090 || c.Redirect.SidecarPort != 15090 {
 					t.Errorf("parsed %+v / %+v", s, c.Policy)
 				}

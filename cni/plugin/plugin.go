@@ -1,5 +1,5 @@
 // Package plugin is the podidentity-cni chained CNI plugin: at pod sandbox creation, before any container of
-// the pod starts, it installs in the pod's network namespace the table policy.Decide asks for (the IMDS
+// the pod starts, it installs in the pod's network namespace the table imdspolicy.Decide asks for (the IMDS
 // redirect for an injected pod, the fence for every other pod, nothing for an exempt one). It runs as root on
 // the node, started by the runtime once per operation; stdout is the CNI result channel, logs go to stderr.
 package plugin
@@ -20,7 +20,7 @@ import (
 	"github.com/podidentity/podidentity/cni/failures"
 	"github.com/podidentity/podidentity/cni/kubeapi"
 	"github.com/podidentity/podidentity/cni/pluginconf"
-	"github.com/podidentity/podidentity/cni/policy"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/version"
 )
@@ -119,7 +119,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		err = fail(CauseConfig, types.ErrInvalidNetworkConfig, errors.New("no prevResult: podidentity-cni is a chained plugin and must "+
 			"come after the primary CNI plugin in the conflist's \"plugins\" (the podidentity-node DaemonSet appends it there)"))
 	}
-	var d policy.Decision
+	var d imdspolicy.Decision
 	var outcome string
 	if err == nil {
 		d, err = p.decide(conf, k8s, named)
@@ -145,11 +145,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 // agent's cgroup exemption).
 func (p *Plugin) Check(args *skel.CmdArgs) error {
 	conf, k8s, named, err := p.parse(args)
-	var d policy.Decision
+	var d imdspolicy.Decision
 	if err == nil {
 		d, err = p.decide(conf, k8s, named)
 	}
-	if err == nil && d.Action != policy.None {
+	if err == nil && d.Action != imdspolicy.None {
 		err = p.check(args.Netns, d, conf)
 	}
 	if err != nil {
@@ -212,29 +212,29 @@ func (p *Plugin) parse(args *skel.CmdArgs) (*pluginconf.Config, K8sArgs, bool, e
 
 // decide reads what the decision needs from the API server, unless the namespace is exempt (so that system
 // pods start while the API server is unreachable).
-func (p *Plugin) decide(conf *pluginconf.Config, k8s K8sArgs, named bool) (policy.Decision, error) {
+func (p *Plugin) decide(conf *pluginconf.Config, k8s K8sArgs, named bool) (imdspolicy.Decision, error) {
 	pol, err := conf.Policy()
 	if err != nil {
-		return policy.Decision{}, fail(CauseConfig, types.ErrInvalidNetworkConfig, err)
+		return imdspolicy.Decision{}, fail(CauseConfig, types.ErrInvalidNetworkConfig, err)
 	}
 	if !named {
-		return policy.DecideNotAPod(pol), nil
+		return imdspolicy.DecideNotAPod(pol), nil
 	}
 	namespace := string(k8s.K8S_POD_NAMESPACE)
 	if pol.Exempt(namespace) {
-		return policy.Decision{Action: policy.None, Reason: policy.ReasonExemptNamespace, Detail: namespace}, nil
+		return imdspolicy.Decision{Action: imdspolicy.None, Reason: imdspolicy.ReasonExemptNamespace, Detail: namespace}, nil
 	}
 	client, err := kubeapi.FromKubeconfig(conf.Kubeconfig, "podidentity-cni/"+version.Version, AttemptTimeout)
 	if err != nil {
-		return policy.Decision{}, apiFailure(err)
+		return imdspolicy.Decision{}, apiFailure(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), APIBudget)
 	defer cancel()
 	objs, err := client.Fetch(ctx, namespace, string(k8s.K8S_POD_NAME), string(k8s.K8S_POD_UID), kubeapi.Retry{Attempts: Attempts, Backoff: RetryBackoff})
 	if err != nil {
-		return policy.Decision{}, apiFailure(err)
+		return imdspolicy.Decision{}, apiFailure(err)
 	}
-	return policy.Decide(pol, objs.Pod, objs.Namespace, objs.Exceptions), nil
+	return imdspolicy.Decide(pol, objs.Pod, objs.Namespace, objs.Exceptions), nil
 }
 
 func apiFailure(err error) error {
@@ -251,12 +251,12 @@ func apiFailure(err error) error {
 
 // install applies the decision's table. A redirect that already carries a valid cgroup exemption (a repeated
 // ADD after the node agent exempted the sidecar) is left as it is, so that ADD is idempotent.
-func (p *Plugin) install(netnsPath string, d policy.Decision, conf *pluginconf.Config) (string, error) {
+func (p *Plugin) install(netnsPath string, d imdspolicy.Decision, conf *pluginconf.Config) (string, error) {
 	cfg, err := conf.Redirect()
 	if err != nil {
 		return "", fail(CauseConfig, types.ErrInvalidNetworkConfig, err)
 	}
-	want, ok := policy.Want(d.Action, cfg)
+	want, ok := imdspolicy.Want(d.Action, cfg)
 	if !ok {
 		return "nothing installed", nil
 	}
@@ -275,7 +275,7 @@ func (p *Plugin) install(netnsPath string, d policy.Decision, conf *pluginconf.C
 	if err != nil {
 		return "", fail(CauseNftables, types.ErrInternal, err)
 	}
-	if state, _ := policy.Assess(d.Action, cfg, live, found); state == policy.TableOK {
+	if state, _ := imdspolicy.Assess(d.Action, cfg, live, found); state == imdspolicy.TableOK {
 		return string(redirect.Unchanged), nil
 	}
 	outcome, err := k.Apply(want)
@@ -285,7 +285,7 @@ func (p *Plugin) install(netnsPath string, d policy.Decision, conf *pluginconf.C
 	return string(outcome), nil
 }
 
-func (p *Plugin) check(netnsPath string, d policy.Decision, conf *pluginconf.Config) error {
+func (p *Plugin) check(netnsPath string, d imdspolicy.Decision, conf *pluginconf.Config) error {
 	cfg, err := conf.Redirect()
 	if err != nil {
 		return fail(CauseConfig, types.ErrInvalidNetworkConfig, err)
@@ -304,12 +304,12 @@ func (p *Plugin) check(netnsPath string, d policy.Decision, conf *pluginconf.Con
 	if err != nil {
 		return fail(CauseNftables, types.ErrInternal, err)
 	}
-	state, ex := policy.Assess(d.Action, cfg, live, found)
-	if state == policy.TableOK {
+	state, ex := imdspolicy.Assess(d.Action, cfg, live, found)
+	if state == imdspolicy.TableOK {
 		return nil
 	}
-	want, _ := policy.Want(d.Action, cfg)
-	if d.Action == policy.Redirect && ex.Cgroup.ID != 0 {
+	want, _ := imdspolicy.Want(d.Action, cfg)
+	if d.Action == imdspolicy.Redirect && ex.Cgroup.ID != 0 {
 		want = redirect.Desired(cfg.WithExemption(redirect.Exemption{Cgroup: ex.Cgroup}))
 	}
 	drift := &redirect.DriftError{Missing: !found}

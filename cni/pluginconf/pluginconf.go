@@ -11,8 +11,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/podidentity/podidentity/cni/policy"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
 )
 
@@ -86,12 +86,12 @@ func (s Settings) Validate() error {
 }
 
 // Policy is the decision's configuration, with defaults filled in.
-func (s Settings) Policy() (policy.Policy, error) {
-	scope, err := policy.ParseScope(s.FenceScope)
+func (s Settings) Policy() (imdspolicy.Policy, error) {
+	scope, err := imdspolicy.ParseScope(s.FenceScope)
 	if err != nil {
-		return policy.Policy{}, fmt.Errorf(`"fenceScope": %w`, err)
+		return imdspolicy.Policy{}, fmt.Errorf(`"fenceScope": %w`, err)
 	}
-	p := policy.Policy{
+	p := imdspolicy.Policy{
 		InjectionLabel:   s.InjectionLabel,
 		SidecarImage:     s.SidecarImage,
 		ExemptNamespaces: s.ExemptNamespaces,
@@ -101,7 +101,7 @@ func (s Settings) Policy() (policy.Policy, error) {
 		p.InjectionLabel = defaults.NamespaceInjectionLabel
 	}
 	if p.SidecarImage == "" {
-		return policy.Policy{}, fmt.Errorf(`"sidecarImage" is empty: set it to the image the webhook injects as %s (the webhook's --sidecar-image)`,
+		return imdspolicy.Policy{}, fmt.Errorf(`"sidecarImage" is empty: set it to the image the webhook injects as %s (the webhook's --sidecar-image)`,
 			defaults.SidecarContainerName)
 	}
 	return p, p.Validate()

@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/podidentity/podidentity/cni/pluginconf"
-	"github.com/podidentity/podidentity/cni/policy"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 )
 
 const prev = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],"ips":[{"address":"10.1.0.5/24","interface":0}]}`
@@ -21,7 +21,7 @@ func TestParse(t *testing.T) {
 		{name: "minimal, defaults filled in", stdin: `{"cniVersion":"1.0.0","name":"k8s","type":"podidentity-cni","kubeconfig":"/k","sidecarImage":"s:1",` + prev + `}`,
 			check: func(t *testing.T, c *pluginconf.Config) {
 				p, err := c.Policy()
-				if err != nil || p.InjectionLabel != defaults.NamespaceInjectionLabel || p.Scope != policy.ScopeAll || p.SidecarImage != "s:1" {
+				if err != nil || p.InjectionLabel != defaults.NamespaceInjectionLabel || p.Scope != imdspolicy.ScopeAll || p.SidecarImage != "s:1" {
 					t.Errorf("Policy = %+v, %v", p, err)
 				}
 				r, err := c.Redirect()
@@ -37,7 +37,7 @@ func TestParse(t *testing.T) {
 			check: func(t *testing.T, c *pluginconf.Config) {
 				p, _ := c.Policy()
 				r, _ := c.Redirect()
-				if p.InjectionLabel != "x.io/inject" || p.Scope != policy.ScopeOptedIn || !p.Exempt("ops") || r.IMDSPort != 8080 ||
+				if p.InjectionLabel != "x.io/inject" || p.Scope != imdspolicy.ScopeOptedIn || !p.Exempt("ops") || r.IMDSPort != 8080 ||
 					r.SidecarPort != 15090 || r.IMDSAddress.String() != "169.254.169.253" || c.FailureDir != "/f" || c.PrevResult != nil {
 					t.Errorf("parsed %+v / %+v / %+v", c.Settings, p, r)
 				}

@@ -1,8 +1,8 @@
-// Package repair keeps every pod of the node holding the table policy.Decide asks for, in the pod's own network
+// Package repair keeps every pod of the node holding the table imdspolicy.Decide asks for, in the pod's own network
 // namespace, found from the node: the pod's cgroup (by UID, in the kubelet's layout), a process of its sandbox,
 // /proc/<pid>/ns/net. It repairs pods that started before the plugin was chained (the race on a new node) or
 // whose table was removed, in place, and exempts the token sidecar's container cgroup once that container
-// runs, again after each restart. The plan for one pod is policy.Plan, a pure function; this package gathers
+// runs, again after each restart. The plan for one pod is imdspolicy.Plan, a pure function; this package gathers
 // its inputs and applies its output.
 package repair
 
@@ -23,7 +23,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/cni/cgroups"
-	"github.com/podidentity/podidentity/cni/policy"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
 )
 
@@ -88,7 +88,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // Reconciler brings one pod at a time to its decision. Its configuration fields are set once; it keeps the
 // last state of each pod (for the gauge and to report a failure once) and a short-lived namespace cache.
 type Reconciler struct {
-	Policy   policy.Policy
+	Policy   imdspolicy.Policy
 	Redirect redirect.Config
 	// CgroupRoot is the cgroup v2 mount as the host sees it (the agent runs in the host cgroup namespace).
 	CgroupRoot string
@@ -122,8 +122,8 @@ type lookupEntry struct {
 
 // Outcome is what one reconcile found and did.
 type Outcome struct {
-	Decision policy.Decision
-	Step     policy.Step
+	Decision imdspolicy.Decision
+	Step     imdspolicy.Step
 	// Sidecar is the sidecar's container cgroup when it runs (redirected pods).
 	Sidecar *redirect.Cgroup
 	// Skipped says why the pod was not looked at (no sandbox yet, finished, hostNetwork); empty otherwise.
@@ -164,7 +164,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, pod *corev1.Pod) (Outcome, e
 		return Outcome{}, fmt.Errorf("deciding for pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	out := Outcome{Decision: d}
-	if d.Action == policy.None {
+	if d.Action == imdspolicy.None {
 		r.setState(pod, StateExempt, "")
 		return out, nil
 	}
@@ -175,10 +175,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, pod *corev1.Pod) (Outcome, e
 		return out, nil
 	}
 	state := StateFenced
-	if d.Action == policy.Redirect {
+	if d.Action == imdspolicy.Redirect {
 		state = StateRedirected
 	}
-	if tableErr != nil && out.Step.Kind != policy.StepExempt {
+	if tableErr != nil && out.Step.Kind != imdspolicy.StepExempt {
 		// Everything but a failed exemption leaves the pod's protection missing, or unknown.
 		state = StateUnprotected
 	}
@@ -197,10 +197,10 @@ func (r *Reconciler) enforce(pod *corev1.Pod, out Outcome) (_ Outcome, tableErr,
 	if err != nil {
 		return out, err, nil
 	}
-	podDir, ok := pods[policy.NodeUID(pod)]
+	podDir, ok := pods[imdspolicy.NodeUID(pod)]
 	if !ok {
 		return out, fmt.Errorf("%w: no cgroup of pod UID %s under %s (neither the cgroupfs nor the systemd driver's layout): "+
-			"is --cgroup-root the node's cgroup v2 mount, and does the agent run in the host cgroup namespace?", ErrNoSandbox, policy.NodeUID(pod), r.CgroupRoot), nil
+			"is --cgroup-root the node's cgroup v2 mount, and does the agent run in the host cgroup namespace?", ErrNoSandbox, imdspolicy.NodeUID(pod), r.CgroupRoot), nil
 	}
 	ns, err := r.podNetns(podDir, pod)
 	if err != nil {
@@ -216,11 +216,11 @@ func (r *Reconciler) enforce(pod *corev1.Pod, out Outcome) (_ Outcome, tableErr,
 	if err != nil {
 		return out, err, nil
 	}
-	if out.Decision.Action == policy.Redirect {
+	if out.Decision.Action == imdspolicy.Redirect {
 		out.Sidecar, sidecarErr = r.sidecarCgroup(podDir, pod)
 	}
-	out.Step = policy.Plan(out.Decision.Action, r.Redirect, live, found, out.Sidecar)
-	if out.Step.Kind != policy.StepNone {
+	out.Step = imdspolicy.Plan(out.Decision.Action, r.Redirect, live, found, out.Sidecar)
+	if out.Step.Kind != imdspolicy.StepNone {
 		if _, err := k.Apply(out.Step.Want); err != nil {
 			return out, err, sidecarErr
 		}
@@ -230,7 +230,7 @@ func (r *Reconciler) enforce(pod *corev1.Pod, out Outcome) (_ Outcome, tableErr,
 
 // sidecarCgroup is the cgroup of the sidecar container that runs now; nil when it does not run.
 func (r *Reconciler) sidecarCgroup(podDir string, pod *corev1.Pod) (*redirect.Cgroup, error) {
-	id := policy.SidecarContainerID(pod)
+	id := imdspolicy.SidecarContainerID(pod)
 	if id == "" {
 		return nil, nil
 	}
@@ -254,7 +254,7 @@ func (r *Reconciler) podNetns(podDir string, pod *corev1.Pod) (*os.File, error) 
 	if host == 0 {
 		return nil, errors.New("the node's network namespace is unknown (Reconciler.HostNetns): refusing to guess which namespace is a pod's")
 	}
-	sandbox, others, err := cgroups.PodProcs(podDir, policy.ContainerIDs(pod))
+	sandbox, others, err := cgroups.PodProcs(podDir, imdspolicy.ContainerIDs(pod))
 	if err != nil {
 		return nil, err
 	}
@@ -296,15 +296,15 @@ func HostNetns() (uint64, error) {
 	return st.Ino, nil
 }
 
-func (r *Reconciler) decide(ctx context.Context, pod *corev1.Pod) (policy.Decision, error) {
+func (r *Reconciler) decide(ctx context.Context, pod *corev1.Pod) (imdspolicy.Decision, error) {
 	if r.Policy.Exempt(pod.Namespace) {
-		return policy.Decide(r.Policy, pod, nil, nil), nil
+		return imdspolicy.Decide(r.Policy, pod, nil, nil), nil
 	}
 	ns, exceptions, err := r.lookup(ctx, pod.Namespace)
 	if err != nil {
-		return policy.Decision{}, err
+		return imdspolicy.Decision{}, err
 	}
-	return policy.Decide(r.Policy, pod, ns, exceptions), nil
+	return imdspolicy.Decide(r.Policy, pod, ns, exceptions), nil
 }
 
 // lookup reads a namespace and its exceptions, reusing them for LookupTTL: a pass over the node's pods asks
@@ -348,20 +348,20 @@ func (r *Reconciler) report(pod *corev1.Pod, out Outcome, state State, err error
 		"reason", out.Decision.Reason)
 	action := string(out.Decision.Action)
 	switch {
-	case err == nil && out.Step.Kind == policy.StepRepair:
+	case err == nil && out.Step.Kind == imdspolicy.StepRepair:
 		r.Metrics.repairs.WithLabelValues(action, "repaired").Inc()
 		log.Info("repaired: the pod ran without its table", "was", out.Step.Was, "exempt", exemptionString(out.Sidecar))
 		r.event(pod, corev1.EventTypeWarning, EventRepaired, "Repair", repairedNote(out, r.Redirect))
-	case err == nil && out.Step.Kind == policy.StepExempt:
+	case err == nil && out.Step.Kind == imdspolicy.StepExempt:
 		r.Metrics.exemptions.WithLabelValues("installed").Inc()
 		log.Info("exempted the token sidecar's cgroup", "cgroupID", out.Sidecar.ID, "level", out.Sidecar.Level)
 		r.event(pod, corev1.EventTypeNormal, EventExempted, "Exempt", fmt.Sprintf("podidentity: the token sidecar's container cgroup "+
 			"(id %d, level %d) now reaches the node's IMDS; every other process of the pod is redirected to it", out.Sidecar.ID, out.Sidecar.Level))
 	case err != nil:
 		switch out.Step.Kind {
-		case policy.StepExempt:
+		case imdspolicy.StepExempt:
 			r.Metrics.exemptions.WithLabelValues("failed").Inc()
-		case policy.StepRepair:
+		case imdspolicy.StepRepair:
 			r.Metrics.repairs.WithLabelValues(action, "failed").Inc()
 		}
 		log.Error(err, "the pod's table could not be checked or brought to its decision", "step", out.Step.Kind)
@@ -439,8 +439,8 @@ func (r *Reconciler) event(pod *corev1.Pod, kind, reason, action, note string) {
 	}
 }
 
-func protectionWord(a policy.Action) string {
-	if a == policy.Redirect {
+func protectionWord(a imdspolicy.Action) string {
+	if a == imdspolicy.Redirect {
 		return "redirected to its token sidecar"
 	}
 	return "fenced off the IMDS address"
@@ -449,11 +449,11 @@ func protectionWord(a policy.Action) string {
 // repairedNote tells the pod's owner what happened and what the repair cannot undo.
 func repairedNote(out Outcome, cfg redirect.Config) string {
 	was := "had no podidentity table"
-	if out.Step.Was == policy.TableWrong {
+	if out.Step.Was == imdspolicy.TableWrong {
 		was = "had a podidentity table that was not the one it should have"
 	}
 	what := fmt.Sprintf("the fence (nothing in the pod may reach %s) is installed now, and connections it had to that address are cut", cfg.IMDSAddress)
-	if out.Decision.Action == policy.Redirect {
+	if out.Decision.Action == imdspolicy.Redirect {
 		what = "the redirect to its token sidecar is installed now"
 	}
 	return fmt.Sprintf("podidentity: this pod %s (%s): it could reach the node's IMDS directly, typically because it started before "+

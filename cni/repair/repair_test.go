@@ -23,9 +23,9 @@ import (
 	"github.com/podidentity/podidentity/cni/cgroups"
 	"github.com/podidentity/podidentity/cni/internal/cnitest"
 	"github.com/podidentity/podidentity/cni/kubeapi"
-	"github.com/podidentity/podidentity/cni/policy"
 	"github.com/podidentity/podidentity/cni/repair"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/nstest"
@@ -190,8 +190,8 @@ func newHarness(t *testing.T) *harness {
 		reg: reg,
 		lay: lay,
 		rec: &repair.Reconciler{
-			Policy: policy.Policy{InjectionLabel: defaults.NamespaceInjectionLabel, SidecarImage: sidecarImage,
-				ExemptNamespaces: []string{"kube-system"}, Scope: policy.ScopeAll},
+			Policy: imdspolicy.Policy{InjectionLabel: defaults.NamespaceInjectionLabel, SidecarImage: sidecarImage,
+				ExemptNamespaces: []string{"kube-system"}, Scope: imdspolicy.ScopeAll},
 			Redirect:   redirect.DefaultConfig(),
 			CgroupRoot: lay.Root,
 			Lookup:     lookup,
@@ -358,7 +358,7 @@ func TestRepairAndExemption(t *testing.T) {
 			t.Fatalf("before the repair the pod reaches %q; the test network is broken", got)
 		}
 		out := reconcile(t, h, p)
-		if out.Decision.Action != policy.Fence || out.Step.Kind != policy.StepRepair || out.Step.Was != policy.TableMissing {
+		if out.Decision.Action != imdspolicy.Fence || out.Step.Kind != imdspolicy.StepRepair || out.Step.Was != imdspolicy.TableMissing {
 			t.Fatalf("outcome = %+v, want a fence repair of a missing table", out)
 		}
 		if live, found := liveTable(t, p.link.Pod); !found || redirect.Render(live) != redirect.Render(redirect.Fence(cfg)) {
@@ -379,7 +379,7 @@ func TestRepairAndExemption(t *testing.T) {
 		if s := h.rec.StateOf(p.obj.UID); s != repair.StateFenced {
 			t.Errorf("state = %q", s)
 		}
-		if out := reconcile(t, h, p); out.Step.Kind != policy.StepNone {
+		if out := reconcile(t, h, p); out.Step.Kind != imdspolicy.StepNone {
 			t.Errorf("a second reconcile = %+v, want nothing to do", out.Step)
 		}
 	})
@@ -394,7 +394,7 @@ func TestRepairAndExemption(t *testing.T) {
 			t.Fatalf("before the exemption the sidecar reaches %q, want its own port (the loop the sidecar's readiness waits out)", got)
 		}
 		out := reconcile(t, h, p)
-		if out.Decision.Action != policy.Redirect || out.Step.Kind != policy.StepExempt || out.Sidecar == nil {
+		if out.Decision.Action != imdspolicy.Redirect || out.Step.Kind != imdspolicy.StepExempt || out.Sidecar == nil {
 			t.Fatalf("outcome = %+v, want an exemption", out)
 		}
 		want, err := cgroups.Of(h.lay.Root, p.cgroups[defaults.SidecarContainerName].Path)
@@ -420,7 +420,7 @@ func TestRepairAndExemption(t *testing.T) {
 		old := p.cgroups[defaults.SidecarContainerName]
 		p.start(t, defaults.SidecarContainerName)
 		h.setStatus(t, p)
-		if out := reconcile(t, h, p); out.Step.Kind != policy.StepExempt {
+		if out := reconcile(t, h, p); out.Step.Kind != imdspolicy.StepExempt {
 			t.Fatalf("after the restart: %+v, want a new exemption", out.Step)
 		}
 		if got := helper(t, p.link.Pod, p.cgroups[defaults.SidecarContainerName], "dial "+imds+":80"); got != "ok node" {
@@ -432,7 +432,7 @@ func TestRepairAndExemption(t *testing.T) {
 		if got := h.metric(t, "podidentity_node_exemptions_total", map[string]string{"result": "installed"}); got != 2 {
 			t.Errorf("exemptions{installed} = %v, want 2", got)
 		}
-		if out := reconcile(t, h, p); out.Step.Kind != policy.StepNone {
+		if out := reconcile(t, h, p); out.Step.Kind != imdspolicy.StepNone {
 			t.Errorf("a reconcile with nothing new = %+v", out.Step)
 		}
 	})
@@ -440,7 +440,7 @@ func TestRepairAndExemption(t *testing.T) {
 	t.Run("injected pod without any table: repaired with the exemption in one step", func(t *testing.T) {
 		p := h.newPod(t, "apps", "injected-late", sidecarImage, false)
 		out := reconcile(t, h, p)
-		if out.Step.Kind != policy.StepRepair || out.Sidecar == nil {
+		if out.Step.Kind != imdspolicy.StepRepair || out.Sidecar == nil {
 			t.Fatalf("outcome = %+v", out)
 		}
 		if got := helper(t, p.link.Pod, p.cgroups["app"], "dial "+imds+":80"); got != "ok sidecar" {
@@ -461,7 +461,7 @@ func TestRepairAndExemption(t *testing.T) {
 			t.Fatal(err)
 		}
 		out := reconcile(t, h, p)
-		if out.Decision.Action != policy.Fence || out.Decision.Reason != policy.ReasonImitation || out.Sidecar != nil {
+		if out.Decision.Action != imdspolicy.Fence || out.Decision.Reason != imdspolicy.ReasonImitation || out.Sidecar != nil {
 			t.Fatalf("outcome = %+v, want the fence of an imitation", out)
 		}
 		if got := helper(t, p.link.Pod, p.cgroups[defaults.SidecarContainerName], "dial "+imds+":80"); !strings.HasPrefix(got, "error") {

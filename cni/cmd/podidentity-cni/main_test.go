@@ -24,8 +24,8 @@ import (
 	"github.com/podidentity/podidentity/cni/failures"
 	"github.com/podidentity/podidentity/cni/install"
 	"github.com/podidentity/podidentity/cni/internal/cnitest"
-	"github.com/podidentity/podidentity/cni/policy"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/nstest"
@@ -105,7 +105,7 @@ func newWorld(t *testing.T) *world {
 		{ObjectMeta: metav1.ObjectMeta{Name: "system", Namespace: "kube-system"}},
 		// The mirror of a static pod: the runtime knows it by the kubelet's UID, in the annotation.
 		{ObjectMeta: metav1.ObjectMeta{Name: "static-web-node-1", Namespace: "plain",
-			Annotations: map[string]string{policy.MirrorAnnotation: staticUID}}, Spec: corev1.PodSpec{NodeName: "node-1"}},
+			Annotations: map[string]string{imdspolicy.MirrorAnnotation: staticUID}}, Spec: corev1.PodSpec{NodeName: "node-1"}},
 	} {
 		if len(p.Spec.Containers) == 0 {
 			p.Spec.Containers = []corev1.Container{{Name: "app", Image: "app:test"}}

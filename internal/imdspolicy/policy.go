@@ -1,8 +1,8 @@
-// Package policy decides what a pod's network namespace must hold in CNI mode (the IMDS redirect, the fence,
+// Package imdspolicy decides what a pod's network namespace must hold in CNI mode (the IMDS redirect, the fence,
 // or nothing) and whether a live table satisfies that decision. It is pure: objects in, decision out. The CNI
 // plugin uses it at sandbox creation and the node agent uses the same functions to repair and exempt, so the
 // two can never disagree about a pod.
-package policy
+package imdspolicy
 
 import (
 	"fmt"

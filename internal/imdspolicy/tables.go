@@ -1,4 +1,4 @@
-package policy
+package imdspolicy
 
 import (
 	"github.com/podidentity/podidentity/internal/redirect"
