@@ -40,6 +40,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/upgrade"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/version"
 )
 
@@ -78,10 +79,20 @@ type GuardFlags struct {
 	TrustedNamespaces      []string
 	TrustedServiceAccounts []string
 	AuditInterval          time.Duration
+	// RedirectMode is the webhook's: in CNI mode the node's plugin fences un-injected pods, which the guard
+	// audit then does not report. SidecarImage, CNIExemptNamespaces and CNIFenceScope are the plugin's.
+	RedirectMode        string
+	SidecarImage        string
+	CNIExemptNamespaces []string
+	CNIFenceScope       imdspolicy.Scope
 }
 
 func (g GuardFlags) rules() guard.Rules {
-	return guard.Rules{Pool: g.Pool, InjectionLabel: g.InjectionLabel, TrustedNamespaces: g.TrustedNamespaces, TrustedServiceAccounts: g.TrustedServiceAccounts}
+	r := guard.Rules{Pool: g.Pool, InjectionLabel: g.InjectionLabel, TrustedNamespaces: g.TrustedNamespaces, TrustedServiceAccounts: g.TrustedServiceAccounts}
+	if g.RedirectMode == "cni" {
+		r.CNI = &imdspolicy.Policy{InjectionLabel: g.InjectionLabel, SidecarImage: g.SidecarImage, ExemptNamespaces: g.CNIExemptNamespaces, Scope: g.CNIFenceScope}
+	}
+	return r
 }
 
 // ParseFlags parses args (without the program name).
@@ -148,6 +159,24 @@ func bindGuardFlags(fs *flag.FlagSet, g *GuardFlags) {
 	fs.Func("guard-trusted-service-accounts", "guard mode: comma-separated namespace/name service accounts whose un-injected pods may run on the identity pool", func(v string) error {
 		l, err := guard.ParseServiceAccounts(v)
 		g.TrustedServiceAccounts = l
+		return err
+	})
+	fs.Func("redirect-mode", "the webhook's --redirect-mode (init or cni): in CNI mode the guard audit does not report pods the node's CNI plugin fences (default init)", func(v string) error {
+		if v != "init" && v != "cni" {
+			return fmt.Errorf("%q: use init or cni", v)
+		}
+		g.RedirectMode = v
+		return nil
+	})
+	fs.StringVar(&g.SidecarImage, "sidecar-image", "", "CNI mode: the image the webhook injects as podidentity-sidecar (as the node agent's --sidecar-image)")
+	fs.Func("cni-exempt-namespaces", "CNI mode: comma-separated namespaces whose pods the CNI plugin never fences (as the node agent's --exempt-namespaces)", func(v string) error {
+		l, err := guard.ParseNamespaces(v)
+		g.CNIExemptNamespaces = l
+		return err
+	})
+	fs.Func("cni-fence-scope", "CNI mode: which pods the CNI plugin fences, all or opted-in (as the node agent's --fence-scope) (default all)", func(v string) error {
+		sc, err := imdspolicy.ParseScope(v)
+		g.CNIFenceScope = sc
 		return err
 	})
 	fs.DurationVar(&g.AuditInterval, "guard-audit-interval", time.Minute, "guard mode: how often pods on nodes with identities are audited for untrusted, un-injected pods and bound pods outside the pool (also within 5s of a pod being created or scheduled); 0 disables the audit and its Events")

@@ -180,7 +180,7 @@ func (a *Auditor) audit(ctx context.Context) (Report, error) {
 	); err != nil {
 		return Report{}, fmt.Errorf("listing what the audit reads (check the assigner's RBAC: list nodes, pods, namespaces): %w", err)
 	}
-	in := Input{Nodes: nodes.Items, Pods: pods.Items, Namespaces: namespaces.Items, Assigned: assigned.Items}
+	in := Input{Nodes: nodes.Items, Pods: pods.Items, Namespaces: namespaces.Items, Assigned: assigned.Items, Exceptions: exceptions.Items}
 	rep := Audit(in, a.Rules)
 	labels := make(map[string]map[string]string, len(namespaces.Items))
 	for i := range namespaces.Items {
@@ -201,6 +201,8 @@ type Input struct {
 	Namespaces []corev1.Namespace
 	// Assigned tell which VMs and scale sets carry identities the assigner attached.
 	Assigned []aadv1.AzureAssignedIdentity
+	// Exceptions decide, in CNI mode, which pods the node's plugin leaves unfenced.
+	Exceptions []aadv1.AzurePodIdentityException
 }
 
 // Audit finds the pods that are neither injected nor trusted on identity-bearing nodes: nodes of the pool,
@@ -229,8 +231,10 @@ func Audit(in Input, r Rules) Report {
 		}
 	}
 	nsLabels := map[string]map[string]string{}
+	namespaces := map[string]*corev1.Namespace{}
 	for i := range in.Namespaces {
 		nsLabels[in.Namespaces[i].Name] = in.Namespaces[i].Labels
+		namespaces[in.Namespaces[i].Name] = &in.Namespaces[i]
 	}
 	rep := Report{IdentityNodes: len(identityNodes)}
 	for i := range in.Pods {
@@ -239,7 +243,7 @@ func Audit(in Input, r Rules) Report {
 			continue
 		}
 		labels := nsLabels[p.Namespace]
-		if r.Injected(p, labels) || r.Trusted(p) {
+		if r.Injected(p, labels) || r.Trusted(p) || r.FencedByCNI(p, namespaces[p.Namespace], in.Exceptions) {
 			continue
 		}
 		rep.Untrusted = append(rep.Untrusted, Finding{

@@ -14,8 +14,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 )
 
 // Rules decide whether a pod may run next to identities.
@@ -28,6 +30,15 @@ type Rules struct {
 	// system DaemonSets (kube-proxy, the CNI, log and metrics agents) that tolerate every taint.
 	TrustedNamespaces      []string
 	TrustedServiceAccounts []string
+	// CNI, in CNI mode (nil otherwise), is the node plugin's policy: a pod it fences cannot reach the node's
+	// IMDS, so it is not reported (the node agent reports pods it could not protect).
+	CNI *imdspolicy.Policy
+}
+
+// FencedByCNI reports whether, in CNI mode, the node's podidentity CNI plugin fences the pod off the IMDS
+// address: the same decision the plugin takes (internal/imdspolicy).
+func (r Rules) FencedByCNI(pod *corev1.Pod, ns *corev1.Namespace, exceptions []aadv1.AzurePodIdentityException) bool {
+	return r.CNI != nil && imdspolicy.Decide(*r.CNI, pod, ns, exceptions).Action == imdspolicy.Fence
 }
 
 // ParseServiceAccounts reads a comma-separated list of namespace/name.

@@ -10,6 +10,7 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
 )
 
 const (
@@ -136,6 +137,31 @@ func TestAudit(t *testing.T) {
 				t.Errorf("identity nodes = %d, want %d", rep.IdentityNodes, tc.wantNodes)
 			}
 		})
+	}
+}
+
+// TestAuditInCNIMode: with the node plugin fencing every pod that is neither injected nor excepted, the audit
+// reports only the pods the fence leaves open: hostNetwork pods, excepted pods, pods of the plugin's exempt
+// namespaces that are not trusted here.
+func TestAuditInCNIMode(t *testing.T) {
+	r := rules()
+	r.CNI = &imdspolicy.Policy{InjectionLabel: defaults.NamespaceInjectionLabel, SidecarImage: "sidecar:1", ExemptNamespaces: []string{"kube-system", "platform"}, Scope: imdspolicy.ScopeAll}
+	host := plain("other", "host", "pool-0")
+	host.Spec.HostNetwork = true
+	excepted := plain("other", "excepted", "pool-0")
+	excepted.Labels = map[string]string{"role": "platform"}
+	exceptions := []aadv1.AzurePodIdentityException{{ObjectMeta: metav1.ObjectMeta{Namespace: "other", Name: "platform"},
+		Spec: aadv1.AzurePodIdentityExceptionSpec{PodLabels: map[string]string{"role": "platform"}}}}
+	pods := []corev1.Pod{injected("apps", "p", "pool-0"), plain("other", "fenced", "pool-0"), host, excepted, plain("platform", "exempt", "pool-0"), plain("kube-system", "proxy", "pool-0")}
+	rep := Audit(Input{Nodes: []corev1.Node{nodeOf("pool-0", ssA, true)}, Pods: pods, Exceptions: exceptions,
+		Namespaces: []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "other"}}, {ObjectMeta: metav1.ObjectMeta{Name: "platform"}}}}, r)
+	var got []string
+	for _, f := range rep.Untrusted {
+		got = append(got, f.Pod)
+	}
+	if want := "other/excepted other/host platform/exempt"; strings.Join(got, " ") != want {
+		t.Errorf("reported %v, want %s (the fenced pod is not reported; what the fence leaves open is)", got, want)
 	}
 }
 
