@@ -300,7 +300,7 @@ func TestReferenceValues(t *testing.T) {
 func sourceStrings(t *testing.T) []string {
 	t.Helper()
 	var out []string
-	for _, dir := range []string{"webhook", "init", "sidecar", "assigner", "internal", "api"} {
+	for _, dir := range []string{"webhook", "init", "sidecar", "assigner", "cni", "internal", "api"} {
 		err := filepath.WalkDir(filepath.Join(root, dir), func(path string, d os.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
 				return err
