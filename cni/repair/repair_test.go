@@ -3,8 +3,6 @@ package repair_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -52,21 +50,7 @@ func TestMain(m *testing.M) {
 	}
 }
 
-func dial(addr string) {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		fmt.Printf("error %v\n", err)
-		return
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	b, err := io.ReadAll(c)
-	if err != nil {
-		fmt.Printf("error %v\n", err)
-		return
-	}
-	fmt.Printf("ok %s\n", b)
-}
+func dial(addr string) { fmt.Println(nstest.DialBanner(addr, 2*time.Second)) }
 
 // helper runs the test binary as a helper in ns and cg and returns its output line (arg "sleep": starts it
 // and returns "", killed when the test ends).
@@ -92,25 +76,6 @@ func helper(t *testing.T, ns *nstest.NS, cg *cnitest.Cgroup, arg string) string 
 		t.Fatalf("helper %q: %v: %s", arg, err, out.String())
 	}
 	return strings.TrimSpace(out.String())
-}
-
-func serve(t *testing.T, ns *nstest.NS, addr, banner string) {
-	t.Helper()
-	var l net.Listener
-	if err := ns.Do(func() (err error) { l, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte(banner))
-			_ = c.Close()
-		}
-	}()
 }
 
 // fakePod is a pod as the kubelet would run it: an API object, and on the "node" a cgroup per container below
@@ -233,8 +198,8 @@ func (h *harness) newPod(t *testing.T, namespace, name, image string, systemd bo
 	} else {
 		p.podRel = "kubepods/besteffort/pod" + uid
 	}
-	serve(t, p.link.Node, imds+":80", "node")
-	serve(t, p.link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), "sidecar")
+	nstest.Serve(t, p.link.Node, imds+":80", "node")
+	nstest.Serve(t, p.link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), "sidecar")
 	p.start(t, "sandbox")
 	p.start(t, "app")
 	if image != "" {

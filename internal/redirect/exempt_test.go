@@ -3,8 +3,6 @@ package redirect_test
 import (
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,21 +80,7 @@ func exemptSelf() {
 	fmt.Printf("exempted %d %d\n", cg.ID, cg.Level)
 }
 
-func dial(addr string) {
-	conn, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		fmt.Printf("error %v\n", err)
-		return
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
-	banner, err := io.ReadAll(conn)
-	if err != nil {
-		fmt.Printf("error reading: %v\n", err)
-		return
-	}
-	fmt.Printf("ok %s\n", banner)
-}
+func dial(addr string) { fmt.Println(nstest.DialBanner(addr, 3*time.Second)) }
 
 // helper runs the test binary as a helper inside ns, in cgroup cg (nil: the test's own) as uid, with extra
 // clone flags, and returns its one line of output.
@@ -122,26 +106,6 @@ func helper(t *testing.T, ns *nstest.NS, cg *nstest.Cgroup, uid uint32, clonefla
 	return strings.TrimSpace(out.String())
 }
 
-// serve answers every connection on addr inside ns with banner, until the test ends.
-func serve(t *testing.T, ns *nstest.NS, addr, banner string) {
-	t.Helper()
-	var l net.Listener
-	if err := ns.Do(func() (err error) { l, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte(banner))
-			_ = c.Close()
-		}
-	}()
-}
-
 // TestSidecarExemptsItsOwnCgroup is the uid-free exemption, in real namespaces and cgroups: the init
 // container's table exempts nobody; the sidecar, started in a cgroup of its own, learns that cgroup from the
 // kernel and installs the redirect exempting it; then only processes of that cgroup reach the node's IMDS,
@@ -160,9 +124,9 @@ func TestSidecarExemptsItsOwnCgroup(t *testing.T) {
 		t.Run(variant.name, func(t *testing.T) {
 			imds := "169.254.169.254"
 			link := nstest.NewLink(t, imds)
-			serve(t, link.Node, imds+":80", "node:80")
-			serve(t, link.Node, imds+":443", "node:443")
-			serve(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), "sidecar")
+			nstest.Serve(t, link.Node, imds+":80", "node:80")
+			nstest.Serve(t, link.Node, imds+":443", "node:443")
+			nstest.Serve(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), "sidecar")
 			suffix := nstest.UniqueSuffix(t)
 			sidecar := nstest.NewCgroup(t, suffix, "sidecar")
 			app := nstest.NewCgroup(t, suffix, "app")

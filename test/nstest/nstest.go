@@ -7,6 +7,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -204,4 +207,49 @@ func (c *Cgroup) Into(cmd *exec.Cmd) *exec.Cmd {
 	cmd.SysProcAttr.UseCgroupFD = true
 	cmd.SysProcAttr.CgroupFD = c.fd
 	return cmd
+}
+
+// Serve listens on addr inside ns and answers every connection with banner, until the test ends.
+func Serve(t testing.TB, ns *NS, addr, banner string) {
+	t.Helper()
+	var l net.Listener
+	if err := ns.Do(func() (err error) { l, err = net.Listen("tcp", addr); return err }); err != nil {
+		t.Fatalf("listening on %s in %s: %v", addr, ns.Name, err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, banner)
+			_ = c.Close()
+		}
+	}()
+}
+
+// DialBanner connects to addr from the caller's namespace and returns "ok <what the server sent>" or
+// "error <why>": the one line a test's helper process prints, and what Serve's listeners are checked with.
+func DialBanner(addr string, timeout time.Duration) string {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return "error " + err.Error()
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return "error reading: " + err.Error()
+	}
+	return "ok " + string(b)
+}
+
+// Dial is DialBanner from inside ns.
+func (ns *NS) Dial(addr string, timeout time.Duration) string {
+	var out string
+	if err := ns.Do(func() error { out = DialBanner(addr, timeout); return nil }); err != nil {
+		return "error " + err.Error()
+	}
+	return out
 }

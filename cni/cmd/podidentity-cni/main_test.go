@@ -6,7 +6,6 @@ import (
 	"debug/elf"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -518,63 +517,21 @@ func TestFencedPodCannotReachIMDS(t *testing.T) {
 	} {
 		t.Run(tc.pod, func(t *testing.T) {
 			link := nstest.NewLink(t, imds)
-			serve(t, link.Node, imds+":80", "node")
-			serve(t, link.Node, imds+":443", "node")
-			serve(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), "sidecar")
-			if got := dial(t, link.Pod, imds+":80"); got != "ok node" {
+			nstest.Serve(t, link.Node, imds+":80", "node")
+			nstest.Serve(t, link.Node, imds+":443", "node")
+			nstest.Serve(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), "sidecar")
+			if got := link.Pod.Dial(imds+":80", 2*time.Second); got != "ok node" {
 				t.Fatalf("before ADD: %q, want the node's IMDS reachable (the test's network is broken otherwise)", got)
 			}
 			mustSucceed(t, "ADD", rt.exec(t, "ADD", netnsPath(link.Pod), w.pods[tc.pod], rt.conf(t, netnsPath(link.Pod))))
-			if got := dial(t, link.Pod, imds+":80"); !strings.HasPrefix(got, tc.want) {
+			if got := link.Pod.Dial(imds+":80", 2*time.Second); !strings.HasPrefix(got, tc.want) {
 				t.Errorf("after ADD, port 80: %q, want %q", got, tc.want)
 			}
-			if got := dial(t, link.Pod, imds+":443"); !strings.HasPrefix(got, "error") {
+			if got := link.Pod.Dial(imds+":443", 2*time.Second); !strings.HasPrefix(got, "error") {
 				t.Errorf("after ADD, port 443: %q, want refused", got)
 			}
 		})
 	}
-}
-
-func serve(t *testing.T, ns *nstest.NS, addr, banner string) {
-	t.Helper()
-	var l net.Listener
-	if err := ns.Do(func() (err error) { l, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte(banner))
-			_ = c.Close()
-		}
-	}()
-}
-
-// dial connects from inside ns and returns "ok <banner>" or "error <why>".
-func dial(t *testing.T, ns *nstest.NS, addr string) string {
-	t.Helper()
-	var out string
-	_ = ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-		if err != nil {
-			out = "error " + err.Error()
-			return nil
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		b, err := io.ReadAll(c)
-		if err != nil {
-			out = "error " + err.Error()
-			return nil
-		}
-		out = "ok " + string(b)
-		return nil
-	})
-	return out
 }
 
 func mustJSON(t *testing.T, v any) []byte {

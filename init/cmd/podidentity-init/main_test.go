@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -55,21 +54,7 @@ func runTests(m *testing.M) int {
 	return m.Run()
 }
 
-func dialOnce(addr string) {
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		fmt.Printf("error %v\n", err)
-		return
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	banner, err := io.ReadAll(conn)
-	if err != nil {
-		fmt.Printf("error reading: %v\n", err)
-		return
-	}
-	fmt.Printf("ok %s\n", banner)
-}
+func dialOnce(addr string) { fmt.Println(nstest.DialBanner(addr, 5*time.Second)) }
 
 // buildBinaries builds podidentity-init as the image does (static, CGO_ENABLED=0) and copies the test binary
 // next to it, in a directory every uid may enter.
@@ -159,26 +144,6 @@ func dialAs(t *testing.T, ns *nstest.NS, uid uint32, addr string) string {
 	return strings.TrimSpace(out.String())
 }
 
-// serveBanner listens on addr inside ns and answers every connection with banner.
-func serveBanner(t *testing.T, ns *nstest.NS, addr, banner string) {
-	t.Helper()
-	var l net.Listener
-	if err := ns.Do(func() (err error) { l, err = net.Listen("tcp", addr); return err }); err != nil {
-		t.Fatalf("listening on %s in %s: %v", addr, ns.Name, err)
-	}
-	t.Cleanup(func() { _ = l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(c, banner)
-			_ = c.Close()
-		}
-	}()
-}
-
 const (
 	appUID        = 1000
 	nobodyUID     = 65534
@@ -192,9 +157,9 @@ func TestInitContainerInRealNamespaces(t *testing.T) {
 	link := nstest.NewLink(t, defaults.IMDSAddress)
 	imds := net.JoinHostPort(defaults.IMDSAddress, fmt.Sprint(defaults.IMDSPort))
 	imdsOtherPort := net.JoinHostPort(defaults.IMDSAddress, "443")
-	serveBanner(t, link.Node, imds, "node:80")
-	serveBanner(t, link.Node, imdsOtherPort, "node:443")
-	serveBanner(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), sidecarBanner)
+	nstest.Serve(t, link.Node, imds, "node:80")
+	nstest.Serve(t, link.Node, imdsOtherPort, "node:443")
+	nstest.Serve(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), sidecarBanner)
 	nft := func(args ...string) string { return link.Pod.Cmd(t, append([]string{"nft"}, args...)...) }
 
 	// Without the rules every uid reaches the node: the redirect below is the rules' doing.
@@ -240,9 +205,9 @@ func TestInitContainerInRealNamespaces(t *testing.T) {
 
 	t.Run("legacy uid exemption", func(t *testing.T) {
 		legacy := nstest.NewLink(t, defaults.IMDSAddress)
-		serveBanner(t, legacy.Node, imds, "node:80")
-		serveBanner(t, legacy.Node, imdsOtherPort, "node:443")
-		serveBanner(t, legacy.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), sidecarBanner)
+		nstest.Serve(t, legacy.Node, imds, "node:80")
+		nstest.Serve(t, legacy.Node, imdsOtherPort, "node:443")
+		nstest.Serve(t, legacy.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), sidecarBanner)
 		if code, _, stderr := runInit(t, legacy.Pod, 0, "--exemption=uid", fmt.Sprintf("--sidecar-uid=%d", defaults.SidecarUID)); code != 0 {
 			t.Fatalf("podidentity-init --exemption=uid: exit %d:\n%s", code, stderr)
 		}
@@ -432,8 +397,8 @@ func TestVerifyTraffic(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			link := nstest.NewLink(t, defaults.IMDSAddress)
 			// The node answers on both ports: without the rules, the probe really reaches it.
-			serveBanner(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, fmt.Sprint(defaults.IMDSPort)), "node:80")
-			serveBanner(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, "443"), "node:443")
+			nstest.Serve(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, fmt.Sprint(defaults.IMDSPort)), "node:80")
+			nstest.Serve(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, "443"), "node:443")
 			if tc.rules != nil {
 				if code, _, stderr := runInit(t, link.Pod, 0, tc.rules...); code != 0 {
 					t.Fatalf("installing the rules: exit %d:\n%s", code, stderr)
@@ -447,7 +412,7 @@ func TestVerifyTraffic(t *testing.T) {
 	}
 	t.Run("guard missing", func(t *testing.T) {
 		link := nstest.NewLink(t, defaults.IMDSAddress)
-		serveBanner(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, "443"), "node:443")
+		nstest.Serve(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, "443"), "node:443")
 		if code, _, stderr := runInit(t, link.Pod, 0); code != 0 {
 			t.Fatalf("installing the redirect: exit %d:\n%s", code, stderr)
 		}
