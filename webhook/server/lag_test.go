@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr/testr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -27,8 +25,6 @@ import (
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
-	"github.com/podidentity/podidentity/webhook/config"
-	"github.com/podidentity/podidentity/webhook/server"
 )
 
 // watchLag is how long the webhook's watches are held back in TestCacheLagNeverSkips: far longer than the
@@ -69,16 +65,6 @@ func TestCacheLagNeverSkips(t *testing.T) {
 		})
 	}
 
-	fs := flag.NewFlagSet("test", flag.ContinueOnError)
-	cfg := config.Bind(fs)
-	if err := fs.Parse([]string{"--mode=native", "--metrics-bind-address=0", "--health-probe-bind-address=0"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.Complete(); err != nil {
-		t.Fatal(err)
-	}
-	wio := &env.WebhookInstallOptions
-	cfg.Port, cfg.CertDir = wio.LocalServingPort, wio.LocalServingCertDir
 	rc := rest.CopyConfig(te.Config)
 	// HTTP/1.1: a held-back watch then holds only its own connection. Over HTTP/2 the watches would share one
 	// connection, and their unread data would stall every other request on it by flow control.
@@ -88,19 +74,7 @@ func TestCacheLagNeverSkips(t *testing.T) {
 		lagging.next = rt
 		return lagging
 	})
-	mgr, err := server.New(cfg, rc, wio.LocalServingHost, testr.NewWithOptions(t, testr.Options{Verbosity: 0}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
-	waitServing(t, wio.LocalServingHost, wio.LocalServingPort)
+	_, mgr := startWebhook(t, ctx, cancel, env, rc, []string{"--mode=native"}, nil)
 	if !mgr.GetCache().WaitForCacheSync(ctx) {
 		t.Fatal("caches did not sync")
 	}

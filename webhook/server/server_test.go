@@ -22,6 +22,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -92,33 +93,12 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 		Spec:       aadv1.AzureIdentityBindingSpec{AzureIdentity: "orders-mi", Selector: "orders"},
 	})
 
-	fs := flag.NewFlagSet("test", flag.ContinueOnError)
-	cfg := config.Bind(fs)
-	if err := fs.Parse([]string{"--mode=auto", "--metrics-bind-address=0", "--health-probe-bind-address=0"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.Complete(); err != nil {
-		t.Fatal(err)
-	}
-	wio := &env.WebhookInstallOptions
-	cfg.Port, cfg.CertDir = wio.LocalServingPort, wio.LocalServingCertDir
-	mgr, err := server.New(cfg, te.Config, wio.LocalServingHost, testr.NewWithOptions(t, testr.Options{Verbosity: 0}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, _ := startWebhook(t, ctx, cancel, env, te.Config, []string{"--mode=auto"}, func(mgr *server.Webhook) {
+		mgr.GetWebhookServer().Register(prependPath, &cradmission.Webhook{Handler: cradmission.HandlerFunc(prependInit)})
+	})
 	if !cfg.Inject.Native {
 		t.Fatalf("--mode=auto chose classic on a 1.%s API server; want native", "37")
 	}
-	mgr.GetWebhookServer().Register(prependPath, &cradmission.Webhook{Handler: cradmission.HandlerFunc(prependInit)})
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
-	waitServing(t, wio.LocalServingHost, wio.LocalServingPort)
 
 	appPod := func(ns, name string, labels map[string]string) *corev1.Pod {
 		return &corev1.Pod{
@@ -251,6 +231,40 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 			t.Errorf("annotation after the assigner's update: %q", got.Annotations[defaults.IdentitiesAnnotation])
 		}
 	})
+}
+
+// startWebhook runs the webhook with args (and no metrics or health listeners) against the API server of rc,
+// serving where env's webhook configuration points, until ctx ends (cancel, at the test's end, stops it);
+// register runs before it starts. It returns once the server accepts connections.
+func startWebhook(t *testing.T, ctx context.Context, cancel context.CancelFunc, env *envtest.Environment, rc *rest.Config, args []string, register func(*server.Webhook)) (*config.Config, *server.Webhook) {
+	t.Helper()
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	cfg := config.Bind(fs)
+	if err := fs.Parse(append(args, "--metrics-bind-address=0", "--health-probe-bind-address=0")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	wio := &env.WebhookInstallOptions
+	cfg.Port, cfg.CertDir = wio.LocalServingPort, wio.LocalServingCertDir
+	mgr, err := server.New(cfg, rc, wio.LocalServingHost, testr.NewWithOptions(t, testr.Options{Verbosity: 0}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if register != nil {
+		register(mgr)
+	}
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+	waitServing(t, wio.LocalServingHost, wio.LocalServingPort)
+	return cfg, mgr
 }
 
 // prependInit is the second webhook of the reinvocation test.
