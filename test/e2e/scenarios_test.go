@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -61,6 +62,11 @@ func (e *env) scenarioTokens(t *testing.T, sdk, image string) {
 		t.Errorf("token line %+v: want sdk %s and xms_mirid %s", line, sdk, web.ResourceID)
 	}
 	e.waitAppLine(t, ns, "neighbour", "app", "a token for the other identity", tokenTimeout, tokenFor(other))
+	if d, err := e.sidecarStartCost(context.Background(), ns, "app"); err != nil {
+		t.Errorf("the sidecar's start-up log: %v", err)
+	} else {
+		e.figures.Add(Figure{Scenario: "tokens (" + sdk + ")", Name: "sidecar start as root: learn its cgroup, install the exemption, drop every privilege", Value: fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000)})
+	}
 	before := e.imds.Counters(t)
 
 	// Raw requests from a pod bound like the app: one container per request, all through the redirect.
@@ -594,4 +600,33 @@ func sandboxProcess(pid int) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no pause process in network namespace %s", netns)
+}
+
+// sidecarStartCost is the time between the sidecar's first log line and the one saying it dropped its
+// privileges (the exemption installed in between), from its own log's timestamps.
+func (e *env) sidecarStartCost(ctx context.Context, ns, pod string) (time.Duration, error) {
+	raw, err := e.cs.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: defaults.SidecarContainerName}).DoRaw(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var started, dropped time.Time
+	for _, line := range strings.Split(string(raw), "\n") {
+		var l struct {
+			Time time.Time `json:"time"`
+			Msg  string    `json:"msg"`
+		}
+		if json.Unmarshal([]byte(line), &l) != nil {
+			continue
+		}
+		switch l.Msg {
+		case "starting podidentity-sidecar":
+			started = l.Time
+		case "privileges dropped":
+			dropped = l.Time
+		}
+	}
+	if started.IsZero() || dropped.IsZero() {
+		return 0, fmt.Errorf("no \"starting podidentity-sidecar\" and \"privileges dropped\" lines in pod %s/%s's sidecar log", ns, pod)
+	}
+	return dropped.Sub(started), nil
 }
