@@ -3,6 +3,7 @@ package redirect_test
 import (
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +33,8 @@ func TestMain(m *testing.M) {
 		exemptSelf()
 	case strings.HasPrefix(arg, "dial "):
 		dial(strings.TrimPrefix(arg, "dial "))
+	case arg == "somark":
+		fmt.Println(setMark())
 	default:
 		os.Exit(runTests(m))
 	}
@@ -198,4 +201,53 @@ func TestLearnRefusesTheRootCgroup(t *testing.T) {
 	if out := ns.Cmd(t, "nft", "list", "ruleset"); strings.Contains(out, "cgroupv2") {
 		t.Errorf("a cgroup exemption was installed:\n%s", out)
 	}
+}
+
+// setMark tries to set a socket mark, as a mark-based exemption would need the sidecar to, and as anyone who
+// wanted to pass for the sidecar would.
+func setMark() string {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		return "error " + err.Error()
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, 0x539); err != nil {
+		return "error " + err.Error()
+	}
+	return "ok"
+}
+
+// TestSocketMarkIsForgeable is the evidence behind not exempting the sidecar by a socket mark: on this kernel
+// (Linux 5.17 and newer) SO_MARK needs only CAP_NET_RAW, which container runtimes grant every root container by
+// default, so any root container could carry the sidecar's mark. Without NET_RAW (and NET_ADMIN) it is refused.
+func TestSocketMarkIsForgeable(t *testing.T) {
+	nstest.Require(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) not found")
+	}
+	for _, tc := range []struct {
+		name, caps string
+		want       string
+	}{
+		{"root with only CAP_NET_RAW (a runtime default)", "-all,+net_raw", "ok"},
+		{"root without NET_RAW and NET_ADMIN", "-all", "error operation not permitted"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := exec.Command(setpriv, "--bounding-set="+tc.caps, "--inh-caps="+tc.caps, "--", helperBinary)
+			cmd.Env = append(os.Environ(), helperEnv+"=somark")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if got := strings.TrimSpace(string(out)); got != tc.want {
+				t.Errorf("setsockopt(SO_MARK) with capabilities %s: %q, want %q (kernel %s)", tc.caps, got, tc.want, kernelRelease())
+			}
+		})
+	}
+}
+
+func kernelRelease() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return strings.TrimSpace(string(b))
 }
