@@ -235,10 +235,11 @@ func (e *env) attackMatrix(t *testing.T, mode string) {
 		t.Logf("%s / %s: %s (%s)", r.pod, r.route, verdict, strings.Join(res.Steps, "; "))
 	}
 	after := e.imds.Counters(t)
-	if n, who := tokensToOthers(before.TokensByCaller, after.TokensByCaller, victim.ClientID, victimIP); n != 0 {
+	n, who := tokensToOthers(before.TokensByCaller, after.TokensByCaller, victim.ClientID, victimIP)
+	if n != 0 {
 		t.Errorf("the node's IMDS issued %d tokens of the unbound identity %s to %v: a pod got around its redirect", n, victim.ClientID, who)
 	}
-	e.figures.Add(Figure{Scenario: "attacker matrix", Name: "tokens of the victim's identity the node's IMDS issued to other pods", Value: "0", Target: "0", Met: true})
+	e.figures.Add(Figure{Scenario: "attacker matrix", Name: mode + ": tokens of the victim's identity the node's IMDS issued to other pods", Value: fmt.Sprint(n), Target: "0", Met: n == 0})
 
 	e.attackUninjected(t, mode)
 	e.attackWithoutRedirect(t, victim, mode)
