@@ -55,6 +55,7 @@ type Flags struct {
 	ForceNamespaced, Managed         bool
 	Workers                          int
 	Resync, Debounce, IsolationTTL   time.Duration
+	DetachGrace                      time.Duration
 	PollFrequency                    time.Duration
 	AzureConfig                      string
 	CloudName, ARMEndpoint, Audience string
@@ -116,6 +117,7 @@ func ParseFlags(args []string) (Flags, error) {
 	fs.DurationVar(&f.Resync, "resync", 10*time.Minute, "how often each resource in use is read back from ARM to repair drift")
 	fs.DurationVar(&f.Debounce, "debounce", 500*time.Millisecond, "delay after an event so that bursts become one PATCH")
 	fs.DurationVar(&f.IsolationTTL, "isolation-ttl", 5*time.Minute, "how long an identity ARM rejected is left out before it is tried again")
+	fs.DurationVar(&f.DetachGrace, "detach-grace-period", controller.DefaultDetachGrace, "how long an identity stays attached after the AzureIdentity or AzureIdentityBinding that running pods use is deleted, so that a delete and re-create (a GitOps prune, kubectl replace) does not cut their tokens; 0 detaches at once")
 	fs.DurationVar(&f.PollFrequency, "poll-frequency", 5*time.Second, "polling interval of ARM operations when ARM gives no Retry-After")
 	fs.StringVar(&f.AzureConfig, "azure-config", "/etc/kubernetes/azure.json", "AKS's azure.json; empty to use AZURE_* environment variables only")
 	fs.StringVar(&f.CloudName, "cloud", "", "cloud name (AzurePublicCloud, AzureChinaCloud, AzureUSGovernmentCloud); default: azure.json's, else public")
@@ -270,7 +272,7 @@ func Run(ctx context.Context, f Flags) error {
 	if err := controller.Setup(ctx, mgr, arm, controller.Options{
 		Namespace: f.Namespace, Immutable: immutable, Binding: bindingOpts,
 		Managed: f.Managed, Workers: f.Workers, Resync: f.Resync, Debounce: f.Debounce, IsolationTTL: f.IsolationTTL,
-		Pool: f.Guard.Pool, Injection: injection,
+		DetachGrace: detachGrace(f.DetachGrace), Pool: f.Guard.Pool, Injection: injection,
 	}); err != nil {
 		return err
 	}
@@ -375,6 +377,14 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("no Kubernetes configuration (run in a cluster, set $KUBECONFIG or --kubeconfig): %w", err)
 	}
 	return c, nil
+}
+
+// detachGrace turns --detach-grace-period into Options.DetachGrace, whose zero means the default.
+func detachGrace(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1 // detach at once
+	}
+	return d
 }
 
 func firstNonEmpty(s ...string) string {

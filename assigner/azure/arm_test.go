@@ -205,12 +205,65 @@ func TestARMIfMatchProtectsConcurrentAttach(t *testing.T) {
 		t.Fatalf("plan %+v", ps)
 	}
 	_, err = c.Patch(context.Background(), r, ps[0])
-	if f := Classify(err); f == nil || f.Kind != Conflict {
-		t.Fatalf("want a conflict, got %v", err)
+	if f := Classify(err); f == nil || f.Kind != Stale || f.Code != arm.CodePreconditionFailed {
+		t.Fatalf("want a stale etag (412), got %v", err)
 	}
 	_, users := srv.Identities(vmID)
 	sort.Strings(users)
 	if len(users) != 2 {
 		t.Fatalf("the concurrently attached identity was dropped: %v", users)
+	}
+}
+
+// TestARMRefusalsAreClassified: the refusals the assigner must tell apart, as ARM words them: a missing role
+// on the resource group, the subscription's write limit, a deleted identity still attached (named by ARM
+// although the PATCH does not name it), and a write while another operation runs.
+func TestARMRefusalsAreClassified(t *testing.T) {
+	srv, c := newTestARM(t, arm.Options{SubscriptionWrites: arm.Bucket{Size: 2, Refill: 0.001}})
+	r := mustResource(t, ssID)
+	ctx := context.Background()
+	add := Patch{Type: TypeUserAssigned, Add: []string{uami("new")}}
+	tests := []struct {
+		name    string
+		setup   func()
+		kind    FailureKind
+		code    string
+		message string
+		ids     []string
+	}{
+		{name: "no role on the node resource group", setup: func() {
+			srv.AddVMSS(ssID, false, uami("dead"))
+			srv.DenyWrites("/subscriptions/sub/resourceGroups/MC_rg", true)
+		}, kind: Unauthorized, code: arm.CodeAuthorizationFailed, message: "does not have authorization to perform action 'Microsoft.Compute/virtualMachineScaleSets/write'"},
+		{name: "a deleted identity stays attached", setup: func() {
+			srv.DenyWrites("/subscriptions/sub/resourceGroups/MC_rg", false)
+			srv.DeleteIdentity(uami("dead"))
+		}, kind: IdentityRejected, code: CodeFailedIdentityOperation, message: "was not found", ids: []string{uami("dead")}},
+		{name: "the subscription's write limit", setup: func() {}, kind: Throttled, code: arm.CodeSubscriptionRequestsThrottled, message: "Please try again after"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.setup()
+			_, err := c.Patch(ctx, r, add)
+			f := Classify(err)
+			if f == nil || f.Kind != tc.kind || f.Code != tc.code || !strings.Contains(f.Message, tc.message) || fmt.Sprint(f.Identities) != fmt.Sprint(tc.ids) {
+				t.Fatalf("Classify = %+v, want kind %v code %s message ~%q identities %v", f, tc.kind, tc.code, tc.message, tc.ids)
+			}
+			if tc.kind == Throttled && f.RetryAfter < time.Second {
+				t.Fatalf("Retry-After %v: ARM says seconds", f.RetryAfter)
+			}
+		})
+	}
+	// Another client's operation: 409.
+	srv2, c2 := newTestARM(t, arm.Options{})
+	srv2.AddVMSS(ssID, false)
+	srv2.StartOperation(ssID, time.Minute)
+	_, err := c2.Patch(ctx, r, add)
+	if f := Classify(err); f == nil || f.Kind != Conflict || !strings.HasPrefix(f.Message, "The request failed due to conflict with a concurrent request") {
+		t.Fatalf("Classify = %+v, want a conflict", f)
+	}
+	cur, err := c2.Get(ctx, r)
+	if err != nil || cur.ProvisioningState != "Updating" {
+		t.Fatalf("GET during the operation: %q %v", cur.ProvisioningState, err)
 	}
 }

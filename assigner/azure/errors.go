@@ -2,6 +2,7 @@ package azure
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"regexp"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 )
 
 // FailureKind says what the controller should do after a failed ARM call.
@@ -26,12 +28,17 @@ const (
 	IdentityRejected
 	// NotFound: the VM or scale set is gone.
 	NotFound
-	// Permanent: anything else (bad request, missing role on the resource). Retry slowly; a human must act.
+	// Permanent: anything else (bad request, failed operation). Retry slowly; a human must act.
 	Permanent
+	// Stale: 412, the etag sent with If-Match is not the resource's any more. Re-read, then decide again.
+	Stale
+	// Unauthorized: 403 other than LinkedAuthorizationFailed, e.g. AuthorizationFailed: the caller may not
+	// read or write the VM or scale set (no Virtual Machine Contributor on its resource group).
+	Unauthorized
 )
 
 func (k FailureKind) String() string {
-	return [...]string{"transient", "throttled", "conflict", "identity_rejected", "not_found", "permanent"}[k]
+	return [...]string{"transient", "throttled", "conflict", "identity_rejected", "not_found", "permanent", "stale", "unauthorized"}[k]
 }
 
 // Failure is a classified ARM error.
@@ -40,6 +47,8 @@ type Failure struct {
 	StatusCode int
 	Code       string
 	RetryAfter time.Duration
+	// Message is ARM's error message (error.message of the answer's body), when there was one.
+	Message string
 	// Identities named by the error (IdentityRejected), as spelled in the message.
 	Identities []string
 	Err        error
@@ -97,6 +106,7 @@ func Classify(err error) *Failure {
 	f.StatusCode, f.Code = re.StatusCode, re.ErrorCode
 	if re.RawResponse != nil {
 		f.RetryAfter = retryAfter(re.RawResponse.Header)
+		f.Message = errorMessage(re.RawResponse)
 	}
 	switch {
 	case re.ErrorCode == CodeLinkedAuthorizationFailed || re.ErrorCode == CodeFailedIdentityOperation:
@@ -107,8 +117,12 @@ func Classify(err error) *Failure {
 		}
 	case re.StatusCode == http.StatusTooManyRequests:
 		f.Kind = Throttled
-	case re.StatusCode == http.StatusConflict || re.StatusCode == http.StatusPreconditionFailed:
+	case re.StatusCode == http.StatusConflict:
 		f.Kind = Conflict
+	case re.StatusCode == http.StatusPreconditionFailed:
+		f.Kind = Stale
+	case re.StatusCode == http.StatusForbidden:
+		f.Kind = Unauthorized
 	case re.StatusCode == http.StatusNotFound:
 		f.Kind = NotFound
 	case re.StatusCode >= 500 || re.StatusCode == http.StatusRequestTimeout:
@@ -117,6 +131,23 @@ func Classify(err error) *Failure {
 		f.Kind = Permanent
 	}
 	return f
+}
+
+// errorMessage is error.message of an ARM error answer ("" when the body says nothing readable).
+func errorMessage(resp *http.Response) string {
+	body, err := runtime.Payload(resp)
+	if err != nil {
+		return ""
+	}
+	var e struct {
+		Error struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &e) != nil {
+		return ""
+	}
+	return e.Error.Message
 }
 
 // IsContextError reports whether err is only our own cancellation.

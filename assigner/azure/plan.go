@@ -46,6 +46,9 @@ type Patch struct {
 	// IfMatch guards patches that change the type away from user-assigned: if someone attached an identity
 	// since we read the resource, the patch must fail rather than remove it.
 	IfMatch string
+	// Guarded is set on those patches: they must carry the etag of the state they were planned from (an
+	// empty IfMatch then means that state's etag is not known, and the resource must be read first).
+	Guarded bool
 }
 
 // Goal is what Plan works toward on one resource.
@@ -60,6 +63,13 @@ type Goal struct {
 	// Skip (case-folded) are identities not to touch now (isolated after an authorization or identity
 	// error): neither added nor removed.
 	Skip map[string]bool
+	// Detach (case-folded) are identities to remove whoever attached them and whatever wants them, unless
+	// Keep says otherwise: identities deleted in Azure but still attached, which make ARM refuse every
+	// change of the resource until they are gone.
+	Detach map[string]bool
+	// Hold (case-folded) are identities not to remove yet (the grace period after their AzureIdentity was
+	// deleted while pods use it); they are not added either.
+	Hold map[string]bool
 }
 
 // Delta returns the identities to add and to remove, sorted.
@@ -70,7 +80,14 @@ func Delta(cur ResourceIdentity, g Goal) (add, remove []string) {
 		}
 	}
 	for k, spelled := range cur.UserAssigned {
-		if _, wanted := g.Want[k]; wanted || !g.Owned[k] || g.Skip[k] || (g.Keep != nil && g.Keep(k, cur.ClientIDs[k])) {
+		if g.Keep != nil && g.Keep(k, cur.ClientIDs[k]) {
+			continue
+		}
+		if g.Detach[k] {
+			remove = append(remove, spelled)
+			continue
+		}
+		if _, wanted := g.Want[k]; wanted || !g.Owned[k] || g.Skip[k] || g.Hold[k] {
 			continue
 		}
 		remove = append(remove, spelled)
@@ -83,15 +100,34 @@ func Delta(cur ResourceIdentity, g Goal) (add, remove []string) {
 // Plan returns the PATCHes that take the resource from cur toward g: additions first, then removals, at
 // most MaxIdentitiesPerPatch identities each, nothing when there is nothing to do. The identity type of
 // each patch keeps the system-assigned identity and stays consistent with the user-assigned identities
-// that remain after it.
+// that remain after it. Only the first patch is planned from a known state: callers send it and plan
+// again from the resource as ARM answers (a guarded patch after the first has no etag yet).
 func Plan(cur ResourceIdentity, g Goal) []Patch {
 	add, remove := Delta(cur, g)
+	// Identities deleted in Azure go first, in the first patch: ARM refuses every change of the resource,
+	// additions included, while one is attached.
+	var detach, rest []string
+	for _, id := range remove {
+		if g.Detach[strings.ToLower(id)] {
+			detach = append(detach, id)
+		} else {
+			rest = append(rest, id)
+		}
+	}
+	remove = append(detach, rest...)
 	users := len(cur.UserAssigned)
 	var out []Patch
 	for len(add) > 0 {
-		n := min(len(add), MaxIdentitiesPerPatch)
+		var p Patch
+		if len(out) == 0 && len(detach) > 0 {
+			k := min(len(detach), MaxIdentitiesPerPatch-1)
+			p.Remove, remove = remove[:k:k], remove[k:]
+			users -= k
+		}
+		n := min(len(add), MaxIdentitiesPerPatch-len(p.Remove))
 		users += n
-		out = append(out, Patch{Type: identityType(cur.SystemAssigned, users), Add: add[:n:n]})
+		p.Type, p.Add = identityType(cur.SystemAssigned, users), add[:n:n]
+		out = append(out, p)
 		add = add[n:]
 	}
 	for len(remove) > 0 {
@@ -100,8 +136,13 @@ func Plan(cur ResourceIdentity, g Goal) []Patch {
 		p := Patch{Type: identityType(cur.SystemAssigned, users), Remove: remove[:n:n]}
 		if users == 0 {
 			// ARM rejects a user map with a type lacking UserAssigned; the type alone drops them. Guard with
-			// the etag so an identity attached meanwhile by someone else is not dropped with them.
-			p.Remove, p.IfMatch = nil, cur.ETag
+			// the etag so an identity attached meanwhile by someone else is not dropped with them. A later
+			// chunk's etag is not known yet (the earlier chunks change it): the caller sends the first patch,
+			// then plans again from ARM's answer.
+			p.Remove, p.IfMatch, p.Guarded = nil, cur.ETag, true
+			if len(out) > 0 {
+				p.IfMatch = ""
+			}
 		}
 		out = append(out, p)
 		remove = remove[n:]

@@ -67,7 +67,8 @@ func armClient(srv *arm.Server) *azure.ARM {
 
 func testOptions() Options {
 	return Options{Namespace: ledgerNS, Debounce: 50 * time.Millisecond, Resync: time.Minute, IsolationTTL: time.Minute,
-		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond, ARMTimeout: 5 * time.Minute}
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond, BusyBackoff: 20 * time.Millisecond, BusyMaxBackoff: 300 * time.Millisecond,
+		ARMTimeout: 5 * time.Minute}
 }
 
 // startAssigner runs a manager with the controllers until the returned stop is called (or the test ends).

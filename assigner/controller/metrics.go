@@ -15,6 +15,7 @@ type metrics struct {
 	driftRepairs       prometheus.Counter
 	assignedObjects    *prometheus.CounterVec
 	annotationUpdates  prometheus.Counter
+	unattached         *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -38,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		identityRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podidentity_assigner_identity_rejections_total",
-			Help: "Identities ARM refused to attach, by error code (LinkedAuthorizationFailed, FailedIdentityOperation).",
+			Help: "Identities ARM refused, by error code (LinkedAuthorizationFailed, FailedIdentityOperation).",
 		}, []string{"code"}),
 		driftRepairs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podidentity_assigner_drift_repairs_total",
@@ -52,8 +53,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "podidentity_assigner_pod_annotation_updates_total",
 			Help: "Pods whose podidentity.io/identities annotation was rewritten after a binding or identity change.",
 		}),
+		unattached: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "podidentity_assigner_unattached_assignments",
+			Help: "AzureAssignedIdentity objects whose identity is not attached, by reason (the annotation podidentity.io/assignment-reason): " +
+				"IdentityNotAuthorized, IdentityNotFound, ResourceNotAuthorized, ResourceNotFound, ResourceBusy, ResourceBlocked, Throttled, ARMError.",
+		}, []string{"reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.armRequests, m.patchDuration, m.passDuration, m.identityRejections, m.driftRepairs, m.assignedObjects, m.annotationUpdates} {
+	for _, c := range []prometheus.Collector{m.armRequests, m.patchDuration, m.passDuration, m.identityRejections, m.driftRepairs, m.assignedObjects, m.annotationUpdates, m.unattached} {
 		// A second registration (a restarted manager in the same process) fails; the collectors of the
 		// first keep being served, which is all a restart in tests needs.
 		_ = reg.Register(c)

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -36,12 +37,10 @@ const recentWriteTTL = time.Minute
 // of that resource touches it (the work queue never runs one key twice at once), except recent, which the
 // event handlers read too; the map holding the states is guarded by resourceReconciler.mu.
 type resourceState struct {
-	cur      *azure.ResourceIdentity // last known identities; nil when unknown
-	readAt   time.Time
-	owned    map[string]bool // identities the assigner attached (mirrors the ledger ConfigMap)
-	loaded   bool
-	isolated map[string]isolation
-	failures int
+	arm    armState // the ARM side's knowledge, changed only through the decisions of decide.go
+	loaded bool     // arm.owned was read from the ledger
+	// graceSince: when each identity held for its grace period (graceHolds) was first seen held.
+	graceSince map[string]time.Time
 
 	// recent holds this worker's own writes of AzureAssignedIdentity objects (by namespace/name) until the
 	// informer cache shows them; guarded by mu, as a pass writes objects in parallel.
@@ -105,11 +104,6 @@ func (s *resourceState) forgetSeen(key string, obj *aadv1.AzureAssignedIdentity,
 	return true
 }
 
-type isolation struct {
-	code, reason string
-	until        time.Time
-}
-
 type resourceReconciler struct {
 	c        ctrl.Client
 	reader   ctrl.Reader
@@ -122,6 +116,11 @@ type resourceReconciler struct {
 
 	mu     sync.Mutex
 	states map[string]*resourceState
+	// subGates: subscriptions ARM throttled (case-folded id): until when, and for how long ARM said.
+	subGates map[string]subGate
+	// unattached: per resource, its assignments whose identity is not attached, by reason (the gauge is
+	// their sum).
+	unattached map[string]map[string]int
 }
 
 // ownWrite tells whether obj, as the informer shows it, is exactly what this assigner last wrote to it.
@@ -137,7 +136,7 @@ func (r *resourceReconciler) state(key string) *resourceState {
 	defer r.mu.Unlock()
 	s := r.states[key]
 	if s == nil {
-		s = &resourceState{isolated: map[string]isolation{}, recent: map[string]recentWrite{}}
+		s = &resourceState{recent: map[string]recentWrite{}}
 		r.states[key] = s
 	}
 	return s
@@ -193,7 +192,7 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		return reconcile.Result{}, err
 	}
 	s := r.state(key)
-	if changed, err := r.confirmOptIn(ctx, newGrants(want, assigned.Items, s.cur, r.opts.Managed), in.NamespaceLabels); err != nil {
+	if changed, err := r.confirmOptIn(ctx, newGrants(want, assigned.Items, s.arm.cur, r.opts.Managed), in.NamespaceLabels); err != nil {
 		return reconcile.Result{}, err
 	} else if changed {
 		want = desired.Compute(in)
@@ -203,6 +202,13 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	if ri := want.Resources[key]; ri != nil {
 		wantIDs = ri.IDs
 	}
+	// Identities that running pods lost with their AzureIdentity or binding stay attached for a grace period
+	// (a delete and re-create must not cut their tokens).
+	hold, since, started, wake := graceHolds(graceCandidates(assigned.Items, want, in.Pods, in.Identities, in.Bindings), s.graceSince, time.Now(), r.opts.DetachGrace)
+	s.graceSince = since
+	if len(started) > 0 {
+		log.Info("AzureIdentity or binding deleted while pods use its identity; keeping it attached for the grace period", "identities", started, "grace", r.opts.DetachGrace.String())
+	}
 	// ARM goes first: its PATCH (often 30 s or more) is what everything waits for, so it must not queue
 	// behind hundreds of object writes. Meanwhile only existing objects are touched (spec changes,
 	// Unassigned). Missing objects are created once ARM has answered, in their final state: one write
@@ -210,14 +216,13 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	// outlasts PendingObjectsAfter has them created as Created meanwhile, so that a scale set stuck for
 	// minutes shows its pending assignments.
 	type armOutcome struct {
-		cur    azure.ResourceIdentity
-		known  bool
+		view   armView
 		result reconcile.Result
 	}
 	armDone := make(chan armOutcome, 1)
 	go func() {
-		cur, known, result := r.syncARM(ctx, res, key, wantIDs, s, in.Identities)
-		armDone <- armOutcome{cur, known, result}
+		view, result := r.syncARM(ctx, res, key, passView{res: res, want: wantIDs, hold: hold, keep: r.keep, wake: wake}, s, in.Identities)
+		armDone <- armOutcome{view, result}
 	}()
 	objects, missing, requeueSoon, objErr := r.syncObjects(ctx, s, want, assigned.Items)
 	var out armOutcome
@@ -228,8 +233,8 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		case out = <-armDone:
 		case <-pending.C:
 			var created []*aadv1.AzureAssignedIdentity
-			created, requeueSoon, pendingErr = r.createObjects(ctx, s, missing, requeueSoon, func(desired.Assignment) (string, string) {
-				return aadv1.AssignedIDCreated, ""
+			created, _, requeueSoon, pendingErr = r.createObjects(ctx, s, missing, requeueSoon, func(desired.Assignment) (string, notice) {
+				return aadv1.AssignedIDCreated, notice{}
 			})
 			objects, missing = append(objects, created...), nil
 			out = <-armDone
@@ -241,15 +246,18 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	if err := errors.Join(objErr, pendingErr); err != nil {
 		return reconcile.Result{}, err
 	}
-	cur, known, result := out.cur, out.known, out.result
-	created, requeueSoon, err := r.createObjects(ctx, s, missing, requeueSoon, func(a desired.Assignment) (string, string) {
-		status, why, _ := r.statusOf(a, s, cur, known)
+	view, result := out.view, out.result
+	created, announced, requeueSoon, err := r.createObjects(ctx, s, missing, requeueSoon, func(a desired.Assignment) (string, notice) {
+		status, why, _ := assignmentStatus(a, view)
 		return status, why
 	})
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	if err := r.syncStatuses(ctx, want, append(objects, created...), key, s, cur, known); err != nil {
+	tally, more, err := r.syncStatuses(ctx, want, append(objects, created...), s, view)
+	r.setUnattached(key, tally)
+	r.announce(res, append(announced, more...), in.Pods, in.Identities)
+	if err != nil {
 		return reconcile.Result{}, err
 	}
 	if requeueSoon && (result.RequeueAfter == 0 || result.RequeueAfter > r.opts.Debounce) {
@@ -401,13 +409,13 @@ func (r *resourceReconciler) syncObjects(ctx context.Context, s *resourceState, 
 		if _, ok := want.Assignments[k]; ok || obj.Status.Status == aadv1.AssignedIDUnassigned || s.alreadyWrote(k, aadv1.AssignedIDUnassigned, "") {
 			continue
 		}
-		g.Go(func() error { return r.setStatus(gctx, s, obj, aadv1.AssignedIDUnassigned, "") })
+		g.Go(func() error { return r.setStatus(gctx, s, obj, aadv1.AssignedIDUnassigned, notice{}) })
 	}
 	if err := g.Wait(); err != nil {
 		return nil, nil, false, err
 	}
-	created, requeue, err := r.createObjects(ctx, s, ready, requeue, func(desired.Assignment) (string, string) {
-		return aadv1.AssignedIDAssigned, ""
+	created, _, requeue, err := r.createObjects(ctx, s, ready, requeue, func(desired.Assignment) (string, notice) {
+		return aadv1.AssignedIDAssigned, notice{}
 	})
 	if err != nil {
 		return nil, nil, false, err
@@ -415,16 +423,25 @@ func (r *resourceReconciler) syncObjects(ctx context.Context, s *resourceState, 
 	return append(objects, created...), missing, requeue, nil
 }
 
+// announcement is a reason newly written to an assignment's object: the pod and the AzureIdentity get a
+// Warning Event saying it.
+type announcement struct {
+	a   desired.Assignment
+	why notice
+}
+
 // createObjects creates the AzureAssignedIdentity objects of the assignments, each in one write carrying
-// its status (the CRD has no status subresource) and error annotation as statusOf says. requeue comes
-// back true when an object already exists (the cache has not seen it yet), so that a later pass checks it.
-func (r *resourceReconciler) createObjects(ctx context.Context, s *resourceState, assignments []desired.Assignment, requeue bool, statusOf func(desired.Assignment) (status, why string)) ([]*aadv1.AzureAssignedIdentity, bool, error) {
+// its status (the CRD has no status subresource) and reason annotations as statusOf says. It returns the
+// objects created and the reasons they announce; requeue comes back true when an object already exists (the
+// cache has not seen it yet), so that a later pass checks it.
+func (r *resourceReconciler) createObjects(ctx context.Context, s *resourceState, assignments []desired.Assignment, requeue bool, statusOf func(desired.Assignment) (string, notice)) ([]*aadv1.AzureAssignedIdentity, []announcement, bool, error) {
 	if len(assignments) == 0 {
-		return nil, requeue, nil
+		return nil, nil, requeue, nil
 	}
 	sort.Slice(assignments, func(i, j int) bool { return assignments[i].Key() < assignments[j].Key() })
-	var mu sync.Mutex // guards created and requeue
+	var mu sync.Mutex // guards created, announced and requeue
 	var created []*aadv1.AzureAssignedIdentity
+	var announced []announcement
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(objectWriters)
 	for _, a := range assignments {
@@ -433,12 +450,7 @@ func (r *resourceReconciler) createObjects(ctx context.Context, s *resourceState
 			o.Finalizers = []string{Finalizer}
 			status, why := statusOf(a)
 			o.Status.Status = status
-			if why != "" {
-				if o.Annotations == nil {
-					o.Annotations = map[string]string{}
-				}
-				o.Annotations[desired.ErrorAnnotation] = why
-			}
+			setNotice(o, why)
 			if err := r.c.Create(gctx, o); err != nil {
 				if apierrors.IsAlreadyExists(err) {
 					mu.Lock()
@@ -448,221 +460,214 @@ func (r *resourceReconciler) createObjects(ctx context.Context, s *resourceState
 				}
 				return fmt.Errorf("creating AzureAssignedIdentity %s: %w", a.Key(), err)
 			}
-			s.wrote(a.Key(), status, why)
+			s.wrote(a.Key(), status, why.Message)
 			mu.Lock()
 			created = append(created, o)
+			if why.Message != "" {
+				announced = append(announced, announcement{a, why})
+			}
 			mu.Unlock()
 			r.metrics.assignedObjects.WithLabelValues("created").Inc()
 			return nil
 		})
 	}
 	err := g.Wait()
-	return created, requeue, err
+	return created, announced, requeue, err
 }
 
-// syncARM reads the resource when needed and PATCHes it toward the wanted identities. It returns the
-// resource's identities after the pass, whether they are known, and when to come back.
-func (r *resourceReconciler) syncARM(ctx context.Context, res providerid.Resource, key string, want map[string]string, s *resourceState, identities []aadv1.AzureIdentity) (azure.ResourceIdentity, bool, reconcile.Result) {
-	log := loggerFor(ctx)
+// syncARM carries out the decisions of decide.go for one resource until they say to stop: it reads and
+// patches the resource, keeps the ledger, logs, counts, and records the Events of identities deleted in
+// Azure. It returns what the object side needs to know, and when to come back.
+func (r *resourceReconciler) syncARM(ctx context.Context, res providerid.Resource, key string, v passView, s *resourceState, identities []aadv1.AzureIdentity) (armView, reconcile.Result) {
 	if r.opts.Managed {
-		return azure.ResourceIdentity{}, false, reconcile.Result{}
+		return viewOf(armState{}, v, true), reconcile.Result{}
 	}
+	log := loggerFor(ctx)
 	ctx, cancel := context.WithTimeout(ctx, r.opts.ARMTimeout)
 	defer cancel()
 	if !s.loaded {
 		owned, err := r.ledger.load(ctx, key)
 		if err != nil {
 			log.Error(err, "reading the record of attached identities")
-			return azure.ResourceIdentity{}, false, r.backoff(s)
-		}
-		s.owned, s.loaded = owned, true
-	}
-	if len(want) == 0 && len(s.owned) == 0 {
-		// Nothing to attach and nothing of ours to detach: no ARM call at all.
-		s.failures = 0
-		return azure.ResourceIdentity{UserAssigned: map[string]string{}}, true, reconcile.Result{}
-	}
-	now := time.Now()
-	for k, iso := range s.isolated {
-		if now.After(iso.until) {
-			delete(s.isolated, k)
+			s.arm = deferred(s.arm, time.Now(), policyOf(r.opts))
+		} else {
+			s.arm.owned, s.loaded = owned, true
 		}
 	}
-	fresh := false
-	if s.cur == nil || now.Sub(s.readAt) >= r.opts.Resync {
-		fresh = true
-		cur, err := r.arm.Get(ctx, res)
-		r.metrics.armRequest("get", err)
-		if err != nil {
-			f := azure.Classify(err)
-			if f.Kind == azure.NotFound {
-				// The VM or scale set is gone, and its identities with it: nothing to detach, nothing to record.
-				log.Info("resource no longer exists in ARM; forgetting its identities")
-				if err := r.ledger.save(ctx, key, nil); err != nil {
-					return azure.ResourceIdentity{}, false, r.backoff(s)
-				}
-				s.owned, s.cur, s.failures = map[string]bool{}, nil, 0
-				return azure.ResourceIdentity{UserAssigned: map[string]string{}}, true, reconcile.Result{RequeueAfter: r.opts.Resync}
-			}
-			log.Error(err, "reading the resource's identities from ARM", "failure", f.Kind.String())
-			return azure.ResourceIdentity{}, false, r.afterFailure(s, f)
+	for {
+		v.now = time.Now()
+		v.sub = r.subGate(res.SubscriptionID)
+		var next step
+		if !s.loaded {
+			next = step{kind: stepWait, after: s.arm.notBefore.Sub(v.now)}
+		} else {
+			s.arm, next = decide(s.arm, v, policyOf(r.opts))
 		}
-		if s.cur != nil {
-			if lost := missing(*s.cur, cur, want); len(lost) > 0 {
-				log.Info("identities disappeared from the resource; re-adding them", "identities", lost)
-				r.metrics.driftRepairs.Add(float64(len(lost)))
+		switch next.kind {
+		case stepRead:
+			s.arm.slot = time.Time{}
+			r.read(ctx, res, key, s, &v)
+		case stepPatch:
+			s.arm.slot = time.Time{}
+			r.patch(ctx, res, key, s, &v, next.patch, identities)
+		default:
+			if next.slot {
+				s.arm.slot = r.claim(res.SubscriptionID, v.now)
+				s.arm.notBefore = s.arm.slot
+				next.after = s.arm.slot.Sub(v.now)
 			}
-		}
-		s.cur, s.readAt = &cur, time.Now()
-	}
-	cur := *s.cur
-	if strings.EqualFold(cur.ProvisioningState, "Deleting") {
-		log.Info("resource is being deleted; leaving its identities alone")
-		return cur, true, reconcile.Result{RequeueAfter: r.opts.Resync}
-	}
-	// Forget identities recorded as ours that are not attached (a PATCH that failed after the write-ahead).
-	// Only on a state just read from ARM, and not while an operation runs: it may be ours (from before a
-	// restart, or one whose answer we lost) and attach them yet.
-	if fresh && !strings.EqualFold(cur.ProvisioningState, "Updating") {
-		pruned := map[string]bool{}
-		for k := range s.owned {
-			if cur.Has(k) {
-				pruned[k] = true
+			if next.kind == stepWait && s.arm.problem != nil {
+				log.V(1).Info("not calling ARM for now", "reason", s.arm.problem.Reason, "for", next.after.Round(time.Millisecond).String())
 			}
-		}
-		if len(pruned) != len(s.owned) {
-			if err := r.ledger.save(ctx, key, pruned); err != nil {
-				log.Error(err, "pruning the record of attached identities")
-			} else {
-				s.owned = pruned
-			}
+			return viewOf(s.arm, v, false), reconcile.Result{RequeueAfter: next.after}
 		}
 	}
-	for attempt := 0; ; attempt++ {
-		skip := map[string]bool{}
-		for k := range s.isolated {
-			skip[k] = true
-		}
-		plan := azure.Plan(cur, azure.Goal{Want: want, Owned: s.owned, Keep: r.keep, Skip: skip})
-		if len(plan) == 0 {
-			break
-		}
-		if attempt > 10 {
-			log.Info("giving up this pass after repeated identity rejections")
-			return cur, true, r.backoff(s)
-		}
-		rejected := false
-		for _, p := range plan {
-			if len(p.Add) > 0 {
-				// Write ahead: record ownership before ARM can act, so a crash after the PATCH never leaves
-				// an identity we attached looking like someone else's.
-				next := copySet(s.owned)
-				for _, id := range p.Add {
-					next[strings.ToLower(id)] = true
-				}
-				if err := r.ledger.save(ctx, key, next); err != nil {
-					log.Error(err, "recording identities about to be attached")
-					return cur, true, r.backoff(s)
-				}
-				s.owned = next
-			}
-			log.Info("patching identities", "type", p.Type, "add", p.Add, "remove", p.Remove, "ifMatch", p.IfMatch != "")
-			started := time.Now()
-			after, err := r.arm.Patch(ctx, res, p)
-			r.metrics.armRequest("patch", err)
-			r.metrics.patchDuration.WithLabelValues(strings.ToLower(res.Kind.String())).Observe(time.Since(started).Seconds())
-			if err != nil {
-				f := azure.Classify(err)
-				if f.Kind == azure.IdentityRejected {
-					r.isolate(ctx, res, s, f, identities)
-					rejected = true
-					break
-				}
-				log.Error(err, "patching identities", "failure", f.Kind.String())
-				// Even a 429 may come from polling a PATCH ARM accepted: whatever failed, the resource
-				// must be read before the next PATCH.
-				s.cur = nil
-				return cur, false, r.afterFailure(s, f)
-			}
-			if after.UserAssigned == nil {
-				after = azure.Apply(cur, p)
-			}
-			// Forget ownership of what is gone now.
-			next := copySet(s.owned)
-			for k := range cur.UserAssigned {
-				if _, still := after.UserAssigned[k]; !still {
-					delete(next, k)
-				}
-			}
-			if len(next) != len(s.owned) {
-				if err := r.ledger.save(ctx, key, next); err != nil {
-					log.Error(err, "recording detached identities")
-				} else {
-					s.owned = next
-				}
-			}
-			cur = after
-			s.cur, s.readAt = &after, time.Now()
-		}
-		if !rejected {
-			break
-		}
-	}
-	s.failures = 0
-	result := reconcile.Result{RequeueAfter: r.opts.Resync}
-	for _, iso := range s.isolated {
-		if d := time.Until(iso.until); d < result.RequeueAfter {
-			result.RequeueAfter = max(d, 10*time.Millisecond)
-		}
-	}
-	return cur, true, result
 }
 
-// isolate leaves out the identities ARM rejected and tells their owners why.
-func (r *resourceReconciler) isolate(ctx context.Context, res providerid.Resource, s *resourceState, f *azure.Failure, identities []aadv1.AzureIdentity) {
+// read GETs the resource and folds the answer in (afterRead).
+func (r *resourceReconciler) read(ctx context.Context, res providerid.Resource, key string, s *resourceState, v *passView) {
 	log := loggerFor(ctx)
-	reason := f.Reason()
-	for _, id := range f.Identities {
-		k := strings.ToLower(id)
-		s.isolated[k] = isolation{code: f.Code, reason: reason, until: time.Now().Add(r.opts.IsolationTTL)}
-		r.metrics.identityRejections.WithLabelValues(f.Code).Inc()
-		log.Info("identity rejected by ARM; attaching the others without it", "identity", id, "code", f.Code, "retryIn", r.opts.IsolationTTL.String())
+	cur, err := r.arm.Get(ctx, res)
+	r.metrics.armRequest("get", err)
+	f := azure.Classify(err)
+	v.now = time.Now()
+	var note readNote
+	s.arm, note = afterRead(s.arm, *v, cur, f, policyOf(r.opts))
+	v.read = true
+	switch {
+	case f != nil && f.Kind == azure.NotFound:
+		log.Info("resource no longer exists in ARM; forgetting its identities")
+	case f != nil:
+		log.Error(err, "reading the resource's identities from ARM", "failure", f.Kind.String(), "reason", s.arm.problem.orEmpty().Reason)
+	case busyState(cur.ProvisioningState):
+		log.Info("another operation is running on the resource; no PATCH until it ends", "provisioningState", cur.ProvisioningState)
+	}
+	if len(note.lost) > 0 {
+		log.Info("identities disappeared from the resource; re-adding them", "identities", note.lost)
+		r.metrics.driftRepairs.Add(float64(len(note.lost)))
+	}
+	r.throttle(s, res.SubscriptionID, note.subGate, v.now)
+	if note.save {
+		if err := r.ledger.save(ctx, key, s.arm.owned); err != nil {
+			log.Error(err, "pruning the record of attached identities")
+		}
+	}
+}
+
+// patch records the identities p attaches (write-ahead), sends p and folds the answer in (afterPatch).
+func (r *resourceReconciler) patch(ctx context.Context, res providerid.Resource, key string, s *resourceState, v *passView, p azure.Patch, identities []aadv1.AzureIdentity) {
+	log := loggerFor(ctx)
+	if next, changed := writeAhead(s.arm.owned, p); changed {
+		if err := r.ledger.save(ctx, key, next); err != nil {
+			log.Error(err, "recording identities about to be attached")
+			s.arm = deferred(s.arm, time.Now(), policyOf(r.opts))
+			return
+		}
+		s.arm.owned = next
+	}
+	log.Info("patching identities", "type", p.Type, "add", p.Add, "remove", p.Remove, "ifMatch", p.IfMatch != "")
+	if p.Guarded && p.IfMatch == "" {
+		log.Info("ARM gave the resource no etag, so this type change cannot be guarded with If-Match")
+	}
+	started := time.Now()
+	after, err := r.arm.Patch(ctx, res, p)
+	r.metrics.armRequest("patch", err)
+	r.metrics.patchDuration.WithLabelValues(strings.ToLower(res.Kind.String())).Observe(time.Since(started).Seconds())
+	f := azure.Classify(err)
+	v.now = time.Now()
+	var note patchNote
+	s.arm, note = afterPatch(s.arm, *v, p, after, f, policyOf(r.opts))
+	v.patches++
+	if f != nil && f.Kind != azure.IdentityRejected {
+		log.Error(err, "patching identities", "failure", f.Kind.String(), "reason", s.arm.problem.orEmpty().Reason)
+	}
+	for _, iso := range note.isolated {
+		r.metrics.identityRejections.WithLabelValues(iso.code).Inc()
+		if !iso.detach {
+			log.Info("identity rejected by ARM; attaching the others without it", "identity", iso.id, "code", iso.code, "retryIn", policyOf(r.opts).isolationTTL.String())
+			continue
+		}
+		log.Info("identity deleted in Azure but attached, and ARM refuses every change while it is; detaching it with the others' changes", "identity", iso.id, "code", iso.code)
 		for i := range identities {
-			azID := &identities[i]
-			if strings.EqualFold(azID.Spec.ResourceID, id) {
-				r.recorder.Eventf(azID, nil, corev1.EventTypeWarning, "IdentityAssignmentFailed", "AttachIdentity",
-					"identity %s could not be attached to %s: %s", id, res.ID(), reason)
+			if azID := &identities[i]; strings.EqualFold(azID.Spec.ResourceID, iso.id) {
+				r.recorder.Eventf(azID, nil, corev1.EventTypeWarning, iso.notice.Reason, "DetachIdentity", eventDetachedNote, iso.id, res.ID())
 			}
 		}
 	}
+	if note.stuck {
+		log.Info("ARM refused identities that are already left out; waiting before the next PATCH", "reason", s.arm.problem.orEmpty().Reason)
+	}
+	r.throttle(s, res.SubscriptionID, note.subGate, v.now)
+	if note.save {
+		if err := r.ledger.save(ctx, key, s.arm.owned); err != nil {
+			log.Error(err, "recording detached identities")
+		}
+	}
+}
+
+// throttle records a 429 at now: the subscription's calls wait until `until` (a zero time changes
+// nothing), then go one per turn; the resource that was refused claims the first.
+func (r *resourceReconciler) throttle(s *resourceState, sub string, until, now time.Time) {
+	if until.IsZero() {
+		return
+	}
+	r.mu.Lock()
+	k := strings.ToLower(sub)
+	if r.subGates == nil {
+		r.subGates = map[string]subGate{}
+	}
+	r.subGates[k] = r.subGates[k].throttled(until, now)
+	r.mu.Unlock()
+	s.arm.slot = r.claim(sub, now)
+	s.arm.notBefore = latest(s.arm.notBefore, s.arm.slot)
+}
+
+// claim hands the next turn on the subscription out.
+func (r *resourceReconciler) claim(sub string, now time.Time) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := strings.ToLower(sub)
+	if r.subGates == nil {
+		r.subGates = map[string]subGate{}
+	}
+	at, g := r.subGates[k].claim(now)
+	r.subGates[k] = g
+	return at
+}
+
+func (r *resourceReconciler) subGate(sub string) subGate {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.subGates[strings.ToLower(sub)]
 }
 
 // syncStatuses moves AzureAssignedIdentity objects to Assigned when their identity is attached, records
-// why an isolated one is not, and lets Unassigned ones go once nothing of theirs is left to detach.
-func (r *resourceReconciler) syncStatuses(ctx context.Context, want desired.State, existing []*aadv1.AzureAssignedIdentity, key string, s *resourceState, cur azure.ResourceIdentity, known bool) error {
-	var pendingRemoval map[string]bool
-	if known {
-		wantIDs := map[string]string{}
-		if ri := want.Resources[key]; ri != nil {
-			wantIDs = ri.IDs
-		}
-		_, remove := azure.Delta(cur, azure.Goal{Want: wantIDs, Owned: s.owned, Keep: r.keep, Skip: isolatedSet(s)})
-		pendingRemoval = map[string]bool{}
-		for _, id := range remove {
-			pendingRemoval[strings.ToLower(id)] = true
-		}
-	}
+// why one is not, and lets Unassigned ones go once nothing of theirs is left to detach. It returns the
+// wanted assignments whose identity is not attached, by reason, and the reasons it newly wrote.
+func (r *resourceReconciler) syncStatuses(ctx context.Context, want desired.State, existing []*aadv1.AzureAssignedIdentity, s *resourceState, view armView) (map[string]int, []announcement, error) {
+	pending := pendingRemovals(view)
+	tally := map[string]int{}
+	var mu sync.Mutex // guards announced
+	var announced []announcement
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(objectWriters)
 	for _, obj := range existing {
 		k := obj.Namespace + "/" + obj.Name
 		a, wanted := want.Assignments[k]
 		if wanted && obj.DeletionTimestamp == nil {
-			status, why, sure := r.statusOf(a, s, cur, known)
+			status, why, sure := assignmentStatus(a, view)
 			if !sure && obj.Status.Status == aadv1.AssignedIDAssigned {
-				continue // ARM could not be read this pass: keep what was last known
+				continue // ARM's state is unknown this pass: keep what was last known
 			}
-			if (obj.Status.Status != status || obj.Annotations[desired.ErrorAnnotation] != why) && !s.alreadyWrote(k, status, why) {
+			if status != aadv1.AssignedIDAssigned && why.Reason != "" {
+				tally[why.Reason]++
+			}
+			if (obj.Status.Status != status || obj.Annotations[desired.ErrorAnnotation] != why.Message) && !s.alreadyWrote(k, status, why.Message) {
+				if why.Message != "" && why.Message != obj.Annotations[desired.ErrorAnnotation] {
+					mu.Lock()
+					announced = append(announced, announcement{a, why})
+					mu.Unlock()
+				}
 				g.Go(func() error { return r.setStatus(gctx, s, obj, status, why) })
 			}
 			continue
@@ -675,7 +680,7 @@ func (r *resourceReconciler) syncStatuses(ctx context.Context, want desired.Stat
 		if obj.Spec.AzureIdentityRef != nil && obj.Spec.AzureIdentityRef.Spec.Type == aadv1.UserAssignedMSI {
 			idKey = strings.ToLower(obj.Spec.AzureIdentityRef.Spec.ResourceID)
 		}
-		if idKey != "" && !r.opts.Managed && (!known || pendingRemoval[idKey]) {
+		if idKey != "" && !r.opts.Managed && (pending == nil || pending[idKey]) {
 			continue
 		}
 		if s.alreadyWrote(k, deletedByUs, "") {
@@ -695,41 +700,94 @@ func (r *resourceReconciler) syncStatuses(ctx context.Context, want desired.Stat
 			return nil
 		})
 	}
-	return g.Wait()
+	err := g.Wait()
+	return tally, announced, err
 }
 
-// statusOf is the status an assignment's object should have after this pass, and why it is not Assigned
-// (the isolation reason, if any). sure is false when ARM's state is unknown this pass and the identity
-// needs ARM: Created is then only a default.
-func (r *resourceReconciler) statusOf(a desired.Assignment, s *resourceState, cur azure.ResourceIdentity, known bool) (status, why string, sure bool) {
-	switch {
-	case !a.NeedsARM || r.opts.Managed:
-		return aadv1.AssignedIDAssigned, "", true
-	case known && cur.Has(a.Identity.Spec.ResourceID):
-		return aadv1.AssignedIDAssigned, "", true
+// setNotice writes why (or its absence) into the object's annotations.
+func setNotice(obj *aadv1.AzureAssignedIdentity, why notice) {
+	if why.Message == "" {
+		delete(obj.Annotations, desired.ErrorAnnotation)
+		delete(obj.Annotations, desired.ReasonAnnotation)
+		return
 	}
-	if iso, ok := s.isolated[a.IdentityKey()]; ok {
-		why = iso.reason
+	if obj.Annotations == nil {
+		obj.Annotations = map[string]string{}
 	}
-	return aadv1.AssignedIDCreated, why, known
+	obj.Annotations[desired.ErrorAnnotation] = why.Message
+	obj.Annotations[desired.ReasonAnnotation] = why.Reason
 }
 
-func (r *resourceReconciler) setStatus(ctx context.Context, s *resourceState, obj *aadv1.AzureAssignedIdentity, status, why string) error {
+func (r *resourceReconciler) setStatus(ctx context.Context, s *resourceState, obj *aadv1.AzureAssignedIdentity, status string, why notice) error {
 	patch := ctrl.MergeFrom(obj.DeepCopy())
 	obj.Status.Status = status
-	if why == "" {
-		delete(obj.Annotations, desired.ErrorAnnotation)
-	} else {
-		if obj.Annotations == nil {
-			obj.Annotations = map[string]string{}
-		}
-		obj.Annotations[desired.ErrorAnnotation] = why
-	}
+	setNotice(obj, why)
 	if err := r.c.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("setting AzureAssignedIdentity %s/%s to %s: %w", obj.Namespace, obj.Name, status, err)
 	}
-	s.wrote(obj.Namespace+"/"+obj.Name, status, why)
+	s.wrote(obj.Namespace+"/"+obj.Name, status, why.Message)
 	return nil
+}
+
+// announce records, for each reason newly written, a Warning Event on the pod, and one per identity and
+// reason on the AzureIdentity.
+func (r *resourceReconciler) announce(res providerid.Resource, anns []announcement, pods []corev1.Pod, identities []aadv1.AzureIdentity) {
+	if len(anns) == 0 {
+		return
+	}
+	podsByKey := make(map[string]*corev1.Pod, len(pods))
+	for i := range pods {
+		podsByKey[pods[i].Namespace+"/"+pods[i].Name] = &pods[i]
+	}
+	idsByKey := make(map[string]*aadv1.AzureIdentity, len(identities))
+	for i := range identities {
+		idsByKey[identities[i].Namespace+"/"+identities[i].Name] = &identities[i]
+	}
+	sort.Slice(anns, func(i, j int) bool { return anns[i].a.Key() < anns[j].a.Key() })
+	seen := map[string]bool{}
+	for _, an := range anns {
+		azID := idsByKey[an.a.Identity.Namespace+"/"+an.a.Identity.Name]
+		pod := podsByKey[an.a.PodNamespace+"/"+an.a.Pod]
+		if pod != nil {
+			var related runtime.Object
+			if azID != nil {
+				related = azID
+			}
+			r.recorder.Eventf(pod, related, corev1.EventTypeWarning, an.why.Reason, "AttachIdentity", eventPodNote, an.a.Identity.Spec.ResourceID, res.ID(), an.why.Message)
+		}
+		if k := an.a.Identity.Namespace + "/" + an.a.Identity.Name + "\x00" + an.why.Message; azID != nil && !seen[k] {
+			seen[k] = true
+			var related runtime.Object
+			if pod != nil {
+				related = pod // one of the pods that wait: Events of one identity on two resources stay apart
+			}
+			r.recorder.Eventf(azID, related, corev1.EventTypeWarning, an.why.Reason, "AttachIdentity", eventIdentityNote, an.a.Identity.Spec.ResourceID, res.ID(), an.why.Message)
+		}
+	}
+}
+
+// setUnattached records the resource's unattached assignments by reason and sets the gauge to the sum over
+// resources.
+func (r *resourceReconciler) setUnattached(key string, tally map[string]int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.unattached == nil {
+		r.unattached = map[string]map[string]int{}
+	}
+	if len(tally) == 0 {
+		delete(r.unattached, key)
+	} else {
+		r.unattached[key] = tally
+	}
+	sum := map[string]int{}
+	for _, t := range r.unattached {
+		for reason, n := range t {
+			sum[reason] += n
+		}
+	}
+	for _, reason := range reasons() {
+		r.metrics.unattached.WithLabelValues(reason).Set(float64(sum[reason]))
+	}
 }
 
 func (r *resourceReconciler) removeFinalizer(ctx context.Context, obj *aadv1.AzureAssignedIdentity) error {
@@ -742,64 +800,4 @@ func (r *resourceReconciler) removeFinalizer(ctx context.Context, obj *aadv1.Azu
 		return fmt.Errorf("removing the finalizer of AzureAssignedIdentity %s/%s: %w", obj.Namespace, obj.Name, err)
 	}
 	return nil
-}
-
-func (r *resourceReconciler) afterFailure(s *resourceState, f *azure.Failure) reconcile.Result {
-	switch f.Kind {
-	case azure.Throttled:
-		// ARM said when: honour it for this resource only.
-		return reconcile.Result{RequeueAfter: max(f.RetryAfter, r.opts.BaseBackoff)}
-	case azure.Conflict:
-		// Another operation runs on the resource; it usually ends within seconds.
-		s.failures = min(s.failures+1, 3)
-		return r.backoffNoIncrement(s)
-	}
-	res := r.backoff(s)
-	if f.RetryAfter > res.RequeueAfter {
-		res.RequeueAfter = f.RetryAfter
-	}
-	return res
-}
-
-func (r *resourceReconciler) backoff(s *resourceState) reconcile.Result {
-	s.failures++
-	return r.backoffNoIncrement(s)
-}
-
-func (r *resourceReconciler) backoffNoIncrement(s *resourceState) reconcile.Result {
-	d := r.opts.BaseBackoff
-	for i := 1; i < s.failures && d < r.opts.MaxBackoff; i++ {
-		d *= 2
-	}
-	return reconcile.Result{RequeueAfter: min(d, r.opts.MaxBackoff)}
-}
-
-func isolatedSet(s *resourceState) map[string]bool {
-	out := map[string]bool{}
-	for k := range s.isolated {
-		out[k] = true
-	}
-	return out
-}
-
-func copySet(m map[string]bool) map[string]bool {
-	out := make(map[string]bool, len(m))
-	for k, v := range m {
-		if v {
-			out[k] = true
-		}
-	}
-	return out
-}
-
-// missing lists wanted identities that were attached before and are not any more.
-func missing(before, now azure.ResourceIdentity, want map[string]string) []string {
-	var out []string
-	for k, spelled := range want {
-		if before.Has(k) && !now.Has(k) {
-			out = append(out, spelled)
-		}
-	}
-	sort.Strings(out)
-	return out
 }

@@ -54,6 +54,9 @@ const (
 	DefaultKubeAPIBurst = 400
 )
 
+// DefaultDetachGrace is the default of Options.DetachGrace (the binary's --detach-grace-period).
+const DefaultDetachGrace = 30 * time.Second
+
 // Options configure the controllers.
 type Options struct {
 	// Namespace holds the assigner's bookkeeping ConfigMaps (which identities it attached to which resource).
@@ -81,6 +84,14 @@ type Options struct {
 	IsolationTTL time.Duration
 	// BaseBackoff and MaxBackoff bound the per-resource retry delay after failures (defaults 1s, 5m).
 	BaseBackoff, MaxBackoff time.Duration
+	// BusyBackoff and BusyMaxBackoff bound the delay before looking again at a resource on which another
+	// client's operation runs (ARM shows it Updating, or refused a PATCH with 409): no PATCH is sent
+	// meanwhile, and the delay doubles with each sign of the operation (defaults 10s, 2m).
+	BusyBackoff, BusyMaxBackoff time.Duration
+	// DetachGrace is how long an identity stays attached after the AzureIdentity or AzureIdentityBinding
+	// that running pods use was deleted, so that a delete and re-create (a GitOps prune, kubectl replace)
+	// does not cut their tokens (default 30s; negative: detach at once).
+	DetachGrace time.Duration
 	// ARMTimeout bounds one pass's ARM calls, PATCH polling included (default 30m).
 	ARMTimeout time.Duration
 	// PendingObjectsAfter: new AzureAssignedIdentity objects are created once ARM has answered, in their
@@ -119,6 +130,15 @@ func (o *Options) defaults() {
 	}
 	if o.MaxBackoff <= 0 {
 		o.MaxBackoff = 5 * time.Minute
+	}
+	if o.BusyBackoff <= 0 {
+		o.BusyBackoff = 10 * time.Second
+	}
+	if o.BusyMaxBackoff <= 0 {
+		o.BusyMaxBackoff = 2 * time.Minute
+	}
+	if o.DetachGrace == 0 {
+		o.DetachGrace = DefaultDetachGrace
 	}
 	if o.ARMTimeout <= 0 {
 		o.ARMTimeout = 30 * time.Minute
@@ -185,6 +205,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 		c: mgr.GetClient(), reader: mgr.GetAPIReader(), arm: arm, opts: opts, metrics: m, recorder: rec,
 		ledger: &ledger{c: mgr.GetClient(), reader: mgr.GetAPIReader(), namespace: opts.Namespace},
 		keep:   immutableSet(opts.Immutable), states: map[string]*resourceState{},
+		subGates: map[string]subGate{}, unattached: map[string]map[string]int{},
 	}
 	c := mgr.GetClient()
 	cache := mgr.GetCache()

@@ -218,8 +218,12 @@ func (a Assignment) Object() *aadv1.AzureAssignedIdentity {
 const (
 	// ResourceAnnotation records the ARM resource id the assignment lives on.
 	ResourceAnnotation = "podidentity.io/arm-resource"
-	// ErrorAnnotation says why an identity could not be attached (empty when it is).
+	// ErrorAnnotation says why an identity is not attached, and what to do (absent when it is attached).
 	ErrorAnnotation = "podidentity.io/assignment-error"
+	// ReasonAnnotation is the reason in one word (IdentityNotAuthorized, IdentityNotFound,
+	// ResourceNotAuthorized, ResourceNotFound, ResourceBusy, ResourceBlocked, Throttled, ARMError), set
+	// together with ErrorAnnotation; the status stays Created (AAD Pod Identity's API has no conditions).
+	ReasonAnnotation = "podidentity.io/assignment-reason"
 )
 
 func (a Assignment) String() string {

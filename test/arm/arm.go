@@ -2,8 +2,13 @@
 // (armcompute) talks to through a custom cloud configuration. It holds VMs and scale sets with identities and
 // etags, applies identity PATCHes with ARM's merge semantics through both long-running-operation shapes
 // (scale sets: Azure-AsyncOperation; VMs: body polling), and injects the faults the assigner must survive.
-// It reports every applied identity change through OnChange, so an IMDS emulator can serve exactly the
-// identities each VM has: one consistent fake cloud.
+// It models ARM's own behaviour where the assigner depends on it: a resource stays Updating (and refuses
+// PATCHes with 409) while another client's long operation runs on it (StartOperation); a deleted
+// user-assigned identity makes every PATCH that would leave it on the resource fail (DeleteIdentity); writes
+// are throttled per subscription with a token bucket, Retry-After and the x-ms-ratelimit-remaining headers
+// (Options.SubscriptionWrites); a missing role on the resource is refused with AuthorizationFailed
+// (DenyWrites). It reports every applied identity change through OnChange, so an IMDS emulator can serve
+// exactly the identities each VM has: one consistent fake cloud.
 package arm
 
 import (
@@ -33,7 +38,28 @@ const (
 	CodeTooManyRequests           = "TooManyRequests"
 	CodeInternal                  = "InternalServerError"
 	CodePreconditionFailed        = "PreconditionFailed"
+	// CodeAuthorizationFailed: the caller may not write the resource (no Virtual Machine Contributor).
+	CodeAuthorizationFailed = "AuthorizationFailed"
+	// CodeSubscriptionRequestsThrottled: ARM's per-subscription request limit was reached.
+	CodeSubscriptionRequestsThrottled = "SubscriptionRequestsThrottled"
 )
+
+// Messages ARM answers with, as the real service words them.
+const (
+	// conflictMessage is Compute's answer to a write while another operation runs on the resource (409).
+	conflictMessage = "The request failed due to conflict with a concurrent request. To resolve it, please refer to https://aka.ms/activitylog to get more details on the conflicting requests."
+	// callerObjectID is the object id the emulator reports for the caller in authorization errors.
+	callerObjectID = "00000000-0000-0000-0000-00000000a551"
+)
+
+// Bucket is a token bucket: Size requests at once, refilled at Refill per second (ARM's per-subscription
+// write limit is 200 refilled at 10/s, reads 250 at 25/s), one per subscription: those listed in
+// Subscriptions, or every subscription when the list is empty.
+type Bucket struct {
+	Size          int
+	Refill        float64
+	Subscriptions []string
+}
 
 // Fault is an injected failure of one request.
 type Fault struct {
@@ -66,11 +92,26 @@ type Options struct {
 	// it to check that the bearer token the SDK sends is the one their emulated Azure AD issued. Nil accepts
 	// any request (the static Credential's token included).
 	Authorize func(*http.Request) error
+	// SubscriptionWrites, when its Size is set, limits PATCHes per subscription as ARM does: a write beyond
+	// the bucket is answered 429 SubscriptionRequestsThrottled with Retry-After (whole seconds until a token
+	// is back) and x-ms-ratelimit-remaining-subscription-writes; every write answer carries the remaining
+	// count.
+	SubscriptionWrites Bucket
 }
 
 // Counters count requests by kind.
 type Counters struct {
 	Reads, Writes, AppliedWrites, Polls, Faults int
+	// Refused counts PATCHes answered with an error (throttled, conflict, precondition, refused identity,
+	// injected fault...); Throttled those refused by the subscription's write limit.
+	Refused, Throttled int
+}
+
+// Write is one PATCH as the emulator answered it.
+type Write struct {
+	IfMatch string
+	Status  int
+	Code    string // error code; empty when accepted
 }
 
 type resource struct {
@@ -86,12 +127,19 @@ type resource struct {
 	inFlight, maxInFlight int
 	// failed is set when the last operation failed; ARM then shows provisioningState Failed.
 	failed bool
+	log    []Write
 }
 
 type operation struct {
-	id     string
-	status string // InProgress, Succeeded, Failed
-	err    *apiError
+	id      string
+	status  string // InProgress, Succeeded, Failed
+	err     *apiError
+	foreign bool // started by StartOperation (someone else's), not by a PATCH
+}
+
+type bucketState struct {
+	tokens float64
+	at     time.Time
 }
 
 type apiError struct {
@@ -110,6 +158,8 @@ type Server struct {
 	faults    map[string][]Fault // by case-folded resource id; "" for any resource
 	faultFunc func(method, resourceID string) *Fault
 	denied    map[string]string // case-folded identity id -> error code
+	deniedRG  map[string]bool   // case-folded scopes the caller may not write
+	buckets   map[string]*bucketState
 	counters  Counters
 	opSeq     int
 	notify    chan func()
@@ -129,7 +179,7 @@ func NewServer(opts Options) *Server {
 		opts.PollAfter = 20 * time.Millisecond
 	}
 	s := &Server{opts: opts, resources: map[string]*resource{}, ops: map[string]*operation{},
-		faults: map[string][]Fault{}, denied: map[string]string{}, notify: make(chan func(), 4096), closed: make(chan struct{})}
+		faults: map[string][]Fault{}, denied: map[string]string{}, deniedRG: map[string]bool{}, buckets: map[string]*bucketState{}, notify: make(chan func(), 4096), closed: make(chan struct{})}
 	s.srv = httptest.NewTLSServer(http.HandlerFunc(s.serve))
 	go s.runNotifications()
 	return s
@@ -255,9 +305,12 @@ func (s *Server) SetFaultFunc(f func(method, resourceID string) *Fault) {
 	s.faultFunc = f
 }
 
-// DenyIdentity makes every PATCH that adds the identity fail with code (CodeLinkedAuthorizationFailed: the
-// caller lacks Managed Identity Operator on it; CodeFailedIdentityOperation: it was deleted). An empty code
-// allows it again.
+// DenyIdentity makes ARM refuse the identity with code. CodeLinkedAuthorizationFailed: the caller lacks
+// Managed Identity Operator on it, so every PATCH that adds it fails with 403 (a PATCH that does not name
+// it is not affected). CodeFailedIdentityOperation: it was deleted in Azure (DeleteIdentity): every PATCH
+// that would leave it on the resource fails with 400, whether the PATCH adds it or it was already attached
+// and the PATCH changes something else; only a PATCH that detaches it (null, or a type without
+// UserAssigned) goes through. An empty code allows it again (the role granted, the identity re-created).
 func (s *Server) DenyIdentity(identityID, code string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -266,6 +319,59 @@ func (s *Server) DenyIdentity(identityID, code string) {
 		return
 	}
 	s.denied[strings.ToLower(identityID)] = code
+}
+
+// DeleteIdentity deletes the user-assigned identity in Azure, as far as ARM's checks go: DenyIdentity with
+// CodeFailedIdentityOperation. Resources keep showing it attached (ARM does not detach a deleted identity).
+func (s *Server) DeleteIdentity(identityID string) {
+	s.DenyIdentity(identityID, CodeFailedIdentityOperation)
+}
+
+// DenyWrites makes every PATCH of a resource under scope (a resource group or resource id, any casing) fail
+// with 403 AuthorizationFailed, as when the caller has no Virtual Machine Contributor there; deny false
+// grants it again.
+func (s *Server) DenyWrites(scope string, deny bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := strings.TrimRight(strings.ToLower(scope), "/")
+	if deny {
+		s.deniedRG[k] = true
+	} else {
+		delete(s.deniedRG, k)
+	}
+}
+
+// StartOperation starts another client's long-running operation on the resource (an AKS upgrade, a
+// scale-out, a node image update): for d the resource reads provisioningState Updating and every PATCH is
+// refused with 409 Conflict, as Compute refuses a write that conflicts with a running operation. When it
+// ends the resource is Succeeded with a new etag, its identities unchanged.
+func (s *Server) StartOperation(id string, d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.resources[strings.ToLower(id)]
+	s.opSeq++
+	op := &operation{id: strconv.Itoa(s.opSeq), status: "InProgress", foreign: true}
+	s.ops[op.id] = op
+	r.busy = op
+	time.AfterFunc(d, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if r.busy == op {
+			r.busy = nil
+		}
+		op.status = "Succeeded"
+		r.etag++
+	})
+}
+
+// WriteLog returns the PATCHes the resource received, in order, with their If-Match header and answer.
+func (s *Server) WriteLog(id string) []Write {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.resources[strings.ToLower(id)]; r != nil {
+		return append([]Write(nil), r.log...)
+	}
+	return nil
 }
 
 // Counts returns the request counters.
@@ -362,13 +468,41 @@ func (s *Server) serve(w http.ResponseWriter, req *http.Request) {
 	if req.Method == http.MethodPatch {
 		r.inFlight++
 		r.maxInFlight = max(r.maxInFlight, r.inFlight)
+		sw := &statusWriter{ResponseWriter: w}
+		w = sw
 		defer func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
 			if !started {
-				s.mu.Lock()
 				r.inFlight--
-				s.mu.Unlock()
+			}
+			r.log = append(r.log, Write{IfMatch: req.Header.Get("If-Match"), Status: sw.status, Code: sw.Header().Get("x-ms-error-code")})
+			if sw.status >= 400 {
+				s.counters.Refused++
 			}
 		}()
+		// ARM's gateway counts the write against the subscription before the resource provider sees it.
+		remaining, wait := s.takeWriteTokenLocked(subscriptionOf(r.id))
+		if remaining >= 0 {
+			w.Header().Set("x-ms-ratelimit-remaining-subscription-writes", strconv.Itoa(remaining))
+		}
+		if wait > 0 {
+			s.counters.Throttled++
+			s.mu.Unlock()
+			secs := int64((wait + time.Second - 1) / time.Second)
+			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+			w.Header().Set("x-ms-failure-cause", "gateway")
+			writeError(w, http.StatusTooManyRequests, apiError{CodeSubscriptionRequestsThrottled, fmt.Sprintf(
+				"Number of 'write' requests for subscription '%s' actor '%s' exceeded. Please try again after '%d' seconds.", subscriptionOf(r.id), callerObjectID, secs)}, 0)
+			return
+		}
+		if scope := s.deniedScopeLocked(r.id); scope != "" {
+			s.mu.Unlock()
+			writeError(w, http.StatusForbidden, apiError{CodeAuthorizationFailed, fmt.Sprintf(
+				"The client '%s' with object id '%s' does not have authorization to perform action '%s/write' over scope '%s' or the scope is invalid. If access was recently granted, please refresh your credentials.",
+				callerObjectID, callerObjectID, r.kind, r.id)}, 0)
+			return
+		}
 	}
 	f := s.takeFaultLocked(req.Method, r)
 	s.mu.Unlock()
@@ -396,6 +530,72 @@ func (s *Server) serve(w http.ResponseWriter, req *http.Request) {
 	default:
 		writeError(w, http.StatusMethodNotAllowed, apiError{"MethodNotAllowed", req.Method + " is not emulated"}, 0)
 	}
+}
+
+// statusWriter remembers the status of an answer.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func subscriptionOf(id string) string {
+	parts := strings.Split(strings.Trim(id, "/"), "/")
+	if len(parts) > 1 && strings.EqualFold(parts[0], "subscriptions") {
+		return parts[1]
+	}
+	return ""
+}
+
+// takeWriteTokenLocked takes a token from the subscription's write bucket: it returns the tokens left (-1
+// without a limit) and, when none was left, how long until one is.
+func (s *Server) takeWriteTokenLocked(sub string) (int, time.Duration) {
+	lim := s.opts.SubscriptionWrites
+	if lim.Size <= 0 || (len(lim.Subscriptions) > 0 && !containsFold(lim.Subscriptions, sub)) {
+		return -1, 0
+	}
+	now := time.Now()
+	b := s.buckets[strings.ToLower(sub)]
+	if b == nil {
+		b = &bucketState{tokens: float64(lim.Size), at: now}
+		s.buckets[strings.ToLower(sub)] = b
+	}
+	b.tokens = min(float64(lim.Size), b.tokens+now.Sub(b.at).Seconds()*lim.Refill)
+	b.at = now
+	if b.tokens < 1 {
+		if lim.Refill <= 0 {
+			return 0, time.Hour
+		}
+		return 0, time.Duration((1 - b.tokens) / lim.Refill * float64(time.Second))
+	}
+	b.tokens--
+	return int(b.tokens), 0
+}
+
+func containsFold(list []string, s string) bool {
+	for _, v := range list {
+		if strings.EqualFold(v, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// deniedScopeLocked returns the denied scope (DenyWrites) that contains the resource, or "".
+func (s *Server) deniedScopeLocked(id string) string {
+	k := strings.ToLower(id)
+	for scope := range s.deniedRG {
+		if k == scope || strings.HasPrefix(k, scope+"/") {
+			return scope
+		}
+	}
+	return ""
 }
 
 func (s *Server) hang(ctx context.Context) {
@@ -442,9 +642,16 @@ func (s *Server) patch(w http.ResponseWriter, req *http.Request, r *resource, f 
 		return false
 	}
 	s.mu.Lock()
+	// ARM checks the caller's right to assign each identity the body names (linked access check) before the
+	// resource provider looks at the request.
+	if aerr := s.linkedAuthorizationLocked(r, body.Identity); aerr != nil {
+		s.mu.Unlock()
+		writeError(w, http.StatusForbidden, *aerr, 0)
+		return false
+	}
 	if r.busy != nil {
 		s.mu.Unlock()
-		writeError(w, http.StatusConflict, apiError{CodeConflict, fmt.Sprintf("Operation 'PATCH' is not allowed on %s since it is performing another operation.", r.id)}, 0)
+		writeError(w, http.StatusConflict, apiError{CodeConflict, conflictMessage}, 0)
 		return false
 	}
 	if m := req.Header.Get("If-Match"); m != "" && m != "*" && m != etagOf(r) {
@@ -469,7 +676,9 @@ func (s *Server) patch(w http.ResponseWriter, req *http.Request, r *resource, f 
 	finish := func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		r.busy = nil
+		if r.busy == op {
+			r.busy = nil
+		}
 		r.inFlight--
 		if f != nil && f.Async {
 			op.status, op.err, r.failed = "Failed", &apiError{f.Code, f.Message}, true
@@ -536,29 +745,29 @@ func (s *Server) applyIdentityLocked(r *resource, p *identityPatch) (bool, map[s
 	if !user && len(p.UserAssignedIdentities) > 0 {
 		return false, nil, &apiError{"InvalidParameter", fmt.Sprintf("identity.userAssignedIdentities given with identity.type %q", *p.Type)}, http.StatusBadRequest
 	}
-	var denied []string
-	code := ""
 	for id, v := range p.UserAssignedIdentities {
 		k := strings.ToLower(id)
 		if v == nil || string(*v) == "null" {
 			delete(users, k)
 			continue
 		}
-		if c, ok := s.denied[k]; ok {
-			if _, present := users[k]; !present {
-				denied = append(denied, id)
-				code = c
-				continue
-			}
-		}
 		users[k] = id
 	}
-	if len(denied) > 0 {
-		sort.Strings(denied)
-		if code == CodeLinkedAuthorizationFailed {
-			return false, nil, &apiError{code, fmt.Sprintf("The client 'assigner' with object id '0000' has permission to perform action 'Microsoft.Compute/%s/write' on scope '%s'; however, it does not have permission to perform action 'Microsoft.ManagedIdentity/userAssignedIdentities/assign/action' on the linked scope(s) '%s' or the linked scope(s) are invalid.", r.kind, r.id, strings.Join(denied, ","))}, http.StatusForbidden
+	if user {
+		// The identity resource provider validates every user-assigned identity the resource would carry,
+		// not only those the body names: a deleted identity left attached fails every change of the
+		// resource until it is detached (AAD Pod Identity issues #339 and #515; the fix Azure documents is
+		// to remove the identity from the VM or scale set). ARM names the first one it finds.
+		var gone []string
+		for k, spelled := range users {
+			if s.denied[k] == CodeFailedIdentityOperation {
+				gone = append(gone, spelled)
+			}
 		}
-		return false, nil, &apiError{code, fmt.Sprintf("Identity operation for resource '%s' failed with error 'Failed to perform resource identity operation. Status: 'BadRequest'. Response: '{\"error\":{\"code\":\"BadRequest\",\"message\":\"Resource '%s' was not found.\"}}'.", r.id, denied[0])}, http.StatusBadRequest
+		if len(gone) > 0 {
+			sort.Strings(gone)
+			return false, nil, &apiError{CodeFailedIdentityOperation, fmt.Sprintf("Identity operation for resource '%s' failed with error 'Failed to perform resource identity operation. Status: 'BadRequest'. Response: '{\"error\":{\"code\":\"BadRequest\",\"message\":\"Resource '%s' was not found.\"}}'.'.", r.id, gone[0])}, http.StatusBadRequest
+		}
 	}
 	if !user {
 		users = map[string]string{}
@@ -566,6 +775,29 @@ func (s *Server) applyIdentityLocked(r *resource, p *identityPatch) (bool, map[s
 		return false, nil, &apiError{"InvalidParameter", "identity.type includes UserAssigned but no user-assigned identity would remain"}, http.StatusBadRequest
 	}
 	return system, users, nil, 0
+}
+
+// linkedAuthorizationLocked refuses a body that attaches identities the caller may not assign (DenyIdentity
+// with CodeLinkedAuthorizationFailed), naming them all as ARM does.
+func (s *Server) linkedAuthorizationLocked(r *resource, p *identityPatch) *apiError {
+	if p == nil {
+		return nil
+	}
+	var denied []string
+	for id, v := range p.UserAssignedIdentities {
+		k := strings.ToLower(id)
+		if v == nil || string(*v) == "null" {
+			continue
+		}
+		if _, present := r.users[k]; !present && s.denied[k] == CodeLinkedAuthorizationFailed {
+			denied = append(denied, id)
+		}
+	}
+	if len(denied) == 0 {
+		return nil
+	}
+	sort.Strings(denied)
+	return &apiError{CodeLinkedAuthorizationFailed, fmt.Sprintf("The client 'assigner' with object id '%s' has permission to perform action '%s/write' on scope '%s'; however, it does not have permission to perform action 'Microsoft.ManagedIdentity/userAssignedIdentities/assign/action' on the linked scope(s) '%s' or the linked scope(s) are invalid.", callerObjectID, r.kind, r.id, strings.Join(denied, ","))}
 }
 
 func etagOf(r *resource) string { return fmt.Sprintf("\"%d\"", r.etag) }

@@ -3,6 +3,7 @@ package arm
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -167,5 +168,197 @@ func TestAuthorizeAndConcurrentWrites(t *testing.T) {
 	}
 	if got := seq.MaxConcurrentWrites(""); got != 1 {
 		t.Fatalf("sequential writes: MaxConcurrentWrites = %d, want 1", got)
+	}
+}
+
+// do sends a request and returns the answer with its body read.
+func do(t *testing.T, s *Server, method, path, body, ifMatch string) (*http.Response, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(method, s.URL()+path+"?api-version=x", strings.NewReader(body))
+	if ifMatch != "" {
+		req.Header.Set("If-Match", ifMatch)
+	}
+	resp, err := s.HTTPClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp, out
+}
+
+func errorOf(body map[string]any) (code, message string) {
+	e, _ := body["error"].(map[string]any)
+	code, _ = e["code"].(string)
+	message, _ = e["message"].(string)
+	return code, message
+}
+
+const (
+	ss       = "/subscriptions/s/resourceGroups/MC_rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool"
+	deadID   = "/subscriptions/s/resourceGroups/ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/dead"
+	liveID   = "/subscriptions/s/resourceGroups/ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/live"
+	otherSub = "/subscriptions/t/resourceGroups/MC_rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool"
+)
+
+// TestDeletedIdentity: a deleted identity that is still attached fails every PATCH that would leave it on
+// the resource with 400 FailedIdentityOperation naming it, whatever the PATCH changes; detaching it (alone or
+// along with other changes) goes through; adding a deleted identity fails the same way.
+func TestDeletedIdentity(t *testing.T) {
+	tests := []struct {
+		name       string
+		body       string
+		wantStatus int
+		wantUsers  string
+	}{
+		{name: "adding another identity", body: `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"` + liveID + `":{}}}}`,
+			wantStatus: 400, wantUsers: "/kubelet," + deadID},
+		{name: "removing another identity", body: `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"/kubelet":null}}}`,
+			wantStatus: 400, wantUsers: "/kubelet," + deadID},
+		{name: "detaching it along with adding another", body: `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"` + strings.ToUpper(deadID) + `":null,"` + liveID + `":{}}}}`,
+			wantStatus: 200, wantUsers: "/kubelet," + liveID},
+		{name: "a type without UserAssigned drops it", body: `{"identity":{"type":"None"}}`, wantStatus: 200},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(t, Options{})
+			s.AddVMSS(ss, false, deadID, "/kubelet")
+			s.DeleteIdentity(deadID)
+			resp, body := do(t, s, http.MethodPatch, ss, tc.body, "")
+			if resp.StatusCode != tc.wantStatus {
+				t.Fatalf("status %d, want %d (%v)", resp.StatusCode, tc.wantStatus, body)
+			}
+			if tc.wantStatus == 400 {
+				code, msg := errorOf(body)
+				if code != CodeFailedIdentityOperation || resp.Header.Get("x-ms-error-code") != code ||
+					!strings.Contains(msg, "Resource '"+deadID+"' was not found.") || !strings.Contains(msg, "Identity operation for resource '"+ss+"'") {
+					t.Fatalf("error %q %q, header %q", code, msg, resp.Header.Get("x-ms-error-code"))
+				}
+			}
+			for deadline := time.Now().Add(2 * time.Second); s.Busy(ss) && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+			}
+			_, users := s.Identities(ss)
+			if strings.Join(users, ",") != tc.wantUsers {
+				t.Fatalf("users %v, want %s", users, tc.wantUsers)
+			}
+		})
+	}
+	// Adding a deleted identity fails too; re-created, it can be attached.
+	s := New(t, Options{})
+	s.AddVMSS(ss, false)
+	s.DeleteIdentity(deadID)
+	add := `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"` + deadID + `":{}}}}`
+	if resp, _ := do(t, s, http.MethodPatch, ss, add, ""); resp.StatusCode != 400 {
+		t.Fatalf("adding a deleted identity: %d", resp.StatusCode)
+	}
+	s.DenyIdentity(deadID, "")
+	if resp, _ := do(t, s, http.MethodPatch, ss, add, ""); resp.StatusCode != 200 {
+		t.Fatalf("adding it once re-created: %d", resp.StatusCode)
+	}
+	if c := s.Counts(); c.Writes != 2 || c.Refused != 1 {
+		t.Fatalf("counters %+v", c)
+	}
+}
+
+// TestForeignOperation: while another client's operation runs, the resource reads Updating and refuses
+// PATCHes with Compute's 409; afterwards it is Succeeded, with a new etag.
+func TestForeignOperation(t *testing.T) {
+	s := New(t, Options{})
+	s.AddVMSS(ss, false, "/kubelet")
+	s.StartOperation(ss, 300*time.Millisecond)
+	state := func() (string, string) {
+		resp, body := do(t, s, http.MethodGet, ss, "", "")
+		props, _ := body["properties"].(map[string]any)
+		st, _ := props["provisioningState"].(string)
+		return st, resp.Header.Get("ETag")
+	}
+	if st, etag := state(); st != "Updating" || etag != `"1"` {
+		t.Fatalf("during the operation: %s %s", st, etag)
+	}
+	add := `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"/a":{}}}}`
+	resp, body := do(t, s, http.MethodPatch, ss, add, "")
+	if code, msg := errorOf(body); resp.StatusCode != http.StatusConflict || code != CodeConflict || !strings.HasPrefix(msg, "The request failed due to conflict with a concurrent request.") {
+		t.Fatalf("PATCH during the operation: %d %s %s", resp.StatusCode, code, msg)
+	}
+	for deadline := time.Now().Add(2 * time.Second); s.Busy(ss) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st, etag := state(); st != "Succeeded" || etag != `"2"` {
+		t.Fatalf("after the operation: %s %s", st, etag)
+	}
+	if resp, _ := do(t, s, http.MethodPatch, ss, add, `"2"`); resp.StatusCode != http.StatusOK {
+		t.Fatalf("PATCH after the operation: %d", resp.StatusCode)
+	}
+	log := s.WriteLog(ss)
+	if len(log) != 2 || log[0].Status != 409 || log[0].Code != CodeConflict || log[1].Status != 200 || log[1].IfMatch != `"2"` {
+		t.Fatalf("write log %+v", log)
+	}
+}
+
+// TestSubscriptionWriteThrottling: writes beyond the subscription's bucket are refused with 429
+// SubscriptionRequestsThrottled, Retry-After in seconds and the remaining-writes header; the bucket refills;
+// another subscription has its own.
+func TestSubscriptionWriteThrottling(t *testing.T) {
+	s := New(t, Options{SubscriptionWrites: Bucket{Size: 2, Refill: 4}})
+	s.AddVMSS(ss, false)
+	s.AddVMSS(otherSub, false)
+	body := func(id string) string {
+		return `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"` + id + `":{}}}}`
+	}
+	tests := []struct {
+		resource   string
+		wantStatus int
+		remaining  string
+	}{
+		{ss, 200, "1"},
+		{ss, 200, "0"},
+		{ss, 429, "0"},
+		{otherSub, 200, "1"},
+	}
+	for i, tc := range tests {
+		resp, b := do(t, s, http.MethodPatch, tc.resource, body(fmt.Sprintf("/id%d", i)), "")
+		if resp.StatusCode != tc.wantStatus || resp.Header.Get("x-ms-ratelimit-remaining-subscription-writes") != tc.remaining {
+			t.Fatalf("write %d: %d, remaining %q; want %d, %q (%v)", i, resp.StatusCode, resp.Header.Get("x-ms-ratelimit-remaining-subscription-writes"), tc.wantStatus, tc.remaining, b)
+		}
+		if tc.wantStatus == 429 {
+			code, msg := errorOf(b)
+			if code != CodeSubscriptionRequestsThrottled || resp.Header.Get("Retry-After") != "1" || resp.Header.Get("retry-after-ms") != "" ||
+				!strings.Contains(msg, "Number of 'write' requests for subscription 's'") || !strings.Contains(msg, "Please try again after '1' seconds.") {
+				t.Fatalf("throttled answer: %s %q, Retry-After %q", code, msg, resp.Header.Get("Retry-After"))
+			}
+		}
+		for deadline := time.Now().Add(2 * time.Second); s.Busy(tc.resource) && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // a token back at 4/s
+	if resp, _ := do(t, s, http.MethodPatch, ss, body("/later"), ""); resp.StatusCode != 200 {
+		t.Fatalf("after the refill: %d", resp.StatusCode)
+	}
+	if c := s.Counts(); c.Throttled != 1 || c.Refused != 1 || c.Writes != 5 {
+		t.Fatalf("counters %+v", c)
+	}
+}
+
+// TestDenyWrites: without a role on the resource group, PATCHes are refused with 403 AuthorizationFailed
+// naming the action and scope; reads still work.
+func TestDenyWrites(t *testing.T) {
+	s := New(t, Options{})
+	s.AddVMSS(ss, false)
+	s.DenyWrites("/subscriptions/s/resourcegroups/mc_rg", true)
+	resp, body := do(t, s, http.MethodPatch, ss, `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"/a":{}}}}`, "")
+	code, msg := errorOf(body)
+	if resp.StatusCode != http.StatusForbidden || code != CodeAuthorizationFailed ||
+		!strings.Contains(msg, "does not have authorization to perform action 'Microsoft.Compute/virtualMachineScaleSets/write' over scope '"+ss+"'") {
+		t.Fatalf("%d %s %q", resp.StatusCode, code, msg)
+	}
+	if resp, _ := do(t, s, http.MethodGet, ss, "", ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("read: %d", resp.StatusCode)
+	}
+	s.DenyWrites("/subscriptions/s/resourceGroups/MC_rg", false)
+	if resp, _ := do(t, s, http.MethodPatch, ss, `{"identity":{"type":"UserAssigned","userAssignedIdentities":{"/a":{}}}}`, ""); resp.StatusCode != http.StatusOK {
+		t.Fatalf("after the grant: %d", resp.StatusCode)
 	}
 }
