@@ -3,6 +3,8 @@ package controller
 import (
 	"context"
 	"fmt"
+	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -27,6 +29,18 @@ type annotationReconciler struct {
 	c       client.Client
 	opts    Options
 	metrics *metrics
+
+	mu sync.Mutex
+	// lostSince: per pod (namespace/name), when each identity it lost to a deletion was first seen lost, for
+	// the detach grace period (keepLost). In memory: a restarted assigner starts the grace over, so it only
+	// ever runs longer, as on the VM.
+	lostSince map[string]podLoss
+}
+
+// podLoss is lostSince of one pod, tied to its UID so that a re-created pod of the same name starts afresh.
+type podLoss struct {
+	uid   types.UID
+	since map[string]time.Time
 }
 
 func hasIdentitiesAnnotation(o client.Object) bool {
@@ -35,7 +49,7 @@ func hasIdentitiesAnnotation(o client.Object) bool {
 }
 
 func setupAnnotations(mgr ctrl.Manager, opts Options, m *metrics) error {
-	ar := &annotationReconciler{c: mgr.GetClient(), opts: opts, metrics: m}
+	ar := &annotationReconciler{c: mgr.GetClient(), opts: opts, metrics: m, lostSince: map[string]podLoss{}}
 	c := mgr.GetClient()
 	allPods := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 		var pods corev1.PodList
@@ -62,10 +76,14 @@ func setupAnnotations(mgr ctrl.Manager, opts Options, m *metrics) error {
 func (a *annotationReconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var pod corev1.Pod
 	if err := a.c.Get(ctx, req.NamespacedName, &pod); err != nil {
+		if apierrors.IsNotFound(err) {
+			a.forget(req.String())
+		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	current, ok := pod.Annotations[defaults.IdentitiesAnnotation]
 	if !ok || pod.DeletionTimestamp != nil {
+		a.forget(req.String())
 		return reconcile.Result{}, nil
 	}
 	var bl aadv1.AzureIdentityBindingList
@@ -80,9 +98,14 @@ func (a *annotationReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 	if _, excepted := binding.Excepted(&pod, el.Items); !excepted {
 		ids, _ = binding.Resolve(&pod, bl.Items, il.Items, a.opts.Binding)
 	}
-	want := binding.Encode(ids)
+	// Identities the pod lost because their AzureIdentity or binding was deleted stay for the grace period,
+	// as they stay on the VM: a delete and re-create (a GitOps prune, kubectl replace) must not cut its tokens.
+	had, _ := binding.Decode(current) // an unreadable value is replaced
+	keep, wake := a.keepLost(req.String(), pod.UID, had, ids, il.Items, bl.Items, time.Now())
+	want := binding.Encode(append(ids, keep...))
+	result := reconcile.Result{RequeueAfter: wake}
 	if want == current {
-		return reconcile.Result{}, nil
+		return result, nil
 	}
 	patch := client.MergeFrom(pod.DeepCopy())
 	pod.Annotations[defaults.IdentitiesAnnotation] = want
@@ -93,6 +116,73 @@ func (a *annotationReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 		return reconcile.Result{}, fmt.Errorf("updating annotation %s of pod %s: %w", defaults.IdentitiesAnnotation, req, err)
 	}
 	a.metrics.annotationUpdates.Inc()
-	ctrl.LoggerFrom(ctx).Info("pod identities annotation updated", "identities", len(ids))
-	return reconcile.Result{}, nil
+	ctrl.LoggerFrom(ctx).Info("pod identities annotation updated", "identities", len(ids), "keptForGrace", len(keep))
+	return result, nil
+}
+
+// keepLost runs lostIdentities against this pod's remembered times and stores what it returns.
+func (a *annotationReconciler) keepLost(pod string, uid types.UID, had, resolved []binding.Identity, identities []aadv1.AzureIdentity, bindings []aadv1.AzureIdentityBinding, now time.Time) ([]binding.Identity, time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	prev := a.lostSince[pod]
+	if prev.uid != uid {
+		prev = podLoss{uid: uid}
+	}
+	keep, since, wake := lostIdentities(had, resolved, identities, bindings, prev.since, now, a.opts.DetachGrace)
+	if len(since) == 0 {
+		delete(a.lostSince, pod)
+	} else {
+		a.lostSince[pod] = podLoss{uid: uid, since: since}
+	}
+	return keep, wake
+}
+
+func (a *annotationReconciler) forget(pod string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.lostSince, pod)
+}
+
+// lostIdentities decides which identities a pod's annotation keeps although its bindings no longer resolve
+// them: those of had (the annotation now) that resolved lacks because their AzureIdentity or the binding that
+// bound them was deleted, for grace from when each was first seen lost (since, carried between calls). An
+// identity lost because the pod's labels or a binding's selector changed goes at once, as on the VM
+// (graceCandidates). It returns the identities kept, the since to carry on, and when the first grace ends
+// (0: none running).
+func lostIdentities(had, resolved []binding.Identity, identities []aadv1.AzureIdentity, bindings []aadv1.AzureIdentityBinding, since map[string]time.Time, now time.Time, grace time.Duration) ([]binding.Identity, map[string]time.Time, time.Duration) {
+	if grace <= 0 {
+		return nil, nil, 0
+	}
+	present := map[string]bool{}
+	for _, id := range resolved {
+		present[id.Namespace+"/"+id.Name] = true
+	}
+	ids, binds := map[string]bool{}, map[string]bool{}
+	for i := range identities {
+		ids[identities[i].Namespace+"/"+identities[i].Name] = true
+	}
+	for i := range bindings {
+		binds[bindings[i].Namespace+"/"+bindings[i].Name] = true
+	}
+	var keep []binding.Identity
+	next := map[string]time.Time{}
+	var wake time.Duration
+	for _, id := range had {
+		key := id.Namespace + "/" + id.Name
+		if present[key] || (ids[key] && binds[id.Binding]) {
+			continue // still resolved, or lost to a label or selector change
+		}
+		t, ok := since[key]
+		if !ok {
+			t = now
+		}
+		next[key] = t
+		if left := t.Add(grace).Sub(now); left > 0 {
+			keep = append(keep, id)
+			if wake == 0 || left < wake {
+				wake = left
+			}
+		}
+	}
+	return keep, next, wake
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -12,10 +13,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
+	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/arm"
 )
 
@@ -467,6 +471,9 @@ func TestDeleteAndRecreateIdentity(t *testing.T) {
 			})
 			_, mark := leftSince(0)
 			writes := srv.WritesTo(ss)
+			// The sidecar serves what the pod's identities annotation lists: every version of it the API
+			// server held during the delete and re-create, from a watch (a poll could miss a short one).
+			annotations := watchAnnotation(t, env, "apps", pod)
 			recreate()
 			eventually(t, 10*time.Second, "assignment back to Assigned", func() error {
 				if err := azureHas(srv, ss, false, uami("kubelet"), uami("a")); err != nil {
@@ -474,13 +481,19 @@ func TestDeleteAndRecreateIdentity(t *testing.T) {
 				}
 				return expectReason(c, "apps", pod+"-apps-a", aadv1.AssignedIDAssigned, "")
 			})
+			time.Sleep(500 * time.Millisecond) // for a late rewrite of the annotation to show
 			left, _ := leftSince(mark)
 			written := srv.WritesTo(ss) - writes
+			versions := annotations()
+			dropped := slices.ContainsFunc(versions, func(v string) bool { return !strings.Contains(v, uami("a")) })
 			if tc.grace > 0 {
 				if left || written != 0 {
 					t.Fatalf("with a grace period the identity left the scale set (%v) or was written (%d writes): %q", left, written, changes[mark:])
 				}
-				t.Logf("AzureIdentity deleted and re-created 1 s later, grace %v: the identity never left the scale set, %d ARM writes", tc.grace, written)
+				if dropped {
+					t.Fatalf("with a grace period the pod's identities annotation lost the identity, so its sidecar stopped serving it: %q", versions)
+				}
+				t.Logf("AzureIdentity deleted and re-created 1 s later, grace %v: the identity never left the scale set nor the pod's annotation (%d versions), %d ARM writes", tc.grace, len(versions), written)
 				// Deleted for good: detached once the grace period is over, not before.
 				if err := c.Delete(ctx, &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "a"}}); err != nil {
 					t.Fatal(err)
@@ -490,6 +503,16 @@ func TestDeleteAndRecreateIdentity(t *testing.T) {
 				if after := time.Since(deleted); after < tc.grace {
 					t.Fatalf("detached %v after the deletion, before the grace period (%v) was over", after, tc.grace)
 				}
+				eventually(t, 10*time.Second, "the identity gone from the pod's annotation", func() error {
+					var p corev1.Pod
+					if err := c.Get(ctx, client.ObjectKey{Namespace: "apps", Name: pod}, &p); err != nil {
+						return err
+					}
+					if v := p.Annotations[defaults.IdentitiesAnnotation]; v != "[]" {
+						return fmt.Errorf("annotation %s", v)
+					}
+					return nil
+				})
 				deletePod(t, c, "apps", pod)
 				mkIdentity(t, c, "apps", "a", uami("a")) // for the next subtest
 				return
@@ -497,7 +520,42 @@ func TestDeleteAndRecreateIdentity(t *testing.T) {
 			if !left || written != 2 {
 				t.Fatalf("without a grace period the identity should have been detached and re-attached (2 writes): left %v, %d writes", left, written)
 			}
+			if !dropped {
+				t.Fatalf("without a grace period the pod's identities annotation should have lost the identity for a while: %q", versions)
+			}
 			t.Logf("AzureIdentity deleted and re-created 1 s later, no grace: the identity left the scale set, %d ARM writes", written)
 		})
+	}
+}
+
+// watchAnnotation records every value of a pod's identities annotation from now until the test ends; the
+// returned function gives the values seen so far.
+func watchAnnotation(t *testing.T, env *testenv.Env, ns, name string) func() []string {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	w, err := cs.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var seen []string
+	go func() {
+		for ev := range w.ResultChan() {
+			if p, ok := ev.Object.(*corev1.Pod); ok {
+				mu.Lock()
+				seen = append(seen, p.Annotations[defaults.IdentitiesAnnotation])
+				mu.Unlock()
+			}
+		}
+	}()
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
 	}
 }

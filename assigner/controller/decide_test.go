@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/azure"
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/assigner/providerid"
+	"github.com/podidentity/podidentity/internal/binding"
 )
 
 // The decisions of decide.go, tested as what they are: functions of a state, a view and a clock. No
@@ -596,5 +598,63 @@ func TestNotices(t *testing.T) {
 	b := resourceNotice(res, failure(azure.Throttled, "x", 70*time.Second), time.Minute)
 	if a != b {
 		t.Errorf("the throttled message varies with Retry-After: %q vs %q", a.Message, b.Message)
+	}
+}
+
+func TestLostIdentities(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	grace := 30 * time.Second
+	a := binding.Identity{Namespace: "apps", Name: "a", Binding: "apps/bind-a"}
+	b := binding.Identity{Namespace: "apps", Name: "b", Binding: "apps/bind-b"}
+	idents := func(names ...string) []aadv1.AzureIdentity {
+		var out []aadv1.AzureIdentity
+		for _, n := range names {
+			out = append(out, aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: n}})
+		}
+		return out
+	}
+	binds := func(names ...string) []aadv1.AzureIdentityBinding {
+		var out []aadv1.AzureIdentityBinding
+		for _, n := range names {
+			out = append(out, aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: n}})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name       string
+		had        []binding.Identity
+		resolved   []binding.Identity
+		identities []aadv1.AzureIdentity
+		bindings   []aadv1.AzureIdentityBinding
+		since      map[string]time.Time
+		grace      time.Duration
+		wantKeep   []string
+		wantWake   time.Duration
+	}{
+		{name: "nothing lost", had: []binding.Identity{a}, resolved: []binding.Identity{a}, identities: idents("a"), bindings: binds("bind-a"), grace: grace},
+		{name: "AzureIdentity deleted: kept, grace starts", had: []binding.Identity{a, b}, resolved: []binding.Identity{b}, identities: idents("b"), bindings: binds("bind-a", "bind-b"), grace: grace,
+			wantKeep: []string{"a"}, wantWake: grace},
+		{name: "binding deleted: kept", had: []binding.Identity{a}, identities: idents("a"), grace: grace, wantKeep: []string{"a"}, wantWake: grace},
+		{name: "grace running: kept until its end", had: []binding.Identity{a}, identities: idents("a"), grace: grace,
+			since: map[string]time.Time{"apps/a": now.Add(-20 * time.Second)}, wantKeep: []string{"a"}, wantWake: 10 * time.Second},
+		{name: "grace over: gone", had: []binding.Identity{a}, grace: grace, since: map[string]time.Time{"apps/a": now.Add(-31 * time.Second)}},
+		{name: "label or selector changed: gone at once", had: []binding.Identity{a}, identities: idents("a"), bindings: binds("bind-a"), grace: grace},
+		{name: "no grace period: gone at once", had: []binding.Identity{a}, grace: 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			keep, since, wake := lostIdentities(tc.had, tc.resolved, tc.identities, tc.bindings, tc.since, now, tc.grace)
+			var names []string
+			for _, id := range keep {
+				names = append(names, id.Name)
+			}
+			if !slices.Equal(names, tc.wantKeep) || wake != tc.wantWake {
+				t.Errorf("kept %v, wake %v; want %v, %v", names, wake, tc.wantKeep, tc.wantWake)
+			}
+			for _, n := range names {
+				if _, ok := since["apps/"+n]; !ok {
+					t.Errorf("since lacks %s, whose grace runs: %v", n, since)
+				}
+			}
+		})
 	}
 }
