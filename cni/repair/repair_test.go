@@ -54,7 +54,7 @@ func dial(addr string) { fmt.Println(nstest.DialBanner(addr, 2*time.Second)) }
 
 // helper runs the test binary as a helper in ns and cg and returns its output line (arg "sleep": starts it
 // and returns "", killed when the test ends).
-func helper(t *testing.T, ns *nstest.NS, cg *cnitest.Cgroup, arg string) string {
+func helper(t *testing.T, ns *nstest.NS, cg *nstest.Cgroup, arg string) string {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
@@ -84,11 +84,11 @@ func helper(t *testing.T, ns *nstest.NS, cg *cnitest.Cgroup, arg string) string 
 type fakePod struct {
 	obj        *corev1.Pod
 	link       *nstest.Link
-	layout     *cnitest.Layout
+	layout     *nstest.CgroupTree
 	podRel     string // the pod cgroup below the layout's base
 	systemd    bool
 	containers map[string]string // container name -> runtime id
-	cgroups    map[string]*cnitest.Cgroup
+	cgroups    map[string]*nstest.Cgroup
 }
 
 func (p *fakePod) containerDir(id string) string {
@@ -113,7 +113,7 @@ type harness struct {
 	cs  kubernetes.Interface
 	rec *repair.Reconciler
 	reg *prometheus.Registry
-	lay *cnitest.Layout
+	lay *nstest.CgroupTree
 }
 
 func newHarness(t *testing.T) *harness {
@@ -149,7 +149,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	lay := cnitest.NewLayout(t)
+	lay := nstest.NewCgroupTree(t)
 	return &harness{
 		cs:  admin,
 		reg: reg,
@@ -190,7 +190,7 @@ func (h *harness) newPod(t *testing.T, namespace, name, image string, systemd bo
 		t.Fatal(err)
 	}
 	p := &fakePod{obj: obj, link: nstest.NewLink(t, imds), layout: h.lay, systemd: systemd,
-		containers: map[string]string{}, cgroups: map[string]*cnitest.Cgroup{}}
+		containers: map[string]string{}, cgroups: map[string]*nstest.Cgroup{}}
 	uid := string(obj.UID)
 	if systemd {
 		u := strings.ReplaceAll(uid, "-", "_")

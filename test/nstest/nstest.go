@@ -185,6 +185,45 @@ func NewCgroup(t testing.TB, suffix, name string) *Cgroup {
 		_ = os.Remove(path)
 		_ = os.Remove(parent) // fails while a sibling still exists; the last one removes it
 	})
+	return openCgroup(t, root, path)
+}
+
+// CgroupTree is a cgroup v2 hierarchy a test lays out as it likes (the kubelet's cgroupfs or systemd layout)
+// under <cgroup2 root>/pi-<suffix>/, removed with everything in it when the test ends.
+type CgroupTree struct {
+	// Root is the cgroup2 mount; Base is the tree's top directory below it.
+	Root, Base string
+	t          testing.TB
+}
+
+// NewCgroupTree makes <cgroup2 root>/pi-<suffix>; it skips the test on a host without cgroup v2.
+func NewCgroupTree(t testing.TB) *CgroupTree {
+	t.Helper()
+	root, ok := Cgroup2Root()
+	if !ok {
+		t.Skip("skipping: no cgroup v2 hierarchy on this host (neither /sys/fs/cgroup nor /sys/fs/cgroup/unified is cgroup2)")
+	}
+	base := filepath.Join(root, "pi-"+UniqueSuffix(t))
+	if err := os.Mkdir(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeCgroupTree(t, base) })
+	return &CgroupTree{Root: root, Base: base, t: t}
+}
+
+// Mkdir creates rel (slash-separated, parents as needed) below Base and returns it, open for Into.
+func (tr *CgroupTree) Mkdir(rel string) *Cgroup {
+	tr.t.Helper()
+	path := filepath.Join(tr.Base, rel)
+	if err := os.MkdirAll(path, 0o755); err != nil {
+		tr.t.Fatalf("creating cgroup %s: %v", path, err)
+	}
+	return openCgroup(tr.t, tr.Root, path)
+}
+
+// openCgroup describes the cgroup directory path below root and keeps it open for Into until the test ends.
+func openCgroup(t testing.TB, root, path string) *Cgroup {
+	t.Helper()
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		t.Fatal(err)
@@ -196,6 +235,32 @@ func NewCgroup(t testing.TB, suffix, name string) *Cgroup {
 	t.Cleanup(func() { _ = unix.Close(fd) })
 	rel, _ := filepath.Rel(root, path)
 	return &Cgroup{Path: path, ID: st.Ino, Level: uint32(strings.Count(rel, "/") + 1), fd: fd}
+}
+
+// removeCgroupTree removes cgroup directories bottom-up (rmdir only: a cgroup's files are not removable),
+// after killing what still runs in them.
+func removeCgroupTree(t testing.TB, dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.IsDir() {
+			removeCgroupTree(t, filepath.Join(dir, e.Name()))
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs")); err == nil {
+		for _, f := range strings.Fields(string(b)) {
+			var pid int
+			if _, err := fmt.Sscan(f, &pid); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+	for i := 0; i < 50; i++ {
+		if err := os.Remove(dir); err == nil || os.IsNotExist(err) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("removing cgroup %s: still busy", dir)
 }
 
 // Into makes a command start inside the cgroup (clone3 with CLONE_INTO_CGROUP), keeping its other process

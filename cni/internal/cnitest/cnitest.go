@@ -1,22 +1,16 @@
 // Package cnitest holds what the CNI mode's integration tests share: the podidentity-node service account with
 // exactly the RBAC rules the chart must grant it (so the tests prove the rules suffice), its token, and
-// cgroups laid out like the kubelet's, for processes started in them.
+// container ids. Cgroups laid out like the kubelet's are nstest.CgroupTree.
 package cnitest
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -120,84 +114,4 @@ func ContainerID(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(b)
-}
-
-// Cgroup is a cgroup v2 directory the test made.
-type Cgroup struct {
-	Path string
-	fd   int
-}
-
-// Into makes cmd start inside the cgroup (clone3 CLONE_INTO_CGROUP).
-func (c *Cgroup) Into(cmd *exec.Cmd) *exec.Cmd {
-	if cmd.SysProcAttr == nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	cmd.SysProcAttr.UseCgroupFD = true
-	cmd.SysProcAttr.CgroupFD = c.fd
-	return cmd
-}
-
-// Layout is a kubelet-like hierarchy under <cgroup2 root>/pi-<suffix>/.
-type Layout struct {
-	// Root is the cgroup2 mount; Base is the test's own directory below it.
-	Root, Base string
-	t          testing.TB
-}
-
-// NewLayout makes <cgroup2 root>/pi-<suffix>, removed (with everything below) when the test ends.
-func NewLayout(t testing.TB) *Layout {
-	t.Helper()
-	root, ok := nstest.Cgroup2Root()
-	if !ok {
-		t.Skip("skipping: no cgroup v2 hierarchy on this host (neither /sys/fs/cgroup nor /sys/fs/cgroup/unified is cgroup2)")
-	}
-	base := filepath.Join(root, "pi-"+nstest.UniqueSuffix(t))
-	if err := os.Mkdir(base, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	l := &Layout{Root: root, Base: base, t: t}
-	t.Cleanup(func() { removeTree(t, base) })
-	return l
-}
-
-// Mkdir creates rel (slash-separated, parents as needed) below Base and returns it, open for Into.
-func (l *Layout) Mkdir(rel string) *Cgroup {
-	l.t.Helper()
-	path := filepath.Join(l.Base, rel)
-	if err := os.MkdirAll(path, 0o755); err != nil {
-		l.t.Fatalf("creating cgroup %s: %v", path, err)
-	}
-	fd, err := unix.Open(path, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		l.t.Fatal(err)
-	}
-	l.t.Cleanup(func() { _ = unix.Close(fd) })
-	return &Cgroup{Path: path, fd: fd}
-}
-
-// removeTree removes cgroup directories bottom-up (rmdir only: a cgroup's files are not removable), after
-// killing what still runs in them.
-func removeTree(t testing.TB, dir string) {
-	entries, _ := os.ReadDir(dir)
-	for _, e := range entries {
-		if e.IsDir() {
-			removeTree(t, filepath.Join(dir, e.Name()))
-		}
-	}
-	if b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs")); err == nil {
-		for _, f := range strings.Fields(string(b)) {
-			var pid int
-			if _, err := fmt.Sscan(f, &pid); err == nil {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
-	for i := 0; i < 50; i++ {
-		if err := os.Remove(dir); err == nil || os.IsNotExist(err) {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Errorf("removing cgroup %s: still busy", dir)
 }
