@@ -18,6 +18,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/podaudit"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/test/arm"
+	"github.com/podidentity/podidentity/test/promtest"
 )
 
 // settle is how long a test waits before asserting that something did not happen: many times what the
@@ -64,35 +65,8 @@ func hasPodEvent(c client.Client, ns, pod, reason string, fragments ...string) e
 	return nil
 }
 
-// metricSeries reads a metric from reg as "label=value,..." -> value (a deleted series is absent).
-func metricSeries(t testing.TB, reg *prometheus.Registry, name string) map[string]float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.Metric {
-			var ls []string
-			for _, l := range m.Label {
-				ls = append(ls, l.GetName()+"="+l.GetValue())
-			}
-			v := m.GetGauge().GetValue()
-			if m.Counter != nil {
-				v = m.GetCounter().GetValue()
-			}
-			out[strings.Join(ls, ",")] = v
-		}
-	}
-	return out
-}
-
 func expectSeries(t testing.TB, reg *prometheus.Registry, name string, want map[string]float64) error {
-	if got := metricSeries(t, reg, name); fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := promtest.Series(t, reg, name); fmt.Sprint(got) != fmt.Sprint(want) {
 		return fmt.Errorf("%s = %v, want %v", name, got, want)
 	}
 	return nil
@@ -101,10 +75,10 @@ func expectSeries(t testing.TB, reg *prometheus.Registry, name string, want map[
 // waitAudits waits until the pod audit has made n more passes than it had made when called.
 func waitAudits(t testing.TB, reg *prometheus.Registry, n float64, kick func()) {
 	t.Helper()
-	start := metricSeries(t, reg, "podidentity_assigner_pod_audits_total")["result=ok"]
+	start := promtest.Series(t, reg, "podidentity_assigner_pod_audits_total")["result=ok"]
 	var kicked time.Time
 	eventually(t, 10*time.Second, "audit passes", func() error {
-		if got := metricSeries(t, reg, "podidentity_assigner_pod_audits_total")["result=ok"]; got < start+n {
+		if got := promtest.Series(t, reg, "podidentity_assigner_pod_audits_total")["result=ok"]; got < start+n {
 			if time.Since(kicked) > 300*time.Millisecond { // longer than the audit's MinGap here
 				kick()
 				kicked = time.Now()

@@ -28,6 +28,7 @@ import (
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/arm"
+	"github.com/podidentity/podidentity/test/promtest"
 )
 
 const (
@@ -108,7 +109,7 @@ func TestGuardModeAssignerAndAudit(t *testing.T) {
 		}
 	}
 	eventually(t, "the refused pod is counted", func() error {
-		if v := gauge(t, reg, "podidentity_guard_refused_pods", ""); v != 1 {
+		if v := promtest.Value(t, reg, "podidentity_guard_refused_pods", map[string]string{"node": ""}); v != 1 {
 			return fmt.Errorf("podidentity_guard_refused_pods = %v", v)
 		}
 		return nil
@@ -122,7 +123,7 @@ func TestGuardModeAssignerAndAudit(t *testing.T) {
 		return hasEvent(c, "other", "planted", ReasonUntrustedPod, "namespace other is not labelled podidentity.io/injection=enabled")
 	})
 	eventually(t, "the gauge counts the planted pod on its node", func() error {
-		if v := gauge(t, reg, "podidentity_guard_untrusted_pods", "idpool-0"); v != 1 {
+		if v := promtest.Value(t, reg, "podidentity_guard_untrusted_pods", map[string]string{"node": "idpool-0"}); v != 1 {
 			return fmt.Errorf("podidentity_guard_untrusted_pods{node=idpool-0} = %v", v)
 		}
 		return nil
@@ -198,30 +199,6 @@ func hasEvent(c client.Client, ns, pod, reason, fragment string) error {
 		}
 	}
 	return fmt.Errorf("no %s Event on pod %s/%s containing %q among %d events", reason, ns, pod, fragment, len(l.Items))
-}
-
-// gauge reads a gauge from reg: the series whose node label is node, or the unlabelled one when node is "".
-func gauge(t *testing.T, reg *prometheus.Registry, name, node string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	must(t, err)
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.Metric {
-			got := ""
-			for _, l := range m.Label {
-				if l.GetName() == "node" {
-					got = l.GetValue()
-				}
-			}
-			if got == node {
-				return m.GetGauge().GetValue()
-			}
-		}
-	}
-	return 0
 }
 
 func eventually(t *testing.T, what string, check func() error) {

@@ -21,6 +21,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/promtest"
 )
 
 const reader = "/subscriptions/s/resourceGroups/ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/reader"
@@ -134,33 +135,6 @@ func (r *fakeRecorder) list() []string {
 	return out
 }
 
-// series reads a gauge vector from reg as "label=value,..." -> value; a deleted series is absent.
-func series(t *testing.T, reg *prometheus.Registry, name string) map[string]float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.Metric {
-			var ls []string
-			for _, l := range m.Label {
-				ls = append(ls, l.GetName()+"="+l.GetValue())
-			}
-			if m.Gauge != nil {
-				out[strings.Join(ls, ",")] = m.GetGauge().GetValue()
-			} else {
-				out[strings.Join(ls, ",")] = m.GetCounter().GetValue()
-			}
-		}
-	}
-	return out
-}
-
 // TestAuditorEventsOncePerPodAndGauges: each finding's Event is recorded once per pod however many passes
 // see it (and again for a new pod of the same name), gauges follow the pods, and series of pods that are gone
 // are deleted rather than left at their last value.
@@ -198,10 +172,10 @@ func TestAuditorEventsOncePerPodAndGauges(t *testing.T) {
 	}
 	expectGauges := func(uninjected, warnings map[string]float64) {
 		t.Helper()
-		if got := series(t, reg, "podidentity_assigner_uninjected_bound_pods"); fmt.Sprint(got) != fmt.Sprint(uninjected) {
+		if got := promtest.Series(t, reg, "podidentity_assigner_uninjected_bound_pods"); fmt.Sprint(got) != fmt.Sprint(uninjected) {
 			t.Errorf("podidentity_assigner_uninjected_bound_pods = %v, want %v", got, uninjected)
 		}
-		if got := series(t, reg, "podidentity_pods_with_security_warnings"); fmt.Sprint(got) != fmt.Sprint(warnings) {
+		if got := promtest.Series(t, reg, "podidentity_pods_with_security_warnings"); fmt.Sprint(got) != fmt.Sprint(warnings) {
 			t.Errorf("podidentity_pods_with_security_warnings = %v, want %v", got, warnings)
 		}
 	}
@@ -219,7 +193,7 @@ func TestAuditorEventsOncePerPodAndGauges(t *testing.T) {
 	}
 	expectGauges(map[string]float64{"namespace=apps": 1, "namespace=plain": 2},
 		map[string]float64{"namespace=apps,reason=host-network": 1, "namespace=apps,reason=uid-change": 1})
-	if got := series(t, reg, "podidentity_assigner_pod_audits_total"); got["result=ok"] != 3 {
+	if got := promtest.Series(t, reg, "podidentity_assigner_pod_audits_total"); got["result=ok"] != 3 {
 		t.Errorf("passes counted: %v", got)
 	}
 
@@ -268,7 +242,7 @@ func TestAuditorWaitsForTheNamespace(t *testing.T) {
 	if got := rec.list(); len(got) != 0 {
 		t.Fatalf("events before the namespace is known: %v", got)
 	}
-	if got := series(t, reg, "podidentity_assigner_uninjected_bound_pods"); got["namespace=fresh"] != 1 {
+	if got := promtest.Series(t, reg, "podidentity_assigner_uninjected_bound_pods"); got["namespace=fresh"] != 1 {
 		t.Fatalf("gauge %v", got)
 	}
 	// It shows up opted in: the pod is injected after all, no Event at all.
@@ -282,7 +256,7 @@ func TestAuditorWaitsForTheNamespace(t *testing.T) {
 	if got := rec.list(); len(got) != 0 {
 		t.Fatalf("events for an injected pod: %v", got)
 	}
-	if got := series(t, reg, "podidentity_assigner_uninjected_bound_pods"); len(got) != 0 {
+	if got := promtest.Series(t, reg, "podidentity_assigner_uninjected_bound_pods"); len(got) != 0 {
 		t.Fatalf("gauge %v, want no series", got)
 	}
 }

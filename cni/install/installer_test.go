@@ -19,6 +19,7 @@ import (
 
 	"github.com/podidentity/podidentity/cni/install"
 	"github.com/podidentity/podidentity/cni/pluginconf"
+	"github.com/podidentity/podidentity/test/promtest"
 )
 
 const testCA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -86,21 +87,8 @@ func (n *node) names(t *testing.T) []string {
 }
 
 // writes is podidentity_node_plugin_writes_total{file}.
-func (n *node) writes(file string) float64 {
-	mfs, _ := n.reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() != "podidentity_node_plugin_writes_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "file" && l.GetValue() == file {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+func (n *node) writes(t *testing.T, file string) float64 {
+	return promtest.Value(t, n.reg, "podidentity_node_plugin_writes_total", map[string]string{"file": file})
 }
 
 func chained(t *testing.T, name, data string) bool {
@@ -172,7 +160,7 @@ func TestSyncInstallsAndIsIdempotent(t *testing.T) {
 		}
 	}
 	for _, f := range []string{"binary", "kubeconfig", "conflist"} {
-		if got := n.writes(f); got != 1 {
+		if got := n.writes(t, f); got != 1 {
 			t.Errorf("writes of %s = %v, want 1", f, got)
 		}
 	}
@@ -229,7 +217,7 @@ func TestRunFollowsThePrimaryCNI(t *testing.T) {
 
 	// The primary CNI rewrites its file in place, then replaces it atomically, dropping our entry each time.
 	for _, how := range []string{"in place", "rename"} {
-		writes := n.writes("conflist")
+		writes := n.writes(t, "conflist")
 		path := filepath.Join(n.conf, "10-azure.conflist")
 		if how == "in place" {
 			if err := os.WriteFile(path, []byte(azureConflist), 0o644); err != nil {
@@ -249,7 +237,7 @@ func TestRunFollowsThePrimaryCNI(t *testing.T) {
 		})
 		// No loop: after the re-chain, a settled installer writes nothing more.
 		time.Sleep(700 * time.Millisecond)
-		if got := n.writes("conflist"); got != writes+1 {
+		if got := n.writes(t, "conflist"); got != writes+1 {
 			t.Errorf("%s: %v conflist writes after the primary's rewrite, want exactly 1", how, got-writes)
 		}
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/nstest"
+	"github.com/podidentity/podidentity/test/promtest"
 )
 
 const (
@@ -275,32 +276,6 @@ func (h *harness) waitEvent(t *testing.T, p *fakePod, reason string) string {
 	}
 }
 
-func (h *harness) metric(t *testing.T, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := h.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if labels[l.GetName()] != l.GetValue() {
-					continue next
-				}
-			}
-			if m.Gauge != nil {
-				return m.GetGauge().GetValue()
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	return 0
-}
-
 func reconcile(t *testing.T, h *harness, p *fakePod) repair.Outcome {
 	t.Helper()
 	out, err := h.rec.Reconcile(context.Background(), p.obj)
@@ -338,7 +313,7 @@ func TestRepairAndExemption(t *testing.T) {
 				t.Errorf("the %s Event does not say %q: %s", repair.EventRepaired, want, note)
 			}
 		}
-		if got := h.metric(t, "podidentity_node_repairs_total", map[string]string{"action": "fence", "result": "repaired"}); got != 1 {
+		if got := promtest.Value(t, h.reg, "podidentity_node_repairs_total", map[string]string{"action": "fence", "result": "repaired"}); got != 1 {
 			t.Errorf("repairs{fence,repaired} = %v, want 1", got)
 		}
 		if s := h.rec.StateOf(p.obj.UID); s != repair.StateFenced {
@@ -394,7 +369,7 @@ func TestRepairAndExemption(t *testing.T) {
 		if got := helper(t, p.link.Pod, old, "dial "+imds+":80"); got != "ok sidecar" {
 			t.Errorf("the old sidecar cgroup still reaches %q, want it redirected", got)
 		}
-		if got := h.metric(t, "podidentity_node_exemptions_total", map[string]string{"result": "installed"}); got != 2 {
+		if got := promtest.Value(t, h.reg, "podidentity_node_exemptions_total", map[string]string{"result": "installed"}); got != 2 {
 			t.Errorf("exemptions{installed} = %v, want 2", got)
 		}
 		if out := reconcile(t, h, p); out.Step.Kind != imdspolicy.StepNone {
@@ -435,10 +410,10 @@ func TestRepairAndExemption(t *testing.T) {
 	})
 
 	t.Run("states gauge", func(t *testing.T) {
-		if got := h.metric(t, "podidentity_node_pods", map[string]string{"state": "fenced"}); got != 2 {
+		if got := promtest.Value(t, h.reg, "podidentity_node_pods", map[string]string{"state": "fenced"}); got != 2 {
 			t.Errorf("pods{fenced} = %v, want 2", got)
 		}
-		if got := h.metric(t, "podidentity_node_pods", map[string]string{"state": "redirected"}); got != 2 {
+		if got := promtest.Value(t, h.reg, "podidentity_node_pods", map[string]string{"state": "redirected"}); got != 2 {
 			t.Errorf("pods{redirected} = %v, want 2", got)
 		}
 	})

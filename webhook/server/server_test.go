@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
-	dto "github.com/prometheus/client_model/go"
 	jsonpatch "gomodules.xyz/jsonpatch/v2"
 	admissionregv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -32,6 +31,7 @@ import (
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/promtest"
 	"github.com/podidentity/podidentity/webhook/config"
 	"github.com/podidentity/podidentity/webhook/server"
 )
@@ -179,7 +179,7 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), `container "app" is privileged`) {
 			t.Fatalf("create of a privileged pod: got %v, want a denial naming the container", err)
 		}
-		if v := counter(t, "podidentity_webhook_denied_total", "reason", "privileged"); v < 1 {
+		if v := promtest.Value(t, metrics.Registry, "podidentity_webhook_denied_total", map[string]string{"reason": "privileged"}); v < 1 {
 			t.Errorf("podidentity_webhook_denied_total{reason=privileged} = %v, want >= 1", v)
 		}
 	})
@@ -318,34 +318,6 @@ func waitServing(t *testing.T, host string, port int) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-func counter(t *testing.T, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := metrics.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if hasLabel(m, label, value) {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
-}
-
-func hasLabel(m *dto.Metric, name, value string) bool {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == name && l.GetValue() == value {
-			return true
-		}
-	}
-	return false
 }
 
 func ptr[T any](v T) *T { return &v }
