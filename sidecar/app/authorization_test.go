@@ -7,6 +7,7 @@ import (
 
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/jwttest"
 )
 
 // pathVariants are spellings of the token path that some server (the real IMDS, a cleaning router) could take
@@ -122,7 +123,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 						}
 						if r.status == 200 {
 							tokens++
-							if got := claims(t, r.body["access_token"])["appid"]; got != webMI.ClientID || r.body["client_id"] != webMI.ClientID {
+							if got := jwttest.Claims(t, r.body["access_token"])["appid"]; got != webMI.ClientID || r.body["client_id"] != webMI.ClientID {
 								t.Fatalf("%s=%s on %s: token for %v, want only web's", paramName, v.name, path, got)
 							}
 						}
@@ -177,7 +178,7 @@ func TestSelectorCombinations(t *testing.T) {
 			if r.status != tt.status {
 				t.Fatalf("%d %s, want %d", r.status, r.raw, tt.status)
 			}
-			if tt.status == 200 && (r.body["client_id"] != tt.want || claims(t, r.body["access_token"])["appid"] != tt.want) {
+			if tt.status == 200 && (r.body["client_id"] != tt.want || jwttest.Claims(t, r.body["access_token"])["appid"] != tt.want) {
 				t.Fatalf("token %s, want client %s", r.raw, tt.want)
 			}
 			if tt.status != 200 && (!strings.Contains(r.body["error_description"], tt.want) || r.body["error"] != "invalid_request") {

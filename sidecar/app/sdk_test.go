@@ -15,6 +15,7 @@ import (
 
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/jwttest"
 )
 
 // toSidecar sends every request to the sidecar's loopback listener, as the init container's redirect of
@@ -91,7 +92,7 @@ func TestAzureSDKManagedIdentityCredential(t *testing.T) {
 			if err != nil {
 				t.Fatalf("GetToken: %v", err)
 			}
-			if got := claims(t, tok.Token)["appid"]; got != tt.want {
+			if got := jwttest.Claims(t, tok.Token)["appid"]; got != tt.want {
 				t.Fatalf("token for %v, want %s", got, tt.want)
 			}
 			if tok.ExpiresOn.IsZero() {
@@ -125,7 +126,7 @@ func TestAzureSDKDefaultAzureCredential(t *testing.T) {
 	if err != nil {
 		t.Fatalf("GetToken: %v (requests: %v)", err, tr.seen)
 	}
-	if got := claims(t, tok.Token)["appid"]; got != webMI.ClientID {
+	if got := jwttest.Claims(t, tok.Token)["appid"]; got != webMI.ClientID {
 		t.Fatalf("token for %v, want web", got)
 	}
 	if len(tr.seen) < 2 || tr.seen[0] != "/metadata/identity/oauth2/token?" {

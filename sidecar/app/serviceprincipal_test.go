@@ -17,6 +17,7 @@ import (
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/jwttest"
 )
 
 const tenant = "7e0b6a1c-0000-4000-8000-00000000000a"
@@ -110,7 +111,7 @@ func TestServicePrincipals(t *testing.T) {
 					}
 					return
 				}
-				c := claims(t, r.body["access_token"])
+				c := jwttest.Claims(t, r.body["access_token"])
 				if c["appid"] != tt.id.ClientID || c["aud"] != "https://vault.azure.net" || c["tid"] != tenant || r.body["client_id"] != tt.id.ClientID {
 					t.Fatalf("request %d: token claims %v, body %s", i, c, r.raw)
 				}

@@ -2,7 +2,6 @@ package imds
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/podidentity/podidentity/test/jwttest"
 )
 
 var (
@@ -74,7 +75,7 @@ func TestTokenWire(t *testing.T) {
 				body["expires_in"] != "86400" || body["refresh_token"] != "" || body["access_token"] == "" {
 				t.Fatalf("token answer %v", body)
 			}
-			claims := decodeClaims(t, body["access_token"])
+			claims := jwttest.Claims(t, body["access_token"])
 			if claims["appid"] != tt.desc || claims["aud"] != "https://management.azure.com/" {
 				t.Fatalf("token claims %v", claims)
 			}
@@ -83,23 +84,6 @@ func TestTokenWire(t *testing.T) {
 			}
 		})
 	}
-}
-
-func decodeClaims(t *testing.T, jwt string) map[string]any {
-	t.Helper()
-	parts := strings.Split(jwt, ".")
-	if len(parts) != 3 {
-		t.Fatalf("token %q is not a JWT", jwt)
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	var claims map[string]any
-	if err := json.Unmarshal(raw, &claims); err != nil {
-		t.Fatal(err)
-	}
-	return claims
 }
 
 func TestOtherPaths(t *testing.T) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,6 +21,7 @@ import (
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/jwttest"
 	"github.com/podidentity/podidentity/test/nstest"
 )
 
@@ -319,7 +319,7 @@ func TestSidecarInstallsItsExemptionAndDropsPrivileges(t *testing.T) {
 		if status != "200" || json.Unmarshal([]byte(body), &answer) != nil || answer["client_id"] != boundMI.ClientID {
 			t.Fatalf("app as uid %d: %q, want 200 with the bound identity's token", uid, got)
 		}
-		if appid := claim(t, answer["access_token"], "appid"); appid != boundMI.ClientID {
+		if appid := jwttest.Claims(t, answer["access_token"])["appid"]; appid != boundMI.ClientID {
 			t.Fatalf("app as uid %d: token for %v, want %s", uid, appid, boundMI.ClientID)
 		}
 		// Attached to the node, not bound to the pod: the sidecar refuses, IMDS never hears of it.
@@ -402,24 +402,6 @@ func requireRoot(t *testing.T) {
 			"run `sudo go test ./sidecar/cmd/...`")
 	}
 	nstest.Require(t) // the tools (ip, nft)
-}
-
-// claim decodes one claim of a JWT.
-func claim(t *testing.T, token, name string) any {
-	t.Helper()
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		t.Fatalf("token %q is not a JWT", token)
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c map[string]any
-	if err := json.Unmarshal(raw, &c); err != nil {
-		t.Fatal(err)
-	}
-	return c[name]
 }
 
 // TestSidecarStartFailuresSayWhatToDo: a sidecar that cannot do its privileged start-up exits non-zero before
