@@ -119,6 +119,34 @@ func TestClusterLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("RebootNode brings back a live kubelet that runs pods", func(t *testing.T) {
+		began := time.Now()
+		if err := c.RebootNode(ctx); err != nil {
+			t.Fatalf("RebootNode: %v", err)
+		}
+		pid, binary, ok := recordedProcess(c.StateDir(), "kubelet")
+		if !ok || !running(pid, binary) {
+			t.Fatalf("after the reboot no kubelet runs (pid %d recorded: %v)", pid, ok)
+		}
+		// The Node object alone reads Ready for a while after its kubelet died: the lease says who is alive.
+		if err := leaseRenewedSince(ctx, cs, c.NodeName(), began); err != nil {
+			t.Error(err)
+		}
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "after-reboot", Namespace: "default"},
+			Spec: corev1.PodSpec{
+				RestartPolicy: corev1.RestartPolicyNever,
+				Containers:    []corev1.Container{{Name: "probe", Image: "podidentity.test/cluster-probe:1", ImagePullPolicy: corev1.PullNever}},
+			},
+		}
+		if _, err := cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if phase := waitPodDone(ctx, t, cs, "default", "after-reboot"); phase != corev1.PodSucceeded {
+			t.Errorf("a pod created after the reboot: %s: %v", phase, probeResults(ctx, t, cs, "default", "after-reboot"))
+		}
+	})
+
 	pids := map[string]int{}
 	for _, name := range componentOrder() {
 		pid, _, ok := recordedProcess(c.StateDir(), name)

@@ -46,22 +46,14 @@ func (c *Cluster) RebootNode(ctx context.Context) error {
 	if err := c.startComponent("containerd", containerd, "--config="+filepath.Join(c.confDir(), "containerd.toml")); err != nil {
 		return err
 	}
-	if err := c.waitFor(ctx, "containerd", func(ctx context.Context) error {
-		_, err := c.ctr(ctx, "version")
-		return err
-	}); err != nil {
-		return err
-	}
-	if err := c.startComponent("kubelet", filepath.Join(c.opts.BinDir, "kubelet"), "--config="+filepath.Join(c.confDir(), "kubelet.yaml"),
-		"--kubeconfig="+c.kubeconfig("kubelet"), "--hostname-override="+c.opts.NodeName, "--node-ip="+NodeIP,
-		"--root-dir="+filepath.Join(st, "kubelet"), "--cert-dir="+filepath.Join(st, "kubelet", "pki"), "--v=1"); err != nil {
+	if err := c.waitContainerd(ctx); err != nil {
 		return err
 	}
 	cs, err := c.clientset()
 	if err != nil {
 		return err
 	}
-	if err := c.waitFor(ctx, "kubelet", func(ctx context.Context) error { return nodeReady(ctx, cs, c.opts.NodeName) }); err != nil {
+	if err := c.startKubelet(ctx, cs); err != nil {
 		return err
 	}
 	c.logf("node %s Ready again, %.1fs after the reboot began", c.opts.NodeName, time.Since(began).Seconds())

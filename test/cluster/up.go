@@ -118,10 +118,7 @@ func (c *Cluster) bringUp(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if err := c.waitFor(ctx, "containerd", func(ctx context.Context) error {
-		_, err := c.ctr(ctx, "version")
-		return err
-	}); err != nil {
+	if err := c.waitContainerd(ctx); err != nil {
 		return err
 	}
 	if err := c.ImportImage(ctx, filepath.Join(cache, "pause.tar")); err != nil {
@@ -155,12 +152,7 @@ func (c *Cluster) bringUp(ctx context.Context) error {
 	if err := c.startComponent("kube-proxy", filepath.Join(b, "kube-proxy"), "--config="+filepath.Join(c.confDir(), "kube-proxy.yaml")); err != nil {
 		return err
 	}
-	if err := c.startComponent("kubelet", filepath.Join(b, "kubelet"), "--config="+filepath.Join(c.confDir(), "kubelet.yaml"),
-		"--kubeconfig="+c.kubeconfig("kubelet"), "--hostname-override="+c.opts.NodeName, "--node-ip="+NodeIP,
-		"--root-dir="+filepath.Join(st, "kubelet"), "--cert-dir="+filepath.Join(st, "kubelet", "pki"), "--v=1"); err != nil {
-		return err
-	}
-	if err := c.waitFor(ctx, "kubelet", func(ctx context.Context) error { return nodeReady(ctx, cs, c.opts.NodeName) }); err != nil {
+	if err := c.startKubelet(ctx, cs); err != nil {
 		return err
 	}
 	if err := c.waitFor(ctx, "kube-proxy", func(ctx context.Context) error {
