@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 )
 
@@ -22,8 +24,12 @@ func main() {
 	b, _ := json.Marshal(r)
 	fmt.Println(string(b))
 	if os.Getenv("LINGER") != "" {
-		// Keep the pod Running so the suite can read the log of a long-lived pod (and its sidecar stays up).
-		select {}
+		// Keep the pod Running so the suite can read the log of a long-lived pod (and its sidecar stays up),
+		// until the kubelet stops it. Waiting for the signal, not a bare select{}: with no goroutine left (a
+		// refused connection leaves none) the Go runtime ends a bare select{} as a deadlock, exit 2.
+		stop := make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+		<-stop
 	}
 }
 
