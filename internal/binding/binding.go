@@ -145,7 +145,10 @@ func fromAzureIdentity(id *aadv1.AzureIdentity, binding string, weight int) Iden
 }
 
 // Excepted returns the name of the first AzurePodIdentityException (by name) of the pod's namespace that
-// exempts the pod: one whose podLabels share any one key and value with the pod's labels.
+// exempts the pod: one whose podLabels share any one key and value with the pod's labels. The key must be the
+// same; the value is compared case-insensitively (strings.EqualFold), as AAD Pod Identity's NMI compared it
+// (pkg/pod.IsPodExcepted: a map lookup by key, then EqualFold on the value), so an exception that exempted a
+// pod under NMI exempts it here too.
 func Excepted(pod *corev1.Pod, exceptions []aadv1.AzurePodIdentityException) (string, bool) {
 	names := make([]string, 0, len(exceptions))
 	byName := map[string]*aadv1.AzurePodIdentityException{}
@@ -160,7 +163,7 @@ func Excepted(pod *corev1.Pod, exceptions []aadv1.AzurePodIdentityException) (st
 	sort.Strings(names)
 	for _, n := range names {
 		for k, v := range byName[n].Spec.PodLabels {
-			if pv, ok := pod.Labels[k]; ok && pv == v {
+			if pv, ok := pod.Labels[k]; ok && strings.EqualFold(pv, v) {
 				return n, true
 			}
 		}

@@ -151,3 +151,43 @@ func TestExcepted(t *testing.T) {
 		t.Error("an exception of another namespace must not apply")
 	}
 }
+
+// TestExceptedCase pins AAD Pod Identity's semantics (pkg/pod.IsPodExcepted): the label key is looked up
+// exactly, the value is compared with strings.EqualFold.
+func TestExceptedCase(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		podLabels map[string]string
+		exception map[string]string
+		want      bool
+	}{
+		{"same key and value", map[string]string{"tier": "infra"}, map[string]string{"tier": "infra"}, true},
+		{"value differs in case", map[string]string{"tier": "Infra"}, map[string]string{"tier": "infra"}, true},
+		{"exception value upper case", map[string]string{"tier": "infra"}, map[string]string{"tier": "INFRA"}, true},
+		{"mixed case both sides", map[string]string{"tier": "NoDe-AgEnT.v1"}, map[string]string{"tier": "nOdE-aGeNt.V1"}, true},
+		{"key differs in case", map[string]string{"Tier": "infra"}, map[string]string{"tier": "infra"}, false},
+		{"key differs in case, value too", map[string]string{"TIER": "INFRA"}, map[string]string{"tier": "infra"}, false},
+		{"prefixed key differs in case", map[string]string{"Example.com/tier": "infra"}, map[string]string{"example.com/tier": "infra"}, false},
+		{"value differs", map[string]string{"tier": "infra2"}, map[string]string{"tier": "infra"}, false},
+		{"value is a prefix", map[string]string{"tier": "infr"}, map[string]string{"tier": "infra"}, false},
+		{"empty value matches empty", map[string]string{"tier": ""}, map[string]string{"tier": ""}, true},
+		{"missing key", map[string]string{"app": "infra"}, map[string]string{"tier": "infra"}, false},
+		{"one of several pairs", map[string]string{"app": "WEB"}, map[string]string{"tier": "x", "app": "web"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "apps", Labels: tc.podLabels}}
+			exc := []aadv1.AzurePodIdentityException{{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "e"},
+				Spec:       aadv1.AzurePodIdentityExceptionSpec{PodLabels: tc.exception},
+			}}
+			if _, got := Excepted(p, exc); got != tc.want {
+				t.Errorf("pod labels %v, exception podLabels %v: excepted %v, want %v", tc.podLabels, tc.exception, got, tc.want)
+			}
+			// The namespace still has to match, whatever the case of the value.
+			exc[0].Namespace = "other"
+			if _, got := Excepted(p, exc); got {
+				t.Errorf("an exception of another namespace applied")
+			}
+		})
+	}
+}
