@@ -45,6 +45,12 @@ const ReasonNamespaceNotEnabled inject.Reason = "namespace-not-enabled"
 // isolation (not injected in an opted-in namespace, or able to bypass the uid exemption).
 const EventSecurityWarning = "PodIdentitySecurityWarning"
 
+// EventIdentityNotServed is the reason of the Warning Event for an injected pod whose binding selects an
+// identity the webhook left out of its annotation (inject.NotServed: a service principal's Secret outside the
+// pod's namespace, a name that makes no valid volume, two service principals of one name). It is not a
+// security warning: the pod is as isolated as any other, it lacks an identity it expects.
+const EventIdentityNotServed = "PodIdentityNotServed"
+
 // ReasonNotSynced is the error reason of an admission that arrived before the caches synced.
 const ReasonNotSynced inject.Reason = "caches-not-synced"
 
@@ -196,6 +202,17 @@ func (h *Handler) create(ctx context.Context, req admission.Request) (admission.
 			note = strings.Join(d.Warnings, "; ")
 		}
 		h.record(req, corev1.EventTypeWarning, EventSecurityWarning, note)
+	}
+	if len(d.NotServed) > 0 && d.Action != inject.ActionDeny {
+		// Like the security warnings: the admission warning alone would reach nobody for a controller's pods.
+		msgs := make([]string, len(d.NotServed))
+		for i, n := range d.NotServed {
+			msgs[i] = n.Message
+			if h.Metrics != nil {
+				h.Metrics.notServed.WithLabelValues(string(n.Reason), req.Namespace).Inc()
+			}
+		}
+		h.record(req, corev1.EventTypeWarning, EventIdentityNotServed, strings.Join(msgs, "; "))
 	}
 	switch d.Action {
 	case inject.ActionDeny:

@@ -28,7 +28,9 @@ type Metrics struct {
 	// securityWarnings is labelled by namespace too: an operator must find the namespace to fix. Namespaces
 	// are few compared with pods, and only opted-in namespaces reach the webhook.
 	securityWarnings *prometheus.CounterVec
-	duration         prometheus.Histogram
+	// notServed counts bound identities left out of injected pods, by reason and namespace (bounded as above).
+	notServed *prometheus.CounterVec
+	duration  prometheus.Histogram
 }
 
 // NewMetrics registers the metrics on reg (controller-runtime's metrics.Registry in the binary).
@@ -58,6 +60,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "podidentity_webhook_security_warnings_total",
 			Help: "Pods (and debug containers) admitted in an opted-in namespace in a state that weakens their isolation, by reason (opt-out-annotation, exception, host-network, windows: not injected, the pod can reach the node's IMDS directly; uid-change: a container can change to the exempt uid) and namespace.",
 		}, []string{"reason", "namespace"}),
+		notServed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podidentity_webhook_identities_not_served_total",
+			Help: "Bound identities left out of an injected pod's annotation, so its sidecar does not serve them, by reason (secret-other-namespace: a service principal's Secret is not in the pod's namespace; invalid-volume-name; duplicate-name) and namespace. Each also raises a Warning Event PodIdentityNotServed on the pod's owner.",
+		}, []string{"reason", "namespace"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "podidentity_webhook_admission_duration_seconds",
 			Help:    "Time to decide one admission, from request decoded to response built.",
@@ -65,7 +71,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 	}
 	// A second webhook in the same process (tests) reuses the collectors the first registered.
-	for _, c := range []**prometheus.CounterVec{&m.admissions, &m.injected, &m.skipped, &m.denied, &m.liveReads, &m.securityWarnings} {
+	for _, c := range []**prometheus.CounterVec{&m.admissions, &m.injected, &m.skipped, &m.denied, &m.liveReads, &m.securityWarnings, &m.notServed} {
 		if err := register(reg, *c, c); err != nil {
 			return nil, err
 		}

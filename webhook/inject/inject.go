@@ -57,7 +57,23 @@ const (
 	ReasonNameCollision      Reason = "name-collision"
 	ReasonTampered           Reason = "tampered-injection"
 	ReasonUIDChange          Reason = "uid-change" // --uid-change-policy=deny (uidchange.go)
+	// Bound identities left out of an injected pod's annotation (NotServed).
+	ReasonSecretNamespace  Reason = "secret-other-namespace" // a service principal's Secret is not in the pod's namespace
+	ReasonSecretVolumeName Reason = "invalid-volume-name"    // podidentity-sp-<name> is not a DNS label
+	ReasonDuplicateSPName  Reason = "duplicate-name"         // two bound service principals share a name
 )
+
+// NotServed is a bound identity the webhook leaves out of the pod's annotation, so the sidecar does not serve
+// it, though a binding selects the pod. The pod is injected all the same; the caller makes it visible beyond
+// the admission response (a Warning Event on the owner, a metric), since a controller's pods are created by
+// kube-controller-manager and nobody reads their admission warnings.
+type NotServed struct {
+	// Identity is the AzureIdentity's namespace/name.
+	Identity string
+	Reason   Reason
+	// Message is also one of the decision's Warnings: what is wrong and what to do.
+	Message string
+}
 
 // Cluster is what the webhook read from the API server for this pod.
 type Cluster struct {
@@ -77,6 +93,8 @@ type Decision struct {
 	Patch    []jsonpatch.JsonPatchOperation
 	// Identities are the identities recorded in the pod annotation (nil unless injected).
 	Identities []binding.Identity
+	// NotServed lists the bound identities left out of the annotation (also in Warnings).
+	NotServed []NotServed
 	// SecurityWarnings are the reasons the pod is admitted in a state that weakens its isolation (a skip in an
 	// opted-in namespace, a container able to change to the exempt uid under --uid-change-policy=warn). The
 	// patch records them in the pod annotation podidentity.io/security-warnings; the caller turns them into
@@ -160,8 +178,10 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	for _, p := range problems {
 		warnings = append(warnings, p.String())
 	}
-	ids, secretVols, secretWarnings := secretVolumes(pod.Namespace, ids, cluster.Identities)
-	warnings = append(warnings, secretWarnings...)
+	ids, secretVols, notServed := secretVolumes(pod.Namespace, ids, cluster.Identities)
+	for _, n := range notServed {
+		warnings = append(warnings, n.Message)
+	}
 
 	placement, refused := placementPatch(pod, s.Placement)
 	if refused != nil {
@@ -175,6 +195,7 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 			d.Patch = append(d.Patch, placement...)
 			d.Unresolved = unresolved
 			d.SecurityWarnings = security
+			d.NotServed = notServed
 		}
 		return d
 	}
@@ -216,7 +237,7 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	}
 	patch = append(patch, placement...)
 	patch = append(patch, annotationsPatch(pod, shape, ownAnnotations(ids, security))...)
-	return Decision{Action: ActionInject, Warnings: warnings, Patch: patch, Identities: nonNil(ids), Unresolved: unresolved, SecurityWarnings: security}
+	return Decision{Action: ActionInject, Warnings: warnings, Patch: patch, Identities: nonNil(ids), Unresolved: unresolved, SecurityWarnings: security, NotServed: notServed}
 }
 
 // ownAnnotations are the values of the annotations only the webhook sets, for an injected pod: "" removes one.
@@ -463,9 +484,12 @@ func isWindows(pod *corev1.Pod) bool {
 
 // secretVolumes keeps the identities that can be served and lists the secret volumes of the service
 // principals among them. A service principal's secret must live in the pod's namespace (the kubelet mounts
-// only those); otherwise the identity is dropped with a warning.
-func secretVolumes(podNamespace string, ids []binding.Identity, all []aadv1.AzureIdentity) ([]binding.Identity, []SecretVolume, []string) {
-	var warnings []string
+// only those); otherwise the identity is left out, and reported. This is deliberate, not a gap to close: the
+// only way to serve a Secret of another namespace would be for podidentity to read it on the pod's behalf
+// (NMI did, with cluster-wide read access to Secrets), which would let whoever can create an AzureIdentity and
+// a binding in one namespace point them at a Secret of any other and use that credential.
+func secretVolumes(podNamespace string, ids []binding.Identity, all []aadv1.AzureIdentity) ([]binding.Identity, []SecretVolume, []NotServed) {
+	var notServed []NotServed
 	var vols []SecretVolume
 	kept := ids[:0:0]
 	seen := map[string]bool{}
@@ -481,20 +505,26 @@ func secretVolumes(podNamespace string, ids []binding.Identity, all []aadv1.Azur
 			}
 		}
 		vol := SecretVolumePrefix + id.Name
+		drop := func(r Reason, format string, args ...any) {
+			notServed = append(notServed, NotServed{Identity: id.Namespace + "/" + id.Name, Reason: r, Message: fmt.Sprintf(format, args...)})
+		}
 		switch {
 		case secretNS != podNamespace:
-			warnings = append(warnings, fmt.Sprintf("podidentity: identity %s/%s is not served: its secret %s/%s must be in the pod's namespace %s; copy the secret and set spec.clientPassword.namespace", id.Namespace, id.Name, secretNS, id.SecretName, podNamespace))
+			drop(ReasonSecretNamespace, "podidentity: identity %s/%s is not served: its secret %s/%s must be in the pod's namespace %s "+
+				"(a pod can mount only Secrets of its own namespace, and podidentity reads no Secret on a pod's behalf, unlike AAD Pod Identity's NMI); "+
+				"copy the Secret into %s and bind the pod to an AzureIdentity of %s whose spec.clientPassword is {name: %s, namespace: %s}",
+				id.Namespace, id.Name, secretNS, id.SecretName, podNamespace, podNamespace, podNamespace, id.SecretName, podNamespace)
 		case len(validation.IsDNS1123Label(vol)) > 0:
-			warnings = append(warnings, fmt.Sprintf("podidentity: identity %s/%s is not served: volume name %q is not a DNS label of at most 63 characters; rename the AzureIdentity (no dots, at most %d characters)", id.Namespace, id.Name, vol, validation.DNS1123LabelMaxLength-len(SecretVolumePrefix)))
+			drop(ReasonSecretVolumeName, "podidentity: identity %s/%s is not served: volume name %q is not a DNS label of at most 63 characters; rename the AzureIdentity (no dots, at most %d characters)", id.Namespace, id.Name, vol, validation.DNS1123LabelMaxLength-len(SecretVolumePrefix))
 		case seen[vol]:
-			warnings = append(warnings, fmt.Sprintf("podidentity: identity %s/%s is not served: another bound service principal has the same name %s; rename one of them", id.Namespace, id.Name, id.Name))
+			drop(ReasonDuplicateSPName, "podidentity: identity %s/%s is not served: another bound service principal has the same name %s; rename one of them", id.Namespace, id.Name, id.Name)
 		default:
 			seen[vol] = true
 			kept = append(kept, id)
 			vols = append(vols, SecretVolume{Identity: id.Name, Volume: vol, Secret: id.SecretName})
 		}
 	}
-	return kept, vols, warnings
+	return kept, vols, notServed
 }
 
 // injection describes what of ours a pod already carries.
