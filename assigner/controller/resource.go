@@ -198,6 +198,22 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		want = desired.Compute(in)
 	}
 
+	// Objects AAD Pod Identity's MIC left on this resource's nodes: adopted when wanted, released otherwise,
+	// and what MIC attached for them taken into the ledger (handover.go).
+	var mic []aadv1.AzureAssignedIdentity
+	for i := range nodes.Items {
+		var l aadv1.AzureAssignedIdentityList
+		if err := r.c.List(ctx, &l, ctrl.MatchingFields{indexMICByNode: nodes.Items[i].Name}); err != nil {
+			return reconcile.Result{}, err
+		}
+		mic = append(mic, l.Items...)
+	}
+	adopted, err := r.takeOver(ctx, res, key, s, planHandover(mic, want, in.Pods))
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	assigned.Items = append(assigned.Items, adopted...)
+
 	var wantIDs map[string]string
 	if ri := want.Resources[key]; ri != nil {
 		wantIDs = ri.IDs

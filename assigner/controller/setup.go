@@ -156,6 +156,9 @@ const (
 	indexPodNode       = "spec.nodeName"
 	indexNodeResource  = "podidentity.resource"
 	indexAssignedByRes = "podidentity.resource"
+	// indexMICByNode: AzureAssignedIdentity objects AAD Pod Identity's MIC left, by spec.nodeName (MIC's
+	// objects carry no resource annotation; their node says which resource they belong to).
+	indexMICByNode = "podidentity.micnode"
 )
 
 func nodeResourceKey(n *corev1.Node) string {
@@ -196,6 +199,14 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 	}); err != nil {
 		return err
 	}
+	if err := idx.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, indexMICByNode, func(o client.Object) []string {
+		if a := o.(*aadv1.AzureAssignedIdentity); fromMIC(a) && a.Spec.NodeName != "" {
+			return []string{a.Spec.NodeName}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
 	m := newMetrics(opts.Registerer)
 	rec := opts.Recorder
 	if rec == nil {
@@ -224,6 +235,18 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 		}
 		return nodeResourceKey(&n)
 	}
+	// assignedKey is the resource of an AzureAssignedIdentity: from our annotation, or for an object MIC
+	// left, from its node.
+	assignedKey := func(ctx context.Context, a *aadv1.AzureAssignedIdentity) string {
+		if !fromMIC(a) {
+			return assignedResourceKey(a)
+		}
+		var n corev1.Node
+		if a.Spec.NodeName == "" || c.Get(ctx, client.ObjectKey{Name: a.Spec.NodeName}, &n) != nil {
+			return ""
+		}
+		return nodeResourceKey(&n)
+	}
 	relevantPod := func(p *corev1.Pod) bool { return binding.Selector(p) != "" && p.Spec.NodeName != "" }
 	allResources := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 		var nodes corev1.NodeList
@@ -239,7 +262,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 		var aais aadv1.AzureAssignedIdentityList
 		if err := c.List(ctx, &aais); err == nil {
 			for i := range aais.Items {
-				enqueue(q, assignedResourceKey(&aais.Items[i]))
+				enqueue(q, assignedKey(ctx, &aais.Items[i]))
 			}
 		}
 	}
@@ -323,21 +346,21 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 	assignedHandler := handler.TypedFuncs[*aadv1.AzureAssignedIdentity, reconcile.Request]{
 		// Creation: mostly our own doing, but after a restart it is how a resource whose nodes are all gone
 		// gets its leftover assignments cleaned up. Deletion requests and deletions bring the resource back.
-		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			if rr.ownWrite(e.Object) {
 				// Created by a pass that already accounted for it: another pass would only burn CPU that
 				// the remaining object writes need (2,000 of them after a scale set's PATCH).
 				return
 			}
-			enqueue(q, assignedResourceKey(e.Object))
+			enqueue(q, assignedKey(ctx, e.Object))
 		},
-		UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			if e.ObjectNew.DeletionTimestamp != nil && e.ObjectOld.DeletionTimestamp == nil {
-				enqueue(q, assignedResourceKey(e.ObjectNew))
+				enqueue(q, assignedKey(ctx, e.ObjectNew))
 			}
 		},
-		DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueue(q, assignedResourceKey(e.Object))
+		DeleteFunc: func(ctx context.Context, e event.TypedDeleteEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(q, assignedKey(ctx, e.Object))
 		},
 	}
 	err := ctrl.NewControllerManagedBy(mgr).Named("arm-resource").
