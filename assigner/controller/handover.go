@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
@@ -178,4 +179,51 @@ func (r *resourceReconciler) takeOver(ctx context.Context, res providerid.Resour
 			"adopted", len(adopted), "released", released, "identitiesNowManaged", h.owned, "identitiesLeftAlone", h.kept)
 	}
 	return adopted, nil
+}
+
+// micOrphans releases the AzureAssignedIdentities MIC left for nodes that no longer exist: no resource pass
+// ever sees them (a resource is found through its nodes). The identities MIC attached for them stay where
+// they are: without the node the assigner cannot tell which VM or scale set they are on.
+type micOrphans struct {
+	c       ctrl.Client
+	reader  ctrl.Reader // the node is read live: a node the cache has not seen yet is not gone
+	metrics *metrics
+}
+
+func (m *micOrphans) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	var obj aadv1.AzureAssignedIdentity
+	if err := m.c.Get(ctx, req.NamespacedName, &obj); err != nil {
+		return reconcile.Result{}, ctrl.IgnoreNotFound(err)
+	}
+	if !fromMIC(&obj) || obj.Spec.NodeName == "" {
+		return reconcile.Result{}, nil
+	}
+	err := m.reader.Get(ctx, ctrl.ObjectKey{Name: obj.Spec.NodeName}, &corev1.Node{})
+	if err == nil || !apierrors.IsNotFound(err) {
+		return reconcile.Result{}, err // the node exists: its resource's pass takes the object over
+	}
+	if controllerutil.ContainsFinalizer(&obj, MICFinalizer) {
+		patch := ctrl.MergeFrom(obj.DeepCopy())
+		controllerutil.RemoveFinalizer(&obj, MICFinalizer)
+		if err := m.c.Patch(ctx, &obj, patch); err != nil {
+			return reconcile.Result{}, ctrl.IgnoreNotFound(err)
+		}
+	}
+	if obj.DeletionTimestamp == nil {
+		if err := m.c.Delete(ctx, &obj); err != nil {
+			return reconcile.Result{}, ctrl.IgnoreNotFound(err)
+		}
+	}
+	m.metrics.assignedObjects.WithLabelValues("released").Inc()
+	loggerFor(ctx).Info("released an AzureAssignedIdentity AAD Pod Identity's MIC left for a node that no longer exists; "+
+		"if its identity is still attached to that node's VM or scale set, remove it there once no pod needs it",
+		"object", req.String(), "node", obj.Spec.NodeName, "identity", identityOf(&obj))
+	return reconcile.Result{}, nil
+}
+
+func identityOf(o *aadv1.AzureAssignedIdentity) string {
+	if o.Spec.AzureIdentityRef == nil {
+		return ""
+	}
+	return o.Spec.AzureIdentityRef.Spec.ResourceID
 }

@@ -217,6 +217,7 @@ func TestHandoverFromMIC(t *testing.T) {
 		micObject("default", "gone", "apps", "n0", ids["g"], aadv1.AssignedIDAssigned),
 		micObject("default", "old", "legacy", "n0", ids["u"], aadv1.AssignedIDAssigned),
 		micObject("default", "q", "apps", "n0", ids["t"], aadv1.AssignedIDAssigned),
+		micObject("default", "r", "apps", "n9", ids["a"], aadv1.AssignedIDAssigned), // a node scaled away since
 	} {
 		if err := c.Create(ctx, o); err != nil {
 			t.Fatal(err)
@@ -246,7 +247,7 @@ func TestHandoverFromMIC(t *testing.T) {
 	if !slices.Equal(adopted.Finalizers, []string{Finalizer}) || adopted.Annotations[desired.ResourceAnnotation] == "" {
 		t.Fatalf("adopted object: finalizers %q, annotations %v; want only %q and the resource annotation", adopted.Finalizers, adopted.Annotations, Finalizer)
 	}
-	for _, k := range []string{"default/gone-apps-g", "default/old-legacy-u", "default/q-apps-t"} {
+	for _, k := range []string{"default/gone-apps-g", "default/old-legacy-u", "default/q-apps-t", "default/r-apps-a"} {
 		ns, name, _ := strings.Cut(k, "/")
 		err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &aadv1.AzureAssignedIdentity{})
 		if !apierrors.IsNotFound(err) {
@@ -264,7 +265,7 @@ func TestHandoverFromMIC(t *testing.T) {
 	}
 	n := len(applied)
 	mu.Unlock()
-	t.Logf("handover: 2 objects adopted or recreated, 3 of MIC's released, 1 identity detached, %d ARM writes", n)
+	t.Logf("handover: 2 objects adopted or recreated, 4 of MIC's released (1 of a node that is gone), 1 identity detached, %d ARM writes", n)
 
 	// What MIC attached is the assigner's now: once p goes, a is detached; u never is.
 	deletePod(t, c, "apps", "p")

@@ -376,6 +376,31 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 	if err != nil {
 		return err
 	}
+	// MIC's objects for nodes that are gone; a node's deletion brings back MIC's objects for it.
+	err = ctrl.NewControllerManagedBy(mgr).Named("mic-orphans").
+		WatchesRawSource(source.Kind(cache, &aadv1.AzureAssignedIdentity{}, handler.TypedFuncs[*aadv1.AzureAssignedIdentity, reconcile.Request]{
+			CreateFunc: func(_ context.Context, e event.TypedCreateEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				if fromMIC(e.Object) {
+					q.Add(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.Object)})
+				}
+			},
+		})).
+		WatchesRawSource(source.Kind(cache, &corev1.Node{}, handler.TypedFuncs[*corev1.Node, reconcile.Request]{
+			DeleteFunc: func(ctx context.Context, e event.TypedDeleteEvent[*corev1.Node], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				var l aadv1.AzureAssignedIdentityList
+				if err := c.List(ctx, &l, client.MatchingFields{indexMICByNode: e.Object.Name}); err != nil {
+					loggerFor(ctx).Error(err, "listing the AzureAssignedIdentities AAD Pod Identity's MIC left for a deleted node; they are released when the assigner restarts", "node", e.Object.Name)
+					return
+				}
+				for i := range l.Items {
+					q.Add(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&l.Items[i])})
+				}
+			},
+		})).
+		Complete(&micOrphans{c: c, reader: mgr.GetAPIReader(), metrics: m})
+	if err != nil {
+		return err
+	}
 	return setupAnnotations(mgr, opts, m)
 }
 
