@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"math/big"
 	"net/http/httptest"
@@ -123,5 +124,123 @@ func TestServicePrincipals(t *testing.T) {
 	}
 	if n := h.emu.Counters().TokenRequests; n != 0 {
 		t.Fatalf("service principals went to IMDS (%d requests)", n)
+	}
+}
+
+// TestAuxiliaryTenants: a client-secret service principal (type 1) with auxiliaryTenantIDs is answered as AAD
+// Pod Identity's NMI answered it (pkg/nmi/server, pkg/auth upstream): a JSON list of token answers, the primary
+// tenant's first, then one per auxiliary tenant in the AzureIdentity's order, each from Azure AD for that
+// tenant; cached like any token. Without auxiliary tenants, and for certificates (type 2, whose auxiliary
+// tenants NMI ignored), the answer stays IMDS's single object. A tenant Azure AD refuses fails the request;
+// more than three auxiliary tenants are refused (NMI's token library refused them).
+func TestAuxiliaryTenants(t *testing.T) {
+	const (
+		aux1 = "7e0b6a1c-0000-4000-8000-0000000000b1"
+		aux2 = "7e0b6a1c-0000-4000-8000-0000000000b2"
+		aux3 = "7e0b6a1c-0000-4000-8000-0000000000b3"
+		aux4 = "7e0b6a1c-0000-4000-8000-0000000000b4"
+		gone = "7e0b6a1c-0000-4000-8000-0000000000ff" // the application has no service principal there
+	)
+	cert, certPEM := selfSigned(t)
+	sp := func(name, client string, typ identitytype.IdentityType, aux ...string) annotation.Identity {
+		return annotation.Identity{Namespace: "apps", Name: name, Type: typ, ClientID: client, TenantID: tenant, SecretName: name + "-creds", AuxiliaryTenantIDs: aux}
+	}
+	multi := sp("sp-multi", "5e000000-0000-4000-8000-0000000000a1", identitytype.ServicePrincipal, aux1, aux2)
+	single := sp("sp-single", "5e000000-0000-4000-8000-0000000000a2", identitytype.ServicePrincipal)
+	certMulti := sp("sp-cert-multi", "5e000000-0000-4000-8000-0000000000a3", identitytype.ServicePrincipalCertificate, aux1)
+	refused := sp("sp-aux-refused", "5e000000-0000-4000-8000-0000000000a4", identitytype.ServicePrincipal, aux1, gone)
+	tooMany := sp("sp-too-many", "5e000000-0000-4000-8000-0000000000a5", identitytype.ServicePrincipal, aux1, aux2, aux3, aux4)
+	others := []string{aux1, aux2, aux3, aux4}
+	aad := imds.NewAAD(time.Hour,
+		imds.App{TenantID: tenant, OtherTenants: others, ClientID: multi.ClientID, Secret: "s1"},
+		imds.App{TenantID: tenant, OtherTenants: others, ClientID: single.ClientID, Secret: "s2"},
+		imds.App{TenantID: tenant, OtherTenants: others, ClientID: certMulti.ClientID, Certificate: cert},
+		imds.App{TenantID: tenant, OtherTenants: others, ClientID: refused.ClientID, Secret: "s4"},
+		imds.App{TenantID: tenant, OtherTenants: others, ClientID: tooMany.ClientID, Secret: "s5"},
+	)
+	aadSrv := httptest.NewTLSServer(aad)
+	t.Cleanup(aadSrv.Close)
+	secrets := t.TempDir()
+	for name, files := range map[string]map[string]string{
+		multi.Name: {"clientSecret": "s1"}, single.Name: {"clientSecret": "s2"}, certMulti.Name: {"certificate": string(certPEM), "password": ""},
+		refused.Name: {"clientSecret": "s4"}, tooMany.Name: {"clientSecret": "s5"},
+	} {
+		if err := os.MkdirAll(filepath.Join(secrets, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for f, content := range files {
+			if err := os.WriteFile(filepath.Join(secrets, name, f), []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	h := start(t, setup{bound: []annotation.Identity{multi, single, certMulti, refused, tooMany},
+		cfg: func(c *Config) {
+			c.SecretsDir = secrets
+			c.AADAuthorityHost = aadSrv.URL + "/"
+			c.AADDisableInstanceDiscovery = true
+			c.AADTransport = aadSrv.Client()
+		}})
+	tests := []struct {
+		name        string
+		id          annotation.Identity
+		status      int
+		wantTenants []string // nil: a single object; else a list with these tid claims, in order
+		wantError   string
+		wantIssued  int // tokens Azure AD issued for the client ID after both requests
+	}{
+		{"type 1 with two auxiliary tenants: a list, primary first", multi, 200, []string{tenant, aux1, aux2}, "", 3},
+		{"type 1 without auxiliary tenants: one object", single, 200, nil, "", 1},
+		{"type 2 with an auxiliary tenant: one object, as NMI", certMulti, 200, nil, "", 1},
+		{"an auxiliary tenant Azure AD refuses: primary and first auxiliary cached", refused, 400, nil, "AADSTS700016", 2},
+		{"four auxiliary tenants", tooMany, 400, nil, "at most 3 are allowed", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for i := range 2 {
+				r := rawGet(t, h.addr, "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F&client_id="+tt.id.ClientID, md)
+				if r.status != tt.status {
+					t.Fatalf("request %d: %d %s, want %d", i, r.status, r.raw, tt.status)
+				}
+				if tt.status != 200 {
+					if !strings.Contains(r.body["error_description"], tt.wantError) {
+						t.Fatalf("body %s, want %q", r.raw, tt.wantError)
+					}
+					continue
+				}
+				var answers []map[string]string
+				if tt.wantTenants == nil {
+					if strings.HasPrefix(strings.TrimSpace(r.raw), "[") || r.body["access_token"] == "" {
+						t.Fatalf("request %d: want one token object, got %s", i, r.raw)
+					}
+					answers = []map[string]string{r.body}
+				} else if err := json.Unmarshal([]byte(r.raw), &answers); err != nil || len(answers) != len(tt.wantTenants) {
+					t.Fatalf("request %d: want a list of %d token answers, got %s (%v)", i, len(tt.wantTenants), r.raw, err)
+				}
+				for j, a := range answers {
+					c := jwttest.Claims(t, a["access_token"])
+					wantTid := tenant
+					if tt.wantTenants != nil {
+						wantTid = tt.wantTenants[j]
+					}
+					if c["tid"] != wantTid || c["appid"] != tt.id.ClientID || c["aud"] != "https://management.azure.com/" ||
+						a["resource"] != "https://management.azure.com/" || a["client_id"] != tt.id.ClientID || a["token_type"] != "Bearer" || a["expires_on"] == "" {
+						t.Fatalf("request %d, answer %d: claims %v, answer %v; want tid %s", i, j, c, a, wantTid)
+					}
+				}
+			}
+			if n := aad.Tokens(tt.id.ClientID); n != tt.wantIssued {
+				t.Fatalf("Azure AD issued %d tokens, want %d (the second request is served from the cache)", n, tt.wantIssued)
+			}
+		})
+	}
+	var audit string
+	for _, l := range h.logs.all() {
+		if strings.Contains(l, `"token issued"`) && strings.Contains(l, multi.ClientID) {
+			audit = l
+		}
+	}
+	if !strings.Contains(audit, `"auxiliaryTenants":2`) {
+		t.Errorf("audit line of the multi-tenant token does not count its auxiliary tenants: %q", audit)
 	}
 }

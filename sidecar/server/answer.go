@@ -24,6 +24,19 @@ func appendTokenAnswer(b []byte, a tokenResponse) []byte {
 	return append(b, '}')
 }
 
+// appendTokenAnswers appends the JSON list of as to b: the same bytes as json.Marshal(as). It is the answer for a
+// service principal with auxiliary tenants, as AAD Pod Identity's NMI gave it.
+func appendTokenAnswers(b []byte, as []tokenResponse) []byte {
+	b = append(b, '[')
+	for i, a := range as {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendTokenAnswer(b, a)
+	}
+	return append(b, ']')
+}
+
 const hexDigits = "0123456789abcdef"
 
 // plainASCII holds the ASCII bytes that encoding/json writes as they are.

@@ -30,6 +30,20 @@ func TestAppendTokenAnswerIsWhatJSONMarshalGives(t *testing.T) {
 	}
 }
 
+// TestAppendTokenAnswersIsWhatJSONMarshalGives: the list answer (a service principal with auxiliary tenants)
+// is json.Marshal of the list, for one, two and all cases.
+func TestAppendTokenAnswersIsWhatJSONMarshalGives(t *testing.T) {
+	for _, as := range [][]tokenResponse{tokenAnswerCases[:1], tokenAnswerCases[1:3], tokenAnswerCases} {
+		want, err := json.Marshal(as)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendTokenAnswers([]byte("prefix"), as); string(got) != "prefix"+string(want) {
+			t.Errorf("appendTokenAnswers of %d answers\n got %s\nwant prefix%s", len(as), got, want)
+		}
+	}
+}
+
 func FuzzAppendTokenAnswer(f *testing.F) {
 	for _, a := range tokenAnswerCases {
 		f.Add(a.AccessToken, a.Resource, a.ClientID)

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/sidecar/identities"
 	"github.com/podidentity/podidentity/sidecar/loopguard"
@@ -346,30 +347,53 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		name = "none" // an object_id that could not be resolved
 	}
 	if err != nil {
-		var te *tokens.Error
-		if !errors.As(err, &te) {
-			if errors.Is(err, context.Canceled) {
-				return // the app went away
-			}
-			te = &tokens.Error{Status: http.StatusInternalServerError, Code: "internal_error", Description: err.Error()}
-		}
-		s.opts.Metrics.TokenRequests.WithLabelValues(name, "error").Inc()
-		s.opts.Metrics.TokenDuration.WithLabelValues("error").Observe(s.opts.Now().Sub(start).Seconds())
-		s.opts.Log.Info("token not issued", "pod", s.opts.Pod, "identity", name, "resource", req.resource, "status", te.Status, "reason", te.Description)
-		writeTokenError(w, te)
+		s.fail(w, start, name, req, err)
 		return
 	}
-	now := s.opts.Now()
-	expiresIn := strconv.FormatInt(tok.ExpiresOn.Unix()-now.Unix(), 10)
-	notBefore := tok.NotBefore
-	if notBefore.IsZero() {
-		notBefore = now
+	// A service principal with auxiliary tenants is answered as AAD Pod Identity's NMI answered it: a JSON list
+	// of tokens, the primary tenant's first, then one per auxiliary tenant in the AzureIdentity's order.
+	toks := []tokens.Token{tok}
+	aux := auxiliaryTenants(id)
+	if len(aux) > maxAuxiliaryTenants {
+		s.fail(w, start, name, req, &tokens.Error{Status: http.StatusBadRequest, Code: "invalid_request", Description: fmt.Sprintf(
+			"AzureIdentity %s/%s lists %d auxiliaryTenantIDs; at most %d are allowed (as in AAD Pod Identity, whose token library refused more, and in ARM's x-ms-authorization-auxiliary header): remove some",
+			id.Namespace, id.Name, len(aux), maxAuxiliaryTenants)})
+		return
 	}
-	body := appendTokenAnswer(make([]byte, 0, 320+len(tok.AccessToken)+len(req.resource)), tokenResponse{
-		AccessToken: tok.AccessToken, ExpiresIn: expiresIn, ExtExpiresIn: expiresIn,
-		ExpiresOn: strconv.FormatInt(tok.ExpiresOn.Unix(), 10), NotBefore: strconv.FormatInt(notBefore.Unix(), 10),
-		Resource: req.resource, TokenType: tok.TokenType, ClientID: id.ClientID,
-	})
+	for _, tenant := range aux {
+		auxID := id
+		auxID.TenantID, auxID.AuxiliaryTenantIDs = tenant, nil
+		t, auxHit, err := s.opts.Tokens.Get(r.Context(), auxID, req.resource, req.bypass)
+		if err != nil {
+			s.fail(w, start, name, req, err)
+			return
+		}
+		toks = append(toks, t)
+		hit = hit && auxHit
+	}
+	now := s.opts.Now()
+	answer := func(t tokens.Token) tokenResponse {
+		expiresIn := strconv.FormatInt(t.ExpiresOn.Unix()-now.Unix(), 10)
+		notBefore := t.NotBefore
+		if notBefore.IsZero() {
+			notBefore = now
+		}
+		return tokenResponse{
+			AccessToken: t.AccessToken, ExpiresIn: expiresIn, ExtExpiresIn: expiresIn,
+			ExpiresOn: strconv.FormatInt(t.ExpiresOn.Unix(), 10), NotBefore: strconv.FormatInt(notBefore.Unix(), 10),
+			Resource: req.resource, TokenType: t.TokenType, ClientID: id.ClientID,
+		}
+	}
+	body := make([]byte, 0, len(toks)*(320+len(tok.AccessToken)+len(req.resource)))
+	if len(aux) == 0 {
+		body = appendTokenAnswer(body, answer(tok))
+	} else {
+		list := make([]tokenResponse, len(toks))
+		for i, t := range toks {
+			list[i] = answer(t)
+		}
+		body = appendTokenAnswers(body, list)
+	}
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	_, _ = w.Write(body)
@@ -380,8 +404,39 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	latency := s.opts.Now().Sub(start)
 	s.opts.Metrics.TokenRequests.WithLabelValues(name, result).Inc()
 	s.opts.Metrics.TokenDuration.WithLabelValues(result).Observe(latency.Seconds())
-	s.opts.Log.Info("token issued", "pod", s.opts.Pod, "identity", name, "clientID", id.ClientID,
-		"resource", req.resource, "cache", result, "latency", latency.String())
+	kv := []any{"pod", s.opts.Pod, "identity", name, "clientID", id.ClientID, "resource", req.resource, "cache", result, "latency", latency.String()}
+	if len(aux) > 0 {
+		kv = append(kv, "auxiliaryTenants", len(aux))
+	}
+	s.opts.Log.Info("token issued", kv...)
+}
+
+// maxAuxiliaryTenants is how many auxiliary tenants a service principal may list: AAD Pod Identity's token
+// library (go-autorest adal, NewMultiTenantOAuthConfig) refused more, as ARM's auxiliary-token header does.
+const maxAuxiliaryTenants = 3
+
+// auxiliaryTenants returns the auxiliary tenants whose tokens are served along with the primary tenant's: a
+// client-secret service principal's (type 1) auxiliaryTenantIDs. NMI ignored them for certificates (type 2).
+func auxiliaryTenants(id annotation.Identity) []string {
+	if id.Type != identitytype.ServicePrincipal {
+		return nil
+	}
+	return id.AuxiliaryTenantIDs
+}
+
+// fail answers a token request whose token could not be had.
+func (s *Server) fail(w http.ResponseWriter, start time.Time, name string, req request, err error) {
+	var te *tokens.Error
+	if !errors.As(err, &te) {
+		if errors.Is(err, context.Canceled) {
+			return // the app went away
+		}
+		te = &tokens.Error{Status: http.StatusInternalServerError, Code: "internal_error", Description: err.Error()}
+	}
+	s.opts.Metrics.TokenRequests.WithLabelValues(name, "error").Inc()
+	s.opts.Metrics.TokenDuration.WithLabelValues("error").Observe(s.opts.Now().Sub(start).Seconds())
+	s.opts.Log.Info("token not issued", "pod", s.opts.Pod, "identity", name, "resource", req.resource, "status", te.Status, "reason", te.Description)
+	writeTokenError(w, te)
 }
 
 // byObjectID serves an object_id selector. The annotation carries no object IDs, so the sidecar gets each

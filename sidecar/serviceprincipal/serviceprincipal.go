@@ -64,9 +64,9 @@ func New(opts Options) *Provider {
 	return &Provider{opts: opts, creds: map[string]cached{}}
 }
 
-// Token returns a token for the service principal and resource. The scope is resource + "/.default", as
-// IMDS-protocol clients ask for resources, not scopes. Only the primary tenant's token is served: the IMDS
-// protocol has no way to ask for an auxiliary tenant's token (see README.md).
+// Token returns a token for the service principal and resource from its tenant (id.TenantID). The scope is
+// resource + "/.default", as IMDS-protocol clients ask for resources, not scopes. The server asks for each
+// auxiliary tenant's token with a copy of id whose TenantID is that tenant (see README.md).
 func (p *Provider) Token(ctx context.Context, id annotation.Identity, resource string) (tokens.Token, error) {
 	cred, err := p.credential(id)
 	if err != nil {
@@ -151,7 +151,8 @@ func (p *Provider) build(id annotation.Identity, material []byte) (azcore.TokenC
 	if p.opts.Transport != nil {
 		co.Transport = p.opts.Transport
 	}
-	// Auxiliary tenants are allowed as tenants of the credential; the IMDS protocol only asks for the primary.
+	// Auxiliary tenants are allowed as tenants of the credential; their tokens are asked for with a credential
+	// of their own (id.TenantID set to the auxiliary tenant), so this only matters to azidentity's checks.
 	aux := append([]string(nil), id.AuxiliaryTenantIDs...)
 	switch id.Type {
 	case identitytype.ServicePrincipal:

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,11 +19,14 @@ import (
 // App is a service principal registered in the emulated Azure AD: it authenticates with Secret, or with a
 // client assertion signed by the key of Certificate.
 type App struct {
-	TenantID    string
-	ClientID    string
-	ObjectID    string
-	Secret      string
-	Certificate *x509.Certificate
+	TenantID string
+	// OtherTenants are further tenants the application is provisioned in (a multi-tenant application with a
+	// service principal there): it gets tokens from them too, their tid in the claims.
+	OtherTenants []string
+	ClientID     string
+	ObjectID     string
+	Secret       string
+	Certificate  *x509.Certificate
 }
 
 // AAD emulates the Azure AD v2 endpoints that azidentity's client-secret and client-certificate credentials
@@ -89,7 +93,7 @@ func (a *AAD) token(w http.ResponseWriter, r *http.Request, tenant string) {
 	a.mu.Lock()
 	app, ok := a.apps[f.Get("client_id")]
 	a.mu.Unlock()
-	if !ok || !strings.EqualFold(app.TenantID, tenant) {
+	if !ok || !(strings.EqualFold(app.TenantID, tenant) || slices.ContainsFunc(app.OtherTenants, func(t string) bool { return strings.EqualFold(t, tenant) })) {
 		writeError(w, http.StatusBadRequest, "unauthorized_client", fmt.Sprintf("AADSTS700016: Application with identifier '%s' was not found in the directory '%s'.", f.Get("client_id"), tenant))
 		return
 	}
