@@ -443,3 +443,36 @@ func TestCitedPathsExist(t *testing.T) {
 		t.Fatalf("only %d repository paths cited in docs/", cited)
 	}
 }
+
+// TestQuotedMeshRefusal fails when the refusal of a mesh's init container that docs/install.md and
+// docs/troubleshooting.md quote in full no longer is the webhook's: the golden decision of
+// webhook/testdata/golden/istio-init-netadmin (rewritten by go test ./webhook/inject -update).
+func TestQuotedMeshRefusal(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(root, "webhook", "testdata", "golden", "istio-init-netadmin.out.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var golden struct {
+		Message string `json:"message"`
+	}
+	if err := yaml.Unmarshal(raw, &golden); err != nil || golden.Message == "" {
+		t.Fatalf("istio-init-netadmin.out.yaml: no message (%v)", err)
+	}
+	spaces := regexp.MustCompile(`\s+`)
+	want := spaces.ReplaceAllString(golden.Message, " ")
+	block := regexp.MustCompile("(?s)```\n(podidentity: init container \"istio-init\".*?)\n```")
+	for _, doc := range []string{"install.md", "troubleshooting.md"} {
+		b, err := os.ReadFile(filepath.Join(root, "docs", doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := block.FindStringSubmatch(string(b))
+		if m == nil {
+			t.Errorf("docs/%s quotes no refusal of istio-init in a ``` block", doc)
+			continue
+		}
+		if got := spaces.ReplaceAllString(m[1], " "); got != want {
+			t.Errorf("docs/%s quotes the refusal of istio-init as\n%s\nthe webhook says\n%s", doc, got, want)
+		}
+	}
+}

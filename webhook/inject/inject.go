@@ -455,6 +455,9 @@ func checkContainer(pod *corev1.Pod, s Settings, kind string, c *corev1.Containe
 	if sc != nil && sc.Capabilities != nil {
 		for _, cp := range sc.Capabilities.Add {
 			if reason, why, refused := refusedCapability(strings.TrimPrefix(strings.ToUpper(string(cp)), "CAP_")); refused {
+				if m, ok := meshInit(c); ok && kind == "init container" && reason == ReasonNetCapability {
+					return deny(reason, meshRefusal(pod, s, c, m, cp)), true
+				}
 				return deny(reason, fmt.Sprintf("%s %q adds capability %s and %s; remove it from securityContext.capabilities.add", kind, c.Name, cp, why)), true
 			}
 		}
