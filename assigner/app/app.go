@@ -67,8 +67,10 @@ type Flags struct {
 	// AttachUninjected: attach identities for pods the webhook did not inject too (AAD Pod Identity's
 	// behaviour, while its NMI still protects them during a migration).
 	AttachUninjected bool
-	Guard            GuardFlags
-	Zap              zap.Options
+	// MICLock is namespace/name of AAD Pod Identity MIC's leader record; while MIC holds it nothing is done.
+	MICLock string
+	Guard   GuardFlags
+	Zap     zap.Options
 }
 
 // GuardFlags configure guard mode (on when Pool is set).
@@ -130,6 +132,7 @@ func ParseFlags(args []string) (Flags, error) {
 	fs.IntVar(&f.KubeAPIBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "burst of queries to the Kubernetes API server above --kube-api-qps")
 	fs.BoolVar(&f.AttachUninjected, "attach-uninjected-pods", false, "attach identities also for bound pods the podidentity webhook did not inject (AAD Pod Identity's behaviour), "+
 		"which can otherwise ask their node's IMDS directly for every identity attached to it: only while AAD Pod Identity's NMI still protects those pods during a migration")
+	fs.StringVar(&f.MICLock, "aad-pod-identity-mic-lock", DefaultMICLock, "namespace/name of AAD Pod Identity MIC's leader election record (Endpoints or Lease): while MIC holds it the assigner changes nothing and is not ready; empty: no check")
 	bindGuardFlags(fs, &f.Guard)
 	f.Zap = zap.Options{}
 	f.Zap.BindFlags(fs)
@@ -260,6 +263,17 @@ func Run(ctx context.Context, f Flags) error {
 	if err := checkNamespaceAccess(ctx, mgr.GetAPIReader()); err != nil {
 		return err
 	}
+	var hold func(context.Context) error
+	if f.MICLock != "" {
+		mic, err := newMICWatch(mgr.GetAPIReader(), f.MICLock, log.WithName("aad-pod-identity-mic"), ctrlmetrics.Registry)
+		if err != nil {
+			return err
+		}
+		hold = mic.Check
+		if err := mgr.AddReadyzCheck("aad-pod-identity-mic", func(r *http.Request) error { return mic.Check(r.Context()) }); err != nil {
+			return err
+		}
+	}
 	injection := desired.Injection{Label: f.Guard.InjectionLabel, AttachUninjected: f.AttachUninjected}
 	if f.AttachUninjected {
 		log.Info("WARNING: --attach-uninjected-pods is on: identities are attached for bound pods the podidentity webhook did not inject, "+
@@ -272,7 +286,7 @@ func Run(ctx context.Context, f Flags) error {
 	if err := controller.Setup(ctx, mgr, arm, controller.Options{
 		Namespace: f.Namespace, Immutable: immutable, Binding: bindingOpts,
 		Managed: f.Managed, Workers: f.Workers, Resync: f.Resync, Debounce: f.Debounce, IsolationTTL: f.IsolationTTL,
-		DetachGrace: detachGrace(f.DetachGrace), Pool: f.Guard.Pool, Injection: injection,
+		DetachGrace: detachGrace(f.DetachGrace), Pool: f.Guard.Pool, Injection: injection, Hold: hold,
 	}); err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -277,4 +278,53 @@ func TestHandoverFromMIC(t *testing.T) {
 	if err := azureHas(srv, ss, false, uami("kubelet"), uami("foreign"), uami("u"), uami("t")); err != nil {
 		t.Fatal(fmt.Errorf("an identity MIC attached for a pod the assigner never served was touched: %w", err))
 	}
+}
+
+// TestHoldStopsPasses: while Options.Hold answers an error (the binary: AAD Pod Identity's MIC still runs),
+// no pass calls ARM or writes an AzureAssignedIdentity; once it answers nil the assigner converges.
+func TestHoldStopsPasses(t *testing.T) {
+	env := startEnv(t)
+	c := env.Client
+	srv := arm.New(t, arm.Options{Latency: 20 * time.Millisecond})
+	ss := ssID("pool")
+	srv.AddVMSS(ss, false, uami("kubelet"))
+	mkNode(t, c, "n0", instanceOf(ss, 0))
+	mkNamespace(t, c, "apps")
+	mkIdentity(t, c, "apps", "a", uami("a"))
+	mkBinding(t, c, "apps", "a", "a", "app")
+	var held atomic.Bool
+	held.Store(true)
+	var asked atomic.Int32
+	opts := testOptions()
+	opts.HoldRetry = 100 * time.Millisecond
+	opts.Hold = func(context.Context) error {
+		asked.Add(1)
+		if held.Load() {
+			return fmt.Errorf("AAD Pod Identity's MIC is running")
+		}
+		return nil
+	}
+	stop := startAssigner(t, env, armClient(srv), opts)
+	defer stop()
+	mkPod(t, c, "apps", "p", "n0", "app", nil)
+	// The manager starts and the pod's resource comes up: passes ask Hold again every HoldRetry.
+	eventually(t, 15*time.Second, "passes asking Hold", func() error {
+		if n := asked.Load(); n < 10 {
+			return fmt.Errorf("asked %d times", n)
+		}
+		return nil
+	})
+	if counts := srv.Counts(); counts.Reads+counts.Writes != 0 {
+		t.Fatalf("ARM was called while holding: %+v", counts)
+	}
+	if err := expectAssigned(c, map[string]string{}); err != nil {
+		t.Fatalf("an AzureAssignedIdentity was written while holding: %v", err)
+	}
+	held.Store(false)
+	eventually(t, 10*time.Second, "converged once released", func() error {
+		if err := azureHas(srv, ss, false, uami("kubelet"), uami("a")); err != nil {
+			return err
+		}
+		return expectAssigned(c, map[string]string{"apps/p-apps-a": aadv1.AssignedIDAssigned})
+	})
 }

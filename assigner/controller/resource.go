@@ -152,6 +152,12 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		log.Error(err, "work item is not an ARM resource id; dropping it")
 		return reconcile.Result{}, nil
 	}
+	if r.opts.Hold != nil {
+		if err := r.opts.Hold(ctx); err != nil {
+			log.V(1).Info("holding: no ARM call and no object write", "why", err.Error())
+			return reconcile.Result{RequeueAfter: r.opts.HoldRetry}, nil
+		}
+	}
 	start := time.Now()
 	defer func() { r.metrics.passDuration.Observe(time.Since(start).Seconds()) }()
 

@@ -73,6 +73,12 @@ type Options struct {
 	Injection desired.Injection
 	// Managed: identities are attached by someone else; never call ARM.
 	Managed bool
+	// Hold, when set, is asked before every pass over a VM or scale set: while it answers an error the pass
+	// does nothing (no ARM call, no AzureAssignedIdentity write) and is tried again after HoldRetry. The
+	// binary holds while AAD Pod Identity's MIC still runs.
+	Hold func(context.Context) error
+	// HoldRetry is how soon a pass that Hold stopped is tried again (default 10s).
+	HoldRetry time.Duration
 	// Workers is the number of ARM resources worked on at once (default 100). A resource waiting for a
 	// long PATCH occupies one worker, so this bounds how many slow resources can be absorbed.
 	Workers int
@@ -136,6 +142,9 @@ func (o *Options) defaults() {
 	}
 	if o.BusyMaxBackoff <= 0 {
 		o.BusyMaxBackoff = 2 * time.Minute
+	}
+	if o.HoldRetry <= 0 {
+		o.HoldRetry = 10 * time.Second
 	}
 	if o.DetachGrace == 0 {
 		o.DetachGrace = DefaultDetachGrace
