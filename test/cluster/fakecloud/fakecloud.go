@@ -7,6 +7,7 @@ package fakecloud
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/podidentity/podidentity/test/arm"
@@ -53,7 +55,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("loading the fake cloud's serving certificate: %w", err)
 	}
 	metadata := imds.New(imds.Options{TenantID: cfg.TenantID, VMResourceID: cfg.InstanceID})
-	armServer := arm.NewServer(arm.Options{OnChange: attachTo(metadata, cfg.VMSSID, cfg.Log)})
+	hist := &history{}
+	attach := attachTo(metadata, cfg.VMSSID, cfg.Log)
+	armServer := arm.NewServer(arm.Options{OnChange: func(id string, users []string) {
+		if strings.EqualFold(id, cfg.VMSSID) {
+			hist.add(users)
+		}
+		attach(id, users)
+	}})
 	defer armServer.Close()
 	armServer.AddVMSS(cfg.VMSSID, false)
 	armProxy, err := newARMProxy(armServer, cfg.ARMPublicURL)
@@ -69,7 +78,7 @@ func Run(ctx context.Context, cfg Config) error {
 		tls        bool
 	}{
 		{"imds", cfg.IMDSAddr, metadata, false},
-		{"imds-admin", cfg.AdminAddr, metadata.AdminHandler(), false},
+		{"imds-admin", cfg.AdminAddr, adminHandler(metadata.AdminHandler(), armServer, cfg.VMSSID, hist), false},
 		{"arm", cfg.ARMAddr, armProxy, true},
 		{"aad", cfg.AADAddr, aad, true},
 	}
@@ -149,4 +158,54 @@ func newARMProxy(s *arm.Server, publicURL string) (http.Handler, error) {
 		return nil
 	}
 	return p, nil
+}
+
+// history records every identity set ARM applied to the node's scale set, in order.
+type history struct {
+	mu      sync.Mutex
+	changes []Change
+}
+
+// Change is one identity set ARM applied to the node's scale set.
+type Change struct {
+	Time       time.Time `json:"time"`
+	Identities []string  `json:"identities"`
+}
+
+func (h *history) add(users []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.changes = append(h.changes, Change{Time: time.Now(), Identities: append([]string{}, users...)})
+}
+
+func (h *history) list() []Change {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]Change{}, h.changes...)
+}
+
+// adminHandler is the IMDS emulator's admin API plus the node scale set's identities in ARM:
+//
+//	GET /arm/node-scale-set/history      every identity set ARM applied, oldest first ([]Change)
+//	PUT /arm/node-scale-set/identities   replace its user-assigned identities out of band (a JSON list of
+//	                                     resource ids), as another controller (AAD Pod Identity's MIC) left them
+func adminHandler(imdsAdmin http.Handler, s *arm.Server, vmssID string, h *history) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/", imdsAdmin)
+	mux.HandleFunc("GET /arm/node-scale-set/history", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(h.list())
+	})
+	mux.HandleFunc("PUT /arm/node-scale-set/identities", func(w http.ResponseWriter, r *http.Request) {
+		var ids []string
+		if err := json.NewDecoder(r.Body).Decode(&ids); err != nil {
+			http.Error(w, "want a JSON list of identity resource ids: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.SetUserIdentities(vmssID, ids...)
+		_, now := s.Identities(vmssID)
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(now)
+	})
+	return mux
 }

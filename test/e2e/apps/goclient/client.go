@@ -40,6 +40,9 @@ type Config struct {
 	AttemptTimeout time.Duration
 	// RawURL and RawQuery are what the raw-imds mode asks.
 	RawURL, RawQuery string
+	// Fresh makes every attempt use a new credential (FRESH_CREDENTIAL=true), so that each one asks IMDS
+	// instead of the SDK's token cache: what a measurement of token availability over time needs.
+	Fresh bool
 }
 
 // ConfigFromEnv reads the configuration; getenv is os.Getenv in the binary.
@@ -52,6 +55,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		AttemptTimeout: time.Minute,
 		RawURL:         getenv("RAW_URL"),
 		RawQuery:       getenv("QUERY"),
+		Fresh:          getenv("FRESH_CREDENTIAL") == "true",
 	}
 	if c.Mode == "" {
 		c.Mode = ModeOnce

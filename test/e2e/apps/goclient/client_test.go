@@ -48,6 +48,12 @@ func TestConfigFromEnv(t *testing.T) {
 			want: Config{Mode: ModeRawIMDS, Scope: "https://management.azure.com/.default", Interval: time.Second, AttemptTimeout: time.Minute,
 				RawURL: "http://10.0.0.1/t", RawQuery: "resource=x&client_id=y"},
 		},
+		{
+			name: "every attempt with a fresh credential",
+			env:  map[string]string{"MODE": "forever", "FRESH_CREDENTIAL": "true"},
+			want: Config{Mode: ModeForever, Scope: "https://management.azure.com/.default", Interval: time.Second, AttemptTimeout: time.Minute,
+				RawURL: DefaultRawURL, RawQuery: "api-version=2018-02-01&resource=https://management.azure.com", Fresh: true},
+		},
 		{name: "unknown mode", env: map[string]string{"MODE": "sometimes"}, wantErr: `MODE="sometimes"`},
 		{name: "bad interval", env: map[string]string{"INTERVAL": "1"}, wantErr: `INTERVAL="1"`},
 		{name: "negative timeout", env: map[string]string{"ATTEMPT_TIMEOUT": "-1s"}, wantErr: `ATTEMPT_TIMEOUT="-1s"`},

@@ -4,7 +4,8 @@
 //
 // Environment: MODE (once | until-ok | forever | raw-imds, default once), AZURE_CLIENT_ID (a user-assigned
 // identity; unset asks for the default identity), TOKEN_RESOURCE (default https://management.azure.com),
-// INTERVAL (default 1s), ATTEMPT_TIMEOUT (default 1m), and for raw-imds RAW_URL and QUERY.
+// INTERVAL (default 1s), ATTEMPT_TIMEOUT (default 1m), FRESH_CREDENTIAL (true: a new credential, so a request
+// to IMDS, for every attempt), and for raw-imds RAW_URL and QUERY.
 package main
 
 import (
@@ -35,11 +36,21 @@ func main() {
 		fmt.Fprintln(os.Stderr, "goclient: creating the managed identity credential:", err)
 		os.Exit(2)
 	}
+	credential := func() (*azidentity.ManagedIdentityCredential, error) {
+		if !cfg.Fresh {
+			return cred, nil
+		}
+		return azidentity.NewManagedIdentityCredential(opts)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	r := &Runner{
 		Config: cfg,
 		Token: func(ctx context.Context, scope string) (Token, error) {
+			cred, err := credential()
+			if err != nil {
+				return Token{}, err
+			}
 			tok, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}})
 			return Token{Value: tok.Token, ExpiresOn: tok.ExpiresOn}, err
 		},
