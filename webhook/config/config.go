@@ -26,7 +26,8 @@ const (
 	ModeAuto Mode = "auto"
 	// ModeNative injects the sidecar as an init container with restartPolicy Always.
 	ModeNative Mode = "native"
-	// ModeClassic appends the sidecar to the pod's containers (Jobs then never complete on their own).
+	// ModeClassic appends the sidecar to the pod's containers, where it never exits: pods meant to finish
+	// (restartPolicy Never or OnFailure: Jobs, CronJobs) are refused, as they would never complete.
 	ModeClassic Mode = "classic"
 )
 
@@ -115,7 +116,7 @@ func Bind(fs *flag.FlagSet) *Config {
 	fs.StringVar(&c.poolLabel, "identity-pool-label", "", "guard mode: node label key=value of the identity pool; pods with label aadpodidbinding get a nodeSelector for it (needs --identity-pool-taint; empty: off)")
 	fs.StringVar(&c.poolTaint, "identity-pool-taint", "", "guard mode: taint key=value:NoExecute of the identity pool; pods with label aadpodidbinding get a toleration for it")
 	c.Mode = ModeAuto
-	fs.Func("mode", "sidecar injection mode: auto (by API server version), native (restartPolicy Always init container, Kubernetes 1.29+) or classic (default auto)", func(v string) error {
+	fs.Func("mode", "sidecar injection mode: auto (by API server version), native (restartPolicy Always init container, Kubernetes 1.29+) or classic (an app container that never exits: pods with restartPolicy Never or OnFailure, such as Jobs' and CronJobs', are refused) (default auto)", func(v string) error {
 		switch m := Mode(v); m {
 		case ModeAuto, ModeNative, ModeClassic:
 			c.Mode = m

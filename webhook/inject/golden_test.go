@@ -340,7 +340,7 @@ func TestGoldenCoverage(t *testing.T) {
 		string(ReasonOptOut), string(ReasonException), string(ReasonHostNetwork), string(ReasonWindows),
 		string(ReasonPrivileged), string(ReasonNetCapability), string(ReasonSidecarUID), string(ReasonHostNetworkBinding),
 		string(ReasonNameCollision), string(ReasonTampered), string(ReasonUIDChange), string(ReasonPoolConflict),
-		string(ReasonCapability), string(ReasonFencedByCNI)} {
+		string(ReasonCapability), string(ReasonFencedByCNI), string(ReasonClassicRestartPolicy)} {
 		if !seen[r] {
 			missing = append(missing, r)
 		}

@@ -57,6 +57,9 @@ const (
 	ReasonNameCollision      Reason = "name-collision"
 	ReasonTampered           Reason = "tampered-injection"
 	ReasonUIDChange          Reason = "uid-change" // --uid-change-policy=deny (uidchange.go)
+	// ReasonClassicRestartPolicy: classic mode, a pod meant to finish (restartPolicy Never or OnFailure: a Job's
+	// or CronJob's) would never complete, as the classic sidecar never exits.
+	ReasonClassicRestartPolicy Reason = "classic-restart-policy"
 	// Bound identities left out of an injected pod's annotation (NotServed).
 	ReasonSecretNamespace  Reason = "secret-other-namespace" // a service principal's Secret is not in the pod's namespace
 	ReasonSecretVolumeName Reason = "invalid-volume-name"    // podidentity-sp-<name> is not a DNS label
@@ -162,6 +165,9 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 		return fenced(pod, shape, ReasonFencedByCNI, "no label "+aadv1.PodLabelBinding+": no token sidecar; the node's podidentity CNI plugin fences the pod off the IMDS address (label the pod and recreate it to give it identities)")
 	}
 	if d, bad := guard(pod, s); bad {
+		return d
+	}
+	if d, bad := classicRestartPolicy(pod, s); bad {
 		return d
 	}
 	d, denied, warnings := uidChangeDecision(uidChangeFindings(pod, s, false), s.UIDChangePolicy)
@@ -271,10 +277,11 @@ type podView struct {
 		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
 	Spec *struct {
-		HostNetwork     bool                `json:"hostNetwork"`
-		NodeSelector    map[string]string   `json:"nodeSelector"`
-		Tolerations     []corev1.Toleration `json:"tolerations"`
-		OS              *corev1.PodOS       `json:"os"`
+		RestartPolicy   corev1.RestartPolicy `json:"restartPolicy"`
+		HostNetwork     bool                 `json:"hostNetwork"`
+		NodeSelector    map[string]string    `json:"nodeSelector"`
+		Tolerations     []corev1.Toleration  `json:"tolerations"`
+		OS              *corev1.PodOS        `json:"os"`
 		SecurityContext *struct {
 			RunAsUser    *int64 `json:"runAsUser"`
 			RunAsNonRoot *bool  `json:"runAsNonRoot"`
@@ -318,6 +325,7 @@ func readPod(raw []byte) (*corev1.Pod, podShape, error) {
 	}
 	sp := v.Spec
 	pod.Spec.HostNetwork, pod.Spec.NodeSelector, pod.Spec.OS, pod.Spec.Tolerations = sp.HostNetwork, sp.NodeSelector, sp.OS, sp.Tolerations
+	pod.Spec.RestartPolicy = sp.RestartPolicy
 	if sp.SecurityContext != nil {
 		pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: sp.SecurityContext.RunAsUser, RunAsNonRoot: sp.SecurityContext.RunAsNonRoot}
 	}
@@ -476,6 +484,33 @@ func checkContainer(pod *corev1.Pod, s Settings, kind string, c *corev1.Containe
 		return deny(ReasonSidecarUID, fmt.Sprintf("%s %q runs as uid %d, the token sidecar's uid whose traffic bypasses the IMDS redirect; choose another runAsUser", kind, c.Name, s.SidecarUID)), true
 	}
 	return Decision{}, false
+}
+
+// classicRestartPolicy refuses, in classic mode, a pod whose restartPolicy is Never or OnFailure: a Job's or a
+// CronJob's pod, or any pod meant to finish. The classic sidecar is an ordinary container that serves until it is
+// stopped, and nothing in the pod can tell it the app has finished (it has no API access, and sees no other
+// container's processes), so such a pod would run forever after its app exits and its Job never complete.
+// Refusing says so at once, where admitting would leave a Job hanging, holding its node's resources, with
+// nothing to show why. Native sidecars (Kubernetes 1.29+) stop with the app.
+func classicRestartPolicy(pod *corev1.Pod, s Settings) (Decision, bool) {
+	policy := pod.Spec.RestartPolicy
+	if s.Native || policy == "" || policy == corev1.RestartPolicyAlways {
+		return Decision{}, false
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "the pod has restartPolicy: %s (a Job's or CronJob's pod) and this webhook runs in classic mode (--mode=classic, or --mode=auto on an API server older than 1.29), "+
+		"where the token sidecar is an ordinary container that never exits: the pod would never complete, nor its Job. "+
+		"Options: run the webhook with --mode=native (chart webhook.mode; Kubernetes 1.29+), where the sidecar stops when the app's containers have finished; ", policy)
+	if binding.Selector(pod) == "" && s.RedirectMode != RedirectCNI {
+		fmt.Fprintf(&b, "or run podidentity in CNI mode (redirect.mode=cni), where pods without label %s get no sidecar (the node's plugin fences them off the IMDS address); ", aadv1.PodLabelBinding)
+	}
+	fmt.Fprintf(&b, "or opt the pod out with annotation %s: \"false\" in its template (it then gets no identity from podidentity ", defaults.InjectAnnotation)
+	if s.RedirectMode == RedirectCNI {
+		b.WriteString("and the node's plugin fences it off the IMDS address)")
+	} else {
+		b.WriteString("and can reach the node's IMDS directly)")
+	}
+	return deny(ReasonClassicRestartPolicy, b.String()), true
 }
 
 func isWindows(pod *corev1.Pod) bool {
