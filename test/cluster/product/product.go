@@ -69,6 +69,16 @@ type Release struct {
 // and the emulated Azure's CA ConfigMap (existing ones are kept), and runs `helm upgrade --install --wait`
 // with BaseValues and opts.Values; it returns when every pod of the release is ready.
 func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Release, error) {
+	r, err := Prepare(ctx, c, opts)
+	if err != nil {
+		return nil, err
+	}
+	return r, r.Upgrade(ctx, opts.Values)
+}
+
+// Prepare is Install without helm: the images imported and the namespace with its Secret and ConfigMap
+// created, for a caller that runs steps of its own (a migration) before the first Upgrade.
+func Prepare(ctx context.Context, c *cluster.Cluster, opts Options) (*Release, error) {
 	if opts.RepoDir == "" {
 		return nil, fmt.Errorf("product.Install: Options.RepoDir is empty: give the repository's top directory")
 	}
@@ -91,12 +101,18 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Release, e
 	}
 	opts.Log("Secret %s/%s (azure.json: tenant %s, client %s), ConfigMap %s (the emulated Azure's CA)",
 		Namespace, AzureJSONSecret, cluster.TenantID, cluster.AssignerClientID, AzureCAConfigMap)
-	return r, r.Upgrade(ctx, opts.Values)
+	return r, nil
 }
 
 // Upgrade runs `helm upgrade --wait` with BaseValues and values (not the values of the previous Install or
 // Upgrade: nil returns to the base values).
 func (r *Release) Upgrade(ctx context.Context, values map[string]any) error {
+	return r.UpgradeWithFiles(ctx, nil, values)
+}
+
+// UpgradeWithFiles is Upgrade with the user's own values files first (`helm upgrade -f <file> ...`): the
+// base values and values take precedence over them, as a later -f does.
+func (r *Release) UpgradeWithFiles(ctx context.Context, userFiles []string, values map[string]any) error {
 	files := [][]byte{}
 	for _, v := range []map[string]any{BaseValues(r.Registry, r.Tag), values} {
 		if v == nil {
@@ -114,6 +130,9 @@ func (r *Release) Upgrade(ctx context.Context, values map[string]any) error {
 	}
 	args := []string{"upgrade", "--install", ReleaseName, filepath.Join(r.opts.RepoDir, "charts", "podidentity"),
 		"--namespace", Namespace, "--kubeconfig", r.cluster.KubeconfigPath(), "--wait", "--timeout", "4m"}
+	for _, f := range userFiles {
+		args = append(args, "--values", f)
+	}
 	for i, b := range files {
 		f := filepath.Join(home, fmt.Sprintf("values-%d.yaml", i))
 		if err := os.WriteFile(f, b, 0o644); err != nil {
