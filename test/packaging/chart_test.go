@@ -95,6 +95,9 @@ var goldenCases = []struct {
 	{"no-cert-manager", []string{"testdata/values/no-cert-manager.yaml"}},
 	{"full", []string{"testdata/values/full.yaml"}},
 	{"cni", []string{"testdata/values/cni.yaml"}},
+	// Values files of AAD Pod Identity's chart (legacy_test.go checks what they map to).
+	{"aad-pod-identity-3.x", []string{legacy3x}},
+	{"aad-pod-identity-4.x", []string{legacy4x}},
 }
 
 func TestHelmTemplateGolden(t *testing.T) {
