@@ -97,6 +97,7 @@ func (a *annotationReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 	var ids []binding.Identity
 	if _, excepted := binding.Excepted(&pod, el.Items); !excepted {
 		ids, _ = binding.Resolve(&pod, bl.Items, il.Items, a.opts.Binding)
+		ids = binding.Servable(&pod, ids)
 	}
 	// Identities the pod lost because their AzureIdentity or binding was deleted stay for the grace period,
 	// as they stay on the VM: a delete and re-create (a GitOps prune, kubectl replace) must not cut its tokens.

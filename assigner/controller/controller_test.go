@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -318,4 +319,62 @@ func TestManagedModeAndVanishedResource(t *testing.T) {
 	if w := srv.Counts().Writes; w != 0 {
 		t.Fatalf("%d PATCHes to a VM that does not exist", w)
 	}
+}
+
+// TestAnnotationListsOnlyServableIdentities: a binding change that adds service principals to a running pod's
+// identities annotation adds only those whose secret the pod mounts (the webhook's volume): one whose secret
+// is in another namespace, or that was bound after the pod was created, would make the sidecar answer a
+// configuration error instead of "not bound", so it stays out, while a managed identity goes in.
+func TestAnnotationListsOnlyServableIdentities(t *testing.T) {
+	env := startEnv(t)
+	c := env.Client
+	ctx := context.Background()
+	srv := arm.New(t, arm.Options{})
+	ss := ssID("pool")
+	srv.AddVMSS(ss, false)
+	mkNode(t, c, "n0", instanceOf(ss, 0))
+	mkNamespace(t, c, "apps")
+	mkNamespace(t, c, "other")
+	sp := func(ns, name, secretNS string) {
+		if err := c.Create(ctx, &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: aadv1.AzureIdentitySpec{
+			Type: aadv1.ServicePrincipal, ClientID: name + "-client", TenantID: "t",
+			ClientPassword: corev1.SecretReference{Name: name + "-secret", Namespace: secretNS}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sp("apps", "mounted", "apps")
+	sp("other", "elsewhere", "other")
+	mkIdentity(t, c, "apps", "msi", uami("msi"))
+	startAssigner(t, env, armClient(srv), testOptions())
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "p", Labels: map[string]string{aadv1.PodLabelBinding: "app"},
+			Annotations: map[string]string{defaults.IdentitiesAnnotation: "[]"}},
+		Spec: corev1.PodSpec{NodeName: "n0", Containers: []corev1.Container{{Name: "app", Image: "app"}},
+			Volumes: []corev1.Volume{{Name: defaults.SecretVolumePrefix + "mounted", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "mounted-secret"}}}}},
+	}
+	if err := c.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []struct{ ns, identity string }{{"apps", "mounted"}, {"other", "elsewhere"}, {"apps", "msi"}} {
+		mkBinding(t, c, b.ns, b.identity, b.identity, "app")
+	}
+	eventually(t, 10*time.Second, "the annotation lists what the pod can be served", func() error {
+		var p corev1.Pod
+		if err := c.Get(ctx, client.ObjectKeyFromObject(pod), &p); err != nil {
+			return err
+		}
+		ids, err := binding.Decode(p.Annotations[defaults.IdentitiesAnnotation])
+		if err != nil {
+			return err
+		}
+		var names []string
+		for _, id := range ids {
+			names = append(names, id.Namespace+"/"+id.Name)
+		}
+		sort.Strings(names)
+		if got := strings.Join(names, ","); got != "apps/mounted,apps/msi" {
+			return fmt.Errorf("annotation lists %s, want apps/mounted,apps/msi", got)
+		}
+		return nil
+	})
 }

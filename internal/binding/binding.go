@@ -12,6 +12,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/defaults"
 )
 
 // Identity is one identity a pod may obtain tokens for (see package annotation, which defines the format).
@@ -176,3 +177,29 @@ func Encode(ids []Identity) string { return annotation.Encode(ids) }
 
 // Decode parses the annotation value (annotation.Decode).
 func Decode(s string) ([]Identity, error) { return annotation.Decode(s) }
+
+// Servable keeps the identities the pod's sidecar can serve: every managed identity, and a service principal
+// only when the pod mounts its secret as the webhook does (volume podidentity-sp-<name> of that Secret). The
+// webhook leaves out service principals whose secret the pod cannot mount (another namespace: see
+// webhook/inject), and the volumes of a pod never change, so whoever rewrites the identities annotation later
+// (the assigner, after a binding changes) must not list a service principal the pod has no volume for: its
+// sidecar would answer a configuration error instead of "not bound".
+func Servable(pod *corev1.Pod, ids []Identity) []Identity {
+	mounted := map[string]string{} // volume -> Secret
+	for _, v := range pod.Spec.Volumes {
+		if v.Secret != nil && strings.HasPrefix(v.Name, defaults.SecretVolumePrefix) {
+			mounted[v.Name] = v.Secret.SecretName
+		}
+	}
+	out := ids[:0:0]
+	for _, id := range ids {
+		if id.Type == aadv1.UserAssignedMSI {
+			out = append(out, id)
+			continue
+		}
+		if secret, ok := mounted[defaults.SecretVolumePrefix+id.Name]; ok && secret == id.SecretName {
+			out = append(out, id)
+		}
+	}
+	return out
+}

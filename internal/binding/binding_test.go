@@ -191,3 +191,34 @@ func TestExceptedCase(t *testing.T) {
 		})
 	}
 }
+
+func TestServable(t *testing.T) {
+	msi := Identity{Name: "web", Namespace: "apps", Type: aadv1.UserAssignedMSI, ClientID: "m"}
+	sp := Identity{Name: "sp", Namespace: "apps", Type: aadv1.ServicePrincipal, ClientID: "s", SecretName: "sp-secret"}
+	cert := Identity{Name: "cert", Namespace: "apps", Type: aadv1.ServicePrincipalCertificate, ClientID: "c", SecretName: "cert-secret"}
+	vol := func(name, secret string) corev1.Volume {
+		return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: secret}}}
+	}
+	for _, tc := range []struct {
+		name    string
+		volumes []corev1.Volume
+		want    string
+	}{
+		{"no volumes: managed identities only", nil, "web"},
+		{"both secrets mounted as the webhook mounts them", []corev1.Volume{vol("podidentity-sp-sp", "sp-secret"), vol("podidentity-sp-cert", "cert-secret")}, "web,sp,cert"},
+		{"a volume of another Secret does not count", []corev1.Volume{vol("podidentity-sp-sp", "other-secret")}, "web"},
+		{"a user volume of the right Secret under another name does not count", []corev1.Volume{vol("creds", "sp-secret")}, "web"},
+		{"an emptyDir with our name does not count", []corev1.Volume{{Name: "podidentity-sp-sp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}, "web"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := &corev1.Pod{Spec: corev1.PodSpec{Volumes: tc.volumes}}
+			var got []string
+			for _, id := range Servable(pod, []Identity{msi, sp, cert}) {
+				got = append(got, id.Name)
+			}
+			if strings.Join(got, ",") != tc.want {
+				t.Fatalf("Servable = %v, want %s", got, tc.want)
+			}
+		})
+	}
+}

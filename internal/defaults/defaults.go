@@ -24,8 +24,12 @@ const (
 	// IdentitiesVolumeName is the downward API volume that carries the identities annotation to the sidecar,
 	// mounted at IdentitiesDir; the file is IdentitiesDir/IdentitiesFile.
 	IdentitiesVolumeName = "podidentity-identities"
-	IdentitiesDir        = "/var/run/podidentity"
-	IdentitiesFile       = "identities"
+	// SecretVolumePrefix starts the name of each service principal's secret volume:
+	// podidentity-sp-<AzureIdentity name>. The webhook adds one per service principal it serves; the sidecar
+	// can serve no other.
+	SecretVolumePrefix = "podidentity-sp-"
+	IdentitiesDir      = "/var/run/podidentity"
+	IdentitiesFile     = "identities"
 	// SecretsDir holds one directory per service-principal identity (SecretsDir/<identity name>/), mounted into
 	// the sidecar container only.
 	SecretsDir = "/var/run/podidentity/secrets"

@@ -11,7 +11,7 @@ import (
 )
 
 // SecretVolumePrefix starts the name of each service-principal secret volume: podidentity-sp-<identity>.
-const SecretVolumePrefix = "podidentity-sp-"
+const SecretVolumePrefix = defaults.SecretVolumePrefix
 
 // healthPortName names the sidecar's health port (at most 15 characters).
 const healthPortName = "podid-health"
