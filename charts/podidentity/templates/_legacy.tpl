@@ -24,6 +24,7 @@ sidecar:
 assigner:
   replicas: 1
   priorityClassName: system-cluster-critical
+  aadPodIdentityMICLock: default/aad-pod-identity-mic
   cloud: ""
   nodeSelector:
     kubernetes.io/os: linux
@@ -53,8 +54,6 @@ mic.affinity: "the assigner has no affinity value: only the elected replica acts
 mic.topologySpreadConstraints: "the assigner has no topology spread value: only the elected replica acts"
 mic.podDisruptionBudget: "the assigner has no PodDisruptionBudget: only the elected replica acts, and a restart only delays attachments"
 mic.leaderElection.instance: "the leader election identity is the pod's name"
-mic.leaderElection.namespace: "the Lease lives in the release namespace, where the chart grants the assigner access to Leases"
-mic.leaderElection.name: "the Lease is named podidentity-assigner"
 mic.leaderElection.duration: "the Lease durations are controller-runtime's"
 mic.probePort: "the assigner's /healthz and /readyz are on port 8081"
 mic.prometheusPort: "the assigner's /metrics is on port 8080 (its Service's port metrics)"
@@ -221,6 +220,24 @@ nmi.enableConntrackDeletion: "the redirect is in place before the pod's app cont
 {{- else -}}
 {{- $_ := set $a "priorityClassName" $mic.priorityClassName -}}
 {{- $mapped = append $mapped (printf "mic.priorityClassName: %s -> assigner.priorityClassName" $mic.priorityClassName) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* mic.leaderElection.namespace/name -> assigner.aadPodIdentityMICLock: where the assigner looks for a
+MIC that still runs (it holds while MIC does). */ -}}
+{{- $le := $mic.leaderElection | default dict -}}
+{{- range $k := list "namespace" "name" -}}
+{{- if and (hasKey $le $k) (empty (get $le $k)) -}}
+{{- $empty = append $empty (printf "mic.leaderElection.%s" $k) -}}
+{{- end -}}
+{{- end -}}
+{{- if or $le.namespace $le.name -}}
+{{- $lock := printf "%s/%s" ($le.namespace | default "default") ($le.name | default "aad-pod-identity-mic") -}}
+{{- if ne $a.aadPodIdentityMICLock $d.assigner.aadPodIdentityMICLock -}}
+{{- $ignored = append $ignored (printf "mic.leaderElection.namespace, mic.leaderElection.name: assigner.aadPodIdentityMICLock=%q is set and wins" $a.aadPodIdentityMICLock) -}}
+{{- else -}}
+{{- $_ := set $a "aadPodIdentityMICLock" $lock -}}
+{{- $mapped = append $mapped (printf "mic.leaderElection.namespace, mic.leaderElection.name -> assigner.aadPodIdentityMICLock=%s (the assigner changes nothing while MIC holds that record)" $lock) -}}
 {{- end -}}
 {{- end -}}
 
