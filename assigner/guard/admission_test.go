@@ -114,7 +114,7 @@ func TestGuardChartRefuses(t *testing.T) {
 func TestGuardAdmission(t *testing.T) {
 	vap, vapb := renderGuardPolicy(t)
 	env := &envtest.Environment{WebhookInstallOptions: envtest.WebhookInstallOptions{
-		Paths: []string{filepath.Join(testenv.RepoRoot(), "manifests", "webhook")},
+		Paths: []string{filepath.Join(testenv.RepoRoot(), "manifests", "kustomize", "base", "podidentity.yaml")},
 	}}
 	te := testenv.Start(t, env)
 	ctx, cancel := context.WithCancel(context.Background())

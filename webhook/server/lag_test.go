@@ -39,7 +39,7 @@ const watchLag = 200 * time.Millisecond
 // meets a stale cache (on a lightly loaded API server the race is otherwise rarely lost).
 func TestCacheLagNeverSkips(t *testing.T) {
 	env := &envtest.Environment{WebhookInstallOptions: envtest.WebhookInstallOptions{
-		Paths: []string{filepath.Join(testenv.RepoRoot(), "manifests", "webhook")},
+		Paths: []string{filepath.Join(testenv.RepoRoot(), "manifests", "kustomize", "base", "podidentity.yaml")},
 	}}
 	te := testenv.Start(t, env)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -42,13 +42,13 @@ const assigner = "system:serviceaccount:podidentity-system:podidentity-assigner"
 // namespace "reinvoke": the API server must then reinvoke ours (reinvocationPolicy IfNeeded).
 const prependPath = "/test-prepend"
 
-// TestWebhookOnRealAPIServer installs manifests/webhook's MutatingWebhookConfiguration in a real
-// kube-apiserver, which calls the webhook over TLS.
+// TestWebhookOnRealAPIServer installs the chart's MutatingWebhookConfiguration (as generated into
+// manifests/kustomize/base) in a real kube-apiserver, which calls the webhook over TLS.
 func TestWebhookOnRealAPIServer(t *testing.T) {
 	fail := admissionregv1.Fail
 	none := admissionregv1.SideEffectClassNone
 	env := &envtest.Environment{WebhookInstallOptions: envtest.WebhookInstallOptions{
-		Paths: []string{filepath.Join(testenv.RepoRoot(), "manifests", "webhook")},
+		Paths: []string{filepath.Join(testenv.RepoRoot(), "manifests", "kustomize", "base", "podidentity.yaml")},
 		MutatingWebhooks: []*admissionregv1.MutatingWebhookConfiguration{{
 			ObjectMeta: metav1.ObjectMeta{Name: "zz-test-prepend"},
 			Webhooks: []admissionregv1.MutatingWebhook{{
