@@ -96,6 +96,7 @@ func Bind(fs *flag.FlagSet) *Config {
 	int32Var(fs, &s.IMDSPort, "imds-port", d.IMDSPort, "port of the instance metadata service")
 	fs.BoolVar(&s.BlockInstanceMetadata, "block-instance-metadata", d.BlockInstanceMetadata, "passed to the sidecar: refuse /metadata/instance requests")
 	fs.BoolVar(&s.MetadataHeaderRequired, "metadata-header-required", d.MetadataHeaderRequired, "passed to the sidecar: require the Metadata: true header")
+	fs.IntVar(&s.SidecarLogVerbosity, "sidecar-log-verbosity", d.SidecarLogVerbosity, "passed to the sidecar as --v, its log verbosity: 0 logs starts, errors and every token issued or not issued; 1 also logs refused token requests (applies to pods created afterwards)")
 	fs.BoolVar(&s.ForceNamespaced, "force-namespaced", false, "bind only identities and bindings of the pod's own namespace")
 	fs.Func("redirect-mode", "who installs the redirect: init (a NET_ADMIN init container; opted-in namespaces need Pod Security privileged) or cni (the podidentity CNI plugin of the node, which also fences every other pod; the injected containers are unprivileged and pass Pod Security restricted) (default init)", func(v string) error {
 		m, err := inject.ParseRedirectMode(v)
@@ -161,6 +162,9 @@ func (c *Config) Complete() error {
 	}
 	if c.Inject.Placement, err = inject.ParsePlacement(c.poolLabel, c.poolTaint); err != nil {
 		errs = append(errs, err)
+	}
+	if c.Inject.SidecarLogVerbosity < 0 {
+		errs = append(errs, fmt.Errorf("--sidecar-log-verbosity=%d: use 0 (the default) or more; a negative verbosity would hide the sidecar's audit lines", c.Inject.SidecarLogVerbosity))
 	}
 	if c.Inject.SidecarUID <= 0 {
 		errs = append(errs, fmt.Errorf("--sidecar-uid=%d: the sidecar must run as a non-root uid (> 0)", c.Inject.SidecarUID))

@@ -76,6 +76,8 @@ func TestFlags(t *testing.T) {
 		{"injection label", []string{"--namespace-injection-label=example.com/identities"}, "", func(c *Config) bool { return c.InjectionLabel == "example.com/identities" }},
 		{"empty injection label", []string{"--namespace-injection-label="}, "--namespace-injection-label must name", nil},
 		{"bad mode", []string{"--mode=sidecar"}, "use auto, native or classic", nil},
+		{"sidecar log verbosity", []string{"--sidecar-log-verbosity=1"}, "", func(c *Config) bool { return c.Inject.SidecarLogVerbosity == 1 }},
+		{"negative sidecar log verbosity", []string{"--sidecar-log-verbosity=-1"}, "--sidecar-log-verbosity=-1: use 0", nil},
 		{"bad pull policy", []string{"--image-pull-policy=Sometimes"}, "use Always, IfNotPresent or Never", nil},
 		{"root sidecar", []string{"--sidecar-uid=0"}, "non-root uid", nil},
 		{"same ports", []string{"--sidecar-port=15080"}, "use two ports", nil},

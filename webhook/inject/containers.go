@@ -126,6 +126,9 @@ func SidecarContainer(s Settings, secretVolumes []SecretVolume) corev1.Container
 		SecurityContext:          sidecarSecurity(s),
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
+	if s.SidecarLogVerbosity > 0 {
+		c.Args = append(c.Args, "--v="+strconv.Itoa(s.SidecarLogVerbosity))
+	}
 	if s.Exemption == ExemptionCgroup && s.RedirectMode != RedirectCNI {
 		// It exempts its own cgroup at start, as root, then serves as SidecarUID with no capability left.
 		c.Args = append(c.Args, "--install-exemption",

@@ -35,6 +35,8 @@ type goldenInput struct {
 		RedirectMode RedirectMode `json:"redirectMode"`
 		// UIDChangePolicy is --uid-change-policy; empty means the default (deny).
 		UIDChangePolicy UIDChangePolicy `json:"uidChangePolicy"`
+		// SidecarLogVerbosity is --sidecar-log-verbosity; 0 means the default (no --v flag).
+		SidecarLogVerbosity int `json:"sidecarLogVerbosity"`
 		// IdentityPool is guard mode's --identity-pool-label and --identity-pool-taint; absent means off.
 		IdentityPool *struct {
 			Label string `json:"label"`
@@ -86,6 +88,7 @@ func loadInput(t testing.TB, path string) (goldenInput, Settings) {
 	if in.Settings.UIDChangePolicy != "" {
 		s.UIDChangePolicy = in.Settings.UIDChangePolicy
 	}
+	s.SidecarLogVerbosity = in.Settings.SidecarLogVerbosity
 	if p := in.Settings.IdentityPool; p != nil {
 		var err error
 		if s.Placement, err = ParsePlacement(p.Label, p.Taint); err != nil {

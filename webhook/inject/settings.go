@@ -39,6 +39,9 @@ type Settings struct {
 	// Passed through to the sidecar's flags.
 	BlockInstanceMetadata  bool
 	MetadataHeaderRequired bool
+	// SidecarLogVerbosity is the sidecar's --v (1 also logs refused token requests); 0, the sidecar's own
+	// default, adds no flag, so pods injected before the setting existed still compare equal.
+	SidecarLogVerbosity int
 
 	// ForceNamespaced restricts every binding to the pod's own namespace (binding.Options).
 	ForceNamespaced bool
