@@ -1,6 +1,6 @@
-// Package binding decides which Azure identities a pod is bound to. It is pure: objects in, decision out. The
-// webhook uses it at admission and the assigner to attach identities and keep the pod annotation (package
-// annotation) current.
+// Package binding decides which Azure identities a pod is bound to. It is pure: objects in, decision out;
+// Candidates picks, by key from a Source, the few objects a pod's decision reads. The webhook uses it at
+// admission and the assigner to attach identities and keep the pod annotation (package annotation) current.
 package binding
 
 import (
@@ -101,6 +101,61 @@ func Resolve(pod *corev1.Pod, bindings []aadv1.AzureIdentityBinding, identities 
 	})
 	sort.Slice(problems, func(i, j int) bool { return problems[i].Binding < problems[j].Binding })
 	return out, problems
+}
+
+// Source answers, by key, the two questions Resolve asks of the cluster: which bindings have a given
+// spec.selector, and which AzureIdentity has a given namespace and name. An informer cache with an index on
+// spec.selector answers both without walking every object (webhook/admission), so admission costs the
+// same with one binding or a hundred thousand.
+type Source interface {
+	// BindingsWithSelector returns the bindings whose spec.selector is exactly selector (case-sensitive, no
+	// prefix: AAD Pod Identity's semantics, as in Resolve). A source may return others too; they are ignored.
+	BindingsWithSelector(selector string) ([]aadv1.AzureIdentityBinding, error)
+	// Identity returns the AzureIdentity namespace/name, or nil (and no error) when there is none.
+	Identity(namespace, name string) (*aadv1.AzureIdentity, error)
+}
+
+// Candidates returns the part of the cluster Resolve reads for the pod, looked up in src by key instead of
+// walked: the bindings whose spec.selector is the pod's aadpodidbinding label, and the identities they name
+// (each in its binding's namespace). With ForceNamespaced, bindings of other namespaces are left out (Resolve
+// ignores them without a problem). Resolve(pod, bindings, identities, opts) over what it returns is the same
+// as Resolve over every binding and identity src holds: same identities, order, weights and problems. Its
+// cost grows with the bindings of the pod's selector only. A pod without the label needs nothing: nil, nil.
+func Candidates(pod *corev1.Pod, src Source, opts Options) ([]aadv1.AzureIdentityBinding, []aadv1.AzureIdentity, error) {
+	sel := Selector(pod)
+	if sel == "" {
+		return nil, nil, nil
+	}
+	found, err := src.BindingsWithSelector(sel)
+	if err != nil {
+		return nil, nil, err
+	}
+	bindings := make([]aadv1.AzureIdentityBinding, 0, len(found))
+	var identities []aadv1.AzureIdentity
+	looked := make(map[string]bool, len(found))
+	for i := range found {
+		b := &found[i]
+		if b.Spec.Selector != sel || (opts.ForceNamespaced && b.Namespace != pod.Namespace) {
+			continue // Resolve would skip it before looking for its identity
+		}
+		bindings = append(bindings, *b)
+		if b.Spec.AzureIdentity == "" {
+			continue // a problem for Resolve; nothing to look up
+		}
+		key := b.Namespace + "/" + b.Spec.AzureIdentity
+		if looked[key] {
+			continue
+		}
+		looked[key] = true
+		id, err := src.Identity(b.Namespace, b.Spec.AzureIdentity)
+		if err != nil {
+			return nil, nil, err
+		}
+		if id != nil {
+			identities = append(identities, *id)
+		}
+	}
+	return bindings, identities, nil
 }
 
 // IsNamespaced reports whether the identity carries aadpodidentity.k8s.io/Behavior: namespaced.

@@ -89,6 +89,10 @@ func TestResolve(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got, problems := Resolve(tc.pod, tc.bindings, tc.identities, tc.opts)
+			// The webhook's keyed path (Candidates from an index, then Resolve) must agree exactly.
+			if gotIndexed, problemsIndexed := resolveIndexed(t, tc.pod, newMapSource(tc.bindings, tc.identities), tc.opts); !reflect.DeepEqual(gotIndexed, got) || !reflect.DeepEqual(problemsIndexed, problems) {
+				t.Errorf("keyed lookup: %+v %v; full walk: %+v %v", gotIndexed, problemsIndexed, got, problems)
+			}
 			if !reflect.DeepEqual(names(got), tc.want) {
 				t.Errorf("identities = %v, want %v", names(got), tc.want)
 			}

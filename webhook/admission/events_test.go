@@ -9,7 +9,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/defaults"
@@ -100,13 +99,13 @@ func TestIdentityNotServedIsVisible(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h, _ := newHandler(t)
-			h.Reader = fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(
+			h.Reader = cachedClient(t,
 				&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
 				&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Name: "ledger-sp", Namespace: "shop"}, Spec: aadv1.AzureIdentitySpec{
 					Type: aadv1.ServicePrincipal, ClientID: "00000000-0000-0000-0000-00000000b003", TenantID: "t",
 					ClientPassword: corev1.SecretReference{Name: "ledger", Namespace: tc.secretNS}}},
 				&aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Name: "ledger", Namespace: "shop"}, Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "ledger-sp", Selector: "orders"}},
-			).Build()
+			)
 			rec := &captureRecorder{}
 			h.Events = rec
 			req := request(admissionv1.Create, "shop", "system:serviceaccount:kube-system:replicaset-controller", podJSON(t, "shop", func(p *corev1.Pod) {

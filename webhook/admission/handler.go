@@ -3,6 +3,10 @@
 // turns the decision into an admission response, metrics, logs and Events. On UPDATE it guards what only the
 // webhook and the assigner may change.
 //
+// The cached reads are keyed by what the pod asks for (index.go): the bindings of its aadpodidbinding
+// selector, the identities those name, the exceptions of its namespace. An admission costs the same with
+// one binding in the cluster or a hundred thousand.
+//
 // The cache is trusted only in the direction that cannot open a hole. Whenever what it holds would make the
 // webhook skip a pod or record fewer identities for it (a namespace not cached yet, or cached without the
 // opt-in label; a selector that no cached binding resolves; an exception that would exempt the pod), the
@@ -18,6 +22,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,7 +62,10 @@ const ReasonNotSynced inject.Reason = "caches-not-synced"
 // Handler handles pod admissions.
 type Handler struct {
 	// Reader is the manager's cached client (Namespaces, AzureIdentityBindings, AzureIdentities,
-	// AzurePodIdentityExceptions).
+	// AzurePodIdentityExceptions). An admission reads from it by key only: the namespace, the bindings of the
+	// pod's selector through the index BindingSelectorField (registered on the first admission when Reader is
+	// a client.FieldIndexer), the identities they name, the exceptions of the pod's namespace. A Reader
+	// without that index and unable to take it is listed whole for every admission.
 	Reader client.Reader
 	// Live reads the API server directly (the manager's API reader). It confirms every answer of Reader that
 	// would skip a pod or bind it to fewer identities. Nil: Reader is used (tests whose Reader is not a cache).
@@ -80,6 +88,12 @@ type Handler struct {
 	Log    logr.Logger
 
 	synced atomic.Bool
+	// indexed: Reader answers keyed reads of bindings (BindingSelectorField); decided once, by indexOnce.
+	indexOnce sync.Once
+	indexed   bool
+	// fullWalk lists every binding and identity for each admission, as before the index (tests, benchmark
+	// baseline).
+	fullWalk bool
 }
 
 var _ admission.Handler = (*Handler)(nil)
@@ -167,7 +181,7 @@ func (h *Handler) create(ctx context.Context, req admission.Request) (admission.
 		return admission.Allowed("namespace not opted in"), ResultSkipped, ReasonNamespaceNotEnabled
 	}
 	const rbacHint = "; retry, and check the webhook's RBAC (get/list/watch) on aadpodidentity.k8s.io"
-	cluster, err := readCluster(ctx, h.Reader, req.Namespace, h.Settings.ForceNamespaced, partsAll)
+	cluster, err := h.readCached(ctx, req)
 	if err != nil {
 		return admission.Errored(http.StatusInternalServerError, fmt.Errorf("podidentity webhook: reading bindings, identities and exceptions: %w%s", err, rbacHint)), ResultError, ""
 	}

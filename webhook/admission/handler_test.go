@@ -43,6 +43,13 @@ func testScheme(t testing.TB) *k8sruntime.Scheme {
 	return s
 }
 
+// cachedClient stands for the manager's cache: a fake client with the index the handler reads bindings
+// through (the handler registers it itself on a real cache). The API server (Handler.Live) is a plain fake.
+func cachedClient(t testing.TB, objs ...client.Object) client.Client {
+	return fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(objs...).
+		WithIndex(&aadv1.AzureIdentityBinding{}, BindingSelectorField, bindingSelector).Build()
+}
+
 // newHandler serves namespace "shop" (opted in) and "plain" (not), with one binding of selector "orders".
 func newHandler(t testing.TB) (*Handler, *prometheus.Registry) {
 	t.Helper()
@@ -60,7 +67,7 @@ func newHandler(t testing.TB) (*Handler, *prometheus.Registry) {
 		t.Fatal(err)
 	}
 	return &Handler{
-		Reader:           fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(objs...).Build(),
+		Reader:           cachedClient(t, objs...),
 		Settings:         inject.DefaultSettings(),
 		Injector:         inject.NewInjector(inject.DefaultSettings()),
 		AssignerUsername: assigner,
@@ -349,7 +356,7 @@ func TestStaleCacheNeverSkips(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h, reg := newHandler(t)
-			h.Reader = fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(tc.cached...).Build()
+			h.Reader = cachedClient(t, tc.cached...)
 			h.Live = fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(tc.live...).Build()
 			raw := podJSON(t, "shop", nil)
 			resp := h.Handle(context.Background(), request(admissionv1.Create, "shop", "alice", raw, nil))
@@ -435,7 +442,7 @@ func TestSecurityWarnings(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h, reg := newHandler(t)
 			h.InjectionLabel = tc.label
-			h.Reader = fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: tc.nsLabels}}).Build()
+			h.Reader = cachedClient(t, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: tc.nsLabels}})
 			raw := podJSON(t, "shop", tc.mutate)
 			resp := h.Handle(context.Background(), request(admissionv1.Create, "shop", "alice", raw, nil))
 			if got := testutil.ToFloat64(h.Metrics.admissions.WithLabelValues("CREATE", string(tc.wantResult))); got != 1 {

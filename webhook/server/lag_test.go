@@ -25,6 +25,7 @@ import (
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/webhook/admission"
 )
 
 // watchLag is how long the webhook's watches are held back in TestCacheLagNeverSkips: far longer than the
@@ -202,6 +203,13 @@ func TestCacheLagNeverSkips(t *testing.T) {
 			t.Errorf("%d of %d pods created right after their exception was deleted were admitted without injection (fail open): %v", len(skipped), deletedExcept, skipped)
 		}
 	})
+
+	// The admissions above read the cache by key: the handler registered its index of bindings by selector
+	// on the manager's cache at the first one (a cache without it answers a list by field with an error).
+	var bl aadv1.AzureIdentityBindingList
+	if err := mgr.GetCache().List(ctx, &bl, client.MatchingFields{admission.BindingSelectorField: "mi-0"}); err != nil || len(bl.Items) != 1 {
+		t.Errorf("list by %s=mi-0: %d bindings, %v; want the one binding", admission.BindingSelectorField, len(bl.Items), err)
+	}
 }
 
 // injected reports whether the pod, as admitted, carries both injected containers.

@@ -32,6 +32,7 @@ import (
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/promtest"
+	"github.com/podidentity/podidentity/webhook/admission"
 	"github.com/podidentity/podidentity/webhook/config"
 	"github.com/podidentity/podidentity/webhook/server"
 )
@@ -93,7 +94,7 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 		Spec:       aadv1.AzureIdentityBindingSpec{AzureIdentity: "orders-mi", Selector: "orders"},
 	})
 
-	cfg, _ := startWebhook(t, ctx, cancel, env, te.Config, []string{"--mode=auto"}, func(mgr *server.Webhook) {
+	cfg, wh := startWebhook(t, ctx, cancel, env, te.Config, []string{"--mode=auto"}, func(mgr *server.Webhook) {
 		mgr.GetWebhookServer().Register(prependPath, &cradmission.Webhook{Handler: cradmission.HandlerFunc(prependInit)})
 	})
 	if !cfg.Inject.Native {
@@ -144,6 +145,15 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 		assertInjected(t, &got, "orders-mi")
 		if got.Spec.InitContainers[2].Name != "migrate" {
 			t.Errorf("user init container is %q at index 2, want migrate", got.Spec.InitContainers[2].Name)
+		}
+	})
+
+	t.Run("bindings are read through the cache's selector index", func(t *testing.T) {
+		// The handler registered the index on the manager's cache at its first admission (above); a cache
+		// without it answers a list by field with an error.
+		var bl aadv1.AzureIdentityBindingList
+		if err := wh.GetCache().List(ctx, &bl, client.MatchingFields{admission.BindingSelectorField: "orders"}); err != nil || len(bl.Items) != 1 {
+			t.Fatalf("list by %s=orders: %d bindings, %v; want the one binding", admission.BindingSelectorField, len(bl.Items), err)
 		}
 	})
 
