@@ -47,6 +47,9 @@ type Config struct {
 	AADAuthorityHost            string
 	AADDisableInstanceDiscovery bool
 	PodName, PodNamespace       string
+	// RuntimeMetrics adds the Go runtime's and the process's series (about 40) to /metrics. Off by default: the
+	// sidecar runs in every injected pod, so its series multiply by the pods a Prometheus scrapes.
+	RuntimeMetrics bool
 
 	// Tests set these: the Azure AD transport, the upstream retry backoff, the clock, and the token cache's
 	// validity bounds.
@@ -70,6 +73,7 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.RetryAfter, "retry-after", 5*time.Second, "Retry-After of that 503 (at most 20s).")
 	fs.StringVar(&c.AADAuthorityHost, "aad-authority-host", "", "Azure AD authority host for service principals without adEndpoint (default: Azure public cloud).")
 	fs.BoolVar(&c.AADDisableInstanceDiscovery, "aad-disable-instance-discovery", false, "Skip Azure AD instance discovery (Azure Stack).")
+	fs.BoolVar(&c.RuntimeMetrics, "runtime-metrics", false, "Also export the Go runtime's and the process's metrics (about 40 series per pod) on /metrics.")
 }
 
 // PodFromEnv fills the pod's name and namespace from the downward-API environment.
@@ -123,7 +127,9 @@ func New(cfg Config, log logr.Logger) (*App, error) {
 		cfg.Now = time.Now
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if cfg.RuntimeMetrics {
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
 	metrics := server.NewMetrics(reg)
 
 	// One nonce per process: the token server refuses requests carrying it, which only this process sends.
