@@ -76,7 +76,7 @@ test-short: ## Unit tests only (no control plane).
 	$(GO) test -short ./...
 
 .PHONY: packaging-tools
-packaging-tools: $(BIN)/helm $(BIN)/kustomize ## Build helm and kustomize from Go modules into bin/ (once), for the chart tests.
+packaging-tools: $(BIN)/helm $(BIN)/kustomize $(BIN)/promtool ## Build helm, kustomize and promtool from Go modules into bin/ (once), for the chart and monitoring tests.
 
 .PHONY: envtest-bins
 envtest-bins: $(ENVTEST_BINS) ## Build kube-apiserver and etcd from Go modules into bin/ (once).
@@ -105,6 +105,10 @@ $(BIN)/etcd: hack/tools/etcd/go.mod
 $(BIN)/helm: hack/tools/helm/go.mod
 	@mkdir -p $(BIN)
 	cd hack/tools/helm && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ helm.sh/helm/v3/cmd/helm
+
+$(BIN)/promtool: hack/tools/promtool/go.mod
+	@mkdir -p $(BIN)
+	cd hack/tools/promtool && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ github.com/prometheus/prometheus/cmd/promtool
 
 $(BIN)/kustomize: hack/tools/kustomize/go.mod
 	@mkdir -p $(BIN)

@@ -392,7 +392,11 @@ func TestResourceErrorsAreShown(t *testing.T) {
 				return err
 			}
 		}
-		return expectSeries(t, reg, "podidentity_assigner_unattached_assignments",
+		if err := expectSeries(t, reg, "podidentity_assigner_unattached_assignments",
+			unattached(map[string]float64{ReasonResourceNotAuthorized: 1, ReasonResourceNotFound: 1})); err != nil {
+			return err
+		}
+		return expectSeries(t, reg, "podidentity_assigner_resources_waiting",
 			unattached(map[string]float64{ReasonResourceNotAuthorized: 1, ReasonResourceNotFound: 1}))
 	})
 	counts := srv.Counts()

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -17,6 +18,7 @@ import (
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/test/arm"
+	"github.com/podidentity/podidentity/test/promtest"
 )
 
 // TestAssignAndDetach: pods on two scale sets and a standalone VM get their identities attached and their
@@ -160,6 +162,8 @@ func TestRejectedIdentityIsIsolated(t *testing.T) {
 	srv.DenyIdentity(uami("deleted"), arm.CodeFailedIdentityOperation)
 	opts := testOptions()
 	opts.IsolationTTL = 2 * time.Second
+	reg := prometheus.NewRegistry()
+	opts.Registerer = reg
 	startAssigner(t, env, armClient(srv), opts)
 	mkPod(t, c, ns, "p", "n0", "app", nil)
 
@@ -167,8 +171,16 @@ func TestRejectedIdentityIsIsolated(t *testing.T) {
 		if err := azureHas(srv, ss, false, uami("good")); err != nil {
 			return err
 		}
-		return expectAssigned(c, map[string]string{"apps/p-apps-good": aadv1.AssignedIDAssigned,
-			"apps/p-apps-norole": aadv1.AssignedIDCreated, "apps/p-apps-deleted": aadv1.AssignedIDCreated})
+		if err := expectAssigned(c, map[string]string{"apps/p-apps-good": aadv1.AssignedIDAssigned,
+			"apps/p-apps-norole": aadv1.AssignedIDCreated, "apps/p-apps-deleted": aadv1.AssignedIDCreated}); err != nil {
+			return err
+		}
+		// What an operator alerts on: identities ARM refused, and assignments that stay Created.
+		if err := expectSeries(t, reg, "podidentity_assigner_isolated_identities",
+			unattached(map[string]float64{ReasonIdentityNotAuthorized: 1, ReasonIdentityNotFound: 1})); err != nil {
+			return err
+		}
+		return expectAssignmentGauge(t, reg, map[string]float64{"Created/under_5m": 2, "Assigned/under_5m": 1})
 	})
 	var aai aadv1.AzureAssignedIdentity
 	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "p-apps-norole"}, &aai); err != nil {
@@ -200,9 +212,35 @@ func TestRejectedIdentityIsIsolated(t *testing.T) {
 		if err := azureHas(srv, ss, false, uami("good"), uami("norole"), uami("deleted")); err != nil {
 			return err
 		}
-		return expectAssigned(c, map[string]string{"apps/p-apps-good": aadv1.AssignedIDAssigned,
-			"apps/p-apps-norole": aadv1.AssignedIDAssigned, "apps/p-apps-deleted": aadv1.AssignedIDAssigned})
+		if err := expectAssigned(c, map[string]string{"apps/p-apps-good": aadv1.AssignedIDAssigned,
+			"apps/p-apps-norole": aadv1.AssignedIDAssigned, "apps/p-apps-deleted": aadv1.AssignedIDAssigned}); err != nil {
+			return err
+		}
+		if err := expectSeries(t, reg, "podidentity_assigner_isolated_identities", unattached(nil)); err != nil {
+			return err
+		}
+		return expectAssignmentGauge(t, reg, map[string]float64{"Assigned/under_5m": 3})
 	})
+}
+
+// expectAssignmentGauge compares podidentity_assigner_assigned_identities with want ("status/age" -> count;
+// every other series must be 0).
+func expectAssignmentGauge(t testing.TB, reg *prometheus.Registry, want map[string]float64) error {
+	got := map[string]float64{}
+	for k, v := range promtest.Series(t, reg, "podidentity_assigner_assigned_identities") {
+		if v != 0 {
+			got[k] = v
+		}
+	}
+	full := map[string]float64{}
+	for k, v := range want {
+		status, age, _ := strings.Cut(k, "/")
+		full["age="+age+",status="+status] = v
+	}
+	if fmt.Sprint(got) != fmt.Sprint(full) {
+		return fmt.Errorf("podidentity_assigner_assigned_identities = %v, want %v", got, full)
+	}
+	return nil
 }
 
 // TestDriftRepair: identities that disappear from a resource (an AKS node image upgrade did this) are
@@ -377,4 +415,26 @@ func TestAnnotationListsOnlyServableIdentities(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestCountAssignments(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	obj := func(status string, age time.Duration) aadv1.AzureAssignedIdentity {
+		return aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{CreationTimestamp: metav1.NewTime(now.Add(-age))},
+			Status: aadv1.AzureAssignedIdentityStatus{Status: status}}
+	}
+	got := countAssignments([]aadv1.AzureAssignedIdentity{
+		obj(aadv1.AssignedIDCreated, time.Minute),
+		obj(aadv1.AssignedIDCreated, 5*time.Minute),
+		obj(aadv1.AssignedIDCreated, 59*time.Minute),
+		obj(aadv1.AssignedIDAssigned, 2*time.Hour),
+		obj(aadv1.AssignedIDUnassigned, time.Hour),
+		obj("", 0), // MIC's object before it set a status, or one written by hand
+		obj("Bogus", 3*time.Hour),
+	}, now)
+	want := map[string]int{"Created/under_5m": 1, "Created/5m_to_1h": 2, "Assigned/over_1h": 1, "Unassigned/over_1h": 1,
+		"other/under_5m": 1, "other/over_1h": 1}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("countAssignments = %v, want %v", got, want)
+	}
 }

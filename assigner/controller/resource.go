@@ -118,6 +118,10 @@ type resourceReconciler struct {
 	states map[string]*resourceState
 	// subGates: subscriptions ARM throttled (case-folded id): until when, and for how long ARM said.
 	subGates map[string]subGate
+	// waiting and isolated: per resource, why its changes wait (one reason) and its identities ARM refused,
+	// by reason; the gauges are the sums.
+	waiting  map[string]string
+	isolated map[string]map[string]int
 	// unattached: per resource, its assignments whose identity is not attached, by reason (the gauge is
 	// their sum).
 	unattached map[string]map[string]int
@@ -269,6 +273,7 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		return reconcile.Result{}, err
 	}
 	view, result := out.view, out.result
+	r.setWaiting(key, view)
 	created, announced, requeueSoon, err := r.createObjects(ctx, s, missing, requeueSoon, func(a desired.Assignment) (string, notice) {
 		status, why, _ := assignmentStatus(a, view)
 		return status, why
@@ -785,6 +790,45 @@ func (r *resourceReconciler) announce(res providerid.Resource, anns []announceme
 			}
 			r.recorder.Eventf(azID, related, corev1.EventTypeWarning, an.why.Reason, "AttachIdentity", eventIdentityNote, an.a.Identity.Spec.ResourceID, res.ID(), an.why.Message)
 		}
+	}
+}
+
+// setWaiting records why the resource's changes wait, if they do, and the identities ARM refused on it, and sets
+// both gauges to the sums over resources.
+func (r *resourceReconciler) setWaiting(key string, v armView) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.waiting == nil {
+		r.waiting, r.isolated = map[string]string{}, map[string]map[string]int{}
+	}
+	if v.problem != nil && v.problem.Reason != "" {
+		r.waiting[key] = v.problem.Reason
+	} else {
+		delete(r.waiting, key)
+	}
+	iso := map[string]int{}
+	for _, i := range v.isolated {
+		if !i.detach {
+			iso[i.notice.Reason]++
+		}
+	}
+	if len(iso) == 0 {
+		delete(r.isolated, key)
+	} else {
+		r.isolated[key] = iso
+	}
+	waiting, isolated := map[string]int{}, map[string]int{}
+	for _, reason := range r.waiting {
+		waiting[reason]++
+	}
+	for _, t := range r.isolated {
+		for reason, n := range t {
+			isolated[reason] += n
+		}
+	}
+	for _, reason := range reasons() {
+		r.metrics.waiting.WithLabelValues(reason).Set(float64(waiting[reason]))
+		r.metrics.isolated.WithLabelValues(reason).Set(float64(isolated[reason]))
 	}
 }
 

@@ -29,6 +29,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -217,6 +218,11 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 		return err
 	}
 	m := newMetrics(opts.Registerer)
+	reg := opts.Registerer
+	if reg == nil {
+		reg = crmetrics.Registry
+	}
+	_ = reg.Register(newAssignmentsCollector(mgr.GetClient())) // a second registration (a restarted manager in tests) keeps the first
 	rec := opts.Recorder
 	if rec == nil {
 		rec = mgr.GetEventRecorder("podidentity-assigner")
