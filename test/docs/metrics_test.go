@@ -1,16 +1,14 @@
 package docs
 
 import (
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/podidentity/podidentity/test/promtest"
 )
 
 // aadPodIdentityMetrics are the metrics AAD Pod Identity exported (upstream pkg/metrics: the views registered
@@ -33,76 +31,20 @@ var aadPodIdentityMetrics = []string{
 	"aadpodidentity_imds_operations_duration_seconds",
 }
 
-// registeredMetrics returns the Prometheus metrics the components define, by name, with their kind (the
-// prometheus.*Opts type: CounterOpts, GaugeOpts, HistogramOpts, SummaryOpts): every composite literal of one of
-// those types in their non-test Go sources, whose Name is a string literal.
+// registeredMetrics returns the metrics the components register (test/promtest.Registered).
 func registeredMetrics(t *testing.T) map[string]string {
 	t.Helper()
-	out := map[string]string{}
-	for _, dir := range []string{"webhook", "sidecar", "assigner", "cni", "internal"} {
-		err := filepath.WalkDir(filepath.Join(root, dir), func(path string, d os.DirEntry, err error) error {
-			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-				return err
-			}
-			f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.SkipObjectResolution)
-			if err != nil {
-				return err
-			}
-			ast.Inspect(f, func(n ast.Node) bool {
-				lit, ok := n.(*ast.CompositeLit)
-				if !ok {
-					return true
-				}
-				sel, ok := lit.Type.(*ast.SelectorExpr)
-				if !ok || !strings.HasSuffix(sel.Sel.Name, "Opts") {
-					return true
-				}
-				if x, ok := sel.X.(*ast.Ident); !ok || x.Name != "prometheus" {
-					return true
-				}
-				for _, e := range lit.Elts {
-					kv, ok := e.(*ast.KeyValueExpr)
-					if !ok {
-						continue
-					}
-					if k, ok := kv.Key.(*ast.Ident); !ok || k.Name != "Name" {
-						continue
-					}
-					if v, ok := kv.Value.(*ast.BasicLit); ok && v.Kind == token.STRING {
-						if name, err := strconv.Unquote(v.Value); err == nil {
-							out[name] = sel.Sel.Name
-						}
-					}
-				}
-				return true
-			})
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+	reg, err := promtest.Registered(root)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return reg
 }
+
+func metricDefined(reg map[string]string, name string) bool { return promtest.Defined(reg, name) }
 
 // ourMetric matches a podidentity metric name, not the tail of an aadpodidentity_ one.
-var ourMetric = regexp.MustCompile(`(?:^|[^a-z0-9_])(podidentity_[a-z0-9_]+)`)
-
-// metricDefined says whether name is a registered metric, or a series of one: a histogram's or summary's
-// _bucket, _sum or _count.
-func metricDefined(reg map[string]string, name string) bool {
-	if _, ok := reg[name]; ok {
-		return true
-	}
-	for _, suffix := range []string{"_bucket", "_sum", "_count"} {
-		if base, ok := strings.CutSuffix(name, suffix); ok {
-			if kind := reg[base]; kind == "HistogramOpts" || (kind == "SummaryOpts" && suffix != "_bucket") {
-				return true
-			}
-		}
-	}
-	return false
-}
+var ourMetric = promtest.OurMetric
 
 // TestMigrationMetricsTable fails when the "## Metrics and alerts" section of docs/migration.md names a
 // podidentity_* metric (in its table or its example rules) that no component registers, leaves one of AAD Pod
