@@ -23,7 +23,9 @@ import (
 
 var root = testenv.RepoRoot()
 
-func rulesFile() string { return filepath.Join(root, "charts", "podidentity", "files", "prometheus-rules.yaml") }
+func rulesFile() string {
+	return filepath.Join(root, "charts", "podidentity", "files", "prometheus-rules.yaml")
+}
 func dashboardFile() string {
 	return filepath.Join(root, "charts", "podidentity", "files", "grafana-dashboard.json")
 }
