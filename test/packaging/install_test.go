@@ -1,15 +1,19 @@
 package packaging
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
@@ -150,4 +154,147 @@ func writeKubeconfig(t *testing.T, cfg *rest.Config) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// TestChartManagesCRDs: helm installs crds/ once and never upgrades them (a changed CRD in a new chart version
+// does not reach the cluster); with crds.manage=true the chart renders them as the release's own objects, so
+// `helm upgrade` carries the change, and helm.sh/resource-policy: keep spares them (and every object of their
+// kinds) when crds.manage is turned off or the release is uninstalled. The CRDs start as envtest installs them,
+// which is how helm's crds/ or `kubectl apply` leave them: without helm's ownership metadata, so the switch
+// needs --take-ownership once, and helm's refusal without it is the message docs/troubleshooting.md quotes.
+func TestChartManagesCRDs(t *testing.T) {
+	helm := helmBin(t)
+	env := startAPIServer(t)
+	createNamespaces(t, env, "apps")
+	kubeconfig := writeKubeconfig(t, env.Config)
+	changed := chartWithChangedCRD(t)
+	const ns = "podidentity-crds"
+	helmRun := func(args ...string) (string, error) {
+		out, errOut, err := run(t, helm, append(args, "--kubeconfig", kubeconfig)...)
+		return out + errOut, err
+	}
+	mustHelm := func(t *testing.T, args ...string) {
+		t.Helper()
+		if out, err := helmRun(args...); err != nil {
+			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	dyn, err := dynamic.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	identities := dyn.Resource(schema.GroupVersionResource{Group: "aadpodidentity.k8s.io", Version: "v1", Resource: "azureidentities"}).Namespace("apps")
+	crds := dyn.Resource(schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"})
+	// createProbe creates an AzureIdentity that uses the changed CRD's new field, with strict field validation:
+	// the API server accepts it only once the changed CRD is in place.
+	probes := 0
+	createProbe := func() error {
+		probes++
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "aadpodidentity.k8s.io/v1", "kind": "AzureIdentity",
+			"metadata": map[string]any{"name": fmt.Sprintf("probe-%d", probes), "namespace": "apps"},
+			"spec": map[string]any{"type": int64(1), "clientID": "00000000-0000-0000-0000-000000000001", "tenantID": "t",
+				"upgradeProbe": "present"},
+		}}
+		_, err := identities.Create(context.Background(), u, metav1.CreateOptions{FieldValidation: metav1.FieldValidationStrict})
+		return err
+	}
+	crdNames := []string{"azureassignedidentities", "azureidentities", "azureidentitybindings", "azurepodidentityexceptions"}
+	checkCRDs := func(t *testing.T, owner string) {
+		t.Helper()
+		for _, n := range crdNames {
+			crd, err := crds.Get(context.Background(), n+".aadpodidentity.k8s.io", metav1.GetOptions{})
+			if err != nil {
+				t.Fatalf("CRD %s: %v", n, err)
+			}
+			a := crd.GetAnnotations()
+			if owner != "" && (a["meta.helm.sh/release-name"] != owner || a["helm.sh/resource-policy"] != "keep") {
+				t.Errorf("CRD %s annotations %v: want release %s and helm.sh/resource-policy: keep", n, a, owner)
+			}
+			if crd.GetDeletionTimestamp() != nil {
+				t.Errorf("CRD %s is being deleted", n)
+			}
+		}
+	}
+
+	// Default (crds.manage=false): the upgrade with the changed chart leaves the CRD as it was.
+	mustHelm(t, "install", "pc", chartDir(), "--namespace", ns, "--create-namespace")
+	mustHelm(t, "upgrade", "pc", changed, "--namespace", ns)
+	if err := createProbe(); err == nil || !strings.Contains(err.Error(), "upgradeProbe") {
+		t.Fatalf("with crds.manage=false the changed CRD reached the API server (or the probe failed otherwise): %v", err)
+	}
+
+	// Switching to crds.manage=true: refused while the CRDs lack helm's metadata, then adopted with --take-ownership.
+	out, err := helmRun("upgrade", "pc", changed, "--namespace", ns, "--set", "crds.manage=true")
+	if err == nil {
+		t.Fatal("helm upgrade --set crds.manage=true adopted CRDs without helm's ownership metadata and without --take-ownership")
+	}
+	t.Logf("helm's refusal without --take-ownership:\n%s", out)
+	for _, want := range []string{crdOwnershipRefusal, `CustomResourceDefinition "azureassignedidentities.aadpodidentity.k8s.io"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("helm's refusal lacks %q (docs/troubleshooting.md quotes it):\n%s", want, out)
+		}
+	}
+	mustHelm(t, "upgrade", "pc", changed, "--namespace", ns, "--set", "crds.manage=true", "--take-ownership")
+	if err := createProbe(); err != nil {
+		t.Fatalf("after helm upgrade with crds.manage=true the changed CRD is not served: %v", err)
+	}
+	checkCRDs(t, "pc")
+
+	// The next upgrade needs no flag; turning crds.manage off, and uninstalling, keep the CRDs and their objects.
+	mustHelm(t, "upgrade", "pc", changed, "--namespace", ns, "--set", "crds.manage=true")
+	mustHelm(t, "upgrade", "pc", chartDir(), "--namespace", ns)
+	checkCRDs(t, "pc")
+	mustHelm(t, "upgrade", "pc", changed, "--namespace", ns, "--set", "crds.manage=true")
+	out, err = helmRun("uninstall", "pc", "--namespace", ns, "--wait")
+	if err != nil {
+		t.Fatalf("helm uninstall: %v\n%s", err, out)
+	}
+	checkCRDs(t, "")
+	if _, err := identities.Get(context.Background(), "probe-2", metav1.GetOptions{}); err != nil {
+		t.Errorf("the AzureIdentity created through the managed CRD is gone after uninstall: %v", err)
+	}
+
+	// A first install with crds.manage=true into a cluster that has the CRDs (crds/ creates them just before the
+	// templates, or another release kept them): --take-ownership once.
+	if out, err := helmRun("install", "pd", changed, "--namespace", ns, "--set", "crds.manage=true"); err == nil || !strings.Contains(out, crdOwnershipRefusal) {
+		t.Errorf("helm install with crds.manage=true adopted CRDs of another release without --take-ownership (err %v):\n%s", err, out)
+	}
+	mustHelm(t, "install", "pd", changed, "--namespace", ns, "--set", "crds.manage=true", "--take-ownership")
+	checkCRDs(t, "pd")
+}
+
+// crdOwnershipRefusal is what helm says when the release is to take over a CRD it did not create.
+const crdOwnershipRefusal = "exists and cannot be imported into the current release"
+
+// chartWithChangedCRD copies the chart and adds a field, spec.upgradeProbe, to the AzureIdentity CRD: a new
+// chart version whose CRD changed.
+func chartWithChangedCRD(t *testing.T) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), "podidentity")
+	err := filepath.WalkDir(chartDir(), func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(chartDir(), path)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if rel == filepath.Join("crds", "aadpodidentity.k8s.io_azureidentities.yaml") {
+			const at = "          spec:\n            description: AzureIdentitySpec describes the identity's credentials in\n              Azure.\n            properties:\n"
+			if !bytes.Contains(b, []byte(at)) {
+				return fmt.Errorf("%s: the spec's properties are not where this test expects them; adjust chartWithChangedCRD", rel)
+			}
+			b = bytes.Replace(b, []byte(at), []byte(at+"              upgradeProbe:\n                type: string\n"), 1)
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
 }

@@ -205,7 +205,7 @@ func isEmpty(v any) bool {
 // podidentity.legacy before it reads any value, or it may render before the mapping (helm renders templates in
 // name order) and miss it.
 func TestTemplatesApplyLegacyValues(t *testing.T) {
-	reads := regexp.MustCompile(`\.Values\.(forceNamespaced|image\b|assigner(\.[A-Za-z]+)?|sidecar\.(metadataHeaderRequired|blockInstanceMetadata)|azureIdentities)|_aadPodIdentity`)
+	reads := regexp.MustCompile(`\.Values\.(forceNamespaced|image\b|assigner(\.[A-Za-z]+)?|sidecar\.(metadataHeaderRequired|blockInstanceMetadata|logLevel)|rbac\b|azureIdentities)|_aadPodIdentity`)
 	const include = `include "podidentity.legacy" .`
 	checked := 0
 	err := filepath.WalkDir(filepath.Join(chartDir(), "templates"), func(path string, d os.DirEntry, err error) error {
@@ -297,6 +297,11 @@ func TestLegacyValuesMapped(t *testing.T) {
 		nodeSelector  map[string]any
 		tolerations   string // JSON
 		annotations   map[string]any
+		podLabels     map[string]any    // the assigner's pod labels beyond the chart's
+		nodeAffinity  string            // JSON of the assigner's affinity.nodeAffinity; "" none
+		pdb           any               // the assigner PodDisruptionBudget's minAvailable; nil: none rendered
+		userRoles     bool              // the aggregated view/edit ClusterRoles rendered
+		sidecarV      string            // the webhook's --sidecar-log-verbosity
 		hostPath      string            // the azure-json hostPath volume; "" none
 		secret        map[string]string // the adminsecret Secret's data; nil: not rendered
 		identities    []identityWant
@@ -305,10 +310,13 @@ func TestLegacyValuesMapped(t *testing.T) {
 			name:  "3.x",
 			files: []string{legacy3x},
 			assignerArgs: []string{"--forceNamespaced=false", "--managed=false", "--azure-config=", "--cloud=AzurePublicCloud", "--zap-log-level=2",
-				"--immutable-user-msis=0b7c3f12-6d4e-4a8b-9c1d-2e3f4a5b6c7d,5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"},
-			noArgPrefixes: []string{"--zap-encoder", "--azure-config=/"},
+				"--zap-encoder=json", "--immutable-user-msis=0b7c3f12-6d4e-4a8b-9c1d-2e3f4a5b6c7d,5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"},
+			noArgPrefixes: []string{"--azure-config=/"},
 			webhookArgs:   []string{"--block-instance-metadata=true", "--metadata-header-required=true", "--force-namespaced=false", "--image-pull-policy=Always"},
-			replicas:      1,
+			replicas:      2,
+			pdb:           int64(1),
+			userRoles:     true,
+			sidecarV:      "0",
 			pullPolicy:    "Always",
 			pullSecrets:   []string{"acr-pull"},
 			resources:     `{"limits":{"cpu":"200m","memory":"1024Mi"},"requests":{"cpu":"100m","memory":"256Mi"}}`,
@@ -325,10 +333,14 @@ func TestLegacyValuesMapped(t *testing.T) {
 		{
 			name:          "4.x",
 			files:         []string{legacy4x},
-			assignerArgs:  []string{"--forceNamespaced=false", "--managed=false", "--azure-config=/etc/kubernetes/azure.json", "--zap-encoder=json", "--immutable-user-msis=1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b"},
-			noArgPrefixes: []string{"--zap-log-level", "--cloud"},
+			assignerArgs:  []string{"--forceNamespaced=false", "--managed=false", "--azure-config=/etc/kubernetes/azure.json", "--zap-log-level=info", "--zap-encoder=json", "--immutable-user-msis=1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b"},
+			noArgPrefixes: []string{"--cloud"},
 			webhookArgs:   []string{"--block-instance-metadata=false", "--metadata-header-required=true", "--force-namespaced=false", "--image-pull-policy=IfNotPresent"},
 			replicas:      2,
+			podLabels:     map[string]any{"team": "platform"},
+			pdb:           int64(1),
+			userRoles:     true,
+			sidecarV:      "0",
 			pullPolicy:    "IfNotPresent",
 			resources:     `{"limits":{"cpu":"200m","memory":"1024Mi"},"requests":{"cpu":"100m","memory":"256Mi"}}`,
 			nodeSelector:  map[string]any{"kubernetes.io/os": "linux"},
@@ -352,6 +364,10 @@ func TestLegacyValuesMapped(t *testing.T) {
 				"--immutable-user-msis=00000000-0000-0000-0000-00000000000a,1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b"},
 			webhookArgs:  []string{"--self-signed-certs=true", "--block-instance-metadata=true", "--image-pull-policy=Always"},
 			replicas:     3,
+			podLabels:    map[string]any{"team": "platform"},
+			pdb:          int64(1),
+			userRoles:    true,
+			sidecarV:     "0",
 			pullPolicy:   "Always",
 			resources:    `{"limits":{"cpu":"200m","memory":"1024Mi"},"requests":{"cpu":"100m","memory":"256Mi"}}`,
 			nodeSelector: map[string]any{"kubernetes.io/os": "linux", "agentpool": "system"},
@@ -366,6 +382,10 @@ func TestLegacyValuesMapped(t *testing.T) {
 			assignerArgs: []string{"--managed=true", "--forceNamespaced=true"},
 			webhookArgs:  []string{"--force-namespaced=true"},
 			replicas:     2,
+			podLabels:    map[string]any{"team": "platform"},
+			pdb:          int64(1),
+			userRoles:    true,
+			sidecarV:     "0",
 			pullPolicy:   "IfNotPresent",
 			resources:    `{"limits":{"cpu":"200m","memory":"1024Mi"},"requests":{"cpu":"100m","memory":"256Mi"}}`,
 			nodeSelector: map[string]any{"kubernetes.io/os": "linux"},
@@ -380,7 +400,15 @@ func TestLegacyValuesMapped(t *testing.T) {
 				"forceNamespaced": "true",
 				"adminsecret": map[string]any{"cloud": "AzureUSGovernmentCloud", "subscriptionID": "s", "resourceGroup": "rg", "vmType": "vmss",
 					"tenantID": "t", "clientID": "msi", "clientSecret": "msi", "useMSI": "true", "userAssignedMSIClientID": "6b7c8d9e-0f1a-4b2c-8d3e-4f5a6b7c8d9e"},
-				"nmi": map[string]any{"metadataHeaderRequired": "false"},
+				"nmi": map[string]any{"metadataHeaderRequired": "false", "logVerbosity": 1},
+				"mic": map[string]any{
+					"replicas":            3,
+					"podDisruptionBudget": map[string]any{"minAvailable": 2},
+					"affinity": map[string]any{"nodeAffinity": map[string]any{"requiredDuringSchedulingIgnoredDuringExecution": map[string]any{
+						"nodeSelectorTerms": []any{map[string]any{"matchExpressions": []any{map[string]any{"key": "agentpool", "operator": "In", "values": []any{"system"}}}}}}}},
+					"podLabels": map[string]any{"app.kubernetes.io/name": "mic", "cost-center": "42"},
+				},
+				"rbac": map[string]any{"createUserFacingClusterRoles": "false"},
 				"azureIdentities": []any{
 					map[string]any{"name": "api", "namespace": "apps", "type": 0, "clientID": "11111111-2222-4333-8444-555555555555",
 						"resourceID": "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/api",
@@ -393,7 +421,11 @@ func TestLegacyValuesMapped(t *testing.T) {
 			assignerArgs:  []string{"--forceNamespaced=true", "--azure-config=", "--cloud=AzureUSGovernmentCloud"},
 			noArgPrefixes: []string{"--azure-config=/"},
 			webhookArgs:   []string{"--metadata-header-required=false", "--force-namespaced=true"},
-			replicas:      1,
+			replicas:      3,
+			podLabels:     map[string]any{"cost-center": "42"},
+			nodeAffinity:  `{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"agentpool","operator":"In","values":["system"]}]}]}}`,
+			pdb:           int64(2),
+			sidecarV:      "1",
 			pullPolicy:    "IfNotPresent",
 			resources:     `{"limits":{"cpu":"1","memory":"256Mi"},"requests":{"cpu":"50m","memory":"64Mi"}}`,
 			nodeSelector:  map[string]any{"kubernetes.io/os": "linux"},
@@ -456,6 +488,41 @@ func TestLegacyValuesMapped(t *testing.T) {
 			if got, _, _ := unstructured.NestedMap(dep.Object, "spec", "template", "metadata", "annotations"); !reflect.DeepEqual(got, tc.annotations) && len(got)+len(tc.annotations) > 0 {
 				t.Errorf("assigner pod annotations %v, want %v", got, tc.annotations)
 			}
+			labels, _, _ := unstructured.NestedStringMap(dep.Object, "spec", "template", "metadata", "labels")
+			extra := map[string]any{}
+			for k, v := range labels {
+				if !strings.HasPrefix(k, "app.kubernetes.io/") && k != "helm.sh/chart" && k != "azure.workload.identity/use" {
+					extra[k] = v
+				}
+			}
+			if !reflect.DeepEqual(extra, tc.podLabels) && len(extra)+len(tc.podLabels) > 0 {
+				t.Errorf("assigner pod labels beyond the chart's %v, want %v", extra, tc.podLabels)
+			}
+			if name := labels["app.kubernetes.io/name"]; name != "podidentity-assigner" {
+				t.Errorf("assigner pod label app.kubernetes.io/name %q: a mapped label replaced the chart's", name)
+			}
+			na, _, _ := unstructured.NestedFieldNoCopy(pod, "affinity", "nodeAffinity")
+			if got := jsonOf(t, na); (na != nil || tc.nodeAffinity != "") && got != tc.nodeAffinity {
+				t.Errorf("assigner nodeAffinity %s, want %q", got, tc.nodeAffinity)
+			}
+			var pdb any
+			for _, o := range objs {
+				if o.GetKind() == "PodDisruptionBudget" && o.GetName() == "podidentity-assigner" {
+					pdb, _, _ = unstructured.NestedFieldNoCopy(o.Object, "spec", "minAvailable")
+				}
+			}
+			if !reflect.DeepEqual(pdb, tc.pdb) {
+				t.Errorf("assigner PodDisruptionBudget minAvailable %v (%T), want %v", pdb, pdb, tc.pdb)
+			}
+			roles := 0
+			for _, o := range objs {
+				if o.GetKind() == "ClusterRole" && (o.GetName() == "podidentity-view" || o.GetName() == "podidentity-edit") {
+					roles++
+				}
+			}
+			if (roles == 2) != tc.userRoles || (roles != 0 && roles != 2) {
+				t.Errorf("%d aggregated user-facing ClusterRoles rendered, want them: %v", roles, tc.userRoles)
+			}
 			var hostPath string
 			vols, _, _ := unstructured.NestedSlice(pod, "volumes")
 			for _, v := range vols {
@@ -471,9 +538,20 @@ func TestLegacyValuesMapped(t *testing.T) {
 			wh := find(t, objs, "Deployment", "podidentity-webhook")
 			whPod, _, _ := unstructured.NestedMap(wh.Object, "spec", "template", "spec")
 			whArgs, _, _ := unstructured.NestedStringSlice(container(t, whPod, "webhook"), "args")
-			for _, want := range tc.webhookArgs {
+			for _, want := range append([]string{"--sidecar-log-verbosity=" + tc.sidecarV}, tc.webhookArgs...) {
 				if !contains(whArgs, want) {
 					t.Errorf("webhook args lack %s: %v", want, whArgs)
+				}
+			}
+			for _, flag := range []string{"--zap-log-level=", "--zap-encoder="} {
+				n := 0
+				for _, a := range args {
+					if strings.HasPrefix(a, flag) {
+						n++
+					}
+				}
+				if n != 1 {
+					t.Errorf("assigner args give %s %d times, want once: %v", flag, n, args)
 				}
 			}
 			for _, id := range tc.identities {
@@ -627,12 +705,13 @@ var legacyKeyMessages = []struct {
 	{"mic.replicas", 2, []string{"2 -> assigner.replicas"}},
 	{"mic.resources", map[string]any{"limits": map[string]any{"memory": "512Mi"}}, []string{`-> assigner.resources {"limits":{"cpu":"1","memory":"512Mi"}`}},
 	{"mic.podAnnotations", map[string]any{"team": "platform"}, []string{`-> assigner.podAnnotations {"team":"platform"}`}},
-	{"mic.podLabels", map[string]any{"team": "platform"}, []string{"no extra labels"}},
+	{"mic.podLabels", map[string]any{"team": "platform"}, []string{`-> assigner.podLabels {"team":"platform"}`}},
 	{"mic.nodeSelector", map[string]any{"agentpool": "system"}, []string{`-> assigner.nodeSelector {"agentpool":"system"}`}},
 	{"mic.tolerations", []any{map[string]any{"operator": "Exists"}}, []string{`-> assigner.tolerations [{"operator":"Exists"}]`}},
-	{"mic.affinity", map[string]any{"nodeAffinity": map[string]any{}}, []string{"no affinity value"}},
-	{"mic.topologySpreadConstraints", []any{map[string]any{"maxSkew": 1}}, []string{"no topology spread value"}},
-	{"mic.podDisruptionBudget", map[string]any{"minAvailable": 1}, []string{"no PodDisruptionBudget"}},
+	{"mic.affinity", map[string]any{"nodeAffinity": map[string]any{"preferredDuringSchedulingIgnoredDuringExecution": []any{}}, "podAntiAffinity": map[string]any{"x": 1}},
+		[]string{"nodeAffinity -> assigner.affinity.nodeAffinity", "podAntiAffinity: MIC's terms select MIC's pods"}},
+	{"mic.topologySpreadConstraints", []any{map[string]any{"maxSkew": 1}}, []string{"MIC's constraints select MIC's pods", "assigner.topologySpreadConstraints"}},
+	{"mic.podDisruptionBudget", map[string]any{"minAvailable": 1, "maxUnavailable": 1}, []string{"minAvailable 1 -> assigner.podDisruptionBudget.minAvailable", "maxUnavailable: the assigner's budget takes minAvailable"}},
 	{"mic.leaderElection.instance", "mic-0", []string{"the pod's name"}},
 	{"mic.leaderElection.namespace", "kube-system", []string{"-> assigner.aadPodIdentityMICLock=kube-system/mic-leader"}},
 	{"mic.leaderElection.name", "mic-leader", []string{"-> assigner.aadPodIdentityMICLock=kube-system/mic-leader"}},
@@ -652,8 +731,8 @@ var legacyKeyMessages = []struct {
 	{"nmi.image", "nmi", []string{"there is no node agent"}},
 	{"nmi.tag", "v1.8.17", []string{"NMI's image tag"}},
 	{"nmi.priorityClassName", "system-node-critical", []string{"with that pod's priority"}},
-	{"nmi.logVerbosity", 3, []string{"not configurable"}},
-	{"nmi.loggingFormat", "json", []string{"not configurable"}},
+	{"nmi.logVerbosity", 3, []string{"3 -> sidecar.logLevel=3"}},
+	{"nmi.loggingFormat", "json", []string{"always logs JSON lines"}},
 	{"nmi.resources", map[string]any{"requests": map[string]any{"memory": "256Mi"}}, []string{"size it with sidecar.resources"}},
 	{"nmi.updateStrategy", map[string]any{"type": "RollingUpdate"}, []string{"no NMI DaemonSet to roll"}},
 	{"nmi.podAnnotations", map[string]any{"a": "b"}, []string{"no NMI DaemonSet"}},
@@ -678,7 +757,7 @@ var legacyKeyMessages = []struct {
 	{"rbac.enabled", false, []string{"always creates its least-privilege RBAC"}},
 	{"rbac.allowAccessToSecrets", false, []string{"sidecar mounts the Secret"}},
 	{"rbac.pspEnabled", true, []string{"PodSecurityPolicy was removed"}},
-	{"rbac.createUserFacingClusterRoles", true, []string{"grant users access to aadpodidentity.k8s.io yourself"}},
+	{"rbac.createUserFacingClusterRoles", false, []string{"false -> rbac.userFacingClusterRoles"}},
 }
 
 // legacyKeyContext: our own values rendered with legacyKeyMessages (mic.customCloud.enabled=true is accepted
@@ -797,10 +876,13 @@ func TestLegacyValuesNotes(t *testing.T) {
 		checkFileListed(t, notes, legacy4x)
 		for _, want := range []string{
 			"mic.replicas: assigner.replicas=3 is set and wins",
-			"mic.loggingFormat: json -> assigner --zap-encoder=json",
+			"mic.loggingFormat: json -> assigner.logFormat=json (--zap-encoder=json)",
+			"mic.podLabels -> assigner.podLabels {\"team\":\"platform\"}",
+			"mic.podDisruptionBudget: minAvailable 1 -> assigner.podDisruptionBudget.minAvailable",
+			"mic.affinity: podAntiAffinity: MIC's terms select MIC's pods",
 			"azureIdentities.orders-batch.name: orders -> the AzureIdentity's name (chart 4.x)",
 			"WARNING: mic.cloudConfig: AAD Pod Identity's MIC ran as root",
-			"rbac.createUserFacingClusterRoles: the chart creates no aggregated view/edit ClusterRoles",
+			"rbac.createUserFacingClusterRoles: true -> rbac.userFacingClusterRoles (pi-podidentity-view and pi-podidentity-edit",
 		} {
 			if !strings.Contains(notes, want) {
 				t.Errorf("NOTES lack %q:\n%s", want, notes)

@@ -86,10 +86,18 @@ func run(t *testing.T, bin string, args ...string) (string, string, error) {
 // files and --set arguments given.
 func helmTemplate(t *testing.T, valuesFiles []string, sets ...string) (string, string, error) {
 	t.Helper()
-	args := []string{"template", "podidentity", chartDir(), "--namespace", "podidentity-system", "--kube-version", kubeVersion, "--include-crds=false"}
+	var extra []string
 	for _, f := range valuesFiles {
-		args = append(args, "--values", f)
+		extra = append(extra, "--values", f)
 	}
+	return helmTemplateArgs(t, extra, sets...)
+}
+
+// helmTemplateArgs is helmTemplate with any other arguments of helm template (--set-json, --values).
+func helmTemplateArgs(t *testing.T, extra []string, sets ...string) (string, string, error) {
+	t.Helper()
+	args := []string{"template", "podidentity", chartDir(), "--namespace", "podidentity-system", "--kube-version", kubeVersion, "--include-crds=false"}
+	args = append(args, extra...)
 	for _, s := range sets {
 		args = append(args, "--set", s)
 	}

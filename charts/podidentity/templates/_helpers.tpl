@@ -36,9 +36,83 @@ app.kubernetes.io/name: {{ include "podidentity.fullname" .ctx }}-{{ .component 
 app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 {{- end -}}
 
-{{/* <registry>/<repository>:<tag>: call with (dict "ctx" $ "c" .Values.webhook). */}}
+{{/* <registry>/<repository>:<tag>, or <registry>/<repository>@<digest> when the component has a digest (it
+wins over the tag): call with (dict "ctx" $ "c" .Values.webhook). The webhook, the assigner and the node agent
+compare the sidecar's image as a string, so all of them get it from here. */}}
 {{- define "podidentity.image" -}}
+{{- if .c.digest -}}
+{{- printf "%s/%s@%s" .ctx.Values.image.registry .c.repository .c.digest -}}
+{{- else -}}
 {{- printf "%s/%s:%s" .ctx.Values.image.registry .c.repository (.c.tag | default .ctx.Values.image.tag | default .ctx.Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The user's podLabels of a component, checked: a label the chart sets on the pods itself (its selector, the
+base labels, reserved ones) is refused rather than silently dropped or duplicated. Call with (dict "ctx" $
+"component" "webhook" "value" "webhook" "labels" $w.podLabels "reserved" (list ...)); renders the labels as YAML. */}}
+{{- define "podidentity.podLabels" -}}
+{{- $own := merge (include "podidentity.baseLabels" .ctx | fromYaml) (include "podidentity.selector" (dict "ctx" .ctx "component" .component) | fromYaml) -}}
+{{- range $k := .reserved | default list }}{{ $_ := set $own $k "" }}{{ end -}}
+{{- range $k, $_ := .labels -}}
+{{- if hasKey $own $k -}}
+{{- fail (printf "%s.podLabels: the chart sets the pod label %s itself; remove it from %s.podLabels" $.value $k $.value) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml .labels -}}
+{{- end -}}
+
+{{/* The anti-affinity the component's antiAffinity value asks for (soft or hard spreading over nodes): call with
+(dict "ctx" $ "component" "webhook" "mode" $w.antiAffinity); renders the podAntiAffinity's content. */}}
+{{- define "podidentity.podAntiAffinity" -}}
+{{- if eq .mode "hard" -}}
+requiredDuringSchedulingIgnoredDuringExecution:
+- topologyKey: kubernetes.io/hostname
+  labelSelector:
+    matchLabels:
+      {{- include "podidentity.selector" (dict "ctx" .ctx "component" .component) | nindent 6 }}
+{{- else -}}
+preferredDuringSchedulingIgnoredDuringExecution:
+- weight: 100
+  podAffinityTerm:
+    topologyKey: kubernetes.io/hostname
+    labelSelector:
+      matchLabels:
+        {{- include "podidentity.selector" (dict "ctx" .ctx "component" .component) | nindent 8 }}
+{{- end -}}
+{{- end -}}
+
+{{/* A pod's affinity: the component's affinity value, plus (unless it has a podAntiAffinity key) the spreading
+antiAffinity asks for. Call with (dict "ctx" $ "component" "webhook" "affinity" $w.affinity "mode" $w.antiAffinity);
+"mode" "" adds no anti-affinity. Renders the affinity's content, or nothing. */}}
+{{- define "podidentity.affinity" -}}
+{{- $aff := .affinity | default dict -}}
+{{- $out := list -}}
+{{- with omit $aff "podAntiAffinity" }}{{ $out = append $out (toYaml .) }}{{ end -}}
+{{- if hasKey $aff "podAntiAffinity" -}}
+{{- $out = append $out (printf "podAntiAffinity:\n%s" (toYaml $aff.podAntiAffinity | indent 2)) -}}
+{{- else if .mode -}}
+{{- $out = append $out (printf "podAntiAffinity:\n%s" (include "podidentity.podAntiAffinity" . | indent 2)) -}}
+{{- end -}}
+{{- join "\n" $out -}}
+{{- end -}}
+
+{{/* topologySpreadConstraints with the component's selector labels filled in where a constraint has no
+labelSelector: call with (dict "ctx" $ "component" "webhook" "constraints" $w.topologySpreadConstraints). */}}
+{{- define "podidentity.topologySpreadConstraints" -}}
+{{- $sel := include "podidentity.selector" (dict "ctx" .ctx "component" .component) | fromYaml -}}
+{{- $out := list -}}
+{{- range .constraints -}}
+{{- $c := deepCopy . -}}
+{{- if not (hasKey $c "labelSelector") }}{{ $_ := set $c "labelSelector" (dict "matchLabels" $sel) }}{{ end -}}
+{{- $out = append $out $c -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* The sidecar's --v for sidecar.logLevel: info 0, debug 1, or the number given. */}}
+{{- define "podidentity.sidecarVerbosity" -}}
+{{- $l := .Values.sidecar.logLevel -}}
+{{- if eq (toString $l) "info" -}}0{{- else if eq (toString $l) "debug" -}}1{{- else -}}{{ int $l }}{{- end -}}
 {{- end -}}
 
 {{- define "podidentity.podSecurityContext" -}}

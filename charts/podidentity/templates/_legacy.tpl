@@ -21,8 +21,18 @@ image:
 sidecar:
   blockInstanceMetadata: false
   metadataHeaderRequired: true
+  logLevel: info
+rbac:
+  userFacingClusterRoles: true
 assigner:
-  replicas: 1
+  replicas: 2
+  podDisruptionBudget:
+    enabled: true
+    minAvailable: 1
+  affinity: {}
+  podLabels: {}
+  logLevel: info
+  logFormat: json
   priorityClassName: system-cluster-critical
   aadPodIdentityMICLock: default/aad-pod-identity-mic
   cloud: ""
@@ -46,13 +56,9 @@ customUserAgent: "podidentity has no user-agent setting"
 rbac.enabled: "the chart always creates its least-privilege RBAC (chart README, RBAC)"
 rbac.allowAccessToSecrets: "no podidentity component reads identity Secrets through the API server: the sidecar mounts the Secret, which must be in the pod's namespace"
 rbac.pspEnabled: "PodSecurityPolicy was removed in Kubernetes 1.25 (chart README, Pod Security)"
-rbac.createUserFacingClusterRoles: "the chart creates no aggregated view/edit ClusterRoles, and AAD Pod Identity's go with its release: grant users access to aadpodidentity.k8s.io yourself"
 mic.image: "MIC's image; the assigner's is <image.registry>/<assigner.repository>"
 mic.tag: "MIC's image tag; the assigner's is assigner.tag or image.tag"
-mic.podLabels: "the assigner's pods take no extra labels"
-mic.affinity: "the assigner has no affinity value: only the elected replica acts (assigner.nodeSelector, assigner.tolerations)"
-mic.topologySpreadConstraints: "the assigner has no topology spread value: only the elected replica acts"
-mic.podDisruptionBudget: "the assigner has no PodDisruptionBudget: only the elected replica acts, and a restart only delays attachments"
+mic.topologySpreadConstraints: "MIC's constraints select MIC's pods by MIC's labels: write assigner.topologySpreadConstraints (a constraint without labelSelector gets the assigner's)"
 mic.leaderElection.instance: "the leader election identity is the pod's name"
 mic.leaderElection.duration: "the Lease durations are controller-runtime's"
 mic.probePort: "the assigner's /healthz and /readyz are on port 8081"
@@ -67,8 +73,7 @@ mic.customCloud.configPath: "the assigner does not read AZURE_ENVIRONMENT_FILEPA
 nmi.image: "NMI's image; there is no node agent: the webhook injects podidentity-init and podidentity-sidecar into opted-in pods"
 nmi.tag: "NMI's image tag; the injected images are sidecar.tag/init.tag or image.tag"
 nmi.priorityClassName: "no NMI DaemonSet: the token sidecar runs inside each opted-in pod, with that pod's priority"
-nmi.logVerbosity: "the sidecar's logging is not configurable from the chart"
-nmi.loggingFormat: "the sidecar's logging is not configurable from the chart"
+nmi.loggingFormat: "the sidecar always logs JSON lines (its verbosity: sidecar.logLevel)"
 nmi.resources: "NMI's resources were per node, the sidecar's are per pod: size it with sidecar.resources"
 nmi.updateStrategy: "no NMI DaemonSet to roll: the sidecar is updated with each pod"
 nmi.podAnnotations: "no NMI DaemonSet: the token sidecar runs inside each opted-in pod"
@@ -251,27 +256,118 @@ MIC that still runs (it holds while MIC does). */ -}}
 {{- end -}}
 {{- end -}}
 
-{{- /* mic.logVerbosity, mic.loggingFormat -> the assigner's zap flags, unless assigner.extraArgs gives them */ -}}
+{{- /* mic.logVerbosity, mic.loggingFormat -> assigner.logLevel, assigner.logFormat (the zap flags), unless they
+are set or assigner.extraArgs gives the flags */ -}}
 {{- if hasKey $mic "logVerbosity" -}}
 {{- $lv := int $mic.logVerbosity -}}
 {{- if eq $lv 0 -}}
 {{- $empty = append $empty "mic.logVerbosity" -}}
 {{- else if has "--zap-log-level" $argNames -}}
 {{- $ignored = append $ignored "mic.logVerbosity: assigner.extraArgs gives --zap-log-level and wins" -}}
+{{- else if ne (toString $a.logLevel) (toString $d.assigner.logLevel) -}}
+{{- $ignored = append $ignored (printf "mic.logVerbosity: assigner.logLevel=%v is set and wins" $a.logLevel) -}}
 {{- else -}}
-{{- $_ := set $a "extraArgs" (append ($a.extraArgs | default list) (printf "--zap-log-level=%d" $lv)) -}}
-{{- $mapped = append $mapped (printf "mic.logVerbosity: %d -> assigner --zap-log-level=%d (klog's -v)" $lv $lv) -}}
+{{- $_ := set $a "logLevel" $lv -}}
+{{- $mapped = append $mapped (printf "mic.logVerbosity: %d -> assigner.logLevel=%d (--zap-log-level=%d; klog's -v)" $lv $lv $lv) -}}
 {{- end -}}
 {{- end -}}
 {{- if hasKey $mic "loggingFormat" -}}
+{{- $enc := ternary "json" "console" (eq $mic.loggingFormat "json") -}}
 {{- if empty $mic.loggingFormat -}}
 {{- $empty = append $empty "mic.loggingFormat" -}}
 {{- else if has "--zap-encoder" $argNames -}}
 {{- $ignored = append $ignored "mic.loggingFormat: assigner.extraArgs gives --zap-encoder and wins" -}}
+{{- else if and (ne $a.logFormat $d.assigner.logFormat) (ne $a.logFormat $enc) -}}
+{{- $ignored = append $ignored (printf "mic.loggingFormat: assigner.logFormat=%s is set and wins" $a.logFormat) -}}
 {{- else -}}
-{{- $enc := ternary "json" "console" (eq $mic.loggingFormat "json") -}}
-{{- $_ := set $a "extraArgs" (append ($a.extraArgs | default list) (printf "--zap-encoder=%s" $enc)) -}}
-{{- $mapped = append $mapped (printf "mic.loggingFormat: %s -> assigner --zap-encoder=%s" $mic.loggingFormat $enc) -}}
+{{- $_ := set $a "logFormat" $enc -}}
+{{- $mapped = append $mapped (printf "mic.loggingFormat: %s -> assigner.logFormat=%s (--zap-encoder=%s)" $mic.loggingFormat $enc $enc) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* mic.podLabels -> assigner.podLabels (merged, this chart's win; labels the chart sets itself are left out) */ -}}
+{{- if hasKey $mic "podLabels" -}}
+{{- if empty $mic.podLabels -}}
+{{- $empty = append $empty "mic.podLabels" -}}
+{{- else -}}
+{{- $own := list "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/part-of" "app.kubernetes.io/managed-by" "app.kubernetes.io/version" "helm.sh/chart" "azure.workload.identity/use" -}}
+{{- $labels := dict -}}
+{{- range $k, $val := $mic.podLabels -}}
+{{- if has $k $own }}{{ $ignored = append $ignored (printf "mic.podLabels: %s: the chart sets that label itself" $k) }}{{ else }}{{ $_ := set $labels $k $val }}{{ end -}}
+{{- end -}}
+{{- with $labels -}}
+{{- $_ := set $a "podLabels" (merge (deepCopy ($a.podLabels | default dict)) .) -}}
+{{- $mapped = append $mapped (printf "mic.podLabels -> assigner.podLabels %s" (toJson $a.podLabels)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* mic.affinity: its nodeAffinity -> assigner.affinity; its pod (anti-)affinity terms select MIC's pods */ -}}
+{{- if hasKey $mic "affinity" -}}
+{{- $aff := $mic.affinity | default dict -}}
+{{- $podTerms := list -}}
+{{- range $k, $val := omit $aff "nodeAffinity" }}{{ if $val }}{{ $podTerms = append $podTerms $k }}{{ end }}{{ end -}}
+{{- if and (empty $aff.nodeAffinity) (empty $podTerms) -}}
+{{- $empty = append $empty "mic.affinity" -}}
+{{- else -}}
+{{- with $aff.nodeAffinity -}}
+{{- if hasKey ($a.affinity | default dict) "nodeAffinity" -}}
+{{- $ignored = append $ignored "mic.affinity: assigner.affinity.nodeAffinity is set and wins" -}}
+{{- else -}}
+{{- $_ := set $a "affinity" (merge (dict "nodeAffinity" .) ($a.affinity | default dict)) -}}
+{{- $mapped = append $mapped (printf "mic.affinity: nodeAffinity -> assigner.affinity.nodeAffinity %s" (toJson .)) -}}
+{{- end -}}
+{{- end -}}
+{{- with $podTerms -}}
+{{- $ignored = append $ignored (printf "mic.affinity: %s: MIC's terms select MIC's pods by MIC's labels; the assigner spreads its replicas by assigner.antiAffinity (or write assigner.affinity)" (sortAlpha . | join ", ")) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* mic.podDisruptionBudget.minAvailable -> assigner.podDisruptionBudget.minAvailable */ -}}
+{{- if hasKey $mic "podDisruptionBudget" -}}
+{{- $pdb := $mic.podDisruptionBudget | default dict -}}
+{{- if empty $pdb -}}
+{{- $empty = append $empty "mic.podDisruptionBudget" -}}
+{{- else -}}
+{{- if hasKey $pdb "minAvailable" -}}
+{{- if ne (toYaml $a.podDisruptionBudget) (toYaml $d.assigner.podDisruptionBudget) -}}
+{{- $ignored = append $ignored "mic.podDisruptionBudget: assigner.podDisruptionBudget is set and wins" -}}
+{{- else -}}
+{{- $_ := set $a "podDisruptionBudget" (dict "enabled" true "minAvailable" $pdb.minAvailable) -}}
+{{- $mapped = append $mapped (printf "mic.podDisruptionBudget: minAvailable %v -> assigner.podDisruptionBudget.minAvailable (rendered with 2 or more replicas)" $pdb.minAvailable) -}}
+{{- end -}}
+{{- end -}}
+{{- with omit $pdb "minAvailable" -}}
+{{- $ignored = append $ignored (printf "mic.podDisruptionBudget: %s: the assigner's budget takes minAvailable (assigner.podDisruptionBudget)" (keys . | sortAlpha | join ", ")) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* nmi.logVerbosity -> sidecar.logLevel (the sidecar's --v, webhook --sidecar-log-verbosity) */ -}}
+{{- if hasKey $nmi "logVerbosity" -}}
+{{- $lv := int $nmi.logVerbosity -}}
+{{- if eq $lv 0 -}}
+{{- $empty = append $empty "nmi.logVerbosity" -}}
+{{- else if ne (toString $v.sidecar.logLevel) (toString $d.sidecar.logLevel) -}}
+{{- $ignored = append $ignored (printf "nmi.logVerbosity: sidecar.logLevel=%v is set and wins" $v.sidecar.logLevel) -}}
+{{- else -}}
+{{- $_ := set $v.sidecar "logLevel" $lv -}}
+{{- $mapped = append $mapped (printf "nmi.logVerbosity: %d -> sidecar.logLevel=%d (the sidecar's --v; 1 and more also log refused token requests)" $lv $lv) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* rbac.createUserFacingClusterRoles -> rbac.userFacingClusterRoles */ -}}
+{{- $rbac := $v.rbac | default dict -}}
+{{- if hasKey $rbac "createUserFacingClusterRoles" -}}
+{{- $b := include "podidentity.legacy.bool" $rbac.createUserFacingClusterRoles -}}
+{{- if eq $b "" -}}
+{{- $empty = append $empty "rbac.createUserFacingClusterRoles" -}}
+{{- else if ne (toString $rbac.userFacingClusterRoles) (toString $d.rbac.userFacingClusterRoles) -}}
+{{- $ignored = append $ignored (printf "rbac.createUserFacingClusterRoles: rbac.userFacingClusterRoles=%v is set and wins" $rbac.userFacingClusterRoles) -}}
+{{- else -}}
+{{- $_ := set $rbac "userFacingClusterRoles" (eq $b "true") -}}
+{{- $mapped = append $mapped (printf "rbac.createUserFacingClusterRoles: %s -> rbac.userFacingClusterRoles (%s-view and %s-edit, aggregated into view, edit and admin; AAD Pod Identity's go with its release)" $b (include "podidentity.fullname" .) (include "podidentity.fullname" .)) -}}
 {{- end -}}
 {{- end -}}
 
