@@ -135,6 +135,19 @@ func TestChartInstallsIntoAPIServer(t *testing.T) {
 		if err != nil {
 			t.Fatalf("helm upgrade: %v\n%s%s", err, out, errOut)
 		}
+		// No webhook replica runs here (no controllers, no kubelet): a pod of an opted-in namespace is refused with
+		// the message docs/troubleshooting.md quotes, failurePolicy Fail.
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "opted-in", Labels: map[string]string{"podidentity.io/injection": "enabled"}}}
+		if err := env.Client.Create(context.Background(), ns); err != nil {
+			t.Fatal(err)
+		}
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: "opted-in"},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app"}}}}
+		err = env.Client.Create(context.Background(), pod)
+		if err == nil || !strings.Contains(err.Error(), webhookDownRefusal) {
+			t.Errorf("a pod of an opted-in namespace with no webhook running: err %v, want %q", err, webhookDownRefusal)
+		}
+		t.Logf("with no webhook running: %v", err)
 	})
 }
 
@@ -264,8 +277,12 @@ func TestChartManagesCRDs(t *testing.T) {
 	checkCRDs(t, "pd")
 }
 
-// crdOwnershipRefusal is what helm says when the release is to take over a CRD it did not create.
-const crdOwnershipRefusal = "exists and cannot be imported into the current release"
+// crdOwnershipRefusal is what helm says when the release is to take over a CRD it did not create;
+// webhookDownRefusal what the API server says when the webhook does not answer (docs/troubleshooting.md, Install).
+const (
+	crdOwnershipRefusal = "exists and cannot be imported into the current release"
+	webhookDownRefusal  = `failed calling webhook "pods.podidentity.io"`
+)
 
 // chartWithChangedCRD copies the chart and adds a field, spec.upgradeProbe, to the AzureIdentity CRD: a new
 // chart version whose CRD changed.

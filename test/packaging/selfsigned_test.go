@@ -46,6 +46,29 @@ func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
+	// This API server has no cert-manager CRDs: the chart's default install stops at its cert-manager objects with
+	// the message docs/troubleshooting.md quotes, and certManager.enabled=false installs (server-side dry runs:
+	// helm maps every object against the API server, and creates nothing).
+	t.Run("without cert-manager", func(t *testing.T) {
+		kubeconfig := writeKubeconfig(t, env.Config)
+		install := func(sets ...string) (string, error) {
+			args := []string{"install", "nocm", chartDir(), "--kubeconfig", kubeconfig, "--namespace", "nocm", "--dry-run=server"}
+			for _, s := range sets {
+				args = append(args, "--set", s)
+			}
+			out, errOut, err := run(t, helmBin(t), args...)
+			return out + errOut, err
+		}
+		out, err := install()
+		if err == nil || !strings.Contains(out, noCertManagerRefusal) {
+			t.Errorf("helm install without cert-manager's CRDs: err %v, want a message containing %q:\n%s", err, noCertManagerRefusal, out)
+		}
+		t.Logf("helm install without cert-manager:\n%s", out)
+		if out, err := install("certManager.enabled=false"); err != nil {
+			t.Errorf("helm install --set certManager.enabled=false: %v\n%s", err, out)
+		}
+	})
+
 	for _, ns := range []*corev1.Namespace{
 		{ObjectMeta: metav1.ObjectMeta{Name: selfSignedNS}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{"podidentity.io/injection": "enabled"}}},
@@ -201,7 +224,49 @@ func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 		t.Error("the caBundle changed although the CA did not expire")
 	}
 	t.Logf("%d pods admitted through %d serving-certificate rotations, none failed", created, len(seen)-1)
+
+	// In init mode an opted-in namespace that enforces Pod Security baseline or restricted refuses every injected
+	// pod, for our containers only (the app's is restricted-clean): the messages docs/troubleshooting.md quotes.
+	for _, level := range []string{"baseline", "restricted"} {
+		ns := "apps-" + level
+		if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{
+			"podidentity.io/injection": "enabled", "pod-security.kubernetes.io/enforce": level,
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "shop-1", Namespace: ns},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app", SecurityContext: &corev1.SecurityContext{
+				RunAsNonRoot: ptr(true), RunAsUser: ptr(int64(1000)), AllowPrivilegeEscalation: ptr(false),
+				Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+				SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			}}}},
+		}
+		err := env.Client.Create(ctx, pod)
+		if err == nil {
+			t.Errorf("an injected pod (init mode) was admitted in a namespace enforcing Pod Security %s", level)
+			continue
+		}
+		t.Logf("Pod Security %s: %v", level, err)
+		for _, want := range []string{podSecurityRefusal, `"` + level + `:latest"`, `"podidentity-init"`, `"NET_ADMIN"`} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("Pod Security %s refusal lacks %q (docs/troubleshooting.md quotes it): %v", level, want, err)
+			}
+		}
+		if strings.Contains(err.Error(), `"app"`) {
+			t.Errorf("Pod Security %s refusal names the app's container, which is restricted-clean: %v", level, err)
+		}
+	}
 }
+
+// Foreign messages docs/troubleshooting.md quotes in its Install section, checked against what helm and the API
+// server say.
+const (
+	noCertManagerRefusal = `no matches for kind "Certificate" in version "cert-manager.io/v1"`
+	podSecurityRefusal   = "violates PodSecurity"
+)
+
+func ptr[T any](v T) *T { return &v }
 
 // checkServingCert verifies the PEM certificate chains to the CA and names dnsName.
 func checkServingCert(t *testing.T, certPEM, caPEM []byte, dnsName string) {
