@@ -807,8 +807,9 @@ func (r *resourceReconciler) setWaiting(key string, v armView) {
 		delete(r.waiting, key)
 	}
 	iso := map[string]int{}
-	for _, i := range v.isolated {
-		if !i.detach {
+	for k, i := range v.isolated {
+		// Only identities a pod still waits for: one refused for a pod that is gone is nobody's problem.
+		if _, wanted := v.goal.Want[k]; wanted && !i.detach {
 			iso[i.notice.Reason]++
 		}
 	}

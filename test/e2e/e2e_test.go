@@ -58,6 +58,7 @@ func TestE2E(t *testing.T) {
 		{"unlabelled namespace untouched, hostNetwork refused", e.scenarioUntouchedAndRefused},
 		{"attacker matrix: no route to an unbound identity", e.scenarioAttackMatrix},
 		{"webhook rolling restart admits every pod", e.scenarioWebhookRollout},
+		{"alert fires when ARM refuses an identity", e.scenarioAlertFires},
 		// Last: they change the release and the node (undone at their end).
 		{"guard mode keeps identities to isolated pods", e.scenarioGuard},
 		{"CNI mode: restricted namespaces, no side door", e.scenarioCNIMode},

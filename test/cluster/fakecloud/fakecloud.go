@@ -189,6 +189,9 @@ func (h *history) list() []Change {
 //	GET /arm/node-scale-set/history      every identity set ARM applied, oldest first ([]Change)
 //	PUT /arm/node-scale-set/identities   replace its user-assigned identities out of band (a JSON list of
 //	                                     resource ids), as another controller (AAD Pod Identity's MIC) left them
+//	PUT /arm/denied-identities           {"id": <resource id>, "code": <ARM error code>}: ARM refuses that identity
+//	                                     (LinkedAuthorizationFailed: no Managed Identity Operator role;
+//	                                     FailedIdentityOperation: deleted in Azure); an empty code allows it again
 func adminHandler(imdsAdmin http.Handler, s *arm.Server, vmssID string, h *history) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", imdsAdmin)
@@ -206,6 +209,21 @@ func adminHandler(imdsAdmin http.Handler, s *arm.Server, vmssID string, h *histo
 		_, now := s.Identities(vmssID)
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(now)
+	})
+	mux.HandleFunc("PUT /arm/denied-identities", func(w http.ResponseWriter, r *http.Request) {
+		var d struct{ ID, Code string }
+		if err := json.NewDecoder(r.Body).Decode(&d); err != nil || d.ID == "" {
+			http.Error(w, `want {"id": <identity resource id>, "code": <ARM error code, empty to allow>}`, http.StatusBadRequest)
+			return
+		}
+		switch d.Code {
+		case "", arm.CodeLinkedAuthorizationFailed, arm.CodeFailedIdentityOperation:
+		default:
+			http.Error(w, "code must be empty, "+arm.CodeLinkedAuthorizationFailed+" or "+arm.CodeFailedIdentityOperation, http.StatusBadRequest)
+			return
+		}
+		s.DenyIdentity(d.ID, d.Code)
+		w.WriteHeader(http.StatusNoContent)
 	})
 	return mux
 }
