@@ -110,6 +110,7 @@ func Resolve(pod *corev1.Pod, bindings []aadv1.AzureIdentityBinding, identities 
 type Source interface {
 	// BindingsWithSelector returns the bindings whose spec.selector is exactly selector (case-sensitive, no
 	// prefix: AAD Pod Identity's semantics, as in Resolve). A source may return others too; they are ignored.
+	// The slice is the caller's (Candidates filters it in place); the objects in it are only read.
 	BindingsWithSelector(selector string) ([]aadv1.AzureIdentityBinding, error)
 	// Identity returns the AzureIdentity namespace/name, or nil (and no error) when there is none.
 	Identity(namespace, name string) (*aadv1.AzureIdentity, error)
@@ -130,19 +131,19 @@ func Candidates(pod *corev1.Pod, src Source, opts Options) ([]aadv1.AzureIdentit
 	if err != nil {
 		return nil, nil, err
 	}
-	bindings := make([]aadv1.AzureIdentityBinding, 0, len(found))
+	bindings := found[:0]
 	var identities []aadv1.AzureIdentity
-	looked := make(map[string]bool, len(found))
+	looked := map[[2]string]bool{} // namespace and name of the identities looked up
 	for i := range found {
-		b := &found[i]
+		b := found[i]
 		if b.Spec.Selector != sel || (opts.ForceNamespaced && b.Namespace != pod.Namespace) {
 			continue // Resolve would skip it before looking for its identity
 		}
-		bindings = append(bindings, *b)
+		bindings = append(bindings, b)
 		if b.Spec.AzureIdentity == "" {
 			continue // a problem for Resolve; nothing to look up
 		}
-		key := b.Namespace + "/" + b.Spec.AzureIdentity
+		key := [2]string{b.Namespace, b.Spec.AzureIdentity}
 		if looked[key] {
 			continue
 		}

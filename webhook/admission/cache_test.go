@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -16,6 +17,7 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 )
@@ -33,6 +35,7 @@ type clusterObjects struct {
 // informer lists objs once and its watch stays silent. No index is registered on it.
 func newRealCache(t testing.TB, objs clusterObjects) cache.Cache {
 	t.Helper()
+	ctrllog.SetLogger(logr.Discard()) // the reflector logs through controller-runtime's logger; keep it quiet
 	scheme := testScheme(t)
 	gv := aadv1.GroupVersion
 	mapper := meta.NewDefaultRESTMapper(nil)

@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/fields"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 	sigsjson "sigs.k8s.io/json"
@@ -78,8 +79,11 @@ func (h *Handler) useIndex(ctx context.Context) bool {
 // before the index.
 func (h *Handler) readCached(ctx context.Context, req admission.Request) (inject.Cluster, error) {
 	force := h.Settings.ForceNamespaced
+	if !h.useIndex(ctx) {
+		return readCluster(ctx, h.Reader, req.Namespace, force, partsAll)
+	}
 	pod, ok := podKeys(req.Object.Raw, req.Namespace)
-	if !ok || !h.useIndex(ctx) {
+	if !ok {
 		return readCluster(ctx, h.Reader, req.Namespace, force, partsAll)
 	}
 	cluster, err := readCluster(ctx, h.Reader, req.Namespace, force, partsExceptions)
@@ -94,22 +98,28 @@ func (h *Handler) readCached(ctx context.Context, req admission.Request) (inject
 	return cluster, err
 }
 
-// podKeys reads the pod's namespace and labels exactly as inject.Decide reads them (the same case-sensitive
-// decoder over the same fields; the request's namespace when the object has none): the keys of the cached
-// reads. ok is false when the object does not decode.
+// podKeys reads the keys of the cached reads: the pod's namespace (the request's when the object has none) and
+// its aadpodidbinding label, as inject.Decide reads them: the same case-sensitive decoder, where a later
+// duplicate key wins and null clears the label. Other labels are not decoded; a value of the wrong type
+// there makes Decide deny the pod whatever was read. ok is false when the object does not decode.
 func podKeys(raw []byte, namespace string) (pod *corev1.Pod, ok bool) {
 	var v struct {
 		Metadata *struct {
-			Namespace string            `json:"namespace"`
-			Labels    map[string]string `json:"labels"`
+			Namespace string `json:"namespace"`
+			Labels    *struct {
+				Selector *string `json:"aadpodidbinding"`
+			} `json:"labels"`
 		} `json:"metadata"`
 	}
 	if err := sigsjson.UnmarshalCaseSensitivePreserveInts(raw, &v); err != nil {
 		return nil, false
 	}
 	pod = &corev1.Pod{}
-	if v.Metadata != nil {
-		pod.Namespace, pod.Labels = v.Metadata.Namespace, v.Metadata.Labels
+	if m := v.Metadata; m != nil {
+		pod.Namespace = m.Namespace
+		if m.Labels != nil && m.Labels.Selector != nil {
+			pod.Labels = map[string]string{aadv1.PodLabelBinding: *m.Labels.Selector}
+		}
 	}
 	if pod.Namespace == "" {
 		pod.Namespace = namespace
@@ -128,7 +138,7 @@ type cacheSource struct {
 
 func (s *cacheSource) BindingsWithSelector(selector string) ([]aadv1.AzureIdentityBinding, error) {
 	var l aadv1.AzureIdentityBindingList
-	opts := []client.ListOption{client.MatchingFields{BindingSelectorField: selector}, client.UnsafeDisableDeepCopy}
+	opts := []client.ListOption{client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector(BindingSelectorField, selector)}, client.UnsafeDisableDeepCopy}
 	if s.namespace != "" {
 		opts = append(opts, client.InNamespace(s.namespace))
 	}

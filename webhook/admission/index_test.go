@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+	sigsjson "sigs.k8s.io/json"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
@@ -258,4 +259,61 @@ func TestWithoutIndexListsEverything(t *testing.T) {
 	if n := testutil.ToFloat64(h.Metrics.liveReads.WithLabelValues("bindings", "true")) + testutil.ToFloat64(h.Metrics.liveReads.WithLabelValues("bindings", "false")); n != 0 {
 		t.Errorf("%v live reads of bindings: the full list of the cache resolved the pod", n)
 	}
+}
+
+// FuzzPodKeys: the keys of the cached reads are what inject.Decide reads from the same object. The reference
+// decodes metadata as Decide's pod view does (same decoder, labels as a map); wherever it decodes, podKeys
+// must too, with the same namespace and aadpodidbinding label. The seeds hold the edge cases (duplicate keys,
+// null values, keys differing in case, escapes).
+func FuzzPodKeys(f *testing.F) {
+	for _, raw := range goldenPods(f) {
+		f.Add(string(raw))
+	}
+	for _, s := range []string{
+		`{"metadata":{"labels":{"aadpodidbinding":"a","aadpodidbinding":"b"}}}`,
+		`{"metadata":{"labels":{"aadpodidbinding":"a","aadpodidbinding":null}}}`,
+		`{"metadata":{"labels":{"aadpodidbinding":null}}}`,
+		`{"metadata":{"labels":{"aadpodidbinding":"a"},"labels":null}}`,
+		`{"metadata":{"labels":{"aadpodidbinding":"a"},"labels":{"x":"y"}}}`,
+		`{"metadata":{"labels":{"aadpodidbinding":"a"}},"metadata":{"namespace":"n"}}`,
+		`{"metadata":{"labels":{"aadpodidbinding":"a"}},"metadata":null}`,
+		`{"metadata":{"labels":{"AadPodIdBinding":"a"}}}`,
+		`{"Metadata":{"labels":{"aadpodidbinding":"a"}}}`,
+		`{"metadata":{"Labels":{"aadpodidbinding":"a"}}}`,
+		`{"metadata":{"labels":{"aadpodidbindin\u0067":"\u0061"}}}`,
+		`{"metadata":{"labels":{"aadpodidbinding":1}}}`,
+		`{"metadata":{"labels":{"other":1,"aadpodidbinding":"a"}}}`,
+		`{"metadata":{"namespace":"n","labels":["aadpodidbinding"]}}`,
+		`{"metadata":{"namespace":7}}`,
+		`{"metadata":{"namespace":""}}`,
+		`null`, `[]`, `{`, ``,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		var ref struct {
+			Metadata *struct {
+				Namespace string            `json:"namespace"`
+				Labels    map[string]string `json:"labels"`
+			} `json:"metadata"`
+		}
+		refErr := sigsjson.UnmarshalCaseSensitivePreserveInts([]byte(raw), &ref)
+		pod, ok := podKeys([]byte(raw), "req")
+		if refErr != nil {
+			return // Decide denies the object, whatever was read
+		}
+		if !ok {
+			t.Fatalf("podKeys failed on an object Decide reads: %s", raw)
+		}
+		wantNS, wantSel := "req", ""
+		if m := ref.Metadata; m != nil {
+			if m.Namespace != "" {
+				wantNS = m.Namespace
+			}
+			wantSel = m.Labels[aadv1.PodLabelBinding]
+		}
+		if pod.Namespace != wantNS || binding.Selector(pod) != wantSel {
+			t.Fatalf("%s: podKeys read namespace %q selector %q; Decide reads %q %q", raw, pod.Namespace, binding.Selector(pod), wantNS, wantSel)
+		}
+	})
 }
