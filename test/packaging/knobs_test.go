@@ -281,6 +281,7 @@ func TestChartKnobs(t *testing.T) {
 		},
 		{
 			name: "user-facing ClusterRoles",
+			sets: []string{"rbac.userFacingClusterRoles=true"},
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
 				view := find(t, objs, "ClusterRole", "podidentity-view")
 				if l := view.GetLabels(); l["rbac.authorization.k8s.io/aggregate-to-view"] != "true" {
@@ -297,8 +298,7 @@ func TestChartKnobs(t *testing.T) {
 			},
 		},
 		{
-			name: "no user-facing ClusterRoles",
-			sets: []string{"rbac.userFacingClusterRoles=false"},
+			name: "no user-facing ClusterRoles by default",
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
 				for _, o := range objs {
 					if o.GetKind() == "ClusterRole" && (o.GetName() == "podidentity-view" || o.GetName() == "podidentity-edit") {

@@ -315,7 +315,7 @@ func TestLegacyValuesMapped(t *testing.T) {
 			webhookArgs:   []string{"--block-instance-metadata=true", "--metadata-header-required=true", "--force-namespaced=false", "--image-pull-policy=Always"},
 			replicas:      2,
 			pdb:           int64(1),
-			userRoles:     true,
+			userRoles:     false, // the file does not ask for them, and ours default to off
 			sidecarV:      "0",
 			pullPolicy:    "Always",
 			pullSecrets:   []string{"acr-pull"},

@@ -23,7 +23,7 @@ sidecar:
   metadataHeaderRequired: true
   logLevel: info
 rbac:
-  userFacingClusterRoles: true
+  userFacingClusterRoles: false
 assigner:
   replicas: 2
   podDisruptionBudget:
