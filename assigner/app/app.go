@@ -69,8 +69,10 @@ type Flags struct {
 	AttachUninjected bool
 	// MICLock is namespace/name of AAD Pod Identity MIC's leader record; while MIC holds it nothing is done.
 	MICLock string
-	Guard   GuardFlags
-	Zap     zap.Options
+	// StageAzureConfig: copy AzureConfig there (0440) and exit (the chart's init container, as root).
+	StageAzureConfig string
+	Guard            GuardFlags
+	Zap              zap.Options
 }
 
 // GuardFlags configure guard mode (on when Pool is set).
@@ -127,6 +129,7 @@ func ParseFlags(args []string) (Flags, error) {
 	fs.StringVar(&f.Audience, "arm-audience", "", "custom cloud: Resource Manager token audience (default: the endpoint)")
 	fs.StringVar(&f.AuthorityHost, "aad-authority", "", "custom cloud: Azure AD authority host")
 	fs.BoolVar(&f.UpgradeCRDFields, "upgrade-crd-fields", true, "at start-up, rewrite pre-1.6 AAD Pod Identity objects (PascalCase fields) to camelCase once, recorded in the ConfigMap "+upgrade.ConfigMapName)
+	fs.StringVar(&f.StageAzureConfig, "stage-azure-config", "", "one-shot: copy --azure-config to this file, readable by its owner and group (0440), and exit; the chart's init container runs it as root so that the assigner's non-root uid reads AKS's root-only azure.json through the pod's fsGroup")
 	fs.BoolVar(&f.UpgradeCRDFieldsOnly, "upgrade-crd-fields-only", false, "one-shot: rewrite pre-1.6 objects (even if the ConfigMap says it was done), record it and exit; run it while the old CRDs are still installed (see README)")
 	fs.Float64Var(&f.KubeAPIQPS, "kube-api-qps", controller.DefaultKubeAPIQPS, "queries per second to the Kubernetes API server (client-side limit; each pod bound to an identity costs about one write when its identities are attached; negative: no client-side limit)")
 	fs.IntVar(&f.KubeAPIBurst, "kube-api-burst", controller.DefaultKubeAPIBurst, "burst of queries to the Kubernetes API server above --kube-api-qps")
@@ -192,6 +195,13 @@ func Run(ctx context.Context, f Flags) error {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&f.Zap)))
 	log := ctrl.Log.WithName("assigner")
 	log.Info("starting", "version", version.Version, "managed", f.Managed)
+	if f.StageAzureConfig != "" {
+		if err := config.StageAzureJSON(f.AzureConfig, f.StageAzureConfig); err != nil {
+			return err
+		}
+		log.Info("azure.json staged", "from", f.AzureConfig, "to", f.StageAzureConfig)
+		return nil
+	}
 	if f.UpgradeCRDFieldsOnly {
 		return upgradeCRDFields(ctx, f, log, upgrade.Options{Force: true})
 	}

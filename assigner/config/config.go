@@ -4,8 +4,11 @@ package config
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -34,10 +37,50 @@ type AzureJSON struct {
 // LoadAzureJSON reads an azure.json file.
 func LoadAzureJSON(path string) (AzureJSON, error) {
 	b, err := os.ReadFile(path)
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		return AzureJSON{}, fmt.Errorf("reading %s as uid %d: %w; AKS's /etc/kubernetes/azure.json is readable by root only: "+
+			"the chart stages a copy for the assigner with its init container stage-azure-json (assigner.credentials.azureJSON=hostPath), "+
+			"check it ran; by hand, stage it with `podidentity-assigner --azure-config %s --stage-azure-config <file>` as root, or run as root",
+			path, os.Getuid(), err, path)
+	case err != nil:
 		return AzureJSON{}, fmt.Errorf("reading %s (mount AKS's /etc/kubernetes/azure.json, or configure through AZURE_* environment variables and leave --azure-config empty): %w", path, err)
 	}
 	return ParseAzureJSON(b)
+}
+
+// StageAzureJSON copies the azure.json at src (on AKS readable by root only) to dst, readable by the owner and
+// the group (0440): run as root in an init container whose volume the pod's fsGroup owns, it hands the file to
+// the assigner's non-root uid through that group, so the assigner itself never runs as root. src must parse as
+// azure.json; dst is written whole or not at all.
+func StageAzureJSON(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("staging azure.json: reading %s as uid %d: %w (mount the node's /etc/kubernetes/azure.json there and run this as root)", src, os.Getuid(), err)
+	}
+	if _, err := ParseAzureJSON(b); err != nil {
+		return fmt.Errorf("staging azure.json: %s: %w", src, err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".azure-json-*")
+	if err != nil {
+		return fmt.Errorf("staging azure.json: %w (mount a writable volume at %s)", err, filepath.Dir(dst))
+	}
+	defer os.Remove(tmp.Name()) // gone after the rename; left only on failure
+	if _, err := tmp.Write(b); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("staging azure.json: writing %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Chmod(0o440); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("staging azure.json: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("staging azure.json: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return fmt.Errorf("staging azure.json: %w", err)
+	}
+	return nil
 }
 
 // ParseAzureJSON parses azure.json content.

@@ -333,7 +333,7 @@ func TestLegacyValuesMapped(t *testing.T) {
 		{
 			name:          "4.x",
 			files:         []string{legacy4x},
-			assignerArgs:  []string{"--forceNamespaced=false", "--managed=false", "--azure-config=/etc/kubernetes/azure.json", "--zap-log-level=info", "--zap-encoder=json", "--immutable-user-msis=1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b"},
+			assignerArgs:  []string{"--forceNamespaced=false", "--managed=false", "--azure-config=/var/run/podidentity/azure/azure.json", "--zap-log-level=info", "--zap-encoder=json", "--immutable-user-msis=1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b"},
 			noArgPrefixes: []string{"--cloud"},
 			webhookArgs:   []string{"--block-instance-metadata=false", "--metadata-header-required=true", "--force-namespaced=false", "--image-pull-policy=IfNotPresent"},
 			replicas:      2,
@@ -881,7 +881,7 @@ func TestLegacyValuesNotes(t *testing.T) {
 			"mic.podDisruptionBudget: minAvailable 1 -> assigner.podDisruptionBudget.minAvailable",
 			"mic.affinity: podAntiAffinity: MIC's terms select MIC's pods",
 			"azureIdentities.orders-batch.name: orders -> the AzureIdentity's name (chart 4.x)",
-			"WARNING: mic.cloudConfig: AAD Pod Identity's MIC ran as root",
+			"MIC ran as root to read it, the assigner gets a copy from its init container stage-azure-json",
 			"rbac.createUserFacingClusterRoles: true -> rbac.userFacingClusterRoles (pi-podidentity-view and pi-podidentity-edit",
 		} {
 			if !strings.Contains(notes, want) {

@@ -456,10 +456,7 @@ are set or assigner.extraArgs gives the flags */ -}}
 {{- $ignored = append $ignored (printf "mic.cloudConfig: assigner.credentials.hostPath=%s is set and wins" $cred.hostPath) -}}
 {{- else -}}
 {{- $_ := set $cred "hostPath" $mic.cloudConfig -}}
-{{- $mapped = append $mapped (printf "mic.cloudConfig: %s -> assigner.credentials.hostPath (the node's azure.json)" $mic.cloudConfig) -}}
-{{- if and $a.enabled (not $a.managedMode) (not $cred.workloadIdentity.enabled) (ne (int $a.runAsUser) 0) -}}
-{{- $warnings = append $warnings (printf "mic.cloudConfig: AAD Pod Identity's MIC ran as root to read %s; the assigner runs as uid %d. On AKS that file is readable by root only, so the assigner cannot start: set assigner.runAsUser=0 (its capabilities stay dropped), or use assigner.credentials.workloadIdentity (chart README, Values)." $mic.cloudConfig (int $a.runAsUser)) -}}
-{{- end -}}
+{{- $mapped = append $mapped (printf "mic.cloudConfig: %s -> assigner.credentials.hostPath (the node's azure.json; MIC ran as root to read it, the assigner gets a copy from its init container stage-azure-json and runs as uid %d)" $mic.cloudConfig (int $a.runAsUser)) -}}
 {{- end -}}
 {{- end -}}
 

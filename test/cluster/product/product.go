@@ -29,7 +29,6 @@ import (
 const (
 	ReleaseName      = "podidentity"
 	Namespace        = "podidentity-system"
-	AzureJSONSecret  = "podidentity-azure-json"
 	AzureCAConfigMap = "podidentity-azure-ca"
 	// AzureCAMountDir is where the assigner finds the emulated Azure's CA (SSL_CERT_FILE=<dir>/ca.crt).
 	AzureCAMountDir = "/etc/podidentity/azure-ca"
@@ -99,8 +98,8 @@ func Prepare(ctx context.Context, c *cluster.Cluster, opts Options) (*Release, e
 	if err := createPrerequisites(ctx, c); err != nil {
 		return nil, err
 	}
-	opts.Log("Secret %s/%s (azure.json: tenant %s, client %s), ConfigMap %s (the emulated Azure's CA)",
-		Namespace, AzureJSONSecret, cluster.TenantID, cluster.AssignerClientID, AzureCAConfigMap)
+	opts.Log("%s (azure.json on the node, root's and mode 0600 as on AKS: tenant %s, client %s), ConfigMap %s/%s (the emulated Azure's CA)",
+		NodeAzureJSON(c), cluster.TenantID, cluster.AssignerClientID, Namespace, AzureCAConfigMap)
 	return r, nil
 }
 
@@ -114,7 +113,7 @@ func (r *Release) Upgrade(ctx context.Context, values map[string]any) error {
 // base values and values take precedence over them, as a later -f does.
 func (r *Release) UpgradeWithFiles(ctx context.Context, userFiles []string, values map[string]any) error {
 	files := [][]byte{}
-	for _, v := range []map[string]any{BaseValues(r.Registry, r.Tag), values} {
+	for _, v := range []map[string]any{BaseValues(r.Registry, r.Tag, NodeAzureJSON(r.cluster)), values} {
 		if v == nil {
 			continue
 		}
@@ -152,14 +151,15 @@ func (r *Release) UpgradeWithFiles(ctx context.Context, userFiles []string, valu
 }
 
 // BaseValues are the values a user of an Azure Stack-like private cloud would give: the images, no
-// cert-manager (the webhook signs its own certificate), azure.json from a Secret, the ARM endpoint, and the
-// CA that signed it. Azure AD keeps its public name: the fake cloud's DNS answers it.
-func BaseValues(registry, tag string) map[string]any {
+// cert-manager (the webhook signs its own certificate), the node's azure.json (nodeAzureJSON: root's, mode 0600,
+// as on AKS; the chart's init container stages it for the non-root assigner), the ARM endpoint, and the CA that
+// signed it. Azure AD keeps its public name: the fake cloud's DNS answers it.
+func BaseValues(registry, tag, nodeAzureJSON string) map[string]any {
 	return map[string]any{
 		"image":       map[string]any{"registry": registry, "tag": tag, "pullPolicy": "IfNotPresent"},
 		"certManager": map[string]any{"enabled": false},
 		"assigner": map[string]any{
-			"credentials":       map[string]any{"azureJSON": "secret", "secretName": AzureJSONSecret},
+			"credentials":       map[string]any{"azureJSON": "hostPath", "hostPath": nodeAzureJSON},
 			"extraArgs":         []string{"--arm-endpoint=" + cluster.ARMEndpoint(), "--arm-audience=https://management.azure.com/"},
 			"extraEnv":          []map[string]any{{"name": "SSL_CERT_FILE", "value": AzureCAMountDir + "/ca.crt"}},
 			"extraVolumes":      []map[string]any{{"name": "azure-ca", "configMap": map[string]any{"name": AzureCAConfigMap}}},
@@ -191,6 +191,11 @@ func AzureJSON() ([]byte, error) {
 	}, "", "  ")
 }
 
+// NodeAzureJSON is where the node keeps the assigner's azure.json (AKS: /etc/kubernetes/azure.json).
+func NodeAzureJSON(c *cluster.Cluster) string {
+	return filepath.Join(c.StateDir(), "node", "etc", "kubernetes", "azure.json")
+}
+
 func createPrerequisites(ctx context.Context, c *cluster.Cluster) error {
 	cs, err := kubernetes.NewForConfig(c.RESTConfig())
 	if err != nil {
@@ -198,6 +203,17 @@ func createPrerequisites(ctx context.Context, c *cluster.Cluster) error {
 	}
 	azureJSON, err := AzureJSON()
 	if err != nil {
+		return err
+	}
+	// As AKS writes it: root's, mode 0600.
+	path := NodeAzureJSON(c)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, azureJSON, 0o600); err != nil {
+		return err
+	}
+	if err := os.Chmod(path, 0o600); err != nil { // an existing file keeps its mode on WriteFile
 		return err
 	}
 	ca, err := os.ReadFile(c.FakeCloudCA())
@@ -212,10 +228,6 @@ func createPrerequisites(ctx context.Context, c *cluster.Cluster) error {
 	}
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}, metav1.CreateOptions{}); keep(err) != nil {
 		return fmt.Errorf("creating namespace %s: %w", Namespace, err)
-	}
-	if _, err := cs.CoreV1().Secrets(Namespace).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: AzureJSONSecret},
-		Data: map[string][]byte{"azure.json": azureJSON}}, metav1.CreateOptions{}); keep(err) != nil {
-		return fmt.Errorf("creating Secret %s/%s: %w", Namespace, AzureJSONSecret, err)
 	}
 	if _, err := cs.CoreV1().ConfigMaps(Namespace).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: AzureCAConfigMap},
 		Data: map[string]string{"ca.crt": string(ca)}}, metav1.CreateOptions{}); keep(err) != nil {

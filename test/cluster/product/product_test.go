@@ -17,7 +17,7 @@ import (
 )
 
 // TestBaseValuesRender renders the chart with the base values (helm template, strict schema) and checks the
-// assigner gets what the emulated Azure needs: azure.json from the Secret, the ARM endpoint, and the fake
+// assigner gets what the emulated Azure needs: azure.json from the node (staged), the ARM endpoint, and the fake
 // cloud's CA mounted and named by SSL_CERT_FILE.
 func TestBaseValuesRender(t *testing.T) {
 	root := testenv.RepoRoot()
@@ -25,7 +25,7 @@ func TestBaseValuesRender(t *testing.T) {
 	if _, err := os.Stat(helm); err != nil {
 		t.Skip("bin/helm missing: make packaging-tools")
 	}
-	values, err := yaml.Marshal(BaseValues("registry.test/podidentity", "v9.9.9"))
+	values, err := yaml.Marshal(BaseValues("registry.test/podidentity", "v9.9.9", "/var/lib/node/azure.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestBaseValuesRender(t *testing.T) {
 		t.Errorf("image %s, want %s", c.Image, want)
 	}
 	args := strings.Join(c.Args, " ")
-	for _, want := range []string{"--arm-endpoint=" + cluster.ARMEndpoint(), "--azure-config=/etc/kubernetes/azure/azure.json"} {
+	for _, want := range []string{"--arm-endpoint=" + cluster.ARMEndpoint(), "--azure-config=/var/run/podidentity/azure/azure.json"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args %q lack %s", args, want)
 		}
@@ -76,12 +76,15 @@ func TestBaseValuesRender(t *testing.T) {
 		switch {
 		case v.ConfigMap != nil:
 			sources[v.Name] = "configmap/" + v.ConfigMap.Name
-		case v.Secret != nil:
-			sources[v.Name] = "secret/" + v.Secret.SecretName
+		case v.HostPath != nil:
+			sources[v.Name] = "hostPath/" + v.HostPath.Path
 		}
 	}
-	if !mounted || sources["azure-ca"] != "configmap/"+AzureCAConfigMap || sources["azure-json"] != "secret/"+AzureJSONSecret {
-		t.Errorf("volumes %v, mounts %+v: want the CA ConfigMap mounted at %s and azure.json from Secret %s", sources, c.VolumeMounts, AzureCAMountDir, AzureJSONSecret)
+	if !mounted || sources["azure-ca"] != "configmap/"+AzureCAConfigMap || sources["azure-json"] != "hostPath//var/lib/node/azure.json" {
+		t.Errorf("volumes %v, mounts %+v: want the CA ConfigMap mounted at %s and azure.json from the node", sources, c.VolumeMounts, AzureCAMountDir)
+	}
+	if inits := assigner.Spec.Template.Spec.InitContainers; len(inits) != 1 || inits[0].Name != "stage-azure-json" {
+		t.Errorf("init containers %+v: want the one that stages the node's root-only azure.json", inits)
 	}
 }
 
