@@ -29,6 +29,14 @@ func fromMIC(o *aadv1.AzureAssignedIdentity) bool {
 	return !ours
 }
 
+// micNode is the index value of an AzureAssignedIdentity MIC left: its node (none for the assigner's own).
+func micNode(o ctrl.Object) []string {
+	if a := o.(*aadv1.AzureAssignedIdentity); fromMIC(a) && a.Spec.NodeName != "" {
+		return []string{a.Spec.NodeName}
+	}
+	return nil
+}
+
 // handover is what to do with the AzureAssignedIdentity objects MIC left on one VM or scale set.
 type handover struct {
 	// adopt are wanted by a pod now (same name, so the same assignment): they get the assigner's annotation

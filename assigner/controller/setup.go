@@ -209,12 +209,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 	}); err != nil {
 		return err
 	}
-	if err := idx.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, indexMICByNode, func(o client.Object) []string {
-		if a := o.(*aadv1.AzureAssignedIdentity); fromMIC(a) && a.Spec.NodeName != "" {
-			return []string{a.Spec.NodeName}
-		}
-		return nil
-	}); err != nil {
+	if err := idx.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, indexMICByNode, micNode); err != nil {
 		return err
 	}
 	m := newMetrics(opts.Registerer)

@@ -86,7 +86,8 @@ func TestOptInConfirmedBeforeAttaching(t *testing.T) {
 				WithIndex(&corev1.Node{}, indexNodeResource, func(o client.Object) []string { return []string{nodeResourceKey(o.(*corev1.Node))} }).
 				WithIndex(&aadv1.AzureAssignedIdentity{}, indexAssignedByRes, func(o client.Object) []string {
 					return []string{assignedResourceKey(o.(*aadv1.AzureAssignedIdentity))}
-				}).Build()
+				}).
+				WithIndex(&aadv1.AzureAssignedIdentity{}, indexMICByNode, micNode).Build()
 			apiNS := fake.NewClientBuilder().WithScheme(scheme)
 			if !tc.liveMissing {
 				apiNS = apiNS.WithObjects(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: tc.live}})

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
+	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/test/cluster"
 )
 
@@ -147,7 +149,41 @@ func (r *Release) UpgradeWithFiles(ctx context.Context, userFiles []string, valu
 		return fmt.Errorf("helm upgrade --install (bin/helm comes from `make packaging-tools`): %w\n%s\npods of %s:\n%s",
 			err, out, Namespace, PodSummary(ctx, r.cluster, Namespace))
 	}
-	return nil
+	return r.waitWebhookAnswers(ctx)
+}
+
+// waitWebhookAnswers waits until the API server reaches the webhook through its Service. helm's --wait returns
+// once the webhook's pods are Ready, but kube-proxy may not route the Service's address yet: a pod created at
+// that moment is refused ("failed calling webhook ... connection refused"), or its admission call follows the
+// node's default route to whatever answers there (seen: a TLS proxy's certificate). A server-side dry run of a
+// pod in an opted-in namespace calls the webhook as a real creation does, and creates nothing.
+func (r *Release) waitWebhookAnswers(ctx context.Context) error {
+	cs, err := kubernetes.NewForConfig(r.cluster.RESTConfig())
+	if err != nil {
+		return err
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "podidentity-probe-",
+		Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}
+	if ns, err = cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating a namespace to probe the webhook: %w", err)
+	}
+	defer func() {
+		_ = cs.CoreV1().Namespaces().Delete(context.WithoutCancel(ctx), ns.Name, metav1.DeleteOptions{})
+	}()
+	probe := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "probe"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "probe", Image: "probe"}}}}
+	var last error
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		_, last = cs.CoreV1().Pods(ns.Name).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		if last == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	return fmt.Errorf("the API server did not reach the webhook through its Service within 2 minutes after helm's --wait: %w\npods of %s:\n%s",
+		last, Namespace, PodSummary(ctx, r.cluster, Namespace))
 }
 
 // BaseValues are the values a user of an Azure Stack-like private cloud would give: the images, no
