@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,7 +21,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/podidentity/podidentity/test/arm"
-	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/e2e/apps"
 )
 
@@ -90,17 +87,7 @@ func (e *env) scenarioAlertFires(t *testing.T) {
 // denyIdentity makes the emulated ARM refuse the identity with code (empty: accept it again).
 func (e *env) denyIdentity(t *testing.T, resourceID, code string) {
 	t.Helper()
-	b, _ := json.Marshal(map[string]string{"id": resourceID, "code": code})
-	req, _ := http.NewRequest(http.MethodPut, "http://"+cluster.IMDSAdminAddress+"/arm/denied-identities", bytes.NewReader(b))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		body, _ := io.ReadAll(resp.Body)
-		t.Fatalf("denying identity %s: %s: %s", resourceID, resp.Status, body)
-	}
+	e.imds.put(t, "/arm/denied-identities", map[string]string{"id": resourceID, "code": code})
 }
 
 // sample is one scraped series of the assigner.

@@ -390,6 +390,28 @@ func (a imdsAdmin) get(ctx context.Context, path string, into any) error {
 	return json.Unmarshal(body, into)
 }
 
+// put sends body as JSON to the admin API and fails the test unless the answer is a success.
+func (a imdsAdmin) put(t *testing.T, path string, body any) {
+	t.Helper()
+	b, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPut, a.base+path, bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("the fake cloud's admin API at %s: %v", a.base, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		out, _ := io.ReadAll(resp.Body)
+		t.Fatalf("PUT %s%s: %s: %s", a.base, path, resp.Status, out)
+	}
+}
+
 // Counters are the emulator's call counters.
 func (a imdsAdmin) Counters(t *testing.T) imds.Counters {
 	t.Helper()

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -650,17 +649,7 @@ func (m *rehearsal) waitScaleSet(ctx context.Context, t *testing.T, what string,
 // setScaleSet replaces the scale set's identities out of band, as another controller left them.
 func (m *rehearsal) setScaleSet(t *testing.T, ids []string) {
 	t.Helper()
-	b, _ := json.Marshal(ids)
-	req, _ := http.NewRequest(http.MethodPut, "http://"+cluster.IMDSAdminAddress+"/arm/node-scale-set/identities", bytes.NewReader(b))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(resp.Body)
-		t.Fatalf("setting the scale set's identities: %s: %s", resp.Status, body)
-	}
+	imdsAdmin{base: "http://" + cluster.IMDSAdminAddress}.put(t, "/arm/node-scale-set/identities", ids)
 }
 
 func (m *rehearsal) armHistory(t *testing.T) []fakecloud.Change {
