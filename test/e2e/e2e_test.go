@@ -111,19 +111,7 @@ func setUp(ctx context.Context, t *testing.T) *env {
 	// controller-runtime's client logs through a global logger and prints a stack trace when none is set.
 	ctrllog.SetLogger(logr.Discard())
 	e := &env{cluster: c, figures: &Figures{}, matrix: &Matrix{}, imds: imdsAdmin{base: "http://" + cluster.IMDSAdminAddress}}
-	cfg := c.RESTConfig()
-	if e.cs, err = kubernetes.NewForConfig(cfg); err != nil {
-		t.Fatal(err)
-	}
-	scheme := kruntime.NewScheme()
-	for _, add := range []func(*kruntime.Scheme) error{clientgoscheme.AddToScheme, aadv1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if e.c, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
-		t.Fatal(err)
-	}
+	e.cs, e.c = clients(t, c)
 	clusterUp := time.Since(began)
 
 	root, err := apps.RootDir()
@@ -165,6 +153,27 @@ func setUp(ctx context.Context, t *testing.T) *env {
 	e.figures.Add(Figure{Scenario: "set-up", Name: "app images built and imported", Value: seconds(appImages)})
 	e.figures.Add(Figure{Scenario: "set-up", Name: "podidentity installed and ready", Value: seconds(time.Since(installed))})
 	return e
+}
+
+// clients are a clientset and a controller-runtime client (with the aadpodidentity.k8s.io types) of the cluster.
+func clients(t *testing.T, c *cluster.Cluster) (kubernetes.Interface, client.Client) {
+	t.Helper()
+	cfg := c.RESTConfig()
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheme := kruntime.NewScheme()
+	for _, add := range []func(*kruntime.Scheme) error{clientgoscheme.AddToScheme, aadv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cl, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs, cl
 }
 
 // flagValue is the value of a command-line flag of the test binary, or def when unset.

@@ -211,19 +211,7 @@ func newRehearsal(ctx context.Context, t *testing.T) *rehearsal {
 		}
 	})
 	ctrllog.SetLogger(logr.Discard())
-	cfg := c.RESTConfig()
-	if m.cs, err = kubernetes.NewForConfig(cfg); err != nil {
-		t.Fatal(err)
-	}
-	scheme := kruntime.NewScheme()
-	for _, add := range []func(*kruntime.Scheme) error{clientgoscheme.AddToScheme, aadv1.AddToScheme} {
-		if err := add(scheme); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if m.c, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
-		t.Fatal(err)
-	}
+	m.cs, m.c = clients(t, c)
 	if m.root, err = apps.RootDir(); err != nil {
 		t.Fatal(err)
 	}
