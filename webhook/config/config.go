@@ -6,12 +6,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/version"
 
 	"github.com/podidentity/podidentity/internal/defaults"
@@ -80,6 +82,18 @@ func Bind(fs *flag.FlagSet) *Config {
 			return nil
 		}
 		return fmt.Errorf("%q: use Always, IfNotPresent or Never", v)
+	})
+	fs.Func("image-pull-secrets", "pull Secrets (type kubernetes.io/dockerconfigjson) for the injected images from a private registry: their names are appended to spec.imagePullSecrets of every pod the webhook injects (the pod's own are kept; none is added to pods it skips); comma-separated or repeated. Each Secret must exist in every opted-in namespace: a pod can use only Secrets of its own namespace", func(v string) error {
+		names, err := parseImagePullSecrets(v)
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			if !slices.Contains(s.ImagePullSecrets, n) {
+				s.ImagePullSecrets = append(s.ImagePullSecrets, n)
+			}
+		}
+		return nil
 	})
 	int32Var(fs, &s.SidecarPort, "sidecar-port", d.SidecarPort, "loopback port of the sidecar's token endpoint (the init container redirects IMDS there)")
 	int32Var(fs, &s.HealthPort, "sidecar-health-port", d.HealthPort, "sidecar port for /healthz, /readyz and /metrics (probed by the kubelet)")
@@ -193,6 +207,29 @@ func (c *Config) Complete() error {
 		errs = append(errs, fmt.Errorf("--webhook-path=%q must start with /", c.WebhookPath))
 	}
 	return errors.Join(errs...)
+}
+
+// parseImagePullSecrets reads one --image-pull-secrets value: Secret names separated by commas, spaces around
+// them ignored; "" names none. Each name is checked here, at start, because the API server accepts any string
+// in a pod's imagePullSecrets and the kubelet would only report, pod by pod, a secret it cannot find.
+func parseImagePullSecrets(v string) ([]string, error) {
+	if strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	var names []string
+	for _, n := range strings.Split(v, ",") {
+		n = strings.TrimSpace(n)
+		if n == "" {
+			return nil, fmt.Errorf("%q has an empty name: give Secret names separated by single commas, e.g. acr-pull,mirror-pull", v)
+		}
+		if len(validation.IsDNS1123Subdomain(n)) > 0 {
+			return nil, fmt.Errorf("%q is not a Secret name (a DNS-1123 subdomain: lower case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters): give the pull Secrets' metadata.name, not a registry or a file", n)
+		}
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	return names, nil
 }
 
 func flagsOf(r corev1.ResourceRequirements) resourceFlags {

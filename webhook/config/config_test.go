@@ -3,6 +3,7 @@ package config
 import (
 	"flag"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -133,5 +134,49 @@ func TestNativeSidecars(t *testing.T) {
 		if (err != nil) != tc.wantErr || got != tc.want {
 			t.Errorf("NativeSidecars(%s, %+v) = %v, %v; want %v (error %v)", tc.mode, tc.server, got, err, tc.want, tc.wantErr)
 		}
+	}
+}
+
+// TestImagePullSecretsFlag: --image-pull-secrets takes Secret names, comma-separated or repeated, and refuses at
+// start what no Secret can be named (the API server would accept it in a pod, and only the kubelet would report
+// it, pod by pod).
+func TestImagePullSecretsFlag(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		want    []string
+		wantErr string
+	}{
+		{"none by default", nil, nil, ""},
+		{"empty value", []string{"--image-pull-secrets="}, nil, ""},
+		{"one", []string{"--image-pull-secrets=acr-pull"}, []string{"acr-pull"}, ""},
+		{"comma-separated, in order", []string{"--image-pull-secrets=mirror,acr-pull"}, []string{"mirror", "acr-pull"}, ""},
+		{"spaces around names", []string{"--image-pull-secrets= mirror , acr-pull "}, []string{"mirror", "acr-pull"}, ""},
+		{"dots are allowed", []string{"--image-pull-secrets=registry.example.com"}, []string{"registry.example.com"}, ""},
+		{"repeated flags add up", []string{"--image-pull-secrets=mirror", "--image-pull-secrets=acr-pull"}, []string{"mirror", "acr-pull"}, ""},
+		{"duplicates once", []string{"--image-pull-secrets=mirror,acr-pull,mirror", "--image-pull-secrets=acr-pull"}, []string{"mirror", "acr-pull"}, ""},
+		{"upper case", []string{"--image-pull-secrets=ACR-Pull"}, nil, `"ACR-Pull" is not a Secret name`},
+		{"underscore", []string{"--image-pull-secrets=acr_pull"}, nil, `"acr_pull" is not a Secret name (a DNS-1123 subdomain`},
+		{"a registry instead of a name", []string{"--image-pull-secrets=myacr.azurecr.io/podidentity"}, nil, "not a registry or a file"},
+		{"too long", []string{"--image-pull-secrets=" + strings.Repeat("a", 254)}, nil, "at most 253 characters"},
+		{"empty name in a list", []string{"--image-pull-secrets=mirror,,acr-pull"}, nil, "has an empty name"},
+		{"trailing comma", []string{"--image-pull-secrets=mirror,"}, nil, "has an empty name"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parse(t, tc.args...)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "image-pull-secrets") {
+					t.Fatalf("error %v, want one naming --image-pull-secrets and containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(c.Inject.ImagePullSecrets, tc.want) {
+				t.Errorf("ImagePullSecrets = %q, want %q", c.Inject.ImagePullSecrets, tc.want)
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -42,6 +43,8 @@ type goldenInput struct {
 			Label string `json:"label"`
 			Taint string `json:"taint"`
 		} `json:"identityPool"`
+		// ImagePullSecrets is --image-pull-secrets; absent means none.
+		ImagePullSecrets []string `json:"imagePullSecrets"`
 	} `json:"settings"`
 	Namespace  string                            `json:"namespace"`
 	Pod        json.RawMessage                   `json:"pod"`
@@ -89,6 +92,7 @@ func loadInput(t testing.TB, path string) (goldenInput, Settings) {
 		s.UIDChangePolicy = in.Settings.UIDChangePolicy
 	}
 	s.SidecarLogVerbosity = in.Settings.SidecarLogVerbosity
+	s.ImagePullSecrets = in.Settings.ImagePullSecrets
 	if p := in.Settings.IdentityPool; p != nil {
 		var err error
 		if s.Placement, err = ParsePlacement(p.Label, p.Taint); err != nil {
@@ -173,7 +177,7 @@ func TestGolden(t *testing.T) {
 					t.Errorf("second pass is not stable: action %s, patch %v", again.Action, again.Patch)
 				}
 				// Every field of the input survives: removing what the webhook owns gives the input back.
-				assertOnlyAdded(t, input.Pod, patched, s.Placement)
+				assertOnlyAdded(t, input.Pod, patched, s.Placement, s.ImagePullSecrets)
 			}
 		})
 	}
@@ -191,9 +195,11 @@ func TestGolden(t *testing.T) {
 }
 
 // assertOnlyAdded strips the webhook's containers, volumes and annotations, the NET_RAW drop it adds to user
-// containers (and, in guard mode, the pool's nodeSelector entry and toleration) from the output pod and
-// compares the rest with the input, as generic JSON: fields unknown to k8s.io/api must survive.
-func assertOnlyAdded(t *testing.T, in, out []byte, placement *Placement) {
+// containers (and, in guard mode, the pool's nodeSelector entry and toleration; with --image-pull-secrets, those
+// pull secrets) from the output pod and compares the rest with the input, as generic JSON: fields unknown to
+// k8s.io/api must survive. Pull secrets of those names are stripped from both sides: the user's other entries
+// must come out as they went in, in their order.
+func assertOnlyAdded(t *testing.T, in, out []byte, placement *Placement, pullSecrets []string) {
 	t.Helper()
 	var a, b map[string]any
 	if err := json.Unmarshal(in, &a); err != nil {
@@ -217,6 +223,21 @@ func assertOnlyAdded(t *testing.T, in, out []byte, placement *Placement) {
 			}
 		}
 		spec, _ := m["spec"].(map[string]any)
+		if v, ok := spec["imagePullSecrets"]; ok && len(pullSecrets) > 0 {
+			refs, _ := v.([]any) // null, like [], may be replaced by ours
+			kept := []any{}
+			for _, e := range refs {
+				if name, _ := e.(map[string]any)["name"].(string); slices.Contains(pullSecrets, name) {
+					continue
+				}
+				kept = append(kept, e)
+			}
+			if len(kept) == 0 {
+				delete(spec, "imagePullSecrets")
+			} else {
+				spec["imagePullSecrets"] = kept
+			}
+		}
 		if placement != nil {
 			if sel, ok := spec["nodeSelector"].(map[string]any); ok {
 				delete(sel, placement.LabelKey)

@@ -3,7 +3,7 @@
 // the cluster's bindings, identities and exceptions in, decision out.
 //
 // The patch is built against the raw object and only ADDs what the webhook owns (containers, volumes, the
-// identities annotation). The pod is decoded into corev1.Pod only to read it: re-encoding it would drop
+// identities annotation, the configured image pull secrets). The pod is decoded into corev1.Pod only to read it: re-encoding it would drop
 // fields newer than our k8s.io/api version (Azure Workload Identity #1312).
 package inject
 
@@ -199,6 +199,7 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 		d := reinvoked(raw, pod, inj, ids, secretVols, warnings, security, s)
 		if d.Action != ActionDeny {
 			d.Patch = append(d.Patch, placement...)
+			d.Patch = append(d.Patch, pullSecretsPatch(pod, s.ImagePullSecrets)...)
 			d.Unresolved = unresolved
 			d.SecurityWarnings = security
 			d.NotServed = notServed
@@ -242,6 +243,7 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 		}
 	}
 	patch = append(patch, placement...)
+	patch = append(patch, pullSecretsPatch(pod, s.ImagePullSecrets)...)
 	patch = append(patch, annotationsPatch(pod, shape, ownAnnotations(ids, security))...)
 	return Decision{Action: ActionInject, Warnings: warnings, Patch: patch, Identities: nonNil(ids), Unresolved: unresolved, SecurityWarnings: security, NotServed: notServed}
 }
@@ -277,12 +279,13 @@ type podView struct {
 		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
 	Spec *struct {
-		RestartPolicy   corev1.RestartPolicy `json:"restartPolicy"`
-		HostNetwork     bool                 `json:"hostNetwork"`
-		NodeSelector    map[string]string    `json:"nodeSelector"`
-		Tolerations     []corev1.Toleration  `json:"tolerations"`
-		OS              *corev1.PodOS        `json:"os"`
-		SecurityContext *struct {
+		RestartPolicy    corev1.RestartPolicy          `json:"restartPolicy"`
+		HostNetwork      bool                          `json:"hostNetwork"`
+		NodeSelector     map[string]string             `json:"nodeSelector"`
+		Tolerations      []corev1.Toleration           `json:"tolerations"`
+		ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets"`
+		OS               *corev1.PodOS                 `json:"os"`
+		SecurityContext  *struct {
 			RunAsUser    *int64 `json:"runAsUser"`
 			RunAsNonRoot *bool  `json:"runAsNonRoot"`
 		} `json:"securityContext"`
@@ -325,7 +328,7 @@ func readPod(raw []byte) (*corev1.Pod, podShape, error) {
 	}
 	sp := v.Spec
 	pod.Spec.HostNetwork, pod.Spec.NodeSelector, pod.Spec.OS, pod.Spec.Tolerations = sp.HostNetwork, sp.NodeSelector, sp.OS, sp.Tolerations
-	pod.Spec.RestartPolicy = sp.RestartPolicy
+	pod.Spec.RestartPolicy, pod.Spec.ImagePullSecrets = sp.RestartPolicy, sp.ImagePullSecrets
 	if sp.SecurityContext != nil {
 		pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: sp.SecurityContext.RunAsUser, RunAsNonRoot: sp.SecurityContext.RunAsNonRoot}
 	}

@@ -14,6 +14,11 @@ type Settings struct {
 	InitImage       string
 	SidecarImage    string
 	ImagePullPolicy corev1.PullPolicy
+	// ImagePullSecrets are names of Secrets, in the pod's namespace, that the webhook appends to the
+	// spec.imagePullSecrets of every pod it injects, so that our images can come from a private registry
+	// without every app adding the secret itself. The kubelet pulls every image of a pod with all of the pod's
+	// pull secrets, so they serve the app's images too; the user's own are kept.
+	ImagePullSecrets []string
 
 	// SidecarPort is the sidecar's loopback token port, HealthPort its probe and metrics port.
 	SidecarPort int32
