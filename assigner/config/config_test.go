@@ -1,20 +1,15 @@
 package config
 
 import (
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+
+	"github.com/podidentity/podidentity/test/pki"
 )
 
 func TestParseAzureJSON(t *testing.T) {
@@ -76,12 +71,9 @@ func TestResolveAuth(t *testing.T) {
 
 func TestCredentialsBuild(t *testing.T) {
 	dir := t.TempDir()
-	key, _ := rsa.GenerateKey(rand.Reader, 2048)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "assigner"}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	sp := pki.SelfSigned(pki.Spec{CommonName: "assigner", RSA: true})
 	certPath := filepath.Join(dir, "cert.pem")
-	pemBytes := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})...)
+	pemBytes := append(sp.CertPEM(), sp.PKCS8KeyPEM()...)
 	if err := os.WriteFile(certPath, pemBytes, 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -3,9 +3,10 @@ package guard
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"flag"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -27,6 +28,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/wait"
 	"github.com/podidentity/podidentity/webhook/config"
 	"github.com/podidentity/podidentity/webhook/server"
 )
@@ -149,7 +151,8 @@ func TestGuardAdmission(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waitTLS(t, wio.LocalServingHost, wio.LocalServingPort)
+	addr := net.JoinHostPort(wio.LocalServingHost, strconv.Itoa(wio.LocalServingPort))
+	wait.For(t, 30*time.Second, 100*time.Millisecond, "the webhook server at "+addr+" comes up", wait.TLSHandshake(addr))
 	waitPolicyActive(t, c)
 
 	rules := Rules{Pool: &desired.Pool{Key: poolKey, Value: "identities"}, InjectionLabel: defaults.NamespaceInjectionLabel,
@@ -272,34 +275,16 @@ func wantRefused(t *testing.T, err error) {
 // a probe pod that tolerates everything is refused.
 func waitPolicyActive(t *testing.T, c client.Client) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	wait.For(t, 30*time.Second, 100*time.Millisecond, "the guard policy is enforced", func() error {
 		p := newPod("other", "probe", "", nil)
 		p.Spec.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists}}
 		err := c.Create(context.Background(), p, client.DryRunAll)
-		if err != nil && strings.Contains(err.Error(), "podidentity guard mode") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the guard policy is not enforced after 30s (last answer: %v)", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func waitTLS(t *testing.T, host string, port int) {
-	t.Helper()
-	addr := net.JoinHostPort(host, strconv.Itoa(port))
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // readiness probe of the test's own server
 		if err == nil {
-			_ = conn.Close()
-			return
+			return errors.New("a probe pod that tolerates everything was admitted")
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("webhook server at %s did not come up: %v", addr, err)
+		if !strings.Contains(err.Error(), "podidentity guard mode") {
+			return fmt.Errorf("not refused by the guard: %w", err)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/promtest"
+	"github.com/podidentity/podidentity/test/wait"
 )
 
 const (
@@ -86,13 +87,13 @@ func TestGuardModeAssignerAndAudit(t *testing.T) {
 	injectedPod(t, c, "apps", "on-pool", "idpool-0", "reader")
 	injectedPod(t, c, "apps", "off-pool", "general-0", "reader")
 
-	eventually(t, "the pool's scale set gets the identity", func() error {
+	wait.For(t, 30*time.Second, 50*time.Millisecond, "the pool's scale set gets the identity", func() error {
 		if _, ids := srv.Identities(poolSS); len(ids) != 1 || !strings.EqualFold(ids[0], reader) {
 			return fmt.Errorf("pool identities %v", ids)
 		}
 		return nil
 	})
-	eventually(t, "the pod outside the pool gets a Warning Event", func() error {
+	wait.For(t, 30*time.Second, 50*time.Millisecond, "the pod outside the pool gets a Warning Event", func() error {
 		return hasEvent(c, "apps", "off-pool", ReasonOutsidePool, "node general-0 is outside the identity pool")
 	})
 	if n := srv.WritesTo(plainSS); n != 0 {
@@ -108,7 +109,7 @@ func TestGuardModeAssignerAndAudit(t *testing.T) {
 			t.Errorf("AzureAssignedIdentity %s created for the pod outside the pool", a.Name)
 		}
 	}
-	eventually(t, "the refused pod is counted", func() error {
+	wait.For(t, 30*time.Second, 50*time.Millisecond, "the refused pod is counted", func() error {
 		if v := promtest.Value(t, reg, "podidentity_guard_refused_pods", map[string]string{"node": ""}); v != 1 {
 			return fmt.Errorf("podidentity_guard_refused_pods = %v", v)
 		}
@@ -119,10 +120,10 @@ func TestGuardModeAssignerAndAudit(t *testing.T) {
 	plainPod(t, c, "other", "planted", "idpool-0", "")
 	plainPod(t, c, "kube-system", "kube-proxy-x", "idpool-0", "")
 	plainPod(t, c, "monitoring", "agent-x", "idpool-0", "agent")
-	eventually(t, "the audit reports the planted pod", func() error {
+	wait.For(t, 30*time.Second, 50*time.Millisecond, "the audit reports the planted pod", func() error {
 		return hasEvent(c, "other", "planted", ReasonUntrustedPod, "namespace other is not labelled podidentity.io/injection=enabled")
 	})
-	eventually(t, "the gauge counts the planted pod on its node", func() error {
+	wait.For(t, 30*time.Second, 50*time.Millisecond, "the gauge counts the planted pod on its node", func() error {
 		if v := promtest.Value(t, reg, "podidentity_guard_untrusted_pods", map[string]string{"node": "idpool-0"}); v != 1 {
 			return fmt.Errorf("podidentity_guard_untrusted_pods{node=idpool-0} = %v", v)
 		}
@@ -139,7 +140,7 @@ func TestGuardModeAssignerAndAudit(t *testing.T) {
 	must(t, c.Get(ctx, client.ObjectKey{Name: "idpool-0"}, &n))
 	delete(n.Labels, poolKey)
 	must(t, c.Update(ctx, &n))
-	eventually(t, "the identity is detached from the scale set that left the pool", func() error {
+	wait.For(t, 30*time.Second, 50*time.Millisecond, "the identity is detached from the scale set that left the pool", func() error {
 		if _, ids := srv.Identities(poolSS); len(ids) != 0 {
 			return fmt.Errorf("identities still attached: %v", ids)
 		}
@@ -147,7 +148,7 @@ func TestGuardModeAssignerAndAudit(t *testing.T) {
 	})
 	// The audit runs on its next kick: a pod created anywhere.
 	plainPod(t, c, "other", "kick", "general-0", "")
-	eventually(t, "the pod on the node that left the pool gets a Warning Event", func() error {
+	wait.For(t, 30*time.Second, 50*time.Millisecond, "the pod on the node that left the pool gets a Warning Event", func() error {
 		return hasEvent(c, "apps", "on-pool", ReasonOutsidePool, "node idpool-0 is outside the identity pool")
 	})
 }
@@ -199,19 +200,4 @@ func hasEvent(c client.Client, ns, pod, reason, fragment string) error {
 		}
 	}
 	return fmt.Errorf("no %s Event on pod %s/%s containing %q among %d events", reason, ns, pod, fragment, len(l.Items))
-}
-
-func eventually(t *testing.T, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after 30s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
 )
 
 const (
@@ -30,9 +32,6 @@ const (
 
 	pageSize = 500
 )
-
-// GroupVersion is the API group and version of the upgraded kinds.
-var GroupVersion = schema.GroupVersion{Group: "aadpodidentity.k8s.io", Version: "v1"}
 
 // Kinds are the kinds Run upgrades, in order.
 func Kinds() []Kind {
@@ -101,7 +100,7 @@ func completed(ctx context.Context, c client.Client, namespace string) (bool, er
 
 func upgradeKind(ctx context.Context, c client.Client, k Kind, res *Result) error {
 	list := &unstructured.UnstructuredList{}
-	list.SetGroupVersionKind(GroupVersion.WithKind(string(k) + "List"))
+	list.SetGroupVersionKind(aadv1.GroupVersion.WithKind(string(k) + "List"))
 	cont := ""
 	for {
 		if err := c.List(ctx, list, client.Limit(pageSize), client.Continue(cont)); err != nil {

@@ -41,7 +41,7 @@ func oldStyleSchemas(t *testing.T, ctx context.Context, c client.Client) (restor
 	for _, k := range upgrade.Kinds() {
 		crd := &unstructured.Unstructured{}
 		crd.SetGroupVersionKind(crdGVK)
-		if err := c.Get(ctx, types.NamespacedName{Name: plural(k) + "." + upgrade.GroupVersion.Group}, crd); err != nil {
+		if err := c.Get(ctx, types.NamespacedName{Name: plural(k) + "." + aadv1.GroupVersion.Group}, crd); err != nil {
 			t.Fatal(err)
 		}
 		originals[k] = crd.DeepCopy()
@@ -97,7 +97,7 @@ func waitPruning(t *testing.T, ctx context.Context, c client.Client, k upgrade.K
 
 func object(k upgrade.Kind, ns, name string, spec, status map[string]interface{}) *unstructured.Unstructured {
 	u := &unstructured.Unstructured{Object: map[string]interface{}{}}
-	u.SetGroupVersionKind(upgrade.GroupVersion.WithKind(string(k)))
+	u.SetGroupVersionKind(aadv1.GroupVersion.WithKind(string(k)))
 	u.SetNamespace(ns)
 	u.SetName(name)
 	if spec != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/podidentity/podidentity/cni/install"
 	"github.com/podidentity/podidentity/cni/pluginconf"
 	"github.com/podidentity/podidentity/test/promtest"
+	"github.com/podidentity/podidentity/test/wait"
 )
 
 const testCA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -95,17 +96,6 @@ func chained(t *testing.T, name, data string) bool {
 	t.Helper()
 	has, err := install.HasEntry(name, []byte(data))
 	return err == nil && has
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func TestSyncInstallsAndIsIdempotent(t *testing.T) {
@@ -211,7 +201,7 @@ func TestRunFollowsThePrimaryCNI(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(n.conf, "10-azure.conflist"), []byte(azureConflist), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the new file is chained and the installer ready", func() bool {
+	wait.Until(t, 5*time.Second, 20*time.Millisecond, "the new file is chained and the installer ready", func() bool {
 		return chained(t, "10-azure.conflist", n.read(t, "10-azure.conflist")) && n.in.Ready() == nil
 	})
 
@@ -232,7 +222,7 @@ func TestRunFollowsThePrimaryCNI(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		eventually(t, "the rewritten file is chained again ("+how+")", func() bool {
+		wait.Until(t, 5*time.Second, 20*time.Millisecond, "the rewritten file is chained again ("+how+")", func() bool {
 			return chained(t, "10-azure.conflist", n.read(t, "10-azure.conflist"))
 		})
 		// No loop: after the re-chain, a settled installer writes nothing more.
@@ -246,7 +236,7 @@ func TestRunFollowsThePrimaryCNI(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(n.conf, "05-cilium.conf"), []byte(bridgeConf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "05-cilium.conf becomes a chained 05-cilium.conflist", func() bool {
+	wait.Until(t, 5*time.Second, 20*time.Millisecond, "05-cilium.conf becomes a chained 05-cilium.conflist", func() bool {
 		b, err := os.ReadFile(filepath.Join(n.conf, "05-cilium.conflist"))
 		_, confLeft := os.Stat(filepath.Join(n.conf, "05-cilium.conf"))
 		return err == nil && chained(t, "05-cilium.conflist", string(b)) && os.IsNotExist(confLeft)
@@ -256,7 +246,7 @@ func TestRunFollowsThePrimaryCNI(t *testing.T) {
 	n.mu.Lock()
 	n.token = "token-2"
 	n.mu.Unlock()
-	eventually(t, "the kubeconfig holds the rotated token", func() bool {
+	wait.Until(t, 5*time.Second, 20*time.Millisecond, "the kubeconfig holds the rotated token", func() bool {
 		return strings.Contains(n.read(t, "ZZZ-podidentity-cni-kubeconfig"), "token-2")
 	})
 
@@ -264,7 +254,7 @@ func TestRunFollowsThePrimaryCNI(t *testing.T) {
 	if err := os.Remove(filepath.Join(n.bin, pluginconf.PluginType)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the binary is back", func() bool {
+	wait.Until(t, 5*time.Second, 20*time.Millisecond, "the binary is back", func() bool {
 		_, err := os.Stat(filepath.Join(n.bin, pluginconf.PluginType))
 		return err == nil
 	})

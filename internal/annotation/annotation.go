@@ -1,6 +1,7 @@
 // Package annotation defines the pod annotation podidentity.io/identities: the identities a pod is bound to, as
 // the webhook and the assigner record them and the pod's token sidecar reads them (through a downward-API file).
-// It imports nothing from Kubernetes, so the sidecar stays small.
+// This package owns the value's format; the key is defaults.IdentitiesAnnotation, beside the other names the
+// components agree on. It imports nothing from Kubernetes, so the sidecar stays small.
 package annotation
 
 import (

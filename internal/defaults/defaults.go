@@ -41,7 +41,8 @@ const (
 	NamespaceInjectionLabel = "podidentity.io/injection"
 	// InjectAnnotation with the value "false" opts a single pod out.
 	InjectAnnotation = "podidentity.io/inject"
-	// IdentitiesAnnotation records the identities a pod is bound to (see package binding for the format).
+	// IdentitiesAnnotation records the identities a pod is bound to; package annotation defines its value
+	// (the format) and package binding decides what goes in it.
 	IdentitiesAnnotation = "podidentity.io/identities"
 	// SecurityWarningsAnnotation lists, comma-separated, the reasons the webhook admitted a pod of an opted-in
 	// namespace in a state that weakens its isolation (e.g. "opt-out-annotation", "exception",

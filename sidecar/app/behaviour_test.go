@@ -13,6 +13,7 @@ import (
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/wait"
 )
 
 func TestReloadOnIdentitiesFileChange(t *testing.T) {
@@ -22,10 +23,10 @@ func TestReloadOnIdentitiesFileChange(t *testing.T) {
 		t.Fatalf("jobs before binding: %d %s, want 400", r.status, r.raw)
 	}
 	h.files.write(t, []annotation.Identity{web, jobs}) // the kubelet swaps ..data
-	waitFor(t, "jobs to become bound", func() bool { return rawGet(t, h.addr, tokenTarget(jobsQuery), md).status == 200 })
+	wait.Until(t, 15*time.Second, 5*time.Millisecond, "jobs to become bound", func() bool { return rawGet(t, h.addr, tokenTarget(jobsQuery), md).status == 200 })
 
 	h.files.write(t, []annotation.Identity{jobs}) // web unbound: its cached token must not be served any more
-	waitFor(t, "web to become unbound", func() bool {
+	wait.Until(t, 15*time.Second, 5*time.Millisecond, "web to become unbound", func() bool {
 		return rawGet(t, h.addr, tokenTarget("&client_id="+webMI.ClientID), md).status == 400
 	})
 	if r := rawGet(t, h.addr, tokenTarget(""), md); r.status != 200 || r.body["client_id"] != jobsMI.ClientID {
@@ -50,14 +51,14 @@ func TestNotReadyUntilIdentitiesFileRead(t *testing.T) {
 		t.Fatalf("token before the file: %d %s", r.status, r.raw)
 	}
 	h.files.write(t, []annotation.Identity{web})
-	waitFor(t, "ready", func() bool { return get("/readyz") == 200 })
+	wait.Until(t, 15*time.Second, 5*time.Millisecond, "ready", func() bool { return get("/readyz") == 200 })
 }
 
 func TestWaitsForAttachmentThenSucceeds(t *testing.T) {
 	h := start(t, setup{bound: []annotation.Identity{web}}) // not attached to the node yet
 	done := make(chan response, 1)
 	go func() { done <- rawGet(t, h.addr, tokenTarget("&client_id="+webMI.ClientID), md) }()
-	waitFor(t, "IMDS to say Identity not found", func() bool { return h.emu.Counters().ByStatus[400] >= 2 })
+	wait.Until(t, 15*time.Second, 5*time.Millisecond, "IMDS to say Identity not found", func() bool { return h.emu.Counters().ByStatus[400] >= 2 })
 	h.emu.Attach(webMI) // the assigner attaches the identity
 	r := <-done
 	if r.status != 200 || r.body["client_id"] != webMI.ClientID {
@@ -144,8 +145,8 @@ func TestRefreshAheadOfExpiry(t *testing.T) {
 	if r.body["access_token"] != first.body["access_token"] {
 		t.Fatalf("in the refresh window the cached token is still served, got another: %s", r.raw)
 	}
-	waitFor(t, "the background refresh", func() bool { return h.emu.Counters().Tokens == 2 })
-	waitFor(t, "the refreshed token to be served", func() bool {
+	wait.Until(t, 15*time.Second, 5*time.Millisecond, "the background refresh", func() bool { return h.emu.Counters().Tokens == 2 })
+	wait.Until(t, 15*time.Second, 5*time.Millisecond, "the refreshed token to be served", func() bool {
 		r = rawGet(t, h.addr, tokenTarget(""), md)
 		return r.body["access_token"] != first.body["access_token"]
 	})

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/sidecar/internal/kubeletfile"
 	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/wait"
 )
 
 const rid = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
@@ -142,21 +144,16 @@ func startTB(t testing.TB, s setup, log logr.Logger) *harness {
 		}
 	})
 	if s.bound != nil {
-		for deadline := time.Now().Add(10 * time.Second); !a.Store.Ready(); time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatal("the sidecar did not read its identities file")
-			}
-		}
+		wait.Until(t, 10*time.Second, time.Millisecond, "the sidecar reads its identities file", a.Store.Ready)
 	}
 	// The readiness probe is a request to IMDS's other paths: let it land before a test counts those.
-	for deadline := time.Now().Add(10 * time.Second); !s.upstreamPending; time.Sleep(time.Millisecond) {
-		if ok, _ := a.Upstream.Ready(); ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			_, why := a.Upstream.Ready()
-			t.Fatalf("the sidecar did not confirm its upstream: %s", why)
-		}
+	if !s.upstreamPending {
+		wait.For(t, 10*time.Second, time.Millisecond, "the sidecar confirms its upstream", func() error {
+			if ok, why := a.Upstream.Ready(); !ok {
+				return errors.New(why)
+			}
+			return nil
+		})
 	}
 	return &harness{emu: emu, app: a, addr: tl.Addr().String(), health: hl.Addr().String(), files: files, imdsURL: emuSrv.URL}
 }
@@ -202,15 +199,4 @@ var md = map[string]string{"Metadata": "true"}
 
 func tokenTarget(query string) string {
 	return "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F" + query
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/sidecar/loopguard"
 	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/wait"
 )
 
 func getBody(t *testing.T, url string) (int, string) {
@@ -59,11 +60,11 @@ func TestUpstreamReadiness(t *testing.T) {
 				}})
 			readyz := "http://" + h.health + "/readyz"
 			if tt.want == 200 {
-				waitFor(t, "ready", func() bool { code, _ := getBody(t, readyz); return code == 200 })
+				wait.Until(t, 15*time.Second, 5*time.Millisecond, "ready", func() bool { code, _ := getBody(t, readyz); return code == 200 })
 				return
 			}
 			// Let several probes fail (200 ms, 400 ms, 800 ms apart): the answer must stay, with its reason.
-			waitFor(t, "the first probe", func() bool { _, why := h.app.Upstream.Ready(); return !strings.Contains(why, "first check") })
+			wait.Until(t, 15*time.Second, 5*time.Millisecond, "the first probe", func() bool { _, why := h.app.Upstream.Ready(); return !strings.Contains(why, "first check") })
 			time.Sleep(1500 * time.Millisecond)
 			code, body := getBody(t, readyz)
 			if code != tt.want || !strings.Contains(body, tt.wantBody) {
@@ -168,7 +169,7 @@ func TestReadyOnceTheExemptionArrives(t *testing.T) {
 			c.IMDSEndpoint = "http://" + redir.l.Addr().String()
 		}})
 	readyz := "http://" + h.health + "/readyz"
-	waitFor(t, "a looped probe", func() bool {
+	wait.Until(t, 15*time.Second, 5*time.Millisecond, "a looped probe", func() bool {
 		_, body := getBody(t, readyz)
 		return strings.Contains(body, "exemption for the sidecar is not installed")
 	})
@@ -177,7 +178,7 @@ func TestReadyOnceTheExemptionArrives(t *testing.T) {
 	}
 	emu := strings.TrimPrefix(h.imdsURL, "http://")
 	redir.target.Store(&emu) // the node agent installs the exemption
-	waitFor(t, "ready once the exemption is installed", func() bool { code, _ := getBody(t, readyz); return code == 200 })
+	wait.Until(t, 15*time.Second, 5*time.Millisecond, "ready once the exemption is installed", func() bool { code, _ := getBody(t, readyz); return code == 200 })
 	if r := rawGet(t, h.addr, tokenTarget(""), md); r.status != 200 || r.body["client_id"] != webMI.ClientID {
 		t.Fatalf("token after the exemption: %d %s, want the bound identity's token", r.status, r.raw)
 	}

@@ -1,13 +1,8 @@
 package app
 
 import (
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
-	"math/big"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -19,32 +14,22 @@ import (
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/jwttest"
+	"github.com/podidentity/podidentity/test/pki"
 )
 
 const tenant = "7e0b6a1c-0000-4000-8000-00000000000a"
 
-func selfSigned(t *testing.T) (*x509.Certificate, []byte) {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sp-cert"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pemData := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	pemData = append(pemData, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})...)
-	return cert, pemData
+// spCertificate makes a service principal's certificate and the PEM its Secret holds: the certificate, then
+// its key in PKCS #1.
+func spCertificate() (*x509.Certificate, []byte) {
+	p := pki.SelfSigned(pki.Spec{CommonName: "sp-cert", RSA: true})
+	return p.Cert, append(p.CertPEM(), p.KeyPEM()...)
 }
 
 // TestServicePrincipals: types 1 and 2 get their token from (emulated) Azure AD through azidentity, with the
 // credential read from the secrets directory the webhook mounts into the sidecar only.
 func TestServicePrincipals(t *testing.T) {
-	cert, certPEM := selfSigned(t)
+	cert, certPEM := spCertificate()
 	secretSP := annotation.Identity{Namespace: "apps", Name: "sp-secret", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000001", TenantID: tenant, SecretName: "sp-secret-creds"}
 	certSP := annotation.Identity{Namespace: "apps", Name: "sp-cert", Type: identitytype.ServicePrincipalCertificate, ClientID: "5e000000-0000-4000-8000-000000000002", TenantID: tenant, SecretName: "sp-cert-creds",
 		AuxiliaryTenantIDs: []string{"7e0b6a1c-0000-4000-8000-00000000000b"}}
@@ -141,7 +126,7 @@ func TestAuxiliaryTenants(t *testing.T) {
 		aux4 = "7e0b6a1c-0000-4000-8000-0000000000b4"
 		gone = "7e0b6a1c-0000-4000-8000-0000000000ff" // the application has no service principal there
 	)
-	cert, certPEM := selfSigned(t)
+	cert, certPEM := spCertificate()
 	sp := func(name, client string, typ identitytype.IdentityType, aux ...string) annotation.Identity {
 		return annotation.Identity{Namespace: "apps", Name: name, Type: typ, ClientID: client, TenantID: tenant, SecretName: name + "-creds", AuxiliaryTenantIDs: aux}
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/sidecar/internal/kubeletfile"
+	"github.com/podidentity/podidentity/test/wait"
 )
 
 const rid = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
@@ -20,17 +21,6 @@ var (
 	light = annotation.Identity{Namespace: "apps", Name: "light", Type: identitytype.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000002", ResourceID: rid + "light"}
 	sp    = annotation.Identity{Namespace: "apps", Name: "sp", Type: identitytype.ServicePrincipal, ClientID: "aaaaaaaa-0000-0000-0000-000000000003", TenantID: "t"}
 )
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func TestWatchFollowsKubeletSymlinkSwap(t *testing.T) {
 	k := kubeletfile.New(t.TempDir(), "identities")
@@ -45,10 +35,10 @@ func TestWatchFollowsKubeletSymlinkSwap(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.Watch(ctx, 10*time.Millisecond)
-	waitFor(t, "first load", func() bool { return s.Ready() && len(s.Identities()) == 1 })
+	wait.Until(t, 10*time.Second, 5*time.Millisecond, "first load", func() bool { return s.Ready() && len(s.Identities()) == 1 })
 
 	k.Write(t, []byte(annotation.Encode([]annotation.Identity{heavy, light})))
-	waitFor(t, "reload after ..data swap", func() bool { return len(s.Identities()) == 2 })
+	wait.Until(t, 10*time.Second, 5*time.Millisecond, "reload after ..data swap", func() bool { return len(s.Identities()) == 2 })
 	if got := s.Identities()[0].Name; got != "heavy" {
 		t.Fatalf("first identity %q, want heavy (annotation order kept)", got)
 	}
@@ -62,7 +52,7 @@ func TestWatchFollowsKubeletSymlinkSwap(t *testing.T) {
 		t.Fatal("invalid content replaced the list")
 	}
 	k.Write(t, []byte("[]"))
-	waitFor(t, "reload to empty", func() bool { return len(s.Identities()) == 0 })
+	wait.Until(t, 10*time.Second, 5*time.Millisecond, "reload to empty", func() bool { return len(s.Identities()) == 0 })
 }
 
 func TestSelect(t *testing.T) {

@@ -8,6 +8,8 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/podidentity/podidentity/test/pki"
 )
 
 // writePKI creates the cluster CA and every certificate the components use, the service-account signing
@@ -18,35 +20,36 @@ func (c *Cluster) writePKI() error {
 		return err
 	}
 	nodeIP, svcIP := net.ParseIP(NodeIP), net.ParseIP(KubernetesServiceIP)
-	ca, err := newAuthority(dir, "ca", "podidentity-test-cluster-ca")
-	if err != nil {
+	ca := pki.SelfSigned(pki.Spec{CommonName: "podidentity-test-cluster-ca", CA: true, Validity: certValidity})
+	if err := writePair(dir, "ca", ca); err != nil {
 		return err
 	}
 	node := c.opts.NodeName
-	for _, s := range []certSpec{
-		{file: "apiserver", cn: "kube-apiserver", server: true, ips: []net.IP{nodeIP, svcIP, net.ParseIP("127.0.0.1")},
-			dns: []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"}},
-		{file: "apiserver-kubelet-client", cn: "kube-apiserver-kubelet-client", orgs: []string{"system:masters"}, client: true},
-		{file: "admin", cn: "podidentity-admin", orgs: []string{"system:masters"}, client: true},
-		{file: "controller-manager", cn: "system:kube-controller-manager", client: true},
-		{file: "scheduler", cn: "system:kube-scheduler", client: true},
-		{file: "kube-proxy", cn: "system:kube-proxy", client: true},
-		{file: "kubelet-client", cn: "system:node:" + node, orgs: []string{"system:nodes"}, client: true},
-		{file: "kubelet-serving", cn: node, server: true, ips: []net.IP{nodeIP}, dns: []string{node}},
+	for _, s := range []issued{
+		{"apiserver", pki.Spec{CommonName: "kube-apiserver", Server: true, IPs: []net.IP{nodeIP, svcIP, net.ParseIP("127.0.0.1")},
+			DNSNames: []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"}}},
+		{"apiserver-kubelet-client", pki.Spec{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}, Client: true}},
+		{"admin", pki.Spec{CommonName: "podidentity-admin", Organization: []string{"system:masters"}, Client: true}},
+		{"controller-manager", pki.Spec{CommonName: "system:kube-controller-manager", Client: true}},
+		{"scheduler", pki.Spec{CommonName: "system:kube-scheduler", Client: true}},
+		{"kube-proxy", pki.Spec{CommonName: "system:kube-proxy", Client: true}},
+		{"kubelet-client", pki.Spec{CommonName: "system:node:" + node, Organization: []string{"system:nodes"}, Client: true}},
+		{"kubelet-serving", pki.Spec{CommonName: node, Server: true, IPs: []net.IP{nodeIP}, DNSNames: []string{node}}},
 	} {
-		if err := ca.issue(dir, s); err != nil {
+		s.spec.Validity = certValidity
+		if err := writePair(dir, s.file, ca.Issue(s.spec)); err != nil {
 			return err
 		}
 	}
 	if err := writeSigningKey(dir, "service-account"); err != nil {
 		return err
 	}
-	azureCA, err := newAuthority(dir, "azure-ca", "podidentity emulated Azure CA")
-	if err != nil {
+	azureCA := pki.SelfSigned(pki.Spec{CommonName: "podidentity emulated Azure CA", CA: true, Validity: certValidity})
+	if err := writePair(dir, "azure-ca", azureCA); err != nil {
 		return err
 	}
-	return azureCA.issue(dir, certSpec{file: "fakecloud", cn: "emulated Azure", server: true,
-		ips: []net.IP{nodeIP}, dns: []string{AADHost}})
+	return writePair(dir, "fakecloud", azureCA.Issue(pki.Spec{CommonName: "emulated Azure", Server: true,
+		IPs: []net.IP{nodeIP}, DNSNames: []string{AADHost}, Validity: certValidity}))
 }
 
 // writeKubeconfigs writes one kubeconfig per client identity, certificates embedded.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/wait"
 	"github.com/podidentity/podidentity/webhook/certs"
 	"github.com/podidentity/podidentity/webhook/config"
 	"github.com/podidentity/podidentity/webhook/server"
@@ -171,13 +173,15 @@ func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 
 	// The caBundle is patched with the CA of the Secret.
 	var caBundle []byte
-	waitFor(t, 60*time.Second, "the caBundle to be patched", func() bool {
+	wait.For(t, 60*time.Second, 200*time.Millisecond, "the caBundle to be patched", func() error {
 		var got admissionregistrationv1.MutatingWebhookConfiguration
 		if err := env.Client.Get(ctx, types.NamespacedName{Name: selfSignedMWC}, &got); err != nil {
-			return false
+			return err
 		}
-		caBundle = got.Webhooks[0].ClientConfig.CABundle
-		return len(caBundle) > 0 && src.Ready(nil) == nil
+		if caBundle = got.Webhooks[0].ClientConfig.CABundle; len(caBundle) == 0 {
+			return errors.New("the caBundle is empty")
+		}
+		return src.Ready(nil)
 	})
 	var secret corev1.Secret
 	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: selfSignedNS, Name: selfSignedSecret}, &secret); err != nil {
@@ -296,15 +300,4 @@ func freePort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-func waitFor(t *testing.T, limit time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }

@@ -9,18 +9,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -48,6 +42,7 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/pki"
 	"github.com/podidentity/podidentity/webhook/config"
 	"github.com/podidentity/podidentity/webhook/server"
 )
@@ -301,11 +296,12 @@ func startWebhook(ctx context.Context, in goldenInput) (string, *x509.CertPool, 
 		stop()
 		return "", nil, nil, err
 	}
-	pool, err := selfSigned(dir)
-	if err != nil {
+	serving := pki.SelfSigned(pki.Spec{CommonName: "webhookload", IPs: []net.IP{net.ParseIP("127.0.0.1")}, Server: true, CA: true})
+	if err := serving.WriteFiles(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")); err != nil {
 		stop()
 		return "", nil, nil, err
 	}
+	pool := serving.Pool()
 	port, err := freePort()
 	if err != nil {
 		stop()
@@ -345,40 +341,6 @@ func startWebhook(ctx context.Context, in goldenInput) (string, *x509.CertPool, 
 		time.Sleep(100 * time.Millisecond)
 	}
 	return "https://" + addr + config.Path, pool, func() { mcancel(); stop(); _ = os.RemoveAll(dir) }, nil
-}
-
-func selfSigned(dir string) (*x509.CertPool, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "webhookload"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "tls.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "tls.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return pool, nil
 }
 
 func freePort() (int, error) {

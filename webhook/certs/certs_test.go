@@ -1,15 +1,8 @@
 package certs
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"flag"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +11,8 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/podidentity/podidentity/test/pki"
 )
 
 func validOptions() Options {
@@ -83,7 +78,8 @@ func TestSourceServesTheSecretsPair(t *testing.T) {
 		t.Fatal("ready before a certificate was loaded")
 	}
 
-	crt1, key1 := selfSigned(t, "one")
+	one := pki.SelfSigned(pki.Spec{CommonName: "one"})
+	crt1, key1 := one.CertPEM(), one.KeyPEM()
 	s.load(&corev1.Secret{Data: map[string][]byte{"tls.crt": crt1, "tls.key": key1}})
 	got, err := cfg.GetCertificate(nil)
 	if err != nil || got.Leaf.Subject.CommonName != "one" {
@@ -99,7 +95,7 @@ func TestSourceServesTheSecretsPair(t *testing.T) {
 	for name, data := range map[string]map[string][]byte{
 		"empty":      nil,
 		"garbage":    {"tls.crt": []byte("x"), "tls.key": []byte("y")},
-		"key of two": {"tls.crt": crt1, "tls.key": mustKey(t)},
+		"key of two": {"tls.crt": crt1, "tls.key": pki.SelfSigned(pki.Spec{CommonName: "other"}).KeyPEM()},
 	} {
 		s.load(&corev1.Secret{Data: data})
 		if got, _ := cfg.GetCertificate(nil); got.Leaf.Subject.CommonName != "one" {
@@ -107,33 +103,10 @@ func TestSourceServesTheSecretsPair(t *testing.T) {
 		}
 	}
 
-	crt2, key2 := selfSigned(t, "two")
+	two := pki.SelfSigned(pki.Spec{CommonName: "two"})
+	crt2, key2 := two.CertPEM(), two.KeyPEM()
 	s.load(&corev1.Secret{Data: map[string][]byte{"tls.crt": crt2, "tls.key": key2}})
 	if got, _ := cfg.GetCertificate(nil); got.Leaf.Subject.CommonName != "two" {
 		t.Fatal("a rotated certificate was not served")
 	}
-}
-
-func selfSigned(t *testing.T, cn string) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-}
-
-func mustKey(t *testing.T) []byte {
-	_, k := selfSigned(t, "other")
-	return k
 }

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -32,6 +31,7 @@ import (
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/promtest"
+	"github.com/podidentity/podidentity/test/wait"
 	"github.com/podidentity/podidentity/webhook/admission"
 	"github.com/podidentity/podidentity/webhook/config"
 	"github.com/podidentity/podidentity/webhook/server"
@@ -273,7 +273,8 @@ func startWebhook(t *testing.T, ctx context.Context, cancel context.CancelFunc, 
 			t.Errorf("manager: %v", err)
 		}
 	})
-	waitServing(t, wio.LocalServingHost, wio.LocalServingPort)
+	addr := net.JoinHostPort(wio.LocalServingHost, strconv.Itoa(wio.LocalServingPort))
+	wait.For(t, 30*time.Second, 100*time.Millisecond, "the webhook server at "+addr+" comes up", wait.TLSHandshake(addr))
 	return cfg, mgr
 }
 
@@ -311,23 +312,6 @@ func userClient(t *testing.T, te *testenv.Env, env *envtest.Environment, user st
 		t.Fatal(err)
 	}
 	return c
-}
-
-func waitServing(t *testing.T, host string, port int) {
-	t.Helper()
-	addr := net.JoinHostPort(host, strconv.Itoa(port))
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // readiness probe of the test's own server
-		if err == nil {
-			_ = conn.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("webhook server at %s did not come up: %v", addr, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/podidentity/podidentity/test/nstest"
+	"github.com/podidentity/podidentity/test/wait"
 )
 
 // RequireRoot skips the test, saying why, under -short or when not root; otherwise nstest.Require.
@@ -94,17 +95,10 @@ func AsToken(cfg *rest.Config, token string) *rest.Config {
 // WaitAuthorized waits until RBAC lets cs get pods in namespace (the authorizer's cache lags a bit).
 func WaitAuthorized(t testing.TB, cs kubernetes.Interface, namespace string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	wait.For(t, 10*time.Second, 100*time.Millisecond, "the service account is authorized", func() error {
 		_, err := cs.CoreV1().Pods(namespace).List(context.Background(), metav1.ListOptions{Limit: 1})
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the service account is still not authorized: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err
+	})
 }
 
 // ContainerID returns a random 64-hex container id, as containerd makes them.

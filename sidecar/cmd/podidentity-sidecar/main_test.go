@@ -20,6 +20,7 @@ import (
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/wait"
 )
 
 // The audit log is batched (logwriter): after a SIGTERM the process has written exactly one whole JSON line per
@@ -142,17 +143,17 @@ func getToken(addr, resource string) (string, error) {
 
 func waitReady(t *testing.T, url string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
+	wait.For(t, 20*time.Second, 20*time.Millisecond, url+" is ready", func() error {
+		resp, err := http.Get(url)
+		if err != nil {
+			return err
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s not ready within 20 s", url)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return nil
+	})
 }
 
 func freeAddr(t *testing.T) string {

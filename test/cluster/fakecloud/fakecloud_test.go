@@ -2,20 +2,12 @@ package fakecloud
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,6 +17,7 @@ import (
 
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/pki"
 )
 
 const (
@@ -39,7 +32,11 @@ const (
 // token; the operation URL ARM hands out points at the public address; Azure AD checks the secret.
 func TestIMDSServesWhatARMAttached(t *testing.T) {
 	dir := t.TempDir()
-	pool := writeCert(t, dir)
+	serving := pki.SelfSigned(pki.Spec{CommonName: "fake cloud", IPs: []net.IP{net.ParseIP("127.0.0.1")}, Server: true, CA: true})
+	if err := serving.WriteFiles(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")); err != nil {
+		t.Fatal(err)
+	}
+	pool := serving.Pool()
 	addrs := freeAddrs(t, 4)
 	armURL := "https://" + addrs[2]
 	ctx, cancel := context.WithCancel(context.Background())
@@ -226,32 +223,4 @@ func freeAddrs(t *testing.T, n int) []string {
 		ln.Close()
 	}
 	return out
-}
-
-// writeCert writes a self-signed serving certificate for 127.0.0.1 and returns a pool trusting it.
-func writeCert(t *testing.T, dir string) *x509.CertPool {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fake cloud"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(key)
-	if err := os.WriteFile(filepath.Join(dir, "tls.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "tls.key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return pool
 }
