@@ -32,6 +32,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/azure"
+	"github.com/podidentity/podidentity/assigner/cachetrim"
 	"github.com/podidentity/podidentity/assigner/config"
 	"github.com/podidentity/podidentity/assigner/controller"
 	"github.com/podidentity/podidentity/assigner/desired"
@@ -260,6 +261,7 @@ func Run(ctx context.Context, f Flags) error {
 	}
 	mgr, err := ctrl.NewManager(restCfg, manager.Options{
 		Scheme:                        scheme,
+		Cache:                         cachetrim.Options(), // every Pod and Node of the cluster, reduced to what is read
 		Metrics:                       metricsserver.Options{BindAddress: f.MetricsAddr},
 		HealthProbeBindAddress:        f.ProbeAddr,
 		LeaderElection:                f.LeaderElect,

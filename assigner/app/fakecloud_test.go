@@ -1,14 +1,10 @@
 package app
 
 import (
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -24,6 +20,7 @@ import (
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/jwttest"
+	"github.com/podidentity/podidentity/test/pki"
 )
 
 const (
@@ -147,28 +144,10 @@ func (fc *fakeCloud) caFile(t *testing.T) string {
 // to a PEM file (what aadClientCertPath / AZURE_CLIENT_CERTIFICATE_PATH point at).
 func newCertificate(t *testing.T, dir, name string) (*x509.Certificate, string) {
 	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})...)
+	pair := pki.SelfSigned(pki.Spec{CommonName: name, RSA: true})
 	path := filepath.Join(dir, name+".pem")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
+	if err := os.WriteFile(path, append(pair.CertPEM(), pair.PKCS8KeyPEM()...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return cert, path
+	return pair.Cert, path
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/wait"
 )
 
 // childEnv makes the test binary run the assigner (Run with its command line) instead of the tests, so that
@@ -344,15 +345,5 @@ func converged(c client.Client, fc *fakeCloud, pods map[string]string, azure map
 
 func waitFor(t *testing.T, timeout time.Duration, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %v: %v", what, timeout, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	wait.For(t, timeout, 50*time.Millisecond, what, check)
 }

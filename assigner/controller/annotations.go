@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,7 +54,7 @@ func setupAnnotations(mgr ctrl.Manager, opts Options, m *metrics) error {
 	c := mgr.GetClient()
 	allPods := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 		var pods corev1.PodList
-		if err := c.List(ctx, &pods); err != nil {
+		if err := c.List(ctx, &pods, client.UnsafeDisableDeepCopy); err != nil { // names read, nothing kept
 			return
 		}
 		for i := range pods.Items {
@@ -63,12 +64,13 @@ func setupAnnotations(mgr ctrl.Manager, opts Options, m *metrics) error {
 		}
 	}
 	cache := mgr.GetCache()
+	everyPod := newFanOut(allPods)
 	return ctrl.NewControllerManagedBy(mgr).Named("pod-identities-annotation").
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
 		For(&corev1.Pod{}, builder.WithPredicates(predicate.NewPredicateFuncs(hasIdentitiesAnnotation))).
-		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentityBinding{}, allOf[*aadv1.AzureIdentityBinding](allPods))).
-		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentity{}, allOf[*aadv1.AzureIdentity](allPods))).
-		WatchesRawSource(source.Kind(cache, &aadv1.AzurePodIdentityException{}, allOf[*aadv1.AzurePodIdentityException](allPods))).
+		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentityBinding{}, allOf[*aadv1.AzureIdentityBinding](everyPod))).
+		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentity{}, allOf[*aadv1.AzureIdentity](everyPod))).
+		WatchesRawSource(source.Kind(cache, &aadv1.AzurePodIdentityException{}, allOf[*aadv1.AzurePodIdentityException](everyPod))).
 		Complete(ar)
 }
 
@@ -86,23 +88,34 @@ func (a *annotationReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 		a.forget(req.String())
 		return reconcile.Result{}, nil
 	}
-	var bl aadv1.AzureIdentityBindingList
-	var il aadv1.AzureIdentityList
+	// Keyed reads only (the pod's namespace's exceptions, its selector's bindings, the identities they and the
+	// annotation name): a change of one binding brings every annotated pod of the cluster here, and a walk of
+	// every binding for each made that quadratic.
 	var el aadv1.AzurePodIdentityExceptionList
-	for _, l := range []client.ObjectList{&bl, &il, &el} {
-		if err := a.c.List(ctx, l); err != nil {
-			return reconcile.Result{}, err
-		}
+	if err := a.c.List(ctx, &el, client.InNamespace(pod.Namespace), client.UnsafeDisableDeepCopy); err != nil {
+		return reconcile.Result{}, err
 	}
 	var ids []binding.Identity
 	if _, excepted := binding.Excepted(&pod, el.Items); !excepted {
-		ids, _ = binding.Resolve(&pod, bl.Items, il.Items, a.opts.Binding)
+		src := &binding.ReaderSource{Ctx: ctx, Reader: a.c}
+		if a.opts.Binding.ForceNamespaced {
+			src.Namespace = pod.Namespace
+		}
+		bl, il, err := binding.Candidates(&pod, src, a.opts.Binding)
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		ids, _ = binding.Resolve(&pod, bl, il, a.opts.Binding)
 		ids = binding.Servable(&pod, ids)
 	}
 	// Identities the pod lost because their AzureIdentity or binding was deleted stay for the grace period,
 	// as they stay on the VM: a delete and re-create (a GitOps prune, kubectl replace) must not cut its tokens.
 	had, _ := binding.Decode(current) // an unreadable value is replaced
-	keep, wake := a.keepLost(req.String(), pod.UID, had, ids, il.Items, bl.Items, time.Now())
+	il, bl, err := a.stillThere(ctx, had)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	keep, wake := a.keepLost(req.String(), pod.UID, had, ids, il, bl, time.Now())
 	want := binding.Encode(append(ids, keep...))
 	result := reconcile.Result{RequeueAfter: wake}
 	if want == current {
@@ -119,6 +132,34 @@ func (a *annotationReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 	a.metrics.annotationUpdates.Inc()
 	ctrl.LoggerFrom(ctx).Info("pod identities annotation updated", "identities", len(ids), "keptForGrace", len(keep))
 	return result, nil
+}
+
+// stillThere reads the AzureIdentities and bindings the annotation names that still exist: all lostIdentities
+// needs to tell an identity lost to a deletion from one lost to a label or selector change.
+func (a *annotationReconciler) stillThere(ctx context.Context, had []binding.Identity) ([]aadv1.AzureIdentity, []aadv1.AzureIdentityBinding, error) {
+	var ids []aadv1.AzureIdentity
+	var binds []aadv1.AzureIdentityBinding
+	for _, h := range had {
+		var id aadv1.AzureIdentity
+		switch err := a.c.Get(ctx, client.ObjectKey{Namespace: h.Namespace, Name: h.Name}, &id, client.UnsafeDisableDeepCopy); {
+		case err == nil:
+			ids = append(ids, id)
+		case !apierrors.IsNotFound(err):
+			return nil, nil, err
+		}
+		ns, name, ok := strings.Cut(h.Binding, "/")
+		if !ok {
+			continue
+		}
+		var b aadv1.AzureIdentityBinding
+		switch err := a.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &b, client.UnsafeDisableDeepCopy); {
+		case err == nil:
+			binds = append(binds, b)
+		case !apierrors.IsNotFound(err):
+			return nil, nil, err
+		}
+	}
+	return ids, binds, nil
 }
 
 // keepLost runs lostIdentities against this pod's remembered times and stores what it returns.

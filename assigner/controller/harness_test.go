@@ -19,17 +19,20 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/azure"
+	"github.com/podidentity/podidentity/assigner/cachetrim"
 	"github.com/podidentity/podidentity/assigner/podaudit"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/arm"
+	"github.com/podidentity/podidentity/test/wait"
 )
 
 const ledgerNS = "podidentity-system"
@@ -47,8 +50,11 @@ func vmID(name string) string {
 }
 
 // startEnv starts kube-apiserver and etcd and creates the ledger namespace.
-func startEnv(t testing.TB) *testenv.Env {
-	env := testenv.Start(t, nil)
+func startEnv(t testing.TB) *testenv.Env { return startEnvWith(t, nil) }
+
+// startEnvWith is startEnv with envtest settings of the caller's (nil: the defaults).
+func startEnvWith(t testing.TB, te *envtest.Environment) *testenv.Env {
+	env := testenv.Start(t, te)
 	if err := env.Client.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ledgerNS}}); err != nil {
 		t.Fatal(err)
 	}
@@ -92,12 +98,23 @@ func startAssignerAndAudit(t testing.TB, env *testenv.Env, c azure.Client, opts 
 
 func startManager(t testing.TB, env *testenv.Env, c azure.Client, opts Options, more func(ctrl.Manager) error) (stop func()) {
 	t.Helper()
-	mgr, err := ctrl.NewManager(env.Config, manager.Options{
+	return startManagerWith(t, env, c, opts, nil, more)
+}
+
+// startManagerWith is startManager with the manager's options changed by tweak first (when not nil).
+func startManagerWith(t testing.TB, env *testenv.Env, c azure.Client, opts Options, tweak func(*manager.Options), more func(ctrl.Manager) error) (stop func()) {
+	t.Helper()
+	mo := manager.Options{
 		Scheme:                 env.Scheme,
+		Cache:                  cachetrim.Options(), // as the binary runs
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-	})
+	}
+	if tweak != nil {
+		tweak(&mo)
+	}
+	mgr, err := ctrl.NewManager(env.Config, mo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,24 +248,14 @@ func deletePod(t testing.TB, c client.Client, ns, name string) {
 
 func eventually(t testing.TB, timeout time.Duration, what string, check func() error) {
 	t.Helper()
-	eventuallyEvery(t, timeout, 25*time.Millisecond, what, check)
+	wait.For(t, timeout, 25*time.Millisecond, what, check)
 }
 
 // eventuallyEvery polls check every interval (benchmarks poll slowly so as not to load the apiserver they
 // measure).
 func eventuallyEvery(t testing.TB, timeout, interval time.Duration, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after %v: %v", what, timeout, err)
-		}
-		time.Sleep(interval)
-	}
+	wait.For(t, timeout, interval, what, check)
 }
 
 // azureHas checks a resource's identities: exactly want (any order), and the system-assigned identity.

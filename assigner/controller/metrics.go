@@ -126,7 +126,7 @@ func (a *assignmentsCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var l aadv1.AzureAssignedIdentityList
-	if err := a.reader.List(ctx, &l); err != nil {
+	if err := a.reader.List(ctx, &l, client.UnsafeDisableDeepCopy); err != nil { // counted, not kept
 		return // the cache has not synced yet: no series rather than zeros that would read as "none stuck"
 	}
 	counts := countAssignments(l.Items, a.now())

@@ -22,6 +22,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/azure"
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/assigner/providerid"
+	"github.com/podidentity/podidentity/internal/binding"
 )
 
 // objectWriters bounds the parallel Kubernetes writes of one resource's pass.
@@ -183,24 +184,25 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		}
 		in.Pods = append(in.Pods, pods.Items...)
 	}
-	var bl aadv1.AzureIdentityBindingList
-	var il aadv1.AzureIdentityList
-	var el aadv1.AzurePodIdentityExceptionList
-	for _, l := range []ctrl.ObjectList{&bl, &il, &el} {
-		if err := r.c.List(ctx, l); err != nil {
-			return reconcile.Result{}, err
-		}
+	var assigned aadv1.AzureAssignedIdentityList
+	if err := r.c.List(ctx, &assigned, ctrl.MatchingFields{indexAssignedByRes: key}); err != nil {
+		return reconcile.Result{}, err
 	}
-	in.Bindings, in.Identities, in.Exceptions = bl.Items, il.Items, el.Items
+	// The exceptions of the cluster (few), and of the bindings and identities only those this resource's pods
+	// and objects name: a pass reads by key, so that its cost follows the resource, not the cluster.
+	var el aadv1.AzurePodIdentityExceptionList
+	if err := r.c.List(ctx, &el, ctrl.UnsafeDisableDeepCopy); err != nil {
+		return reconcile.Result{}, err
+	}
+	in.Exceptions = el.Items
+	if in.Bindings, in.Identities, err = r.relevant(ctx, in.Pods, assigned.Items); err != nil {
+		return reconcile.Result{}, err
+	}
 	in.Injection = r.opts.Injection
 	if in.NamespaceLabels, err = r.namespaceLabels(ctx, in.Pods); err != nil {
 		return reconcile.Result{}, err
 	}
 	want := desired.Compute(in)
-	var assigned aadv1.AzureAssignedIdentityList
-	if err := r.c.List(ctx, &assigned, ctrl.MatchingFields{indexAssignedByRes: key}); err != nil {
-		return reconcile.Result{}, err
-	}
 	s := r.state(key)
 	if changed, err := r.confirmOptIn(ctx, newGrants(want, assigned.Items, s.arm.cur, r.opts.Managed), in.NamespaceLabels); err != nil {
 		return reconcile.Result{}, err
@@ -291,6 +293,88 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		result.RequeueAfter = max(r.opts.Debounce, 10*time.Millisecond)
 	}
 	return result, nil
+}
+
+// relevant reads from the cache the bindings and identities a pass over these pods and objects reads: the
+// bindings of each pod's selector and the identities they name (binding.Candidates, so that Resolve over them
+// is Resolve over the whole cluster), and the identity and binding each AzureAssignedIdentity of the resource
+// names, when they still exist (graceCandidates tells a deletion from a change by them). The objects are the
+// cache's own: the pass only reads them, and Assignment.Object copies what it embeds.
+func (r *resourceReconciler) relevant(ctx context.Context, pods []corev1.Pod, assigned []aadv1.AzureAssignedIdentity) ([]aadv1.AzureIdentityBinding, []aadv1.AzureIdentity, error) {
+	bindings := map[string]aadv1.AzureIdentityBinding{}
+	identities := map[string]aadv1.AzureIdentity{}
+	looked := map[string]bool{} // selectors (and namespaces, when namespaced) already resolved
+	for i := range pods {
+		p := &pods[i]
+		sel := binding.Selector(p)
+		if sel == "" {
+			continue
+		}
+		src := &binding.ReaderSource{Ctx: ctx, Reader: r.c}
+		k := sel
+		if r.opts.Binding.ForceNamespaced {
+			src.Namespace, k = p.Namespace, p.Namespace+"/"+sel
+		}
+		if looked[k] {
+			continue
+		}
+		looked[k] = true
+		bl, il, err := binding.Candidates(p, src, r.opts.Binding)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, b := range bl {
+			bindings[b.Namespace+"/"+b.Name] = b
+		}
+		for _, id := range il {
+			identities[id.Namespace+"/"+id.Name] = id
+		}
+	}
+	for i := range assigned {
+		if ref := assigned[i].Spec.AzureIdentityRef; ref != nil {
+			if err := getInto(ctx, r.c, ref.Namespace, ref.Name, identities, &aadv1.AzureIdentity{}); err != nil {
+				return nil, nil, err
+			}
+		}
+		if ref := assigned[i].Spec.AzureBindingRef; ref != nil {
+			if err := getInto(ctx, r.c, ref.Namespace, ref.Name, bindings, &aadv1.AzureIdentityBinding{}); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	return sortedValues(bindings), sortedValues(identities), nil
+}
+
+// getInto reads namespace/name from the cache into m unless m has it already; a missing object is not an
+// error.
+func getInto[T any, PT interface {
+	*T
+	ctrl.Object
+}](ctx context.Context, c ctrl.Reader, namespace, name string, m map[string]T, obj PT) error {
+	k := namespace + "/" + name
+	if _, ok := m[k]; ok || name == "" {
+		return nil
+	}
+	switch err := c.Get(ctx, ctrl.ObjectKey{Namespace: namespace, Name: name}, obj, ctrl.UnsafeDisableDeepCopy); {
+	case err == nil:
+		m[k] = *obj
+	case !apierrors.IsNotFound(err):
+		return err
+	}
+	return nil
+}
+
+func sortedValues[T any](m map[string]T) []T {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]T, 0, len(m))
+	for _, k := range keys {
+		out = append(out, m[k])
+	}
+	return out
 }
 
 // namespaceLabels returns, from the cache, the labels of the namespaces of the pods that may need identities;

@@ -16,6 +16,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -187,30 +188,37 @@ func assignedResourceKey(a *aadv1.AzureAssignedIdentity) string {
 	return r.Key()
 }
 
+// index is one field index of the assigner's cache.
+type index struct {
+	obj     client.Object
+	field   string
+	extract client.IndexerFunc
+}
+
+// indexes are the cache's field indexes; tests that stand a fake client in for the cache build it with them.
+func indexes() []index {
+	return []index{
+		{&corev1.Pod{}, indexPodNode, func(o client.Object) []string { return []string{o.(*corev1.Pod).Spec.NodeName} }},
+		{&corev1.Node{}, indexNodeResource, func(o client.Object) []string { return []string{nodeResourceKey(o.(*corev1.Node))} }},
+		{&aadv1.AzureAssignedIdentity{}, indexAssignedByRes, func(o client.Object) []string {
+			return []string{assignedResourceKey(o.(*aadv1.AzureAssignedIdentity))}
+		}},
+		{&aadv1.AzureAssignedIdentity{}, indexMICByNode, micNode},
+		// A pass reads the bindings of its pods' selectors only (binding.Candidates), as do pod annotations.
+		{&aadv1.AzureIdentityBinding{}, binding.SelectorField, binding.IndexSelector},
+	}
+}
+
 // Setup adds the controllers to mgr. arm may be nil in managed mode.
 func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options) error {
 	opts.defaults()
 	if arm == nil && !opts.Managed {
 		return fmt.Errorf("an ARM client is required unless --managed is set")
 	}
-	idx := mgr.GetFieldIndexer()
-	if err := idx.IndexField(ctx, &corev1.Pod{}, indexPodNode, func(o client.Object) []string {
-		return []string{o.(*corev1.Pod).Spec.NodeName}
-	}); err != nil {
-		return err
-	}
-	if err := idx.IndexField(ctx, &corev1.Node{}, indexNodeResource, func(o client.Object) []string {
-		return []string{nodeResourceKey(o.(*corev1.Node))}
-	}); err != nil {
-		return err
-	}
-	if err := idx.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, indexAssignedByRes, func(o client.Object) []string {
-		return []string{assignedResourceKey(o.(*aadv1.AzureAssignedIdentity))}
-	}); err != nil {
-		return err
-	}
-	if err := idx.IndexField(ctx, &aadv1.AzureAssignedIdentity{}, indexMICByNode, micNode); err != nil {
-		return err
+	for _, ix := range indexes() {
+		if err := mgr.GetFieldIndexer().IndexField(ctx, ix.obj, ix.field, ix.extract); err != nil {
+			return err
+		}
 	}
 	m := newMetrics(opts.Registerer)
 	reg := opts.Registerer
@@ -260,7 +268,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 	relevantPod := func(p *corev1.Pod) bool { return binding.Selector(p) != "" && p.Spec.NodeName != "" }
 	allResources := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 		var nodes corev1.NodeList
-		if err := c.List(ctx, &nodes); err == nil {
+		if err := c.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err == nil { // keys read, nothing kept
 			seen := map[string]bool{}
 			for i := range nodes.Items {
 				if k := nodeResourceKey(&nodes.Items[i]); k != "" && !seen[k] {
@@ -270,7 +278,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 			}
 		}
 		var aais aadv1.AzureAssignedIdentityList
-		if err := c.List(ctx, &aais); err == nil {
+		if err := c.List(ctx, &aais, client.UnsafeDisableDeepCopy); err == nil {
 			for i := range aais.Items {
 				enqueue(q, assignedKey(ctx, &aais.Items[i]))
 			}
@@ -373,15 +381,16 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 			enqueue(q, assignedKey(ctx, e.Object))
 		},
 	}
+	everyResource := newFanOut(allResources)
 	err := ctrl.NewControllerManagedBy(mgr).Named("arm-resource").
 		WithOptions(controller.Options{MaxConcurrentReconciles: opts.Workers}).
 		WatchesRawSource(source.Kind(cache, &corev1.Pod{}, podHandler)).
 		WatchesRawSource(source.Kind(cache, &corev1.Node{}, nodeHandler)).
 		WatchesRawSource(source.Kind(cache, &corev1.Namespace{}, namespaceHandler)).
 		WatchesRawSource(source.Kind(cache, &aadv1.AzureAssignedIdentity{}, assignedHandler)).
-		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentityBinding{}, allOf[*aadv1.AzureIdentityBinding](allResources))).
-		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentity{}, allOf[*aadv1.AzureIdentity](allResources))).
-		WatchesRawSource(source.Kind(cache, &aadv1.AzurePodIdentityException{}, allOf[*aadv1.AzurePodIdentityException](allResources))).
+		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentityBinding{}, allOf[*aadv1.AzureIdentityBinding](everyResource))).
+		WatchesRawSource(source.Kind(cache, &aadv1.AzureIdentity{}, allOf[*aadv1.AzureIdentity](everyResource))).
+		WatchesRawSource(source.Kind(cache, &aadv1.AzurePodIdentityException{}, allOf[*aadv1.AzurePodIdentityException](everyResource))).
 		Complete(rr)
 	if err != nil {
 		return err
@@ -414,19 +423,52 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 	return setupAnnotations(mgr, opts, m)
 }
 
-// allOf enqueues everything on any change of an object of type T.
-func allOf[T client.Object](all func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request])) handler.TypedEventHandler[T, reconcile.Request] {
+// allOf enqueues everything on any change of an object of type T, once per burst of changes: a cache sync of
+// 10,000 bindings is 10,000 create events, and an enumeration of every node and AzureAssignedIdentity for
+// each (or of every annotated pod) made the start-up quadratic and kept the controllers' caches from
+// reporting synced within their timeout.
+func allOf[T client.Object](f *fanOut) handler.TypedEventHandler[T, reconcile.Request] {
 	return handler.TypedFuncs[T, reconcile.Request]{
 		CreateFunc: func(ctx context.Context, _ event.TypedCreateEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			all(ctx, q)
+			f.trigger(ctx, q)
 		},
 		UpdateFunc: func(ctx context.Context, _ event.TypedUpdateEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			all(ctx, q)
+			f.trigger(ctx, q)
 		},
 		DeleteFunc: func(ctx context.Context, _ event.TypedDeleteEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			all(ctx, q)
+			f.trigger(ctx, q)
 		},
 	}
+}
+
+// fanOut runs an enumeration of every work item at most once at a time, and once more for all the changes
+// that arrive while it waits to run. No change is missed: a handler runs after the cache holds its change, and
+// an enumeration lists the cache only after it cleared pending, so a change that found pending set is seen
+// by the enumeration it was folded into, and one that did not starts its own.
+type fanOut struct {
+	all     func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request])
+	mu      sync.Mutex
+	pending bool
+}
+
+func newFanOut(all func(context.Context, workqueue.TypedRateLimitingInterface[reconcile.Request])) *fanOut {
+	return &fanOut{all: all}
+}
+
+func (f *fanOut) trigger(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	f.mu.Lock()
+	if f.pending {
+		f.mu.Unlock()
+		return
+	}
+	f.pending = true
+	f.mu.Unlock()
+	go func() {
+		f.mu.Lock()
+		f.pending = false
+		f.mu.Unlock()
+		f.all(ctx, q)
+	}()
 }
 
 func labelsEqual(a, b map[string]string) bool {

@@ -81,13 +81,11 @@ func TestOptInConfirmedBeforeAttaching(t *testing.T) {
 				&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "p", Labels: map[string]string{aadv1.PodLabelBinding: "app"},
 					Annotations: map[string]string{defaults.IdentitiesAnnotation: "[]"}}, Spec: corev1.PodSpec{NodeName: "n0"}},
 			}
-			cache := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...).
-				WithIndex(&corev1.Pod{}, indexPodNode, func(o client.Object) []string { return []string{o.(*corev1.Pod).Spec.NodeName} }).
-				WithIndex(&corev1.Node{}, indexNodeResource, func(o client.Object) []string { return []string{nodeResourceKey(o.(*corev1.Node))} }).
-				WithIndex(&aadv1.AzureAssignedIdentity{}, indexAssignedByRes, func(o client.Object) []string {
-					return []string{assignedResourceKey(o.(*aadv1.AzureAssignedIdentity))}
-				}).
-				WithIndex(&aadv1.AzureAssignedIdentity{}, indexMICByNode, micNode).Build()
+			cb := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...)
+			for _, ix := range indexes() {
+				cb = cb.WithIndex(ix.obj, ix.field, ix.extract)
+			}
+			cache := cb.Build()
 			apiNS := fake.NewClientBuilder().WithScheme(scheme)
 			if !tc.liveMissing {
 				apiNS = apiNS.WithObjects(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: tc.live}})

@@ -173,10 +173,12 @@ func (a *Auditor) audit(ctx context.Context) (Report, error) {
 		identities aadv1.AzureIdentityList
 		exceptions aadv1.AzurePodIdentityExceptionList
 	)
+	ro := client.UnsafeDisableDeepCopy
 	if err := errors.Join(
-		a.Reader.List(ctx, &nodes), a.Reader.List(ctx, &pods), a.Reader.List(ctx, &namespaces),
-		a.Reader.List(ctx, &assigned), a.Reader.List(ctx, &bindings), a.Reader.List(ctx, &identities),
-		a.Reader.List(ctx, &exceptions),
+		// The cache's own objects (Audit only reads them): no copy of every pod on each pass.
+		a.Reader.List(ctx, &nodes, ro), a.Reader.List(ctx, &pods, ro), a.Reader.List(ctx, &namespaces, ro),
+		a.Reader.List(ctx, &assigned, ro), a.Reader.List(ctx, &bindings, ro), a.Reader.List(ctx, &identities, ro),
+		a.Reader.List(ctx, &exceptions, ro),
 	); err != nil {
 		return Report{}, fmt.Errorf("listing what the audit reads (check the assigner's RBAC: list nodes, pods, namespaces): %w", err)
 	}

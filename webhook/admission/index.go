@@ -4,8 +4,6 @@ import (
 	"context"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/fields"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 	sigsjson "sigs.k8s.io/json"
@@ -15,20 +13,13 @@ import (
 	"github.com/podidentity/podidentity/webhook/inject"
 )
 
-// BindingSelectorField is the cache index of AzureIdentityBindings by spec.selector (the value a pod's
-// aadpodidbinding label must equal). The handler registers it on its Reader when the Reader is a
-// client.FieldIndexer (the manager's cache) and none is there yet; a Reader built with it (a fake client's
-// WithIndex) is used as it is.
-const BindingSelectorField = "spec.selector"
+// BindingSelectorField is the cache index of AzureIdentityBindings by spec.selector (binding.SelectorField).
+// The handler registers it on its Reader when the Reader is a client.FieldIndexer (the manager's cache) and
+// none is there yet; a Reader built with it (a fake client's WithIndex) is used as it is.
+const BindingSelectorField = binding.SelectorField
 
-// bindingSelector is the index function of BindingSelectorField: the exact value, case and all.
-func bindingSelector(obj client.Object) []string {
-	b, ok := obj.(*aadv1.AzureIdentityBinding)
-	if !ok {
-		return nil
-	}
-	return []string{b.Spec.Selector}
-}
+// bindingSelector is the index function of BindingSelectorField.
+func bindingSelector(obj client.Object) []string { return binding.IndexSelector(obj) }
 
 // indexProbe is a selector no label can carry (label values have no NUL): listing it answers nothing, or
 // an error when the Reader has no index on BindingSelectorField.
@@ -90,9 +81,9 @@ func (h *Handler) readCached(ctx context.Context, req admission.Request) (inject
 	if err != nil {
 		return cluster, err
 	}
-	src := &cacheSource{ctx: ctx, r: h.Reader}
+	src := &binding.ReaderSource{Ctx: ctx, Reader: h.Reader}
 	if force {
-		src.namespace = req.Namespace // what readCluster would have listed
+		src.Namespace = req.Namespace // what readCluster would have listed
 	}
 	cluster.Bindings, cluster.Identities, err = binding.Candidates(pod, src, binding.Options{ForceNamespaced: force})
 	return cluster, err
@@ -125,40 +116,4 @@ func podKeys(raw []byte, namespace string) (pod *corev1.Pod, ok bool) {
 		pod.Namespace = namespace
 	}
 	return pod, true
-}
-
-// cacheSource is binding.Source over the cache: bindings through BindingSelectorField, identities by key.
-// Objects are the cache's own (no deep copy): they are only read.
-type cacheSource struct {
-	ctx context.Context
-	r   client.Reader
-	// namespace, when set, limits both to one namespace (--force-namespaced), as readCluster's lists are.
-	namespace string
-}
-
-func (s *cacheSource) BindingsWithSelector(selector string) ([]aadv1.AzureIdentityBinding, error) {
-	var l aadv1.AzureIdentityBindingList
-	opts := []client.ListOption{client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector(BindingSelectorField, selector)}, client.UnsafeDisableDeepCopy}
-	if s.namespace != "" {
-		opts = append(opts, client.InNamespace(s.namespace))
-	}
-	if err := s.r.List(s.ctx, &l, opts...); err != nil {
-		return nil, err
-	}
-	return l.Items, nil
-}
-
-func (s *cacheSource) Identity(namespace, name string) (*aadv1.AzureIdentity, error) {
-	if s.namespace != "" && namespace != s.namespace {
-		return nil, nil
-	}
-	var id aadv1.AzureIdentity
-	err := s.r.Get(s.ctx, client.ObjectKey{Namespace: namespace, Name: name}, &id, client.UnsafeDisableDeepCopy)
-	switch {
-	case apierrors.IsNotFound(err):
-		return nil, nil
-	case err != nil:
-		return nil, err
-	}
-	return &id, nil
 }

@@ -1,0 +1,281 @@
+package cachetrim
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/assigner/desired"
+	"github.com/podidentity/podidentity/assigner/guard"
+	"github.com/podidentity/podidentity/assigner/podaudit"
+	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/imdspolicy"
+)
+
+// goldenCase is what the assigner's decisions need from one of the injector's golden files: the pod before
+// admission (as an un-injected pod looks) and after (as the webhook leaves it), with its namespace's objects.
+type goldenCase struct {
+	name       string
+	pods       []corev1.Pod
+	identities []aadv1.AzureIdentity
+	bindings   []aadv1.AzureIdentityBinding
+	exceptions []aadv1.AzurePodIdentityException
+}
+
+func loadGolden(t *testing.T) []goldenCase {
+	t.Helper()
+	ins, err := filepath.Glob("../../webhook/testdata/golden/*.in.yaml")
+	if err != nil || len(ins) < 20 {
+		t.Fatalf("the injector's golden files: %d found (%v)", len(ins), err)
+	}
+	var out []goldenCase
+	for _, in := range ins {
+		var c struct {
+			Pod        corev1.Pod                        `json:"pod"`
+			Identities []aadv1.AzureIdentity             `json:"identities"`
+			Bindings   []aadv1.AzureIdentityBinding      `json:"bindings"`
+			Exceptions []aadv1.AzurePodIdentityException `json:"exceptions"`
+		}
+		readYAML(t, in, &c)
+		gc := goldenCase{name: strings.TrimSuffix(filepath.Base(in), ".in.yaml"), identities: c.Identities, bindings: c.Bindings, exceptions: c.Exceptions}
+		gc.pods = append(gc.pods, c.Pod)
+		var res struct {
+			Pod *corev1.Pod `json:"pod"`
+		}
+		readYAML(t, strings.TrimSuffix(in, ".in.yaml")+".out.yaml", &res)
+		if res.Pod != nil {
+			gc.pods = append(gc.pods, *res.Pod)
+		}
+		out = append(out, gc)
+	}
+	return out
+}
+
+func readYAML(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// variants turns a golden pod into the states the assigner meets: scheduled on a scale-set node, running or
+// finished, with the bulk a real pod carries (managed fields, kubectl's copy, statuses).
+func variants(p corev1.Pod, node string) []corev1.Pod {
+	p.Spec.NodeName = node
+	if p.Name == "" {
+		p.Name = p.GenerateName + "x"
+	}
+	p.UID = "uid-" + "x"
+	p.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate}}
+	p.Annotations = withAnnotation(p.Annotations, LastAppliedAnnotation, `{"kind":"Pod"}`)
+	p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", ContainerID: "containerd://abc"}}
+	running, done := p, p
+	running.Status.Phase = corev1.PodRunning
+	done.Status.Phase = corev1.PodSucceeded
+	agent := running // a trusted service account (guard mode)
+	agent.Spec.ServiceAccountName = "agent"
+	windows := running // Windows pods get no attachment, by node selector or by OS
+	windows.Spec.NodeSelector = map[string]string{corev1.LabelOSStable: "windows"}
+	windowsOS := running
+	windowsOS.Spec.OS = &corev1.PodOS{Name: corev1.Windows}
+	return []corev1.Pod{running, done, agent, windows, windowsOS}
+}
+
+func withAnnotation(in map[string]string, k, v string) map[string]string {
+	out := map[string]string{k: v}
+	for key, val := range in {
+		out[key] = val
+	}
+	return out
+}
+
+func trimmedPods(in []corev1.Pod) []corev1.Pod {
+	out := make([]corev1.Pod, len(in))
+	for i := range in {
+		out[i] = *Pod(&in[i])
+	}
+	return out
+}
+
+func trimmedNodes(in []corev1.Node) []corev1.Node {
+	out := make([]corev1.Node, len(in))
+	for i := range in {
+		out[i] = *Node(&in[i])
+	}
+	return out
+}
+
+// TestDecisionsAgree: every decision the assigner takes from cached pods and nodes (desired state, pods left
+// un-injected, the pod audit, guard mode's audit and its CNI-mode view, the identities annotation's content) is
+// the same on full objects and on trimmed ones, for every pod shape of the injector's golden files, before and
+// after injection, running and finished, in opted-in and other namespaces, with guard mode on and off.
+func TestDecisionsAgree(t *testing.T) {
+	const label = "podidentity.io/injection"
+	pool := &desired.Pool{Key: "agentpool", Value: "identity"}
+	nodes := []corev1.Node{
+		{ObjectMeta: metav1.ObjectMeta{Name: "pool-0", Labels: map[string]string{"agentpool": "identity"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}},
+			Spec:   corev1.NodeSpec{ProviderID: "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool/virtualMachines/0"},
+			Status: corev1.NodeStatus{Images: []corev1.ContainerImage{{Names: []string{"registry/app:1"}, SizeBytes: 1}}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "other-0", Labels: map[string]string{"agentpool": "other"}},
+			Spec: corev1.NodeSpec{ProviderID: "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/other/virtualMachines/0"}},
+	}
+	checked := 0
+	for _, gc := range loadGolden(t) {
+		var pods []corev1.Pod
+		for _, p := range gc.pods {
+			for _, node := range []string{"pool-0", "other-0"} {
+				pods = append(pods, variants(p, node)...)
+			}
+		}
+		trimmed := trimmedPods(pods)
+		for _, optedIn := range []bool{true, false} {
+			nsLabels := map[string]map[string]string{"shop": {}}
+			if optedIn {
+				nsLabels["shop"][label] = "enabled"
+			}
+			ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: nsLabels["shop"]}}
+			for _, p := range []*desired.Pool{nil, pool} {
+				for _, attach := range []bool{false, true} {
+					in := desired.Input{Nodes: nodes, Bindings: gc.bindings, Identities: gc.identities, Exceptions: gc.exceptions,
+						Pool: p, NamespaceLabels: nsLabels, Injection: desired.Injection{Label: label, AttachUninjected: attach}}
+					full, trim := in, in
+					full.Pods, trim.Pods, trim.Nodes = pods, trimmed, trimmedNodes(nodes)
+					agree(t, gc.name+"/desired.Compute", desired.Compute(full), desired.Compute(trim))
+					agree(t, gc.name+"/desired.NotInjected", desired.NotInjected(full), desired.NotInjected(trim))
+				}
+			}
+			audit := podaudit.Input{NamespaceLabels: nsLabels, Bindings: gc.bindings, Identities: gc.identities, Exceptions: gc.exceptions,
+				Injection: desired.Injection{Label: label}}
+			fullAudit, trimAudit := audit, audit
+			fullAudit.Pods, trimAudit.Pods = pods, trimmed
+			agree(t, gc.name+"/podaudit.Audit", podaudit.Audit(fullAudit), podaudit.Audit(trimAudit))
+
+			rules := guard.Rules{Pool: pool, InjectionLabel: label, TrustedServiceAccounts: []string{"shop/agent"},
+				CNI: &imdspolicy.Policy{InjectionLabel: label, SidecarImage: sidecarImage(pods), Scope: imdspolicy.ScopeAll}}
+			assigned := []aadv1.AzureAssignedIdentity{{Spec: aadv1.AzureAssignedIdentitySpec{NodeName: "other-0",
+				AzureIdentityRef: &aadv1.AzureIdentity{Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI}}}}}
+			gin := guard.Input{Namespaces: []corev1.Namespace{*ns}, Assigned: assigned, Exceptions: gc.exceptions}
+			fullGuard, trimGuard := gin, gin
+			fullGuard.Pods, fullGuard.Nodes = pods, nodes
+			trimGuard.Pods, trimGuard.Nodes = trimmed, trimmedNodes(nodes)
+			agree(t, gc.name+"/guard.Audit", guard.Audit(fullGuard, rules), guard.Audit(trimGuard, rules))
+			for i := range pods {
+				agree(t, gc.name+"/guard.Why", rules.Why(&pods[i], nsLabels["shop"]), rules.Why(&trimmed[i], nsLabels["shop"]))
+				agree(t, gc.name+"/imdspolicy.Decide", imdspolicy.Decide(*rules.CNI, &pods[i], ns, gc.exceptions), imdspolicy.Decide(*rules.CNI, &trimmed[i], ns, gc.exceptions))
+				checked++
+			}
+		}
+		// What the annotations reconciler writes: the resolved identities the pod's sidecar can serve.
+		for i := range pods {
+			_, exFull := binding.Excepted(&pods[i], gc.exceptions)
+			_, exTrim := binding.Excepted(&trimmed[i], gc.exceptions)
+			agree(t, gc.name+"/binding.Excepted", exFull, exTrim)
+			idsFull, _ := binding.Resolve(&pods[i], gc.bindings, gc.identities, binding.Options{})
+			idsTrim, _ := binding.Resolve(&trimmed[i], gc.bindings, gc.identities, binding.Options{})
+			agree(t, gc.name+"/binding.Servable", binding.Servable(&pods[i], idsFull), binding.Servable(&trimmed[i], idsTrim))
+		}
+	}
+	if checked < 200 {
+		t.Fatalf("only %d pod decisions compared: the golden corpus did not load as expected", checked)
+	}
+}
+
+func sidecarImage(pods []corev1.Pod) string {
+	for i := range pods {
+		if c := imdspolicy.SidecarContainer(&pods[i]); c != nil {
+			return c.Image
+		}
+	}
+	return "podidentity-sidecar"
+}
+
+func agree(t *testing.T, what string, full, trimmed any) {
+	t.Helper()
+	if !reflect.DeepEqual(full, trimmed) {
+		f, _ := json.Marshal(full)
+		tr, _ := json.Marshal(trimmed)
+		t.Errorf("%s differs on the trimmed objects:\nfull:    %s\ntrimmed: %s", what, f, tr)
+	}
+}
+
+// TestTrimDropsTheBulk: what a trimmed object no longer holds, and that the original is left alone (the
+// informer hands the transform its own decoded copy, but a shared value must not be changed under a reader).
+func TestTrimDropsTheBulk(t *testing.T) {
+	var c struct {
+		Pod corev1.Pod `json:"pod"`
+	}
+	readYAML(t, "../../webhook/testdata/golden/deployment-pod.out.yaml", &c)
+	p := variants(c.Pod, "n")[0]
+	p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+	before, _ := json.Marshal(p)
+	got := Pod(&p)
+	after, _ := json.Marshal(p)
+	if string(before) != string(after) {
+		t.Fatal("Pod changed its input")
+	}
+	if got.ManagedFields != nil || got.Annotations[LastAppliedAnnotation] != "" {
+		t.Errorf("managed fields or kubectl's copy kept: %v %v", got.ManagedFields, got.Annotations)
+	}
+	for _, v := range got.Spec.Volumes {
+		if v.Secret == nil {
+			t.Errorf("volume %s kept, only Secret volumes are read", v.Name)
+		}
+	}
+	for _, ctr := range append(got.Spec.InitContainers, got.Spec.Containers...) {
+		if len(ctr.Env) > 0 || len(ctr.Args) > 0 || ctr.SecurityContext != nil || len(ctr.VolumeMounts) > 0 {
+			t.Errorf("container %s kept more than name, image and restart policy", ctr.Name)
+		}
+	}
+	if len(got.Status.ContainerStatuses) != 0 || got.Status.Phase != corev1.PodRunning {
+		t.Errorf("status %+v, want the phase only", got.Status)
+	}
+	small, _ := json.Marshal(got)
+	t.Logf("golden deployment pod: %d bytes as JSON, %d trimmed", len(before), len(small))
+	if len(small)*2 > len(before) {
+		t.Errorf("trimmed pod %d bytes, full %d: expected well under half", len(small), len(before))
+	}
+
+	n := corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}},
+		Spec:   corev1.NodeSpec{ProviderID: "azure:///x"},
+		Status: corev1.NodeStatus{Images: []corev1.ContainerImage{{Names: []string{"i"}}}, Conditions: []corev1.NodeCondition{{Type: "Ready"}}}}
+	tn := Node(&n)
+	if tn.ManagedFields != nil || tn.Status.Images != nil || tn.Status.Conditions != nil || tn.Spec.ProviderID != "azure:///x" {
+		t.Errorf("trimmed node %+v", tn)
+	}
+}
+
+// TestTransformLeavesOtherKinds: the informer may hand a tombstone; it loses only its managed fields.
+func TestTransformLeavesOtherKinds(t *testing.T) {
+	tr := transform(Pod)
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "a", Labels: map[string]string{"k": "v"},
+		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "m"}}}}
+	out, err := tr(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*corev1.Namespace)
+	if got.ManagedFields != nil || got.Labels["k"] != "v" {
+		t.Errorf("got %+v", got.ObjectMeta)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a", Env: []corev1.EnvVar{{Name: "X"}}}}}}
+	out, err = tr(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := out.(*corev1.Pod); got.Name != "p" || len(got.Spec.Containers[0].Env) != 0 {
+		t.Errorf("pod not trimmed: %+v", got)
+	}
+}

@@ -1,0 +1,390 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/yaml"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/assigner/azure"
+	"github.com/podidentity/podidentity/assigner/cachetrim"
+	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/arm"
+)
+
+// The cluster of BenchmarkClusterSize: 5,000 nodes in 200 scale sets, 1,000 opted-in namespaces with 10
+// AzureIdentity + AzureIdentityBinding each (10,000 bindings). Each namespace's pods run on one scale set, so
+// a scale set needs at most 50 identities (ARM allows 100).
+const (
+	sizeScaleSets     = 200
+	sizeNodesPerSet   = 25
+	sizeNamespaces    = 1000
+	sizeBindingsPerNS = 10
+	sizeDefaultLevels = "1000,10000,50000,150000"
+	sizeCreateWriters = 32
+)
+
+// BenchmarkClusterSize measures the assigner's memory and convergence as the cluster grows: the pods grow in
+// steps (ASSIGNER_SIZE_PODS, default 1000,10000,50000,150000) in one cluster of 5,000 nodes and 10,000
+// bindings. At each step:
+//
+//   - converge: a fresh assigner (with the pod audit, as the binary runs) starts on the cluster and creates
+//     the AzureAssignedIdentity objects of the new pods; reported: the time until every object is Assigned
+//     and the process's peak RSS during it;
+//   - quiet, for each cache (trimmed, as the binary runs, and full, the controller-runtime default): an
+//     assigner starts on the converged cluster (a restart, a failover), its caches sync and it re-checks every
+//     resource and annotated pod, writing nothing; reported: how long that took (trimmed cache), and the Go
+//     heap and RSS it then holds, after a GC, over the process's before it started.
+//
+// The pods are the webhook's own output for a Deployment pod (webhook/testdata/golden/deployment-pod.out.yaml)
+// with the managed fields the API server writes. The benchmark runs in the test process, so the RSS figures
+// include the harness (a client, the watch that counts Assigned objects); the heap deltas are the assigner's.
+//
+//	ASSIGNER_SIZE_PODS=1000,10000,50000,150000 go test ./assigner/controller/ -run '^$' -bench BenchmarkClusterSize -benchtime 1x -timeout 3h
+func BenchmarkClusterSize(b *testing.B) {
+	var levels []int
+	spec := os.Getenv("ASSIGNER_SIZE_PODS")
+	if spec == "" {
+		spec = sizeDefaultLevels
+	}
+	for _, f := range strings.Split(spec, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			b.Fatalf("ASSIGNER_SIZE_PODS=%q: %q is not a pod count", spec, f)
+		}
+		if len(levels) > 0 && n <= levels[len(levels)-1] {
+			b.Fatalf("ASSIGNER_SIZE_PODS=%q: the counts must grow", spec)
+		}
+		levels = append(levels, n)
+	}
+	for range b.N {
+		w := newSizeWorld(b)
+		created := 0
+		for _, n := range levels {
+			t0 := time.Now()
+			w.createPods(b, created, n)
+			progress("%d pods: created %d in %v", n, n-created, time.Since(t0).Round(time.Second))
+			created = n
+			conv, peak := w.converge(b, n)
+			progress("%d pods: converged in %v", n, conv.Round(100*time.Millisecond))
+			trimHeap, trimRSS := w.quiet(b, cachetrim.Options())
+			resync := w.lastResync
+			fullHeap, fullRSS := w.quiet(b, cache.Options{})
+			progress("%d pods: quiet assigners measured", n)
+			load, _ := os.ReadFile("/proc/loadavg")
+			b.Logf("%d pods, %d nodes, %d bindings (load %s): converged in %v (new objects: %d), peak process RSS %d MiB; a restarted assigner re-checked everything in %v; quiet assigner: trimmed cache heap +%d MiB, RSS +%d MiB; full cache heap +%d MiB, RSS +%d MiB",
+				n, sizeScaleSets*sizeNodesPerSet, sizeNamespaces*sizeBindingsPerNS, strings.Fields(string(load))[0], conv.Round(100*time.Millisecond), w.lastNew,
+				peak>>20, resync.Round(100*time.Millisecond), trimHeap>>20, trimRSS>>20, fullHeap>>20, fullRSS>>20)
+			sfx := "-" + strconv.Itoa(n)
+			b.ReportMetric(conv.Seconds(), "converge-s"+sfx)
+			b.ReportMetric(float64(peak>>20), "peak-rss-MiB"+sfx)
+			b.ReportMetric(resync.Seconds(), "resync-s"+sfx)
+			b.ReportMetric(float64(trimHeap>>20), "trimmed-heap-MiB"+sfx)
+			b.ReportMetric(float64(fullHeap>>20), "full-heap-MiB"+sfx)
+		}
+	}
+}
+
+type sizeWorld struct {
+	env     *testenv.Env
+	fast    client.Client // the harness's own writer, not rate limited like the assigner
+	armc    *azure.ARM
+	pod     corev1.Pod
+	mu      sync.Mutex
+	ann     map[string]string // namespace/selector -> the webhook's identities annotation (written under mu)
+	lastNew int
+	// lastResync is how long the last quiet assigner took from its start to its last reconcile.
+	lastResync time.Duration
+}
+
+func newSizeWorld(b *testing.B) *sizeWorld {
+	b.StopTimer()
+	te := &envtest.Environment{ControlPlane: envtest.ControlPlane{Etcd: &envtest.Etcd{}}}
+	// 150,000 pods and as many AzureAssignedIdentity objects, with their history, outgrow etcd's default 2 GiB.
+	te.ControlPlane.Etcd.Configure().Set("quota-backend-bytes", strconv.Itoa(16<<30))
+	env := startEnvWith(b, te)
+	cfg := rest.CopyConfig(env.Config)
+	cfg.QPS, cfg.Burst = DefaultKubeAPIQPS, DefaultKubeAPIBurst // what the binary runs with
+	c, err := client.New(cfg, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		b.Fatal(err)
+	}
+	fastCfg := rest.CopyConfig(env.Config)
+	fastCfg.QPS, fastCfg.Burst = 10000, 10000
+	fast, err := client.New(fastCfg, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := &sizeWorld{env: &testenv.Env{Config: cfg, Client: c, Scheme: env.Scheme, Environment: env.Environment}, fast: fast, ann: map[string]string{}}
+
+	srv := arm.New(b, arm.Options{Latency: scaleLatency(b), PollAfter: time.Second})
+	w.armc = azure.NewARM(arm.Credential{}, azure.ARMOptions{Cloud: srv.Cloud(), Transport: srv.HTTPClient(), PollFrequency: time.Second,
+		Retry: policy.RetryOptions{MaxRetries: 3, RetryDelay: 100 * time.Millisecond, TryTimeout: time.Minute}})
+	parallel(b, sizeScaleSets, func(s int) error {
+		id := ssID(fmt.Sprintf("size%03d", s))
+		srv.AddVMSS(id, true, uami("kubelet"))
+		for n := range sizeNodesPerSet {
+			node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: sizeNode(s, n)}, Spec: corev1.NodeSpec{ProviderID: instanceOf(id, n)}}
+			if err := fast.Create(context.Background(), node); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	parallel(b, sizeNamespaces, func(k int) error {
+		ns := sizeNS(k)
+		if err := fast.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}); err != nil {
+			return err
+		}
+		for j := range sizeBindingsPerNS {
+			id := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "id" + strconv.Itoa(j)},
+				Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: uami(ns + "-id" + strconv.Itoa(j)), ClientID: arm.ClientIDOf(uami(ns + "-id" + strconv.Itoa(j)))}}
+			bd := &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "b" + strconv.Itoa(j)},
+				Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: id.Name, Selector: "sel" + strconv.Itoa(j)}}
+			for _, o := range []client.Object{id, bd} {
+				if err := fast.Create(context.Background(), o); err != nil {
+					return err
+				}
+			}
+			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Labels: map[string]string{aadv1.PodLabelBinding: bd.Spec.Selector}}}
+			ids, _ := binding.Resolve(p, []aadv1.AzureIdentityBinding{*bd}, []aadv1.AzureIdentity{*id}, binding.Options{})
+			w.setAnnotation(ns+"/"+bd.Spec.Selector, binding.Encode(ids))
+		}
+		return nil
+	})
+
+	var golden struct {
+		Pod corev1.Pod `json:"pod"`
+	}
+	raw, err := os.ReadFile(testenv.RepoRoot() + "/webhook/testdata/golden/deployment-pod.out.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &golden); err != nil {
+		b.Fatal(err)
+	}
+	w.pod = golden.Pod
+	progress("cluster built: %d nodes, %d namespaces, %d bindings", sizeScaleSets*sizeNodesPerSet, sizeNamespaces, sizeNamespaces*sizeBindingsPerNS)
+	return w
+}
+
+func (w *sizeWorld) setAnnotation(k, v string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ann[k] = v
+}
+
+func sizeNS(k int) string      { return fmt.Sprintf("team%04d", k) }
+func sizeNode(s, n int) string { return fmt.Sprintf("size%03d-%02d", s, n) }
+
+// createPods creates pods [from, to): pod i lives in namespace i mod 1,000, is bound to selector (i / 1,000)
+// mod 10 and runs on a node of its namespace's scale set.
+func (w *sizeWorld) createPods(b *testing.B, from, to int) {
+	b.Helper()
+	w.lastNew = to - from
+	parallel(b, to-from, func(j int) error {
+		i := from + j
+		k := i % sizeNamespaces
+		sel := "sel" + strconv.Itoa((i/sizeNamespaces)%sizeBindingsPerNS)
+		p := w.pod.DeepCopy()
+		p.Namespace, p.Name, p.GenerateName = sizeNS(k), fmt.Sprintf("app-%06d", i), ""
+		p.Labels = map[string]string{aadv1.PodLabelBinding: sel, "app": "orders", "pod-template-hash": "5d8f7b9c4"}
+		p.Annotations = map[string]string{defaults.IdentitiesAnnotation: w.ann[p.Namespace+"/"+sel]}
+		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "orders-5d8f7b9c4", UID: "6a0e2c55-1111-4d0b-8d7e-1f0e1b2c3d4e"}}
+		p.Spec.NodeName = sizeNode(k%sizeScaleSets, (i/sizeNamespaces)%sizeNodesPerSet)
+		return w.fast.Create(context.Background(), p)
+	})
+}
+
+// converge starts an assigner on the cluster and waits until all n AzureAssignedIdentity objects are Assigned.
+func (w *sizeWorld) converge(b *testing.B, n int) (time.Duration, uint64) {
+	b.Helper()
+	allAssigned := watchAllAssigned(b, w.env.Config, n)
+	peak := &peakRSS{}
+	stopSampling := peak.sample()
+	opts := scaleOptions()
+	start := time.Now()
+	b.StartTimer()
+	_, stop := startAssignerAndAudit(b, w.env, w.armc, opts, 0)
+	var took time.Duration
+	select {
+	case at := <-allAssigned:
+		took = at.Sub(start)
+	case <-time.After(2 * time.Hour):
+		b.Fatalf("not all %d AzureAssignedIdentity objects Assigned after 2 hours", n)
+	}
+	b.StopTimer()
+	stop()
+	return took, stopSampling()
+}
+
+// quiet starts an assigner with the given cache on the converged cluster, lets its caches sync and a pass run,
+// and returns the heap and RSS it added (after a GC, so only what it keeps).
+func (w *sizeWorld) quiet(b *testing.B, co cache.Options) (heap, rss uint64) {
+	b.Helper()
+	heap0, rss0 := settled()
+	start := time.Now()
+	stop := startManagerWith(b, w.env, w.armc, scaleOptions(), func(o *ctrl.Options) { o.Cache = co }, nil)
+	// Caches synced, then one pass over every resource and every annotated pod; nothing to write. Idle: no
+	// reconcile finished for 5 s (ten debounces).
+	idle := waitIdle(b, 5*time.Second, 20*time.Minute)
+	heap1, rss1 := settled()
+	w.lastResync = idle.Sub(start)
+	if dir := os.Getenv("ASSIGNER_SIZE_HEAP_PROFILES"); dir != "" { // go tool pprof -sample_index=inuse_space
+		f, err := os.CreateTemp(dir, "assigner-heap-*.pprof")
+		if err == nil {
+			_ = pprof.WriteHeapProfile(f)
+			_ = f.Close()
+			progress("heap profile %s", f.Name())
+		}
+	}
+	stop()
+	return sub(heap1, heap0), sub(rss1, rss0)
+}
+
+// waitIdle waits until no reconcile of the assigner's controllers has finished for quiet (controller-runtime's
+// reconcile counter, shared by every manager of the process: one runs at a time here) and returns when the last
+// one finished.
+func waitIdle(b *testing.B, quiet, limit time.Duration) time.Time {
+	b.Helper()
+	deadline := time.Now().Add(limit)
+	last, lastChange := -1.0, time.Now()
+	for time.Now().Before(deadline) {
+		n := reconcilesDone(b)
+		if n != last {
+			last, lastChange = n, time.Now()
+		} else if time.Since(lastChange) >= quiet && n > 0 {
+			return lastChange
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	b.Fatalf("the assigner was still reconciling after %v", limit)
+	return time.Time{}
+}
+
+func reconcilesDone(b *testing.B) float64 {
+	mfs, err := crmetrics.Registry.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() != "controller_runtime_reconcile_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			n += m.GetCounter().GetValue()
+		}
+	}
+	return n
+}
+
+func sub(a, b uint64) uint64 {
+	if a < b {
+		return 0
+	}
+	return a - b
+}
+
+// settled is the live heap and the process RSS after a full GC that returned free memory to the OS.
+func settled() (heap, rss uint64) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc, currentRSS()
+}
+
+func currentRSS() uint64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseUint(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// peakRSS samples the process RSS every 200 ms and keeps the largest.
+type peakRSS struct{ max atomic.Uint64 }
+
+func (p *peakRSS) sample() (stop func() uint64) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if r := currentRSS(); r > p.max.Load() {
+				p.max.Store(r)
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() uint64 { close(done); <-finished; return p.max.Load() }
+}
+
+// parallel runs f(0..n-1) on sizeCreateWriters goroutines and fails the benchmark on the first error.
+func parallel(b *testing.B, n int, f func(int) error) {
+	b.Helper()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for range sizeCreateWriters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := f(i); err != nil {
+					once.Do(func() { first = err })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		b.Fatal(first)
+	}
+}
+
+// progress prints at once (a benchmark's log is printed only when it ends, and a step can take many minutes).
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+format+"\n", args...)
+}
