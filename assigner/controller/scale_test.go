@@ -138,6 +138,12 @@ var objectModes = []struct {
 // AzureAssignedIdentity objects, from its /metrics, in total and by verb and answer code.
 func apiWrites(b *testing.B, cfg *rest.Config) (int, map[string]int) {
 	b.Helper()
+	return apiWritesOf(b, cfg, "azureassignedidentities")
+}
+
+// apiWritesOf is apiWrites for any resource (plural, as the API server's metrics name it).
+func apiWritesOf(b *testing.B, cfg *rest.Config, resource string) (int, map[string]int) {
+	b.Helper()
 	hc, err := rest.HTTPClientFor(cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -153,7 +159,7 @@ func apiWrites(b *testing.B, cfg *rest.Config) (int, map[string]int) {
 	}
 	n, byVerb := 0, map[string]int{}
 	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="azureassignedidentities"`) {
+		if !strings.HasPrefix(line, "apiserver_request_total{") || !strings.Contains(line, `resource="`+resource+`"`) {
 			continue
 		}
 		for _, verb := range []string{"POST", "PUT", "PATCH", "DELETE"} {

@@ -162,7 +162,7 @@ func newSizeWorld(b *testing.B) *sizeWorld {
 			id := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "id" + strconv.Itoa(j)},
 				Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: uami(ns + "-id" + strconv.Itoa(j)), ClientID: arm.ClientIDOf(uami(ns + "-id" + strconv.Itoa(j)))}}
 			bd := &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "b" + strconv.Itoa(j)},
-				Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: id.Name, Selector: "sel" + strconv.Itoa(j)}}
+				Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: id.Name, Selector: sizeSelector(k, j)}}
 			for _, o := range []client.Object{id, bd} {
 				if err := fast.Create(context.Background(), o); err != nil {
 					return err
@@ -196,18 +196,23 @@ func (w *sizeWorld) setAnnotation(k, v string) {
 	w.ann[k] = v
 }
 
-func sizeNS(k int) string      { return fmt.Sprintf("team%04d", k) }
-func sizeNode(s, n int) string { return fmt.Sprintf("size%03d-%02d", s, n) }
+func sizeNS(k int) string { return fmt.Sprintf("team%04d", k) }
 
-// createPods creates pods [from, to): pod i lives in namespace i mod 1,000, is bound to selector (i / 1,000)
-// mod 10 and runs on a node of its namespace's scale set.
+// sizeSelector is unique to its namespace: without --force-namespaced a binding selects the pods of every
+// namespace that carry its selector (AAD Pod Identity's semantics), so a selector shared by the 1,000
+// namespaces would bind each pod to 1,000 identities.
+func sizeSelector(k, j int) string { return fmt.Sprintf("team%04d-sel%d", k, j) }
+func sizeNode(s, n int) string     { return fmt.Sprintf("size%03d-%02d", s, n) }
+
+// createPods creates pods [from, to): pod i lives in namespace i mod 1,000, is bound to its namespace's
+// selector (i / 1,000) mod 10 and runs on a node of its namespace's scale set.
 func (w *sizeWorld) createPods(b *testing.B, from, to int) {
 	b.Helper()
 	w.lastNew = to - from
 	parallel(b, to-from, func(j int) error {
 		i := from + j
 		k := i % sizeNamespaces
-		sel := "sel" + strconv.Itoa((i/sizeNamespaces)%sizeBindingsPerNS)
+		sel := sizeSelector(k, (i/sizeNamespaces)%sizeBindingsPerNS)
 		p := w.pod.DeepCopy()
 		p.Namespace, p.Name, p.GenerateName = sizeNS(k), fmt.Sprintf("app-%06d", i), ""
 		p.Labels = map[string]string{aadv1.PodLabelBinding: sel, "app": "orders", "pod-template-hash": "5d8f7b9c4"}
@@ -245,6 +250,8 @@ func (w *sizeWorld) converge(b *testing.B, n int) (time.Duration, uint64) {
 func (w *sizeWorld) quiet(b *testing.B, co cache.Options) (heap, rss uint64) {
 	b.Helper()
 	heap0, rss0 := settled()
+	aaiBefore, _ := apiWritesOf(b, w.env.Config, "azureassignedidentities")
+	podsBefore, _ := apiWritesOf(b, w.env.Config, "pods")
 	start := time.Now()
 	stop := startManagerWith(b, w.env, w.armc, scaleOptions(), func(o *ctrl.Options) { o.Cache = co }, nil)
 	// Caches synced, then one pass over every resource and every annotated pod; nothing to write. Idle: no
@@ -252,6 +259,12 @@ func (w *sizeWorld) quiet(b *testing.B, co cache.Options) (heap, rss uint64) {
 	idle := waitIdle(b, 5*time.Second, 20*time.Minute)
 	heap1, rss1 := settled()
 	w.lastResync = idle.Sub(start)
+	aaiAfter, _ := apiWritesOf(b, w.env.Config, "azureassignedidentities")
+	podsAfter, _ := apiWritesOf(b, w.env.Config, "pods")
+	if aaiAfter != aaiBefore || podsAfter != podsBefore {
+		b.Errorf("a restarted assigner on a converged cluster wrote %d AzureAssignedIdentity objects and %d pods, want none", aaiAfter-aaiBefore, podsAfter-podsBefore)
+	}
+	progress("quiet assigner: %d writes of AzureAssignedIdentity objects, %d of pods, in %v", aaiAfter-aaiBefore, podsAfter-podsBefore, w.lastResync.Round(100*time.Millisecond))
 	if dir := os.Getenv("ASSIGNER_SIZE_HEAP_PROFILES"); dir != "" { // go tool pprof -sample_index=inuse_space
 		f, err := os.CreateTemp(dir, "assigner-heap-*.pprof")
 		if err == nil {
