@@ -244,7 +244,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 // first that was not ready at once, with its log, and stop whatever had started.
 func TestStartFailureNamesComponent(t *testing.T) {
 	skipUnlessCapable(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	// Start first waits for the host-wide cluster lock, which `go test ./...` may have given to the end-to-end
+	// package's clusters (about 7 minutes, more on a loaded machine: CI failed here once at 10 minutes).
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	opts := Options{StateDir: filepath.Join(Options{}.withDefaults().RepoDir, "bin", "cluster-fail-test"), Log: testWriter{t}, ReadyTimeout: time.Millisecond}
 	c, err := Start(ctx, opts)
