@@ -37,6 +37,12 @@ type Options struct {
 	Idle time.Duration
 	// Client is the load generator's HTTP client: ClientRaw (default) or ClientNetHTTP.
 	Client string
+	// MemoryCgroup, when set, runs the sidecar in a new memory cgroup under this directory (as the kubelet runs
+	// each container in one) and reports what that cgroup is charged when idle. Cold evicts the binary from the
+	// page cache first, so the sidecar pays for reading it: the first sidecar of a node; without Cold, the
+	// binary's pages are already cached, as for every further sidecar of a node.
+	MemoryCgroup string
+	Cold         bool
 	// SidecarEnv is added to the sidecar's environment (e.g. GOMAXPROCS=1, GOGC=200), for experiments.
 	SidecarEnv []string
 }
@@ -58,8 +64,19 @@ type Result struct {
 	Achieved                 float64 // requests per second actually sent
 	P50, P90, P99, P999, Max time.Duration
 	IdleRSSKiB, LoadRSSKiB   int64 // VmRSS idle, and the highest sample under load
-	UpstreamCalls            int
-	SidecarStartupRSSKiB     int64
+	// IdleAnonKiB and IdleFileKiB split the idle VmRSS: anonymous memory (heap, stacks, runtime) is the
+	// pod's own; file-backed pages are the binary's, which every sidecar of a node started from the same image
+	// layer shares through the page cache.
+	IdleAnonKiB, IdleFileKiB int64
+	// IdleCgroup is the sidecar's memory cgroup when idle (with Options.MemoryCgroup).
+	IdleCgroup *CgroupMemory
+	// IdleCPU is the CPU time the sidecar used while idle (Options.Idle, after its first token): what a pod
+	// that asks for no token costs, at the kernel's 10 ms accounting granularity.
+	IdleCPU time.Duration
+	// PeakCgroupKiB is the highest charge of that cgroup over the whole run, load included.
+	PeakCgroupKiB        int64
+	UpstreamCalls        int
+	SidecarStartupRSSKiB int64
 	// SidecarCPU is the CPU time (user + system) the sidecar used during the load phase, and GeneratorCPU the
 	// load generator's (this process, IMDS emulator included; it is idle during the load).
 	SidecarCPU, GeneratorCPU time.Duration
@@ -112,8 +129,23 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	tokenAddr, healthAddr := freePort(), freePort()
-	cmd := exec.CommandContext(ctx, o.Binary, "--listen-address="+tokenAddr, "--health-address="+healthAddr,
-		"--identities-file="+idFile, "--imds-endpoint=http://"+emuLn.Addr().String(), "--secrets-dir="+dir)
+	argv := []string{o.Binary, "--listen-address=" + tokenAddr, "--health-address=" + healthAddr,
+		"--identities-file=" + idFile, "--imds-endpoint=http://" + emuLn.Addr().String(), "--secrets-dir=" + dir}
+	if o.Cold {
+		if err := dropFromPageCache(o.Binary); err != nil {
+			return res, err
+		}
+	}
+	var cg *memoryCgroup
+	if o.MemoryCgroup != "" {
+		if cg, err = newMemoryCgroup(o.MemoryCgroup, fmt.Sprintf("sidecar-%d", os.Getpid())); err != nil {
+			return res, err
+		}
+		// Removed after the process is killed and reaped (deferred calls run last-in, first-out).
+		defer func() { _ = cg.remove() }()
+		argv = cg.wrap(argv)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(append(os.Environ(), "POD_NAME=load-0", "POD_NAMESPACE=apps"), o.SidecarEnv...)
 	// Stdout and stderr (the audit log, one line per token) go to /dev/null: nil, not a pipe to drain.
 	if err := cmd.Start(); err != nil {
@@ -131,8 +163,21 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if _, err := getNetHTTP(client, url); err != nil {
 		return res, fmt.Errorf("first token: %w", err)
 	}
+	idleCPU0, _ := cpuTime(pid)
 	time.Sleep(o.Idle)
+	if idleCPU1, err := cpuTime(pid); err == nil {
+		res.IdleCPU = idleCPU1 - idleCPU0
+	}
 	res.IdleRSSKiB, _ = rss(pid)
+	res.IdleAnonKiB, _ = statusKiB(pid, "RssAnon:")
+	res.IdleFileKiB, _ = statusKiB(pid, "RssFile:")
+	if cg != nil {
+		m, err := cg.usage()
+		if err != nil {
+			return res, fmt.Errorf("reading the sidecar's memory cgroup: %w", err)
+		}
+		res.IdleCgroup = &m
+	}
 
 	// Load: each worker owns one connection and sends on a fixed schedule.
 	interval := time.Duration(int64(time.Second) * int64(o.Connections) / int64(o.Rate))
@@ -217,6 +262,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	close(stop)
 	sampler.Wait()
 	res.LoadRSSKiB = peak
+	if cg != nil {
+		if res.PeakCgroupKiB, err = cg.peak(); err != nil {
+			return res, fmt.Errorf("reading the sidecar's memory cgroup: %w", err)
+		}
+	}
 
 	res.Requests = len(lat) + res.Errors
 	res.Achieved = float64(res.Requests) / elapsed.Seconds()
@@ -297,17 +347,20 @@ func cpuTime(pid int) (time.Duration, error) {
 }
 
 // rss reads VmRSS (KiB) of a process from /proc.
-func rss(pid int) (int64, error) {
+func rss(pid int) (int64, error) { return statusKiB(pid, "VmRSS:") }
+
+// statusKiB reads one KiB field (e.g. "VmRSS:", "RssAnon:") of /proc/<pid>/status.
+func statusKiB(pid int, field string) (int64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field {
 			return strconv.ParseInt(f[1], 10, 64)
 		}
 	}
-	return 0, errors.New("no VmRSS in /proc status")
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
 // Markdown renders the result as a table row set.
@@ -331,9 +384,20 @@ func (r Result) Markdown() string {
 		fmt.Fprintf(&b, "| sidecar environment added | %s | |\n", strings.Join(r.SidecarEnv, " "))
 	}
 	fmt.Fprintf(&b, "| upstream (IMDS) token calls for the whole run | %d | 1 |\n", r.UpstreamCalls)
+	fmt.Fprintf(&b, "| CPU while idle | %s in %s | |\n", r.IdleCPU, r.Idle)
 	fmt.Fprintf(&b, "| RSS at ready | %s | |\n", mib(r.SidecarStartupRSSKiB))
-	fmt.Fprintf(&b, "| RSS idle (after one token, %s idle) | %s | <= 12 MiB |\n", r.Idle, mib(r.IdleRSSKiB))
+	fmt.Fprintf(&b, "| RSS idle (after one token, %s idle) | %s (anonymous %s, file-backed %s) | <= 6 MiB |\n", r.Idle, mib(r.IdleRSSKiB), mib(r.IdleAnonKiB), mib(r.IdleFileKiB))
+	if c := r.IdleCgroup; c != nil {
+		node := "further sidecars of a node: the binary already in the page cache"
+		if r.Cold {
+			node = "first sidecar of a node: the binary read from disk"
+		}
+		fmt.Fprintf(&b, "| memory cgroup charged idle (%s) | %s (anonymous %s, page cache %s) | |\n", node, mib(c.Charged), mib(c.Anon), mib(c.File))
+	}
 	fmt.Fprintf(&b, "| RSS under load (peak of 100 ms samples) | %s | <= 20 MiB |\n", mib(r.LoadRSSKiB))
+	if r.IdleCgroup != nil {
+		fmt.Fprintf(&b, "| memory cgroup charged, peak of the run | %s | |\n", mib(r.PeakCgroupKiB))
+	}
 	fmt.Fprintf(&b, "| binary size | %.1f MiB (%d bytes) | |\n", float64(r.BinaryBytes)/(1<<20), r.BinaryBytes)
 	fmt.Fprintf(&b, "| machine load average (1, 5, 15 min) at the end | %s | |\n", r.LoadAvg)
 	return b.String()

@@ -70,7 +70,7 @@ func DefaultSettings() Settings {
 		IMDSAddress:            defaults.IMDSAddress,
 		IMDSPort:               defaults.IMDSPort,
 		Native:                 true,
-		SidecarResources:       Resources("10m", "32Mi", "200m", "64Mi"),
+		SidecarResources:       Resources("10m", "16Mi", "200m", "64Mi"),
 		InitResources:          Resources("10m", "16Mi", "100m", "32Mi"),
 		MetadataHeaderRequired: true,
 		Exemption:              ExemptionCgroup,

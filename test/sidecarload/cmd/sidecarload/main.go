@@ -21,6 +21,8 @@ func main() {
 	flag.IntVar(&o.Connections, "connections", 50, "Keep-alive connections (one pacing worker each).")
 	flag.DurationVar(&o.Idle, "idle", 3*time.Second, "Idle time before idle memory is read.")
 	flag.StringVar(&o.Client, "client", sidecarload.ClientRaw, "Load generator client: \"raw\" (minimal HTTP/1.1, least CPU) or \"net/http\".")
+	flag.StringVar(&o.MemoryCgroup, "memory-cgroup", "", "Run the sidecar in a new memory cgroup under this directory (root; e.g. /sys/fs/cgroup/memory/sidecarload on cgroup v1) and report what it is charged when idle.")
+	flag.BoolVar(&o.Cold, "cold", false, "Evict the binary from the page cache first (the first sidecar of a node pays for reading it).")
 	sidecarEnv := flag.String("sidecar-env", "", "Comma-separated NAME=value pairs added to the sidecar's environment (e.g. GOMAXPROCS=1).")
 	flag.Parse()
 	if *sidecarEnv != "" {
