@@ -10,15 +10,23 @@ K8S_VERSION := v1.37.2
 K8S_MINOR   := 37
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-K8S_LDFLAGS := -s -w \
-  -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+# The oldest Kubernetes release the chart claims (Chart.yaml kubeVersion; hack/tools/k8s-oldest pins it): the
+# integration suites run against its kube-apiserver too (make test-oldest). test/packaging checks that the three agree.
+K8S_OLDEST_VERSION := v1.32.13
+K8S_OLDEST_MINOR   := 32
+OLDEST_BIN         := $(CURDIR)/bin/k8s-1.$(K8S_OLDEST_MINOR)
+
+# k8s_ldflags stamps a Kubernetes build with its release ($(1): version, $(2): minor), as release builds are.
+k8s_ldflags = -s -w \
+  -X k8s.io/component-base/version.gitVersion=$(1) \
   -X k8s.io/component-base/version.gitMajor=1 \
-  -X k8s.io/component-base/version.gitMinor=$(K8S_MINOR) \
+  -X k8s.io/component-base/version.gitMinor=$(2) \
   -X k8s.io/component-base/version.gitTreeState=clean \
   -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z \
-  -X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION) \
+  -X k8s.io/client-go/pkg/version.gitVersion=$(1) \
   -X k8s.io/client-go/pkg/version.gitMajor=1 \
-  -X k8s.io/client-go/pkg/version.gitMinor=$(K8S_MINOR)
+  -X k8s.io/client-go/pkg/version.gitMinor=$(2)
+K8S_LDFLAGS := $(call k8s_ldflags,$(K8S_VERSION),$(K8S_MINOR))
 
 CONTROLLER_GEN := $(BIN)/controller-gen
 ENVTEST_BINS   := $(BIN)/kube-apiserver $(BIN)/etcd
@@ -68,8 +76,19 @@ $(IMAGEBUILD): hack/tools/go.mod hack/tools/imagebuild/main.go
 ##@ Test
 
 .PHONY: test
-test: lint verify-generate envtest-bins packaging-tools cluster-bins images ## Run every check and test: unit, golden, integration against a real kube-apiserver and etcd, and end to end on a local cluster (root).
+test: lint verify-generate envtest-bins envtest-oldest packaging-tools cluster-bins images ## Run every check and test: unit, golden, integration against a real kube-apiserver and etcd (the newest and the oldest supported Kubernetes), and end to end on a local cluster (root).
 	$(GO) test -count=1 -timeout 30m ./...
+	@$(MAKE) --no-print-directory test-oldest
+
+# The packages whose tests start a control plane (internal/testenv's Start): the integration suites.
+ENVTEST_CALL := testenv.Start(
+ENVTEST_PKGS = $(shell git grep -lF '$(ENVTEST_CALL)' -- '*_test.go' | xargs -n1 dirname | sort -u | sed 's|^|./|')
+
+.PHONY: test-oldest
+test-oldest: envtest-oldest packaging-tools ## The integration suites (every package that starts a control plane) against the oldest supported Kubernetes (part of `make test`).
+	@echo "integration suites against kube-apiserver $(K8S_OLDEST_VERSION), the oldest Kubernetes the chart claims"
+	KUBEBUILDER_ASSETS=$(OLDEST_BIN) PODIDENTITY_TEST_KUBE_VERSION=$(K8S_OLDEST_VERSION) \
+	  $(GO) test -count=1 -timeout 30m $(ENVTEST_PKGS)
 
 .PHONY: test-short
 test-short: ## Unit tests only (no control plane).
@@ -80,6 +99,19 @@ packaging-tools: $(BIN)/helm $(BIN)/kustomize $(BIN)/promtool ## Build helm, kus
 
 .PHONY: envtest-bins
 envtest-bins: $(ENVTEST_BINS) ## Build kube-apiserver and etcd from Go modules into bin/ (once).
+
+.PHONY: envtest-oldest
+envtest-oldest: $(OLDEST_BIN)/kube-apiserver $(OLDEST_BIN)/etcd ## Build the oldest supported Kubernetes release's kube-apiserver into bin/k8s-1.NN/ (once), beside the shared etcd.
+
+$(OLDEST_BIN)/kube-apiserver: hack/tools/k8s-oldest/go.mod
+	@mkdir -p $(OLDEST_BIN)
+	@echo "building kube-apiserver $(K8S_OLDEST_VERSION) from Go modules (about 4 min cold on 2 idle cores, once)"
+	cd hack/tools/k8s-oldest && $(GO) build -trimpath -ldflags "$(call k8s_ldflags,$(K8S_OLDEST_VERSION),$(K8S_OLDEST_MINOR))" -o $@ k8s.io/kubernetes/cmd/kube-apiserver
+
+# The same etcd as the newest release's: the API server's etcd client of 1.32 speaks to etcd 3.6's v3 API.
+$(OLDEST_BIN)/etcd: | $(BIN)/etcd
+	@mkdir -p $(OLDEST_BIN)
+	ln -sf ../etcd $@
 
 $(BIN)/kube-apiserver: hack/tools/k8s/go.mod
 	@mkdir -p $(BIN)

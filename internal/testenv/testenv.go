@@ -4,11 +4,16 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/version"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -26,7 +31,15 @@ type Env struct {
 	Scheme *k8sruntime.Scheme
 	// Environment is the underlying envtest environment, for tests that need webhook options or users.
 	Environment *envtest.Environment
+	// Version is the API server's own version, as discovery reports it: the suites run against the newest
+	// Kubernetes release (bin/) and the oldest one the chart claims (make test-oldest, bin/k8s-1.NN).
+	Version *version.Info
 }
+
+// ExpectVersionEnv names the variable that pins the Kubernetes version the control plane must report
+// (make test-oldest sets it): a run meant for the oldest minor fails instead of silently testing another
+// kube-apiserver found in KUBEBUILDER_ASSETS.
+const ExpectVersionEnv = "PODIDENTITY_TEST_KUBE_VERSION"
 
 // RepoRoot is the repository's top directory, found from this source file.
 func RepoRoot() string {
@@ -88,5 +101,61 @@ func Start(t testing.TB, env *envtest.Environment) *Env {
 	if err != nil {
 		t.Fatalf("client for test control plane: %v", err)
 	}
-	return &Env{Config: cfg, Client: c, Scheme: s, Environment: env}
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		t.Fatalf("discovery client for test control plane: %v", err)
+	}
+	v, err := dc.ServerVersion()
+	if err != nil {
+		t.Fatalf("reading the test control plane's version: %v", err)
+	}
+	if err := CheckExpectedVersion(os.Getenv(ExpectVersionEnv), v.GitVersion); err != nil {
+		t.Fatalf("%v (kube-apiserver from %s)", err, assets)
+	}
+	return &Env{Config: cfg, Client: c, Scheme: s, Environment: env, Version: v}
+}
+
+// CheckExpectedVersion compares the control plane's version with the one the run asked for (ExpectVersionEnv);
+// an empty want accepts any version.
+func CheckExpectedVersion(want, got string) error {
+	if want == "" || want == got {
+		return nil
+	}
+	return fmt.Errorf("the test control plane is Kubernetes %s but %s=%s: KUBEBUILDER_ASSETS holds the wrong "+
+		"kube-apiserver; run `make test-oldest` (it builds bin/k8s-1.NN/kube-apiserver) or unset %s",
+		got, ExpectVersionEnv, want, ExpectVersionEnv)
+}
+
+// Minor is the control plane's Kubernetes minor version (32 for v1.32.13), from its git version, which
+// providers' builds keep in semver form ("v1.32.4-eks-...", "v1.32.4+k3s1") while their Minor field may
+// carry a "+".
+func (e *Env) Minor() int {
+	m, err := MinorOf(e.Version.GitVersion)
+	if err != nil {
+		panic(err) // Start has read the version from a kube-apiserver this project built
+	}
+	return m
+}
+
+// MinorOf reads the minor version of a Kubernetes git version string (v1.MINOR.PATCH[-+]...).
+func MinorOf(gitVersion string) (int, error) {
+	parts := strings.SplitN(strings.TrimPrefix(gitVersion, "v"), ".", 3)
+	if len(parts) < 2 || parts[0] != "1" {
+		return 0, fmt.Errorf("Kubernetes version %q is not v1.MINOR.PATCH", gitVersion)
+	}
+	m, err := strconv.Atoi(parts[1])
+	if err != nil {
+		return 0, fmt.Errorf("Kubernetes version %q: minor %q is not a number", gitVersion, parts[1])
+	}
+	return m, nil
+}
+
+// RequireMinor skips the test, saying why and on which version, when the control plane is older than
+// 1.minor: for tests of a feature that needs a newer minor than the oldest one the suites also run on (the
+// product refuses or degrades that feature there, and a test of that behaviour runs instead).
+func (e *Env) RequireMinor(t testing.TB, minor int, why string) {
+	t.Helper()
+	if e.Minor() < minor {
+		t.Skipf("needs Kubernetes 1.%d or newer (%s); the test control plane is %s", minor, why, e.Version.GitVersion)
+	}
 }
