@@ -36,8 +36,12 @@ import (
 // poolTaint is the taint of the chart values the admission test renders.
 var poolTaint = corev1.Taint{Key: poolKey, Value: "identities", Effect: corev1.TaintEffectNoExecute}
 
-// helmTemplate renders the chart's guard policy with guard mode on and the given --set values.
-func helmTemplate(t *testing.T, sets ...string) (string, string, error) {
+// newestKube is the Kubernetes version of bin/kube-apiserver, which the chart-only tests render for.
+const newestKube = "v1.37.2"
+
+// helmTemplate renders the chart's guard policy with guard mode on and the given --set values, as helm would
+// for a cluster of Kubernetes version kube.
+func helmTemplate(t *testing.T, kube string, sets ...string) (string, string, error) {
 	t.Helper()
 	helm := filepath.Join(testenv.RepoRoot(), "bin", "helm")
 	if _, err := os.Stat(helm); err != nil {
@@ -45,7 +49,7 @@ func helmTemplate(t *testing.T, sets ...string) (string, string, error) {
 	}
 	home := t.TempDir()
 	args := []string{"template", "pi", filepath.Join(testenv.RepoRoot(), "charts", "podidentity"),
-		"--namespace", "podidentity-system", "--kube-version", "v1.37.2", "--show-only", "templates/guard-policy.yaml", "--set", "guard.enabled=true"}
+		"--namespace", "podidentity-system", "--kube-version", kube, "--show-only", "templates/guard-policy.yaml", "--set", "guard.enabled=true"}
 	for _, s := range sets {
 		args = append(args, "--set", s)
 	}
@@ -58,10 +62,10 @@ func helmTemplate(t *testing.T, sets ...string) (string, string, error) {
 }
 
 // renderGuardPolicy returns the chart's ValidatingAdmissionPolicy and binding: the test evaluates the chart's
-// own CEL, not a copy.
-func renderGuardPolicy(t *testing.T) (*admissionregv1.ValidatingAdmissionPolicy, *admissionregv1.ValidatingAdmissionPolicyBinding) {
+// own CEL, not a copy, rendered for the test control plane's Kubernetes version (kube).
+func renderGuardPolicy(t *testing.T, kube string) (*admissionregv1.ValidatingAdmissionPolicy, *admissionregv1.ValidatingAdmissionPolicyBinding) {
 	t.Helper()
-	out, errOut, err := helmTemplate(t, "guard.trustedServiceAccounts={monitoring/agent}")
+	out, errOut, err := helmTemplate(t, kube, "guard.trustedServiceAccounts={monitoring/agent}")
 	if err != nil {
 		t.Fatalf("helm template: %v\n%s", err, errOut)
 	}
@@ -101,7 +105,7 @@ func TestGuardChartRefuses(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, errOut, err := helmTemplate(t, tc.set)
+			_, errOut, err := helmTemplate(t, newestKube, tc.set)
 			if err == nil || !strings.Contains(errOut, tc.want) {
 				t.Fatalf("helm template with %s: err %v, stderr %q; want a refusal naming %q", tc.set, err, errOut, tc.want)
 			}
@@ -114,11 +118,11 @@ func TestGuardChartRefuses(t *testing.T) {
 // that tolerates the pool's taint is refused unless injected or trusted, whatever shape its toleration takes;
 // a forged injection is refused; and the Go rules of the audit agree with the policy on every case.
 func TestGuardAdmission(t *testing.T) {
-	vap, vapb := renderGuardPolicy(t)
 	env := &envtest.Environment{WebhookInstallOptions: envtest.WebhookInstallOptions{
 		Paths: []string{filepath.Join(testenv.RepoRoot(), "manifests", "kustomize", "base", "podidentity.yaml")},
 	}}
 	te := testenv.Start(t, env)
+	vap, vapb := renderGuardPolicy(t, te.Version.GitVersion)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	c := te.Client

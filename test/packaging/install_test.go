@@ -92,7 +92,12 @@ func TestChartInstallsIntoAPIServer(t *testing.T) {
 
 	for _, tc := range goldenCases {
 		t.Run("apply/"+tc.name, func(t *testing.T) {
-			out, errOut, err := helmTemplate(t, tc.values)
+			// Rendered for the control plane's own version (the newest or the oldest supported minor).
+			var files []string
+			for _, f := range tc.values {
+				files = append(files, "--values", f)
+			}
+			out, errOut, err := helmTemplateOn(t, env.Version.GitVersion, files)
 			if err != nil {
 				t.Fatalf("helm template: %v\n%s", err, errOut)
 			}

@@ -3,9 +3,11 @@ package packaging
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
+	"golang.org/x/mod/modfile"
 	"sigs.k8s.io/yaml"
 )
 
@@ -20,12 +22,14 @@ func helmTemplateFor(t *testing.T, kube string, sets ...string) (string, string,
 	return run(t, helmBin(t), args...)
 }
 
-// TestKubeVersionSupport: the chart installs on every minor from Chart.yaml's kubeVersion (1.29, native sidecars
-// on by default) with its defaults and each layout, and refuses a feature that needs a newer minor with a
-// message that names the feature, the minor it needs and the value that turns it off (docs/install.md,
-// "Supported versions"). Providers' version strings (EKS's, k3s's) compare by their release.
+// TestKubeVersionSupport: the chart installs on every minor from Chart.yaml's kubeVersion (1.32, the oldest minor
+// AKS still supports, under long-term support) with its defaults and each layout, including the policies that
+// need a ValidatingAdmissionPolicy (1.30+), and helm refuses older clusters with a message that names the
+// floor (docs/install.md, "Supported versions"). Providers' version strings (EKS's, k3s's) compare by their release.
 func TestKubeVersionSupport(t *testing.T) {
-	guardRefused := []string{"guard mode (guard.enabled=true) needs Kubernetes 1.30 or newer", "ValidatingAdmissionPolicy", "Set guard.enabled=false", "Supported versions"}
+	refused := func(v string) []string {
+		return []string{"chart requires kubeVersion: >=1.32.0-0", "incompatible with Kubernetes " + v}
+	}
 	for _, tc := range []struct {
 		kube string
 		sets []string
@@ -34,27 +38,28 @@ func TestKubeVersionSupport(t *testing.T) {
 		// rendered: kind/name of objects that must (true) or must not (false) be rendered.
 		rendered map[string]bool
 	}{
-		{kube: "v1.28.15", want: []string{"chart requires kubeVersion: >=1.29.0-0", "incompatible with Kubernetes v1.28.15"}},
-		{kube: "v1.28.15", sets: []string{"webhook.mode=classic"}, want: []string{"chart requires kubeVersion: >=1.29.0-0"}},
-		{kube: "v1.29.0", rendered: map[string]bool{
-			"Deployment/podidentity-webhook": true,
-			// Below 1.30 the annotation policy is skipped (a NOTES warning says so), so the defaults install.
+		{kube: "v1.29.15", want: refused("v1.29.15")},
+		{kube: "v1.31.14", want: refused("v1.31.14")},
+		{kube: "v1.31.14", sets: []string{"webhook.mode=classic"}, want: refused("v1.31.14")},
+		{kube: "v1.31.14", sets: []string{"guard.enabled=true"}, want: refused("v1.31.14")},
+		{kube: "v1.31.9-eks-1a2b3c4", want: refused("v1.31.9")}, // helm names the release without the suffix
+		{kube: "v1.32.0", rendered: map[string]bool{
+			"Deployment/podidentity-webhook":                              true,
+			"ValidatingAdmissionPolicy/podidentity-identities-annotation": true,
+		}},
+		{kube: "v1.32.0", sets: []string{"webhook.mode=native"}, rendered: map[string]bool{"Deployment/podidentity-webhook": true}},
+		{kube: "v1.32.0", sets: []string{"webhook.mode=classic"}, rendered: map[string]bool{"Deployment/podidentity-webhook": true}},
+		{kube: "v1.32.0", sets: []string{"redirect.mode=cni"}, rendered: map[string]bool{"DaemonSet/podidentity-node": true}},
+		{kube: "v1.32.0", sets: []string{"identityAnnotationPolicy.enabled=false"}, rendered: map[string]bool{
+			"Deployment/podidentity-webhook":                              true,
 			"ValidatingAdmissionPolicy/podidentity-identities-annotation": false,
 		}},
-		{kube: "v1.29.0", sets: []string{"webhook.mode=native"}, rendered: map[string]bool{"Deployment/podidentity-webhook": true}},
-		{kube: "v1.29.0", sets: []string{"webhook.mode=classic"}, rendered: map[string]bool{"Deployment/podidentity-webhook": true}},
-		{kube: "v1.29.0", sets: []string{"redirect.mode=cni"}, rendered: map[string]bool{"DaemonSet/podidentity-node": true}},
-		{kube: "v1.29.0", sets: []string{"identityAnnotationPolicy.enabled=false"}, rendered: map[string]bool{"Deployment/podidentity-webhook": true}},
-		{kube: "v1.29.0", sets: []string{"guard.enabled=true"}, want: guardRefused},
-		{kube: "v1.29.15", sets: []string{"guard.enabled=true", "redirect.mode=cni"}, want: guardRefused},
-		{kube: "v1.29.10-eks-1a2b3c4", rendered: map[string]bool{"Deployment/podidentity-webhook": true}},
-		{kube: "v1.29.10-eks-1a2b3c4", sets: []string{"guard.enabled=true"}, want: guardRefused},
-		{kube: "v1.30.0", rendered: map[string]bool{"ValidatingAdmissionPolicy/podidentity-identities-annotation": true}},
-		{kube: "v1.30.0", sets: []string{"guard.enabled=true"}, rendered: map[string]bool{
+		{kube: "v1.32.0", sets: []string{"guard.enabled=true"}, rendered: map[string]bool{
 			"ValidatingAdmissionPolicy/podidentity-guard":        true,
 			"ValidatingAdmissionPolicyBinding/podidentity-guard": true,
 		}},
-		{kube: "v1.30.2+k3s1", sets: []string{"guard.enabled=true"}, rendered: map[string]bool{"ValidatingAdmissionPolicy/podidentity-guard": true}},
+		{kube: "v1.32.4-eks-1a2b3c4", rendered: map[string]bool{"Deployment/podidentity-webhook": true}},
+		{kube: "v1.32.2+k3s1", sets: []string{"guard.enabled=true"}, rendered: map[string]bool{"ValidatingAdmissionPolicy/podidentity-guard": true}},
 		{kube: kubeVersion, sets: []string{"guard.enabled=true", "redirect.mode=cni", "webhook.mode=classic"}, rendered: map[string]bool{
 			"ValidatingAdmissionPolicy/podidentity-guard": true,
 			"DaemonSet/podidentity-node":                  true,
@@ -89,8 +94,10 @@ func TestKubeVersionSupport(t *testing.T) {
 	}
 }
 
-// TestSupportedVersionsDocumented: docs/install.md's "Supported versions" quotes Chart.yaml's kubeVersion and names
-// the Kubernetes version the suites run on, so that the statement cannot drift from the chart or the tests.
+// TestSupportedVersionsDocumented: the oldest minor Chart.yaml's kubeVersion admits is the one whose
+// kube-apiserver the integration suites run against a second time (hack/tools/k8s-oldest pins it, the Makefile's
+// test-oldest builds and runs it), and docs/install.md's "Supported versions" quotes the kubeVersion and names both
+// tested versions, so that the claim cannot drift from the chart or the tests.
 func TestSupportedVersionsDocumented(t *testing.T) {
 	chart, err := os.ReadFile(filepath.Join(chartDir(), "Chart.yaml"))
 	if err != nil {
@@ -102,6 +109,24 @@ func TestSupportedVersionsDocumented(t *testing.T) {
 	if err := yaml.Unmarshal(chart, &meta); err != nil || meta.KubeVersion == "" {
 		t.Fatalf("Chart.yaml: no kubeVersion (%v)", err)
 	}
+	floor := regexp.MustCompile(`^>=1\.(\d+)\.0-0$`).FindStringSubmatch(meta.KubeVersion)
+	if floor == nil {
+		t.Fatalf("Chart.yaml: kubeVersion %q is not \">=1.MINOR.0-0\" (a floor the suites can run on)", meta.KubeVersion)
+	}
+	oldest := oldestTested(t)
+	if want := "v1." + floor[1] + "."; !strings.HasPrefix(oldest, want) {
+		t.Errorf("Chart.yaml admits 1.%s and up but the oldest kube-apiserver the suites run on is %s "+
+			"(hack/tools/k8s-oldest/go.mod): test the oldest minor the chart claims", floor[1], oldest)
+	}
+	makefile, err := os.ReadFile(filepath.Join(repoRoot(), "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"K8S_OLDEST_VERSION := " + oldest + "\n", "K8S_OLDEST_MINOR   := " + floor[1] + "\n"} {
+		if !strings.Contains(string(makefile), want) {
+			t.Errorf("Makefile lacks %q: it must build and run the kube-apiserver hack/tools/k8s-oldest pins", strings.TrimSpace(want))
+		}
+	}
 	install, err := os.ReadFile(filepath.Join(repoRoot(), "docs", "install.md"))
 	if err != nil {
 		t.Fatal(err)
@@ -111,9 +136,29 @@ func TestSupportedVersionsDocumented(t *testing.T) {
 		t.Fatal(`docs/install.md has no "## Supported versions" section`)
 	}
 	section, _, _ = strings.Cut(section, "\n## ")
-	for _, want := range []string{"`kubeVersion: \"" + meta.KubeVersion + "\"`", kubeVersion, "guard.enabled", "identityAnnotationPolicy"} {
+	for _, want := range []string{"`kubeVersion: \"" + meta.KubeVersion + "\"`", kubeVersion, oldest, "make test-oldest", "guard.enabled", "identityAnnotationPolicy"} {
 		if !strings.Contains(section, want) {
 			t.Errorf("docs/install.md, \"Supported versions\", does not mention %s", want)
 		}
 	}
+}
+
+// oldestTested is the Kubernetes release hack/tools/k8s-oldest pins (k8s.io/kubernetes in its go.mod).
+func oldestTested(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot(), "hack", "tools", "k8s-oldest", "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := modfile.ParseLax("go.mod", data, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range f.Require {
+		if r.Mod.Path == "k8s.io/kubernetes" {
+			return r.Mod.Version
+		}
+	}
+	t.Fatal("hack/tools/k8s-oldest/go.mod does not require k8s.io/kubernetes")
+	return ""
 }

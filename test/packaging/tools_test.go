@@ -96,7 +96,14 @@ func helmTemplate(t *testing.T, valuesFiles []string, sets ...string) (string, s
 // helmTemplateArgs is helmTemplate with any other arguments of helm template (--set-json, --values).
 func helmTemplateArgs(t *testing.T, extra []string, sets ...string) (string, string, error) {
 	t.Helper()
-	args := []string{"template", "podidentity", chartDir(), "--namespace", "podidentity-system", "--kube-version", kubeVersion, "--include-crds=false"}
+	return helmTemplateOn(t, kubeVersion, extra, sets...)
+}
+
+// helmTemplateOn is helmTemplateArgs for a cluster of Kubernetes version kube: what `helm install` against
+// such a cluster would render or refuse.
+func helmTemplateOn(t *testing.T, kube string, extra []string, sets ...string) (string, string, error) {
+	t.Helper()
+	args := []string{"template", "podidentity", chartDir(), "--namespace", "podidentity-system", "--kube-version", kube, "--include-crds=false"}
 	args = append(args, extra...)
 	for _, s := range sets {
 		args = append(args, "--set", s)
