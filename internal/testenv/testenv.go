@@ -1,6 +1,7 @@
 // Package testenv starts a real kube-apiserver and etcd (controller-runtime envtest) with the project's CRDs
-// installed, for integration tests. The binaries come from bin/, built from Go modules by `make envtest-bins`;
-// nothing is downloaded.
+// installed, for integration tests. The binaries come from KUBEBUILDER_ASSETS: bin/ (the newest Kubernetes,
+// `make envtest-bins`) or bin/k8s-1.NN/ (the oldest the chart claims, `make test-oldest`), built from Go
+// modules; nothing is downloaded.
 package testenv
 
 import (
