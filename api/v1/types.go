@@ -30,6 +30,26 @@ const (
 	BehaviorNamespaced = "namespaced"
 )
 
+// podidentity's own annotations on the AAD Pod Identity objects. Both are optional and unknown to AAD Pod
+// Identity: an object without them behaves exactly as before, so every existing manifest keeps its meaning.
+const (
+	// BackendAnnotation on an AzureIdentity chooses how the pod's token sidecar obtains its tokens. Absent (or
+	// BackendNode) is the behaviour of AAD Pod Identity: a type 0 identity is attached to the node by the
+	// assigner and its tokens come from the node's IMDS; a type 1 or 2 service principal authenticates with its
+	// mounted secret. BackendFederated is workload identity federation: the sidecar exchanges the pod's
+	// projected service account token at Azure AD (spec.tenantID, authority spec.adEndpoint or the sidecar's
+	// --aad-authority-host) for spec.clientID's token; nothing is attached to a node and no secret is mounted.
+	BackendAnnotation = "podidentity.io/backend"
+	// BackendNode and BackendFederated are the values of BackendAnnotation.
+	BackendNode      = "node"
+	BackendFederated = "federated"
+	// ServiceAccountsAnnotation on an AzureIdentityBinding narrows it to pods that run as one of the listed
+	// service accounts, comma-separated, each "<namespace>/<name>" or "<name>" (a service account of the
+	// binding's namespace). The pod must still carry the aadpodidbinding label of spec.selector: both must
+	// match. Absent, the binding selects by the label alone, as in AAD Pod Identity.
+	ServiceAccountsAnnotation = "podidentity.io/service-accounts"
+)
+
 // Values of AzureAssignedIdentityStatus.Status.
 const (
 	AssignedIDCreated    = "Created"

@@ -30,10 +30,21 @@ type Identity struct {
 	// SecretName names the Secret (in the pod's namespace) that a service principal's credential is mounted
 	// from into the sidecar only. Empty for managed identities.
 	SecretName string `json:"secretName,omitempty"`
+	// Backend is "federated" for an identity whose tokens the sidecar obtains by workload identity federation
+	// (exchanging the pod's projected service account token at Azure AD, tenant TenantID, authority ADEndpoint
+	// or the sidecar's default); empty otherwise (the node's IMDS for type 0, the mounted secret for types 1
+	// and 2). Annotations written before federation existed have no backend and keep their meaning.
+	Backend string `json:"backend,omitempty"`
 	// Binding is the AzureIdentityBinding (namespace/name) that bound the pod, and Weight its weight.
 	Binding string `json:"binding"`
 	Weight  int    `json:"weight,omitempty"`
 }
+
+// BackendFederated is the value of Identity.Backend for a federated identity.
+const BackendFederated = "federated"
+
+// Federated reports whether the identity's tokens come from workload identity federation.
+func (id Identity) Federated() bool { return id.Backend == BackendFederated }
 
 // Encode renders identities as the annotation value: a JSON list, stable for equal input, "[]" when empty.
 func Encode(ids []Identity) string {

@@ -75,6 +75,11 @@ func Resolve(pod *corev1.Pod, bindings []aadv1.AzureIdentityBinding, identities 
 		if (opts.ForceNamespaced || IsNamespaced(id)) && (id.Namespace != pod.Namespace || b.Namespace != pod.Namespace) {
 			continue // namespaced identity used from another namespace: not bound
 		}
+		if accounts, ok := b.Annotations[aadv1.ServiceAccountsAnnotation]; ok && !ServiceAccountAllowed(accounts, b.Namespace, pod) {
+			problems = append(problems, Problem{bkey, fmt.Sprintf("the pod runs as service account %s/%s, which annotation %s (%q) does not list; the pod is not bound to AzureIdentity %s/%s: run it as a listed service account, or add its service account to the annotation",
+				pod.Namespace, ServiceAccountName(pod), aadv1.ServiceAccountsAnnotation, accounts, b.Namespace, b.Spec.AzureIdentity)})
+			continue
+		}
 		if err := Validate(id); err != nil {
 			problems = append(problems, Problem{bkey, err.Error()})
 			continue
@@ -164,8 +169,61 @@ func IsNamespaced(id *aadv1.AzureIdentity) bool {
 	return strings.EqualFold(id.Annotations[aadv1.BehaviorAnnotation], aadv1.BehaviorNamespaced)
 }
 
+// ServiceAccountName is the pod's service account: spec.serviceAccountName, or "default" when unset (the API
+// server's ServiceAccount admission sets it before any webhook runs; a decision on an object that skipped it
+// assumes the same).
+func ServiceAccountName(pod *corev1.Pod) string {
+	if pod.Spec.ServiceAccountName != "" {
+		return pod.Spec.ServiceAccountName
+	}
+	return "default"
+}
+
+// ServiceAccountAllowed reports whether the pod's service account is in list, the value of a binding's
+// podidentity.io/service-accounts annotation: comma-separated "<namespace>/<name>", or "<name>" for a service
+// account of the binding's namespace (bindingNamespace). Names compare exactly, as Kubernetes names do. An
+// empty list allows no pod: an annotation that names nobody binds nobody (it never widens a binding).
+func ServiceAccountAllowed(list, bindingNamespace string, pod *corev1.Pod) bool {
+	want := pod.Namespace + "/" + ServiceAccountName(pod)
+	for _, item := range strings.Split(list, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		if !strings.Contains(item, "/") {
+			item = bindingNamespace + "/" + item
+		}
+		if item == want {
+			return true
+		}
+	}
+	return false
+}
+
+// Backend returns the identity's backend from annotation podidentity.io/backend: aadv1.BackendFederated, or
+// aadv1.BackendNode when absent. Values compare case-insensitively; anything else is returned as written, for
+// Validate to refuse.
+func Backend(id *aadv1.AzureIdentity) string {
+	v, ok := id.Annotations[aadv1.BackendAnnotation]
+	switch {
+	case !ok || strings.EqualFold(strings.TrimSpace(v), aadv1.BackendNode):
+		return aadv1.BackendNode
+	case strings.EqualFold(strings.TrimSpace(v), aadv1.BackendFederated):
+		return aadv1.BackendFederated
+	}
+	return v
+}
+
 // Validate says what is wrong with an identity that cannot be served, in words a user can act on.
 func Validate(id *aadv1.AzureIdentity) error {
+	switch Backend(id) {
+	case aadv1.BackendNode:
+	case aadv1.BackendFederated:
+		return validateFederated(id)
+	default:
+		return fmt.Errorf("AzureIdentity %s/%s has annotation %s: %q; use %q (workload identity federation) or %q (the default: the node's IMDS, or the service principal's secret), or remove it",
+			id.Namespace, id.Name, aadv1.BackendAnnotation, id.Annotations[aadv1.BackendAnnotation], aadv1.BackendFederated, aadv1.BackendNode)
+	}
 	switch id.Spec.Type {
 	case aadv1.UserAssignedMSI:
 		if id.Spec.ClientID == "" || id.Spec.ResourceID == "" {
@@ -184,10 +242,36 @@ func Validate(id *aadv1.AzureIdentity) error {
 	return nil
 }
 
+// validateFederated checks a federated identity: the application (client ID) and its tenant name what Azure AD
+// exchanges the service account token for; the type says what kind of Azure AD object carries the federated
+// credential (0 a user-assigned managed identity, 1 or 2 an app registration) and no secret is used.
+func validateFederated(id *aadv1.AzureIdentity) error {
+	switch id.Spec.Type {
+	case aadv1.UserAssignedMSI, aadv1.ServicePrincipal, aadv1.ServicePrincipalCertificate:
+	default:
+		return fmt.Errorf("AzureIdentity %s/%s has spec.type %d; use 0 (user-assigned managed identity) or 1 (app registration) with %s: %s", id.Namespace, id.Name, id.Spec.Type, aadv1.BackendAnnotation, aadv1.BackendFederated)
+	}
+	if id.Spec.ClientID == "" || id.Spec.TenantID == "" {
+		return fmt.Errorf("AzureIdentity %s/%s is federated (%s: %s) and needs spec.clientID (the managed identity's or application's client ID) and spec.tenantID (its Azure AD tenant)", id.Namespace, id.Name, aadv1.BackendAnnotation, aadv1.BackendFederated)
+	}
+	if id.Spec.ResourceID != "" && !strings.Contains(strings.ToLower(id.Spec.ResourceID), "/providers/microsoft.managedidentity/userassignedidentities/") {
+		return fmt.Errorf("AzureIdentity %s/%s: spec.resourceID %q is not a user-assigned identity's resource ID; a federated identity may leave it empty (apps then select it by client_id)", id.Namespace, id.Name, id.Spec.ResourceID)
+	}
+	return nil
+}
+
 func fromAzureIdentity(id *aadv1.AzureIdentity, binding string, weight int) Identity {
 	out := Identity{
 		Name: id.Name, Namespace: id.Namespace, Type: id.Spec.Type,
 		ClientID: id.Spec.ClientID, Binding: binding, Weight: weight,
+	}
+	if Backend(id) == aadv1.BackendFederated {
+		// No secret, no auxiliary tenants: the exchange is for the one tenant that holds the federated credential.
+		out.Backend = annotation.BackendFederated
+		out.ResourceID = id.Spec.ResourceID
+		out.TenantID = id.Spec.TenantID
+		out.ADEndpoint = id.Spec.ADEndpoint
+		return out
 	}
 	if id.Spec.Type == aadv1.UserAssignedMSI {
 		out.ResourceID = id.Spec.ResourceID
@@ -234,8 +318,10 @@ func Encode(ids []Identity) string { return annotation.Encode(ids) }
 // Decode parses the annotation value (annotation.Decode).
 func Decode(s string) ([]Identity, error) { return annotation.Decode(s) }
 
-// Servable keeps the identities the pod's sidecar can serve: every managed identity, and a service principal
-// only when the pod mounts its secret as the webhook does (volume podidentity-sp-<name> of that Secret). The
+// Servable keeps the identities the pod's sidecar can serve: every node managed identity, a federated identity
+// only when the pod projects the service account token as the webhook does (FederatedTokenProjected), and a
+// service principal only when the pod mounts its secret as the webhook does (volume podidentity-sp-<name> of
+// that Secret). The
 // webhook leaves out service principals whose secret the pod cannot mount (another namespace: see
 // webhook/inject), and the volumes of a pod never change, so whoever rewrites the identities annotation later
 // (the assigner, after a binding changes) must not list a service principal the pod has no volume for: its
@@ -247,8 +333,15 @@ func Servable(pod *corev1.Pod, ids []Identity) []Identity {
 			mounted[v.Name] = v.Secret.SecretName
 		}
 	}
+	projected := FederatedTokenProjected(pod)
 	out := ids[:0:0]
 	for _, id := range ids {
+		if id.Federated() {
+			if projected {
+				out = append(out, id)
+			}
+			continue
+		}
 		if id.Type == aadv1.UserAssignedMSI {
 			out = append(out, id)
 			continue
@@ -258,4 +351,22 @@ func Servable(pod *corev1.Pod, ids []Identity) []Identity {
 		}
 	}
 	return out
+}
+
+// FederatedTokenProjected reports whether the pod has the webhook's service account token volume
+// (defaults.FederatedTokenVolumeName: a projected token for defaults.FederatedAudience). The webhook adds it
+// only to pods bound to a federated identity at admission, and a pod's volumes never change, so a federated
+// identity bound later is served only to pods created after it.
+func FederatedTokenProjected(pod *corev1.Pod) bool {
+	for _, v := range pod.Spec.Volumes {
+		if v.Name != defaults.FederatedTokenVolumeName || v.Projected == nil {
+			continue
+		}
+		for _, src := range v.Projected.Sources {
+			if src.ServiceAccountToken != nil && src.ServiceAccountToken.Audience == defaults.FederatedAudience {
+				return true
+			}
+		}
+	}
+	return false
 }

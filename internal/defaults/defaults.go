@@ -33,6 +33,16 @@ const (
 	// SecretsDir holds one directory per service-principal identity (SecretsDir/<identity name>/), mounted into
 	// the sidecar container only.
 	SecretsDir = "/var/run/podidentity/secrets"
+
+	// FederatedTokenVolumeName is the projected service account token volume the webhook adds to a pod bound
+	// to a federated identity, mounted into the sidecar container only at FederatedTokenDir; the token is the
+	// file FederatedTokenDir/FederatedTokenFile, for audience FederatedAudience, valid
+	// FederatedTokenExpirationSeconds and rotated by the kubelet (at 80% of that).
+	FederatedTokenVolumeName        = "podidentity-token"
+	FederatedTokenDir               = "/var/run/podidentity/federated"
+	FederatedTokenFile              = "token"
+	FederatedAudience               = "api://AzureADTokenExchange"
+	FederatedTokenExpirationSeconds = 3600
 )
 
 // Labels and annotations of the project (AAD Pod Identity's own are in api/v1).
