@@ -13,8 +13,25 @@ import (
 	"sync"
 	"time"
 
+	"github.com/coreos/go-oidc/v3/oidc"
 	"github.com/golang-jwt/jwt/v5"
 )
+
+// ClientAssertionTypeJWT is the client_assertion_type of a JWT client assertion (RFC 7523).
+const ClientAssertionTypeJWT = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+// FederationAudience is the audience Azure AD's federated identity credentials expect by default.
+const FederationAudience = "api://AzureADTokenExchange"
+
+// FederatedCredential is a federated identity credential of an app or managed identity: Azure AD accepts, as
+// the app's client assertion, a token of Issuer for Subject (for Kubernetes:
+// system:serviceaccount:<namespace>:<name>) whose audience is one of Audiences (default FederationAudience).
+type FederatedCredential struct {
+	Name      string
+	Issuer    string
+	Subject   string
+	Audiences []string
+}
 
 // App is a service principal registered in the emulated Azure AD: it authenticates with Secret, or with a
 // client assertion signed by the key of Certificate.
@@ -27,6 +44,8 @@ type App struct {
 	ObjectID     string
 	Secret       string
 	Certificate  *x509.Certificate
+	// Federated are the app's federated identity credentials (workload identity federation).
+	Federated []FederatedCredential
 }
 
 // AAD emulates the Azure AD v2 endpoints that azidentity's client-secret and client-certificate credentials
@@ -38,6 +57,16 @@ type AAD struct {
 	apps     map[string]App // by client ID
 	tokens   map[string]int // by client ID
 	lifetime time.Duration
+
+	// Federation: the client that fetches issuers' discovery documents and keys, the clock, the issuers'
+	// providers (discovery read once per issuer; keys refetched when an unknown key ID shows up), and, with
+	// refuseReplays, the assertion IDs already used.
+	discovery     *http.Client
+	now           func() time.Time
+	providers     map[string]*oidc.Provider
+	refuseReplays bool
+	used          map[string]time.Time // jti -> its expiry
+	exchanges     map[string]int       // by client ID: federated assertions accepted
 }
 
 // NewAAD returns an emulated Azure AD issuing tokens of the given lifetime (default 1 h, as Azure AD).
@@ -45,11 +74,52 @@ func NewAAD(lifetime time.Duration, apps ...App) *AAD {
 	if lifetime == 0 {
 		lifetime = time.Hour
 	}
-	a := &AAD{apps: map[string]App{}, tokens: map[string]int{}, lifetime: lifetime}
+	a := &AAD{apps: map[string]App{}, tokens: map[string]int{}, lifetime: lifetime, now: time.Now,
+		providers: map[string]*oidc.Provider{}, used: map[string]time.Time{}, exchanges: map[string]int{}}
 	for _, app := range apps {
 		a.apps[app.ClientID] = app
 	}
 	return a
+}
+
+// Federation configures how federated client assertions are verified: client fetches each issuer's OIDC
+// discovery document (<issuer>/.well-known/openid-configuration) and its JWKS (for a Kubernetes API server:
+// /openid/v1/jwks), so it must trust the issuer's TLS certificate (and, for an API server that does not allow
+// anonymous discovery, authenticate). now is the clock for expiry checks (nil: time.Now). Without a client,
+// http.DefaultClient is used.
+func (a *AAD) Federation(client *http.Client, now func() time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.discovery = client
+	if now == nil {
+		now = time.Now
+	}
+	a.now = now
+	a.providers = map[string]*oidc.Provider{}
+}
+
+// RefuseReplays makes the emulator accept each federated assertion (by its jti) once. This is stricter than
+// Azure AD, which accepts a federated assertion again and again until it expires (the Azure SDKs' workload
+// identity credentials rely on that, re-reading the same token file): it lets a test show what a client that
+// depended on one-time assertions would see, and that an assertion without a jti is refused then.
+func (a *AAD) RefuseReplays(on bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.refuseReplays = on
+}
+
+// AddApp registers (or replaces) an app while the emulator serves.
+func (a *AAD) AddApp(app App) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.apps[app.ClientID] = app
+}
+
+// Exchanges returns how many federated assertions were accepted for the client ID.
+func (a *AAD) Exchanges(clientID string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.exchanges[clientID]
 }
 
 // Tokens returns how many tokens were issued to the client ID.
@@ -103,6 +173,18 @@ func (a *AAD) token(w http.ResponseWriter, r *http.Request, tenant string) {
 			writeError(w, http.StatusUnauthorized, "invalid_client", "AADSTS7000215: Invalid client secret provided.")
 			return
 		}
+	case f.Get("client_assertion") != "" && len(app.Federated) > 0 && isFederated(f.Get("client_assertion"), app):
+		if f.Get("client_assertion_type") != ClientAssertionTypeJWT {
+			writeError(w, http.StatusBadRequest, "invalid_request", "AADSTS50027: client_assertion_type must be "+ClientAssertionTypeJWT+".")
+			return
+		}
+		if ferr := a.verifyFederated(r.Context(), f.Get("client_assertion"), app); ferr != nil {
+			writeJSON(w, ferr.status, map[string]any{"error": ferr.code, "error_description": ferr.description, "error_codes": []int{ferr.aadsts}})
+			return
+		}
+		a.mu.Lock()
+		a.exchanges[app.ClientID]++
+		a.mu.Unlock()
 	case f.Get("client_assertion") != "":
 		if err := verifyAssertion(f.Get("client_assertion"), app); err != nil {
 			writeError(w, http.StatusUnauthorized, "invalid_client", "AADSTS700027: Client assertion failed signature validation: "+err.Error())
