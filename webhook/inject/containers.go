@@ -85,12 +85,17 @@ func verifierContainer(s Settings) corev1.Container {
 // VerifierUID is the uid of CNI mode's init container: distroless's nonroot, not the sidecar's.
 const VerifierUID = 65532
 
-// SidecarContainer is the token sidecar, mounting the identities file and the secrets of the served
-// service principals (secretVolumes: identity name -> volume name).
-func SidecarContainer(s Settings, secretVolumes []SecretVolume) corev1.Container {
+// SidecarContainer is the token sidecar, mounting the identities file, the secrets of the served service
+// principals (secretVolumes: identity name -> volume name) and, when the pod is bound to a federated identity,
+// the projected service account token (at defaults.FederatedTokenDir, the sidecar's default
+// --federated-token-file; so the arguments are the same either way). No other container mounts either.
+func SidecarContainer(s Settings, secretVolumes []SecretVolume, federated bool) corev1.Container {
 	mounts := []corev1.VolumeMount{{Name: defaults.IdentitiesVolumeName, MountPath: defaults.IdentitiesDir, ReadOnly: true}}
 	for _, v := range secretVolumes {
 		mounts = append(mounts, corev1.VolumeMount{Name: v.Volume, MountPath: defaults.SecretsDir + "/" + v.Identity, ReadOnly: true})
+	}
+	if federated {
+		mounts = append(mounts, corev1.VolumeMount{Name: defaults.FederatedTokenVolumeName, MountPath: defaults.FederatedTokenDir, ReadOnly: true})
 	}
 	probe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
@@ -170,8 +175,9 @@ type SecretVolume struct {
 	Secret   string // Secret name in the pod's namespace
 }
 
-// Volumes are the pod volumes the sidecar mounts.
-func Volumes(secretVolumes []SecretVolume) []corev1.Volume {
+// Volumes are the pod volumes the sidecar mounts: the identities file, one per service principal's Secret,
+// and with federated the projected service account token for Azure AD's token exchange.
+func Volumes(secretVolumes []SecretVolume, federated bool) []corev1.Volume {
 	vols := []corev1.Volume{{
 		Name: defaults.IdentitiesVolumeName,
 		VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{
@@ -187,7 +193,29 @@ func Volumes(secretVolumes []SecretVolume) []corev1.Volume {
 			VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: v.Secret}},
 		})
 	}
+	if federated {
+		vols = append(vols, FederatedTokenVolume())
+	}
 	return vols
+}
+
+// FederatedTokenVolume is the pod's service account token for audience api://AzureADTokenExchange, valid one
+// hour and rotated by the kubelet (at 80% of its life), mounted into the sidecar only. The mode is explicit:
+// without it, the kubelet makes the file 0600 and owned by the pod's uid when every container runs as the same
+// uid (e.g. root), and the sidecar, which drops to its own uid, could not read it. The file is readable in
+// the sidecar's mount namespace only: no other container mounts the volume (the webhook refuses any that does).
+func FederatedTokenVolume() corev1.Volume {
+	return corev1.Volume{
+		Name: defaults.FederatedTokenVolumeName,
+		VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			DefaultMode: ptr(int32(0o444)),
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience:          defaults.FederatedAudience,
+				ExpirationSeconds: ptr(int64(defaults.FederatedTokenExpirationSeconds)),
+				Path:              defaults.FederatedTokenFile,
+			}}},
+		}},
+	}
 }
 
 func hostPort(host string, port int32) string {

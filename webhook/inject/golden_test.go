@@ -270,7 +270,7 @@ func assertOnlyAdded(t *testing.T, in, out []byte, placement *Placement, pullSec
 			kept := []any{}
 			for _, e := range list {
 				name, _ := e.(map[string]any)["name"].(string)
-				if name == defaults.InitContainerName || name == defaults.SidecarContainerName || name == defaults.IdentitiesVolumeName || strings.HasPrefix(name, SecretVolumePrefix) {
+				if name == defaults.InitContainerName || name == defaults.SidecarContainerName || name == defaults.IdentitiesVolumeName || name == defaults.FederatedTokenVolumeName || strings.HasPrefix(name, SecretVolumePrefix) {
 					continue
 				}
 				kept = append(kept, e)

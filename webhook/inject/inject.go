@@ -64,6 +64,10 @@ const (
 	ReasonSecretNamespace  Reason = "secret-other-namespace" // a service principal's Secret is not in the pod's namespace
 	ReasonSecretVolumeName Reason = "invalid-volume-name"    // podidentity-sp-<name> is not a DNS label
 	ReasonDuplicateSPName  Reason = "duplicate-name"         // two bound service principals share a name
+	ReasonFederatedNoToken Reason = "federated-no-token"     // a federated identity bound after the pod was injected
+	// ReasonCredentialMount denies a user container that mounts a volume of the sidecar's credentials (the
+	// projected service account token, a service principal's Secret).
+	ReasonCredentialMount Reason = "credential-mount"
 )
 
 // NotServed is a bound identity the webhook leaves out of the pod's annotation, so the sidecar does not serve
@@ -119,7 +123,7 @@ type Injector struct {
 
 // NewInjector renders the settings' containers once; the Injector is read-only and safe for concurrent use.
 func NewInjector(s Settings) *Injector {
-	return &Injector{s: s, initJSON: mustJSON(InitContainer(s)), sidecarJSON: mustJSON(SidecarContainer(s, nil)), volumeJSON: mustJSON(Volumes(nil)[0])}
+	return &Injector{s: s, initJSON: mustJSON(InitContainer(s)), sidecarJSON: mustJSON(SidecarContainer(s, nil, false)), volumeJSON: mustJSON(Volumes(nil, false)[0])}
 }
 
 // Decide is NewInjector(s).Decide, for callers that decide once.
@@ -185,18 +189,35 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 		warnings = append(warnings, p.String())
 	}
 	ids, secretVols, notServed := secretVolumes(pod.Namespace, ids, cluster.Identities)
-	for _, n := range notServed {
-		warnings = append(warnings, n.Message)
-	}
+	federated := slices.ContainsFunc(ids, binding.Identity.Federated)
 
 	placement, refused := placementPatch(pod, s.Placement)
 	if refused != nil {
 		return *refused
 	}
-	if inj, collision := injectedState(pod); collision != "" {
+	inj, collision := injectedState(pod)
+	if collision != "" {
 		return deny(ReasonNameCollision, collision)
-	} else if inj.present {
-		d := reinvoked(raw, pod, inj, ids, secretVols, warnings, security, s)
+	}
+	if inj.present && federated && !slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == defaults.FederatedTokenVolumeName }) {
+		// Injected before a federated identity was bound (a reinvocation after a binding appeared): the pod has
+		// no service account token for the sidecar, and a reinvocation adds no volume. Left out, and reported.
+		kept := ids[:0:0]
+		for _, id := range ids {
+			if !id.Federated() {
+				kept = append(kept, id)
+				continue
+			}
+			notServed = append(notServed, NotServed{Identity: id.Namespace + "/" + id.Name, Reason: ReasonFederatedNoToken, Message: fmt.Sprintf(
+				"podidentity: federated identity %s/%s is not served: the pod was injected before it was bound and has no projected service account token; recreate the pod", id.Namespace, id.Name)})
+		}
+		ids, federated = kept, false
+	}
+	for _, n := range notServed {
+		warnings = append(warnings, n.Message)
+	}
+	if inj.present {
+		d := reinvoked(raw, pod, inj, ids, secretVols, federated, warnings, security, s)
 		if d.Action != ActionDeny {
 			d.Patch = append(d.Patch, placement...)
 			d.Patch = append(d.Patch, pullSecretsPatch(pod, s.ImagePullSecrets)...)
@@ -210,8 +231,8 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	// Before ours are inserted, while the user containers keep their indices.
 	patch := dropNetRaw(pod)
 	sidecar := in.sidecarJSON
-	if len(secretVols) > 0 {
-		sidecar = mustJSON(SidecarContainer(s, secretVols))
+	if len(secretVols) > 0 || federated {
+		sidecar = mustJSON(SidecarContainer(s, secretVols, federated))
 	}
 	ours := []json.RawMessage{in.initJSON}
 	if s.Native {
@@ -232,7 +253,7 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 		}
 	}
 	vols := []json.RawMessage{in.volumeJSON}
-	for _, v := range Volumes(secretVols)[1:] {
+	for _, v := range Volumes(secretVols, federated)[1:] {
 		vols = append(vols, mustJSON(v))
 	}
 	if len(pod.Spec.Volumes) == 0 {
@@ -279,13 +300,14 @@ type podView struct {
 		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
 	Spec *struct {
-		RestartPolicy    corev1.RestartPolicy          `json:"restartPolicy"`
-		HostNetwork      bool                          `json:"hostNetwork"`
-		NodeSelector     map[string]string             `json:"nodeSelector"`
-		Tolerations      []corev1.Toleration           `json:"tolerations"`
-		ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets"`
-		OS               *corev1.PodOS                 `json:"os"`
-		SecurityContext  *struct {
+		RestartPolicy      corev1.RestartPolicy          `json:"restartPolicy"`
+		ServiceAccountName string                        `json:"serviceAccountName"`
+		HostNetwork        bool                          `json:"hostNetwork"`
+		NodeSelector       map[string]string             `json:"nodeSelector"`
+		Tolerations        []corev1.Toleration           `json:"tolerations"`
+		ImagePullSecrets   []corev1.LocalObjectReference `json:"imagePullSecrets"`
+		OS                 *corev1.PodOS                 `json:"os"`
+		SecurityContext    *struct {
 			RunAsUser    *int64 `json:"runAsUser"`
 			RunAsNonRoot *bool  `json:"runAsNonRoot"`
 		} `json:"securityContext"`
@@ -305,10 +327,17 @@ type containerView struct {
 	Args            []string                       `json:"args"`
 	SecurityContext *corev1.SecurityContext        `json:"securityContext"`
 	RestartPolicy   *corev1.ContainerRestartPolicy `json:"restartPolicy"`
+	VolumeMounts    []struct {
+		Name string `json:"name"`
+	} `json:"volumeMounts"`
 }
 
 func (c containerView) container() corev1.Container {
-	return corev1.Container{Name: c.Name, Image: c.Image, Command: c.Command, Args: c.Args, SecurityContext: c.SecurityContext, RestartPolicy: c.RestartPolicy}
+	out := corev1.Container{Name: c.Name, Image: c.Image, Command: c.Command, Args: c.Args, SecurityContext: c.SecurityContext, RestartPolicy: c.RestartPolicy}
+	for _, m := range c.VolumeMounts {
+		out.VolumeMounts = append(out.VolumeMounts, corev1.VolumeMount{Name: m.Name})
+	}
+	return out
 }
 
 // readPod reads the raw object into a corev1.Pod that carries only what the webhook reads. It is never
@@ -328,7 +357,7 @@ func readPod(raw []byte) (*corev1.Pod, podShape, error) {
 	}
 	sp := v.Spec
 	pod.Spec.HostNetwork, pod.Spec.NodeSelector, pod.Spec.OS, pod.Spec.Tolerations = sp.HostNetwork, sp.NodeSelector, sp.OS, sp.Tolerations
-	pod.Spec.RestartPolicy, pod.Spec.ImagePullSecrets = sp.RestartPolicy, sp.ImagePullSecrets
+	pod.Spec.RestartPolicy, pod.Spec.ImagePullSecrets, pod.Spec.ServiceAccountName = sp.RestartPolicy, sp.ImagePullSecrets, sp.ServiceAccountName
 	if sp.SecurityContext != nil {
 		pod.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: sp.SecurityContext.RunAsUser, RunAsNonRoot: sp.SecurityContext.RunAsNonRoot}
 	}
@@ -339,8 +368,9 @@ func readPod(raw []byte) (*corev1.Pod, podShape, error) {
 		pod.Spec.Containers = append(pod.Spec.Containers, c.container())
 	}
 	for _, c := range sp.EphemeralContainers {
+		cc := c.container()
 		pod.Spec.EphemeralContainers = append(pod.Spec.EphemeralContainers, corev1.EphemeralContainer{
-			EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: c.Name, Image: c.Image, Command: c.Command, Args: c.Args, SecurityContext: c.SecurityContext},
+			EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: c.Name, Image: c.Image, Command: c.Command, Args: c.Args, SecurityContext: c.SecurityContext, VolumeMounts: cc.VolumeMounts},
 		})
 	}
 	for _, vol := range sp.Volumes {
@@ -459,6 +489,11 @@ func checkContainer(pod *corev1.Pod, s Settings, kind string, c *corev1.Containe
 	if kind != "ephemeral container" && (c.Name == defaults.InitContainerName || c.Name == defaults.SidecarContainerName) {
 		return Decision{}, false
 	}
+	for _, m := range c.VolumeMounts {
+		if m.Name == defaults.FederatedTokenVolumeName || strings.HasPrefix(m.Name, SecretVolumePrefix) {
+			return deny(ReasonCredentialMount, fmt.Sprintf("%s %q mounts volume %q, which carries the token sidecar's credentials (the service account token it exchanges at Azure AD, or a service principal's secret) and is mounted into the sidecar only; remove that volumeMount", kind, c.Name, m.Name)), true
+		}
+	}
 	sc := c.SecurityContext
 	if sc != nil && sc.Privileged != nil && *sc.Privileged {
 		return deny(ReasonPrivileged, fmt.Sprintf("%s %q is privileged and could remove the IMDS redirect; remove securityContext.privileged or opt the pod out with annotation %s: \"false\"", kind, c.Name, defaults.InjectAnnotation)), true
@@ -535,8 +570,8 @@ func secretVolumes(podNamespace string, ids []binding.Identity, all []aadv1.Azur
 	kept := ids[:0:0]
 	seen := map[string]bool{}
 	for _, id := range ids {
-		if id.Type == aadv1.UserAssignedMSI {
-			kept = append(kept, id)
+		if id.Type == aadv1.UserAssignedMSI || id.Federated() {
+			kept = append(kept, id) // no secret: the node's IMDS, or the projected service account token
 			continue
 		}
 		secretNS := id.Namespace
@@ -608,8 +643,8 @@ func injectedState(pod *corev1.Pod) (injection, string) {
 		return inj, fmt.Sprintf("the pod has a container named %q or %q, reserved for the injected containers; rename it", defaults.InitContainerName, defaults.SidecarContainerName)
 	}
 	for _, v := range pod.Spec.Volumes {
-		if v.Name == defaults.IdentitiesVolumeName || strings.HasPrefix(v.Name, SecretVolumePrefix) {
-			return inj, fmt.Sprintf("the pod has a volume named %q; names %q and %q* are reserved for the injected volumes; rename it", v.Name, defaults.IdentitiesVolumeName, SecretVolumePrefix)
+		if v.Name == defaults.IdentitiesVolumeName || v.Name == defaults.FederatedTokenVolumeName || strings.HasPrefix(v.Name, SecretVolumePrefix) {
+			return inj, fmt.Sprintf("the pod has a volume named %q; names %q, %q and %q* are reserved for the injected volumes; rename it", v.Name, defaults.IdentitiesVolumeName, defaults.FederatedTokenVolumeName, SecretVolumePrefix)
 		}
 	}
 	return inj, ""
@@ -619,12 +654,12 @@ func injectedState(pod *corev1.Pod) (injection, string) {
 // one changed the pod, or a pod created from an injected pod's spec. Ours must be exactly what this webhook
 // injects (else a user could ship a redirect that does nothing); the init container must come first and the
 // native sidecar second, and the annotation must match the bindings. Anything already right stays untouched.
-func reinvoked(raw []byte, pod *corev1.Pod, inj injection, ids []binding.Identity, secretVols []SecretVolume, warnings []string, security []Reason, s Settings) Decision {
+func reinvoked(raw []byte, pod *corev1.Pod, inj injection, ids []binding.Identity, secretVols []SecretVolume, federated bool, warnings []string, security []Reason, s Settings) Decision {
 	want := InitContainer(s)
 	if !sameSecurity(&pod.Spec.InitContainers[inj.initIndex], &want) {
 		return deny(ReasonTampered, "the pod carries a podidentity-init container that differs from the one this webhook injects; remove podidentity-init and podidentity-sidecar from the pod spec and let the webhook inject them")
 	}
-	wantSidecar := SidecarContainer(s, secretVols)
+	wantSidecar := SidecarContainer(s, secretVols, federated)
 	var sidecar *corev1.Container
 	if inj.sidecarInit {
 		sidecar = &pod.Spec.InitContainers[inj.sidecarIndex]

@@ -76,7 +76,7 @@ func EphemeralDecision(oldRaw, newRaw []byte, s Settings) (Reason, string, []str
 	var patch []jsonpatch.JsonPatchOperation
 	for i := range pod.Spec.EphemeralContainers {
 		ec := &pod.Spec.EphemeralContainers[i]
-		c := corev1.Container{Name: ec.Name, SecurityContext: ec.SecurityContext}
+		c := corev1.Container{Name: ec.Name, SecurityContext: ec.SecurityContext, VolumeMounts: ec.VolumeMounts}
 		if d, bad := checkContainer(pod, s, "ephemeral container", &c); bad {
 			return d.Reason, d.Message, nil, nil, nil
 		}

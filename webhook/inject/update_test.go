@@ -17,9 +17,9 @@ func injectedPod(t *testing.T, mutate func(*corev1.Pod)) []byte {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "shop", Annotations: map[string]string{defaults.IdentitiesAnnotation: "[]"}},
 		Spec: corev1.PodSpec{
-			InitContainers: []corev1.Container{InitContainer(s), SidecarContainer(s, nil)},
+			InitContainers: []corev1.Container{InitContainer(s), SidecarContainer(s, nil, false)},
 			Containers:     []corev1.Container{{Name: "app", Image: "app:1"}},
-			Volumes:        Volumes(nil),
+			Volumes:        Volumes(nil, false),
 		},
 	}
 	if mutate != nil {
