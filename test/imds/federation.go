@@ -162,4 +162,3 @@ func joinAudiences(a []string) string {
 	}
 	return b
 }
-
