@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -54,8 +55,8 @@ func StartIssuer(t testing.TB) *Issuer {
 	issuer := fmt.Sprintf("https://127.0.0.1:%d/", port)
 	api.Configure().Set("service-account-jwks-uri", issuer+"openid/v1/jwks")
 	e := Start(t, env)
-	if e.Config.Host != "" && e.Config.Host != fmt.Sprintf("https://127.0.0.1:%d", port) {
-		t.Logf("API server at %s, issuer %s", e.Config.Host, issuer)
+	if strings.TrimSuffix(e.Config.Host, "/")+"/" != issuer {
+		t.Fatalf("the API server serves at %s, not at its issuer %s", e.Config.Host, issuer)
 	}
 	cs, err := kubernetes.NewForConfig(e.Config)
 	if err != nil {

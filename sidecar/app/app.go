@@ -20,6 +20,7 @@ import (
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/annotation"
 	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/sidecar/federated"
 	"github.com/podidentity/podidentity/sidecar/identities"
 	"github.com/podidentity/podidentity/sidecar/loopguard"
 	"github.com/podidentity/podidentity/sidecar/server"
@@ -30,10 +31,12 @@ import (
 
 // Config is the sidecar's configuration (flags and environment).
 type Config struct {
-	ListenAddress          string
-	HealthAddress          string
-	IdentitiesFile         string
-	SecretsDir             string
+	ListenAddress  string
+	HealthAddress  string
+	IdentitiesFile string
+	SecretsDir     string
+	// FederatedTokenFile is the projected service account token federated identities are exchanged with.
+	FederatedTokenFile     string
 	IMDSEndpoint           string
 	MetadataHeaderRequired bool
 	BlockInstanceMetadata  bool
@@ -43,7 +46,7 @@ type Config struct {
 	// restarting) before the app gets 503; RetryAfter is the Retry-After of that 503.
 	AttachWait time.Duration
 	RetryAfter time.Duration
-	// AADAuthorityHost and AADDisableInstanceDiscovery configure service-principal identities.
+	// AADAuthorityHost and AADDisableInstanceDiscovery configure service-principal and federated identities.
 	AADAuthorityHost            string
 	AADDisableInstanceDiscovery bool
 	PodName, PodNamespace       string
@@ -65,13 +68,14 @@ func (c *Config) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HealthAddress, "health-address", fmt.Sprintf(":%d", defaults.SidecarHealthPort), "Address of /healthz, /readyz and /metrics (never tokens).")
 	fs.StringVar(&c.IdentitiesFile, "identities-file", defaults.IdentitiesDir+"/"+defaults.IdentitiesFile, "Downward-API file carrying the pod annotation "+defaults.IdentitiesAnnotation+".")
 	fs.StringVar(&c.SecretsDir, "secrets-dir", defaults.SecretsDir, "Directory with one subdirectory per service-principal identity name.")
+	fs.StringVar(&c.FederatedTokenFile, "federated-token-file", defaults.FederatedTokenDir+"/"+defaults.FederatedTokenFile, "Projected service account token (audience "+defaults.FederatedAudience+") that federated identities are exchanged with at Azure AD; read on every exchange.")
 	fs.StringVar(&c.IMDSEndpoint, "imds-endpoint", "http://"+defaults.IMDSAddress, "The node's IMDS.")
 	fs.BoolVar(&c.MetadataHeaderRequired, "metadata-header-required", true, "Refuse token requests without the header \"Metadata: true\", as IMDS does.")
 	fs.BoolVar(&c.BlockInstanceMetadata, "block-instance-metadata", false, "Answer /metadata/instance with 403 instead of proxying it.")
 	fs.DurationVar(&c.ReloadInterval, "reload-interval", time.Second, "How often the identities file is re-read.")
 	fs.DurationVar(&c.AttachWait, "attach-wait", 15*time.Second, "How long a token request waits while IMDS says the identity is not attached yet (or throttles) before answering 503.")
 	fs.DurationVar(&c.RetryAfter, "retry-after", 5*time.Second, "Retry-After of that 503 (at most 20s).")
-	fs.StringVar(&c.AADAuthorityHost, "aad-authority-host", "", "Azure AD authority host for service principals without adEndpoint (default: Azure public cloud).")
+	fs.StringVar(&c.AADAuthorityHost, "aad-authority-host", "", "Azure AD authority host for service principals and federated identities without adEndpoint (default: Azure public cloud).")
 	fs.BoolVar(&c.AADDisableInstanceDiscovery, "aad-disable-instance-discovery", false, "Skip Azure AD instance discovery (Azure Stack).")
 	fs.BoolVar(&c.RuntimeMetrics, "runtime-metrics", false, "Also export the Go runtime's and the process's metrics (about 40 series per pod) on /metrics.")
 }
@@ -143,13 +147,17 @@ func New(cfg Config, log logr.Logger) (*App, error) {
 		Log: log.WithName("upstream")})
 	sp := serviceprincipal.New(serviceprincipal.Options{SecretsDir: cfg.SecretsDir, AuthorityHost: cfg.AADAuthorityHost,
 		DisableInstanceDiscovery: cfg.AADDisableInstanceDiscovery, Transport: cfg.AADTransport})
+	fed := federated.New(federated.Options{TokenFile: cfg.FederatedTokenFile, AuthorityHost: cfg.AADAuthorityHost,
+		DisableInstanceDiscovery: cfg.AADDisableInstanceDiscovery, Transport: cfg.AADTransport})
 	fetch := tokens.FetcherFunc(func(ctx context.Context, id annotation.Identity, resource string) (tokens.Token, error) {
 		var tok tokens.Token
 		var err error
-		switch id.Type {
-		case identitytype.UserAssignedMSI:
+		switch {
+		case id.Federated():
+			tok, err = fed.Token(ctx, id, resource)
+		case id.Type == identitytype.UserAssignedMSI:
 			tok, err = imds.Token(ctx, id.ClientID, resource)
-		case identitytype.ServicePrincipal, identitytype.ServicePrincipalCertificate:
+		case id.Type == identitytype.ServicePrincipal, id.Type == identitytype.ServicePrincipalCertificate:
 			tok, err = sp.Token(ctx, id, resource)
 		default:
 			err = &tokens.Error{Status: http.StatusBadRequest, Code: "invalid_request", Description: fmt.Sprintf("identity %s/%s has unsupported type %d", id.Namespace, id.Name, id.Type)}
@@ -158,7 +166,7 @@ func New(cfg Config, log logr.Logger) (*App, error) {
 		if err != nil {
 			result = "error"
 		}
-		metrics.UpstreamFetch.WithLabelValues(id.Namespace+"/"+id.Name, result).Inc()
+		metrics.UpstreamFetch.WithLabelValues(id.Namespace+"/"+id.Name, server.Backend(id), result).Inc()
 		return tok, err
 	})
 	cacheOpts := cfg.Cache

@@ -256,7 +256,7 @@ func TestAuditLogAndMetrics(t *testing.T) {
 	if len(issued) != 2 || !strings.Contains(issued[0], `"cache":"miss"`) || !strings.Contains(issued[1], `"cache":"hit"`) {
 		t.Fatalf("audit lines %v, want a miss then a hit", issued)
 	}
-	for _, field := range []string{`"pod":"apps/web-0"`, `"identity":"apps/web"`, `"resource":"https://management.azure.com/"`, `"latency":`} {
+	for _, field := range []string{`"pod":"apps/web-0"`, `"identity":"apps/web"`, `"backend":"node"`, `"resource":"https://management.azure.com/"`, `"latency":`} {
 		if !strings.Contains(issued[0], field) {
 			t.Fatalf("audit line %s lacks %s", issued[0], field)
 		}
@@ -268,10 +268,10 @@ func TestAuditLogAndMetrics(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, m := range []string{
-		`podidentity_sidecar_token_requests_total{identity="apps/web",result="hit"} 1`,
-		`podidentity_sidecar_token_requests_total{identity="apps/web",result="miss"} 1`,
-		`podidentity_sidecar_token_requests_total{identity="none",result="refused"} 1`,
-		`podidentity_sidecar_upstream_fetches_total{identity="apps/web",result="ok"} 1`,
+		`podidentity_sidecar_token_requests_total{backend="node",identity="apps/web",result="hit"} 1`,
+		`podidentity_sidecar_token_requests_total{backend="node",identity="apps/web",result="miss"} 1`,
+		`podidentity_sidecar_token_requests_total{backend="none",identity="none",result="refused"} 1`,
+		`podidentity_sidecar_upstream_fetches_total{backend="node",identity="apps/web",result="ok"} 1`,
 		`podidentity_sidecar_bound_identities 1`,
 	} {
 		if !strings.Contains(string(b), m) {

@@ -342,12 +342,12 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, start, &tokens.Error{Status: http.StatusBadRequest, Code: "invalid_request", Description: refusal.Description})
 		return
 	}
-	name := id.Namespace + "/" + id.Name
+	name, backend := id.Namespace+"/"+id.Name, Backend(id)
 	if id.Name == "" {
-		name = "none" // an object_id that could not be resolved
+		name, backend = "none", BackendNone // an object_id that could not be resolved
 	}
 	if err != nil {
-		s.fail(w, start, name, req, err)
+		s.fail(w, start, name, backend, req, err)
 		return
 	}
 	// A service principal with auxiliary tenants is answered as AAD Pod Identity's NMI answered it: a JSON list
@@ -355,7 +355,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	toks := []tokens.Token{tok}
 	aux := auxiliaryTenants(id)
 	if len(aux) > maxAuxiliaryTenants {
-		s.fail(w, start, name, req, &tokens.Error{Status: http.StatusBadRequest, Code: "invalid_request", Description: fmt.Sprintf(
+		s.fail(w, start, name, backend, req, &tokens.Error{Status: http.StatusBadRequest, Code: "invalid_request", Description: fmt.Sprintf(
 			"AzureIdentity %s/%s lists %d auxiliaryTenantIDs; at most %d are allowed (as in AAD Pod Identity, whose token library refused more, and in ARM's x-ms-authorization-auxiliary header): remove some",
 			id.Namespace, id.Name, len(aux), maxAuxiliaryTenants)})
 		return
@@ -365,7 +365,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		auxID.TenantID, auxID.AuxiliaryTenantIDs = tenant, nil
 		t, auxHit, err := s.opts.Tokens.Get(r.Context(), auxID, req.resource, req.bypass)
 		if err != nil {
-			s.fail(w, start, name, req, err)
+			s.fail(w, start, name, backend, req, err)
 			return
 		}
 		toks = append(toks, t)
@@ -402,9 +402,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		result = "hit"
 	}
 	latency := s.opts.Now().Sub(start)
-	s.opts.Metrics.TokenRequests.WithLabelValues(name, result).Inc()
+	s.opts.Metrics.TokenRequests.WithLabelValues(name, backend, result).Inc()
 	s.opts.Metrics.TokenDuration.WithLabelValues(result).Observe(latency.Seconds())
-	kv := []any{"pod", s.opts.Pod, "identity", name, "clientID", id.ClientID, "resource", req.resource, "cache", result, "latency", latency.String()}
+	kv := []any{"pod", s.opts.Pod, "identity", name, "clientID", id.ClientID, "backend", backend, "resource", req.resource, "cache", result, "latency", latency.String()}
 	if len(aux) > 0 {
 		kv = append(kv, "auxiliaryTenants", len(aux))
 	}
@@ -425,7 +425,7 @@ func auxiliaryTenants(id annotation.Identity) []string {
 }
 
 // fail answers a token request whose token could not be had.
-func (s *Server) fail(w http.ResponseWriter, start time.Time, name string, req request, err error) {
+func (s *Server) fail(w http.ResponseWriter, start time.Time, name, backend string, req request, err error) {
 	var te *tokens.Error
 	if !errors.As(err, &te) {
 		if errors.Is(err, context.Canceled) {
@@ -433,9 +433,9 @@ func (s *Server) fail(w http.ResponseWriter, start time.Time, name string, req r
 		}
 		te = &tokens.Error{Status: http.StatusInternalServerError, Code: "internal_error", Description: err.Error()}
 	}
-	s.opts.Metrics.TokenRequests.WithLabelValues(name, "error").Inc()
+	s.opts.Metrics.TokenRequests.WithLabelValues(name, backend, "error").Inc()
 	s.opts.Metrics.TokenDuration.WithLabelValues("error").Observe(s.opts.Now().Sub(start).Seconds())
-	s.opts.Log.Info("token not issued", "pod", s.opts.Pod, "identity", name, "resource", req.resource, "status", te.Status, "reason", te.Description)
+	s.opts.Log.Info("token not issued", "pod", s.opts.Pod, "identity", name, "backend", backend, "resource", req.resource, "status", te.Status, "reason", te.Description)
 	writeTokenError(w, te)
 }
 
@@ -469,7 +469,7 @@ func (s *Server) byObjectID(ctx context.Context, req request) (annotation.Identi
 }
 
 func (s *Server) refuse(w http.ResponseWriter, start time.Time, e *tokens.Error) {
-	s.opts.Metrics.TokenRequests.WithLabelValues("none", "refused").Inc()
+	s.opts.Metrics.TokenRequests.WithLabelValues("none", BackendNone, "refused").Inc()
 	s.opts.Metrics.TokenDuration.WithLabelValues("refused").Observe(s.opts.Now().Sub(start).Seconds())
 	s.opts.Log.V(1).Info("token request refused", "pod", s.opts.Pod, "status", e.Status, "reason", e.Description)
 	writeTokenError(w, e)

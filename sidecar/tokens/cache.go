@@ -47,13 +47,14 @@ type Options struct {
 
 // Key identifies a cache entry: the identity (namespace, name, client ID and tenant, so that an identity whose
 // client ID changes never gets the old one's token, and a service principal's token of an auxiliary tenant is
-// not its primary tenant's) and the resource exactly as requested.
+// not its primary tenant's), its backend (an identity switched between the node and federation never gets the
+// other backend's token) and the resource exactly as requested.
 type Key struct {
-	Namespace, Name, ClientID, TenantID, Resource string
+	Namespace, Name, ClientID, TenantID, Backend, Resource string
 }
 
 func (k Key) String() string {
-	return k.Namespace + "/" + k.Name + "|" + k.ClientID + "|" + k.TenantID + "|" + k.Resource
+	return k.Namespace + "/" + k.Name + "|" + k.ClientID + "|" + k.TenantID + "|" + k.Backend + "|" + k.Resource
 }
 
 type entry struct {
@@ -96,7 +97,7 @@ func NewCache(fetch Fetcher, opts Options) *Cache {
 
 // KeyOf returns the cache key of an identity and resource.
 func KeyOf(id annotation.Identity, resource string) Key {
-	return Key{Namespace: id.Namespace, Name: id.Name, ClientID: id.ClientID, TenantID: id.TenantID, Resource: resource}
+	return Key{Namespace: id.Namespace, Name: id.Name, ClientID: id.ClientID, TenantID: id.TenantID, Backend: id.Backend, Resource: resource}
 }
 
 // Get returns a token valid for at least MinValidity, from the cache when it holds one (hit = true), else from
