@@ -47,13 +47,15 @@ import (
 
 // Flags are the command line.
 type Flags struct {
-	Kubeconfig                       string
-	MetricsAddr, ProbeAddr           string
-	LeaderElect                      bool
-	LeaderElectionNamespace          string
-	Namespace                        string
-	Immutable                        string
-	ForceNamespaced, Managed         bool
+	Kubeconfig               string
+	MetricsAddr, ProbeAddr   string
+	LeaderElect              bool
+	LeaderElectionNamespace  string
+	Namespace                string
+	Immutable                string
+	ForceNamespaced, Managed bool
+	// FederatedOnly: every identity in use is federated; read no Azure credentials and never call ARM.
+	FederatedOnly                    bool
 	Workers                          int
 	Resync, Debounce, IsolationTTL   time.Duration
 	DetachGrace                      time.Duration
@@ -118,6 +120,7 @@ func ParseFlags(args []string) (Flags, error) {
 	fs.StringVar(&f.Immutable, "immutable-user-msis", "", "comma-separated identities never removed from VMs and scale sets: client ids or resource ids (the cluster's own identity is added from azure.json)")
 	fs.BoolVar(&f.ForceNamespaced, "forceNamespaced", false, "treat every AzureIdentity as namespaced (AAD Pod Identity's flag)")
 	fs.BoolVar(&f.Managed, "managed", false, "managed mode: never call ARM; identities are attached by someone else")
+	fs.BoolVar(&f.FederatedOnly, "federated-only", false, "every identity is federated (podidentity.io/backend: federated): read no Azure credentials (no azure.json, no AZURE_* variables) and never call ARM; pods bound to a node identity get a Warning Event NodeIdentityNotAttached and no AzureAssignedIdentity")
 	fs.IntVar(&f.Workers, "workers", 100, "VMs and scale sets worked on at once (each slow PATCH holds one)")
 	fs.DurationVar(&f.Resync, "resync", 10*time.Minute, "how often each resource in use is read back from ARM to repair drift")
 	fs.DurationVar(&f.Debounce, "debounce", 500*time.Millisecond, "delay after an event so that bursts become one PATCH")
@@ -195,7 +198,7 @@ func bindGuardFlags(fs *flag.FlagSet, g *GuardFlags) {
 func Run(ctx context.Context, f Flags) error {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&f.Zap)))
 	log := ctrl.Log.WithName("assigner")
-	log.Info("starting", "version", version.Version, "managed", f.Managed)
+	log.Info("starting", "version", version.Version, "managed", f.Managed, "federatedOnly", f.FederatedOnly)
 	if f.StageAzureConfig != "" {
 		if err := config.StageAzureJSON(f.AzureConfig, f.StageAzureConfig); err != nil {
 			return err
@@ -211,7 +214,11 @@ func Run(ctx context.Context, f Flags) error {
 	var cred azcore.TokenCredential
 	var scope string
 	immutable := guard.SplitList(f.Immutable)
-	if !f.Managed {
+	if f.FederatedOnly {
+		log.Info("federated-only: no Azure credentials are read and ARM is never called; federated identities are served by the pods' sidecars through workload identity federation, " +
+			"and a pod bound to a node identity gets a Warning Event " + controller.EventNodeIdentityNotAttached + " instead of an attachment (run without --federated-only, with Azure credentials, to attach node identities)")
+	}
+	if !f.Managed && !f.FederatedOnly {
 		var azj config.AzureJSON
 		if f.AzureConfig != "" {
 			var err error
@@ -297,7 +304,7 @@ func Run(ctx context.Context, f Flags) error {
 	bindingOpts := binding.Options{ForceNamespaced: f.ForceNamespaced}
 	if err := controller.Setup(ctx, mgr, arm, controller.Options{
 		Namespace: f.Namespace, Immutable: immutable, Binding: bindingOpts,
-		Managed: f.Managed, Workers: f.Workers, Resync: f.Resync, Debounce: f.Debounce, IsolationTTL: f.IsolationTTL,
+		Managed: f.Managed, FederatedOnly: f.FederatedOnly, Workers: f.Workers, Resync: f.Resync, Debounce: f.Debounce, IsolationTTL: f.IsolationTTL,
 		DetachGrace: detachGrace(f.DetachGrace), Pool: f.Guard.Pool, Injection: injection, Hold: hold,
 	}); err != nil {
 		return err

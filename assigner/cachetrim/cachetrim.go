@@ -17,6 +17,8 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/podidentity/podidentity/internal/defaults"
 )
 
 // LastAppliedAnnotation is kubectl's copy of the whole applied manifest: as big as the spec, and never read.
@@ -52,7 +54,8 @@ func transform[T any](trim func(*T) *T) toolscache.TransformFunc {
 //   - where it runs and how: node name, host network, OS and the Windows node selector, service account
 //     (guard mode's trusted accounts);
 //   - its containers' names, images and restart policy (is it injected, is the sidecar genuine) and its
-//     Secret volumes (which service principals its sidecar can serve);
+//     Secret volumes (which service principals its sidecar can serve) and the audience of the webhook's
+//     service account token volume (whether it can serve federated identities);
 //   - its phase (finished pods need no identity).
 func Pod(p *corev1.Pod) *corev1.Pod {
 	out := &corev1.Pod{TypeMeta: p.TypeMeta, ObjectMeta: trimMeta(p.ObjectMeta)}
@@ -69,6 +72,17 @@ func Pod(p *corev1.Pod) *corev1.Pod {
 		if v.Secret != nil {
 			out.Spec.Volumes = append(out.Spec.Volumes, corev1.Volume{Name: v.Name,
 				VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: v.Secret.SecretName}}})
+		}
+		if v.Name == defaults.FederatedTokenVolumeName && v.Projected != nil {
+			// Only its service account token's audience: whether the sidecar can serve federated identities.
+			var sources []corev1.VolumeProjection
+			for _, src := range v.Projected.Sources {
+				if src.ServiceAccountToken != nil {
+					sources = append(sources, corev1.VolumeProjection{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: src.ServiceAccountToken.Audience}})
+				}
+			}
+			out.Spec.Volumes = append(out.Spec.Volumes, corev1.Volume{Name: v.Name,
+				VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: sources}}})
 		}
 	}
 	out.Status.Phase = p.Status.Phase

@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -42,6 +43,9 @@ type resourceState struct {
 	loaded bool     // arm.owned was read from the ledger
 	// graceSince: when each identity held for its grace period (graceHolds) was first seen held.
 	graceSince map[string]time.Time
+	// notAttached: the pods (by uid) told, with --federated-only, that their node identities are not attached;
+	// only the pods of the last pass, so that each pod is told once while it stays so.
+	notAttached map[types.UID]bool
 
 	// recent holds this worker's own writes of AzureAssignedIdentity objects (by namespace/name) until the
 	// informer cache shows them; guarded by mu, as a pass writes objects in parallel.
@@ -199,6 +203,7 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		return reconcile.Result{}, err
 	}
 	in.Injection = r.opts.Injection
+	in.FederatedOnly = r.opts.FederatedOnly
 	if in.NamespaceLabels, err = r.namespaceLabels(ctx, in.Pods); err != nil {
 		return reconcile.Result{}, err
 	}
@@ -209,6 +214,7 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	} else if changed {
 		want = desired.Compute(in)
 	}
+	s.notAttached = r.reportNotAttached(ctx, want.NotAttached, in.Pods, s.notAttached)
 
 	// Objects AAD Pod Identity's MIC left on this resource's nodes: adopted when wanted, released otherwise,
 	// and what MIC attached for them taken into the ledger (handover.go).
@@ -951,4 +957,34 @@ func (r *resourceReconciler) removeFinalizer(ctx context.Context, obj *aadv1.Azu
 		return fmt.Errorf("removing the finalizer of AzureAssignedIdentity %s/%s: %w", obj.Namespace, obj.Name, err)
 	}
 	return nil
+}
+
+// EventNodeIdentityNotAttached is the reason of the Warning Event on a pod bound to a node identity while the
+// assigner runs with --federated-only.
+const EventNodeIdentityNotAttached = "NodeIdentityNotAttached"
+
+// reportNotAttached tells the pods bound to node identities that a --federated-only assigner attaches nothing:
+// a Warning Event on the pod once (told: the pods already told) and a log line. It returns the pods told.
+func (r *resourceReconciler) reportNotAttached(ctx context.Context, notAttached []desired.Skipped, pods []corev1.Pod, told map[types.UID]bool) map[types.UID]bool {
+	if len(notAttached) == 0 {
+		return nil
+	}
+	byKey := make(map[string]*corev1.Pod, len(pods))
+	for i := range pods {
+		byKey[pods[i].Namespace+"/"+pods[i].Name] = &pods[i]
+	}
+	now := map[types.UID]bool{}
+	for _, n := range notAttached {
+		pod := byKey[n.Pod]
+		if pod == nil {
+			continue
+		}
+		now[pod.UID] = true
+		if told[pod.UID] {
+			continue
+		}
+		loggerFor(ctx).Info("node identity not attached (--federated-only)", "pod", n.Pod, "reason", n.Reason)
+		r.recorder.Eventf(pod, nil, corev1.EventTypeWarning, EventNodeIdentityNotAttached, "AttachIdentity", "%s", n.Reason)
+	}
+	return now
 }

@@ -75,6 +75,10 @@ type Options struct {
 	Injection desired.Injection
 	// Managed: identities are attached by someone else; never call ARM.
 	Managed bool
+	// FederatedOnly (--federated-only): no Azure credentials; never call ARM (as Managed), attach nothing and
+	// create no AzureAssignedIdentity for node identities, and tell their pods so (Warning Event
+	// NodeIdentityNotAttached). Federated identities are never attached in any mode.
+	FederatedOnly bool
 	// Hold, when set, is asked before every pass over a VM or scale set: while it answers an error the pass
 	// does nothing (no ARM call, no AzureAssignedIdentity write) and is tried again after HoldRetry. The
 	// binary holds while AAD Pod Identity's MIC still runs.
@@ -212,8 +216,11 @@ func indexes() []index {
 // Setup adds the controllers to mgr. arm may be nil in managed mode.
 func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options) error {
 	opts.defaults()
+	if opts.FederatedOnly {
+		opts.Managed = true // no ARM client: nothing is attached, nothing detached
+	}
 	if arm == nil && !opts.Managed {
-		return fmt.Errorf("an ARM client is required unless --managed is set")
+		return fmt.Errorf("an ARM client is required unless --managed or --federated-only is set")
 	}
 	for _, ix := range indexes() {
 		if err := mgr.GetFieldIndexer().IndexField(ctx, ix.obj, ix.field, ix.extract); err != nil {

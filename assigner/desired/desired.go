@@ -35,6 +35,10 @@ type Input struct {
 	NamespaceLabels map[string]map[string]string
 	// Injection: which bound pods get attachments (by default only those the webhook injected).
 	Injection Injection
+	// FederatedOnly (--federated-only): the assigner has no Azure credentials and attaches nothing; a node
+	// identity (type 0 without podidentity.io/backend: federated) bound to a pod gets no assignment and is
+	// listed in State.NotAttached instead, with what to do.
+	FederatedOnly bool
 }
 
 // Assignment is one desired AzureAssignedIdentity.
@@ -89,6 +93,10 @@ type State struct {
 	// Uninjected lists bound pods that get no assignment at all because the webhook did not inject them
 	// (empty with Injection.AttachUninjected).
 	Uninjected []Uninjected
+	// NotAttached lists, with FederatedOnly, pods bound to node identities that are not attached, with what to
+	// do. Federated identities never appear anywhere in State: they are not attached to nodes and get no
+	// AzureAssignedIdentity (an object that would say "Assigned" for something that is on no node).
+	NotAttached []Skipped
 }
 
 // NeedsIdentities reports whether the pod is one the assigner acts for: scheduled, still running or about
@@ -145,12 +153,21 @@ func Compute(in Input) State {
 			continue
 		}
 		outsider := outside[res.Key()]
-		var refused []string
+		var refused, notAttached []string
 		for _, id := range ids {
+			if id.Federated() {
+				// Served by the pod's sidecar through workload identity federation: nothing on the node, nothing to
+				// record (the pod's identities annotation says which identities it is served).
+				continue
+			}
 			azID := identities[id.Namespace+"/"+id.Name]
 			b := bindings[id.Binding]
 			if azID == nil || b == nil {
 				continue // Resolve only returns identities and bindings from the input
+			}
+			if in.FederatedOnly && azID.Spec.Type == aadv1.UserAssignedMSI {
+				notAttached = append(notAttached, azID.Namespace+"/"+azID.Name)
+				continue
 			}
 			if outsider != "" && azID.Spec.Type == aadv1.UserAssignedMSI {
 				// Service principals are not attached to the node, so guard mode leaves them alone.
@@ -178,7 +195,15 @@ func Compute(in Input) State {
 		if len(refused) > 0 {
 			st.Refused = append(st.Refused, Skipped{pod.Namespace + "/" + pod.Name, refusal(*in.Pool, node.Name, outsider, res.ID(), refused)})
 		}
+		if len(notAttached) > 0 {
+			st.NotAttached = append(st.NotAttached, Skipped{pod.Namespace + "/" + pod.Name, fmt.Sprintf(
+				"node identities %s are not attached: the assigner runs with --federated-only (no Azure credentials, no ARM writes); "+
+					"annotate each AzureIdentity %s: %s (with spec.tenantID and a federated credential for the pod's service account) and recreate the pod, "+
+					"or run the assigner with Azure credentials (chart: assigner.federatedOnly=false)",
+				strings.Join(notAttached, ", "), aadv1.BackendAnnotation, aadv1.BackendFederated)})
+		}
 	}
+	sort.Slice(st.NotAttached, func(i, j int) bool { return st.NotAttached[i].Pod < st.NotAttached[j].Pod })
 	sort.Slice(st.Skipped, func(i, j int) bool { return st.Skipped[i].Pod < st.Skipped[j].Pod })
 	sort.Slice(st.Refused, func(i, j int) bool { return st.Refused[i].Pod < st.Refused[j].Pod })
 	sort.Slice(st.Uninjected, func(i, j int) bool { return st.Uninjected[i].Pod < st.Uninjected[j].Pod })

@@ -166,3 +166,42 @@ func TestAssignedIdentityName(t *testing.T) {
 		t.Fatalf("long names must be 253 chars and distinct: %d %q %q", len(long), long, other)
 	}
 }
+
+// TestFederatedIdentitiesAreNotAttached: a federated identity yields no assignment and no ARM work in any mode;
+// with FederatedOnly a node identity yields none either, only a NotAttached entry saying what to do.
+func TestFederatedIdentitiesAreNotAttached(t *testing.T) {
+	node := corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}, Spec: corev1.NodeSpec{ProviderID: "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss/virtualMachines/0"}}
+	fed := aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "fed", Annotations: map[string]string{aadv1.BackendAnnotation: aadv1.BackendFederated}},
+		Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ClientID: "c-fed", TenantID: "t",
+			ResourceID: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/fed"}}
+	mi := aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "mi"},
+		Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ClientID: "c-mi",
+			ResourceID: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/mi"}}
+	bindings := []aadv1.AzureIdentityBinding{
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "fed"}, Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "fed", Selector: "web"}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "mi"}, Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "mi", Selector: "web"}},
+	}
+	pod := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "p", Labels: map[string]string{aadv1.PodLabelBinding: "web"},
+		Annotations: map[string]string{defaults.IdentitiesAnnotation: "[]"}}, Spec: corev1.PodSpec{NodeName: "n"}}
+	in := Input{Pods: []corev1.Pod{pod}, Nodes: []corev1.Node{node}, Bindings: bindings, Identities: []aadv1.AzureIdentity{fed, mi},
+		NamespaceLabels: map[string]map[string]string{"apps": {defaults.NamespaceInjectionLabel: "enabled"}}}
+
+	st := Compute(in)
+	if len(st.Assignments) != 1 || st.Assignments["apps/p-apps-mi"].Identity == nil || len(st.NotAttached) != 0 {
+		t.Fatalf("assignments %v, not attached %v", st.Assignments, st.NotAttached)
+	}
+	for _, r := range st.Resources {
+		if len(r.IDs) != 1 || r.IDs[strings.ToLower(mi.Spec.ResourceID)] == "" {
+			t.Fatalf("ARM work %v: only the node identity belongs on the scale set", r.IDs)
+		}
+	}
+
+	in.FederatedOnly = true
+	st = Compute(in)
+	if len(st.Assignments) != 0 || len(st.Resources) != 0 {
+		t.Fatalf("federated-only: assignments %v, resources %v", st.Assignments, st.Resources)
+	}
+	if len(st.NotAttached) != 1 || st.NotAttached[0].Pod != "apps/p" || !strings.Contains(st.NotAttached[0].Reason, "node identities apps/mi are not attached") {
+		t.Fatalf("not attached %+v", st.NotAttached)
+	}
+}
