@@ -87,49 +87,43 @@ func TestUpgradeOnlyRunsWithoutAzure(t *testing.T) {
 	}
 }
 
-// TestFederatedOnlyStartsWithoutAzure: with --federated-only the assigner reads no Azure configuration (the
-// azure.json it is given does not exist, no AZURE_* variables are set) and runs: its start-up work is done
-// and it serves until stopped. Without the flag the same start fails, naming the missing file.
+// TestFederatedOnlyStartsWithoutAzure: with --federated-only the assigner (a real process, as main runs it,
+// without any AZURE_* variable) reads no Azure configuration, though the azure.json it is given does not exist:
+// it does its start-up work, says so, serves, and stops cleanly on SIGTERM. Without the flag the same start
+// fails, naming the missing file.
 func TestFederatedOnlyStartsWithoutAzure(t *testing.T) {
 	env := testenv.Start(t, nil)
 	missing := filepath.Join(t.TempDir(), "missing-azure.json")
 	args := []string{"--leader-elect=false", "--kubeconfig", kubeconfigFor(t, env), "--namespace", "default",
 		"--metrics-bind-address=0", "--health-probe-bind-address=0", "--azure-config", missing}
-	for _, k := range []string{"AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE"} {
-		t.Setenv(k, "")
-	}
-	f, err := ParseFlags(args)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := Run(context.Background(), f); err == nil || !strings.Contains(err.Error(), missing) {
-		t.Fatalf("without --federated-only: %v, want an error naming %s", err, missing)
+
+	without := startAssignerProcess(t, "without-flag", "", args...)
+	select {
+	case err := <-without.done:
+		without.done <- err
+		if err == nil || !strings.Contains(without.out.String(), missing) {
+			t.Fatalf("without --federated-only: exit %v, output %s; want a failure naming %s", err, without.out.String(), missing)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("without --federated-only the assigner did not stop")
 	}
 
-	if f, err = ParseFlags(append(args, "--federated-only")); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- Run(ctx, f) }()
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+	p := startAssignerProcess(t, "federated-only", "", append(args, "--federated-only")...)
+	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		select {
-		case err := <-done:
-			return false, fmt.Errorf("the assigner stopped: %w", err)
+		case err := <-p.done:
+			p.done <- err
+			return false, fmt.Errorf("the assigner stopped: %v\n%s", err, p.out.String())
 		default:
 		}
 		var cm corev1.ConfigMap
 		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: "default", Name: upgrade.ConfigMapName}, &cm); err != nil {
 			return false, nil
 		}
-		return cm.Data[upgrade.DoneKey] == upgrade.Version, nil
+		return cm.Data[upgrade.DoneKey] == upgrade.Version && p.logged("federated-only: no Azure credentials are read"), nil
 	})
 	if err != nil {
-		cancel()
 		t.Fatalf("--federated-only did not start: %v", err)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("assigner: %v", err)
-	}
+	p.stop(t)
 }

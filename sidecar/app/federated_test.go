@@ -40,6 +40,14 @@ func federatedIdentity(name, clientID string) annotation.Identity {
 }
 
 func startFederation(t *testing.T) *federation {
+	logs := &logBuffer{}
+	f := newFederation(t, func(s setup) *harness { h := startTB(t, s, logs.logger()); h.logs = logs; return h })
+	return f
+}
+
+// newFederation starts the issuer, Azure AD and the sidecar (with startSidecar: the test's or the benchmark's
+// harness).
+func newFederation(t testing.TB, startSidecar func(setup) *harness) *federation {
 	f := &federation{issuer: testenv.StartIssuer(t)}
 	f.fedA = federatedIdentity("fed-a", "fedfed00-0000-4000-8000-00000000000a")
 	f.fedA.ResourceID = rid + "fed-a"
@@ -56,7 +64,7 @@ func startFederation(t *testing.T) *federation {
 	f.fedB.ADEndpoint = f.aadSrv.URL + "/"
 	f.file = filepath.Join(t.TempDir(), "token")
 	f.rotate(t, "web", imds.FederationAudience)
-	f.h = start(t, setup{bound: []annotation.Identity{web, f.fedA, f.fedB}, attached: []imds.Identity{webMI},
+	f.h = startSidecar(setup{bound: []annotation.Identity{web, f.fedA, f.fedB}, attached: []imds.Identity{webMI},
 		cfg: func(c *Config) {
 			c.FederatedTokenFile = f.file
 			c.AADAuthorityHost = f.aadSrv.URL + "/"
@@ -68,7 +76,7 @@ func startFederation(t *testing.T) *federation {
 
 // rotate writes a new token of service account apps/<sa> for audience, as the kubelet does (a new file
 // renamed into place).
-func (f *federation) rotate(t *testing.T, sa, audience string) {
+func (f *federation) rotate(t testing.TB, sa, audience string) {
 	t.Helper()
 	tmp := f.file + ".new"
 	if err := os.WriteFile(tmp, []byte(f.issuer.Token(t, "apps", sa, audience, 3600)), 0o444); err != nil {
