@@ -23,7 +23,7 @@ func TestAdminHandler(t *testing.T) {
 	}})
 	defer srv.Close()
 	srv.AddVMSS(vmss, false)
-	h := httptest.NewServer(adminHandler(imds.New(imds.Options{}).AdminHandler(), srv, vmss, hist))
+	h := httptest.NewServer(adminHandler(imds.New(imds.Options{}).AdminHandler(), srv, vmss, hist, imds.NewAAD(0)))
 	defer h.Close()
 	put := func(path, body string) int {
 		req, _ := http.NewRequest(http.MethodPut, h.URL+path, strings.NewReader(body))

@@ -7,6 +7,7 @@ package fakecloud
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -39,8 +41,13 @@ type Config struct {
 	// TenantID of the emulated tenant; VMSSID the node's scale set; InstanceID the node's instance (IMDS
 	// compute.resourceId).
 	TenantID, VMSSID, InstanceID string
-	// Apps are the service principals the emulated Azure AD knows (the assigner's).
+	// Apps are the service principals the emulated Azure AD knows (the assigner's). More, federated ones
+	// included, are added through the admin API (POST /aad/apps).
 	Apps []imds.App
+	// IssuerCAFile is the PEM CA bundle the emulated Azure AD trusts when it fetches a service account issuer's
+	// discovery document and keys for federated assertions (the local cluster's API server CA); empty: the
+	// system's roots.
+	IssuerCAFile string
 	// Log receives one line per identity change and per listener.
 	Log io.Writer
 }
@@ -70,6 +77,18 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	aad := imds.NewAAD(time.Hour, cfg.Apps...)
+	if cfg.IssuerCAFile != "" {
+		pem, err := os.ReadFile(cfg.IssuerCAFile)
+		if err != nil {
+			return fmt.Errorf("reading --issuer-ca-file: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--issuer-ca-file %s holds no PEM certificate", cfg.IssuerCAFile)
+		}
+		aad.Federation(&http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil,
+			TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}, nil)
+	}
 
 	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	servers := []struct {
@@ -78,7 +97,7 @@ func Run(ctx context.Context, cfg Config) error {
 		tls        bool
 	}{
 		{"imds", cfg.IMDSAddr, metadata, false},
-		{"imds-admin", cfg.AdminAddr, adminHandler(metadata.AdminHandler(), armServer, cfg.VMSSID, hist), false},
+		{"imds-admin", cfg.AdminAddr, adminHandler(metadata.AdminHandler(), armServer, cfg.VMSSID, hist, aad), false},
 		{"arm", cfg.ARMAddr, armProxy, true},
 		{"aad", cfg.AADAddr, aad, true},
 	}
@@ -192,9 +211,42 @@ func (h *history) list() []Change {
 //	PUT /arm/denied-identities           {"id": <resource id>, "code": <ARM error code>}: ARM refuses that identity
 //	                                     (LinkedAuthorizationFailed: no Managed Identity Operator role;
 //	                                     FailedIdentityOperation: deleted in Azure); an empty code allows it again
-func adminHandler(imdsAdmin http.Handler, s *arm.Server, vmssID string, h *history) http.Handler {
+//	POST /aad/apps                       register an app in the emulated Azure AD: {"tenantID", "clientID",
+//	                                     "objectID", "federated": [{"issuer", "subject", "audiences"}]}
+//	GET /aad/apps/{clientID}/counts      {"tokens": n, "exchanges": m}: tokens issued to it, federated assertions accepted
+func adminHandler(imdsAdmin http.Handler, s *arm.Server, vmssID string, h *history, aad *imds.AAD) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", imdsAdmin)
+	mux.HandleFunc("POST /aad/apps", func(w http.ResponseWriter, r *http.Request) {
+		var app struct {
+			TenantID, ClientID, ObjectID string
+			Federated                    []struct {
+				Issuer, Subject string
+				Audiences       []string
+			}
+		}
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&app); err != nil || app.TenantID == "" || app.ClientID == "" {
+			http.Error(w, `want {"tenantID", "clientID", "objectID", "federated": [{"issuer", "subject", "audiences"}]} with tenantID and clientID`, http.StatusBadRequest)
+			return
+		}
+		a := imds.App{TenantID: app.TenantID, ClientID: app.ClientID, ObjectID: app.ObjectID}
+		for _, f := range app.Federated {
+			if f.Issuer == "" || f.Subject == "" {
+				http.Error(w, "every federated credential needs issuer and subject", http.StatusBadRequest)
+				return
+			}
+			a.Federated = append(a.Federated, imds.FederatedCredential{Issuer: f.Issuer, Subject: f.Subject, Audiences: f.Audiences})
+		}
+		aad.AddApp(a)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /aad/apps/{clientID}/counts", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("clientID")
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]int{"tokens": aad.Tokens(id), "exchanges": aad.Exchanges(id)})
+	})
 	mux.HandleFunc("GET /arm/node-scale-set/history", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(h.list())

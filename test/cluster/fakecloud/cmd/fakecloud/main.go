@@ -33,6 +33,7 @@ func main() {
 	flag.StringVar(&cfg.InstanceID, "instance-id", "", "ARM id of the node's scale set instance")
 	flag.StringVar(&appID, "app-client-id", "", "client id of the service principal Azure AD knows (the assigner's)")
 	flag.StringVar(&appSecret, "app-secret", "", "its client secret")
+	flag.StringVar(&cfg.IssuerCAFile, "issuer-ca-file", "", "PEM CA bundle Azure AD trusts when it fetches a service account issuer's discovery document and keys (the cluster's API server CA), for federated identities")
 	flag.Parse()
 	if cfg.ARMAddr == "" || cfg.AADAddr == "" || cfg.CertFile == "" || cfg.VMSSID == "" || cfg.TenantID == "" {
 		fmt.Fprintln(os.Stderr, "fakecloud: --arm-address, --aad-address, --cert, --key, --tenant-id and --vmss-id are required")
