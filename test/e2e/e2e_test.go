@@ -59,6 +59,7 @@ func TestE2E(t *testing.T) {
 		{"attacker matrix: no route to an unbound identity", e.scenarioAttackMatrix},
 		{"webhook rolling restart admits every pod", e.scenarioWebhookRollout},
 		{"alert fires when ARM refuses an identity", e.scenarioAlertFires},
+		{"federated identity: SDK tokens by workload identity federation, nothing attached", e.scenarioFederated},
 		// Last: they change the release and the node (undone at their end).
 		{"guard mode keeps identities to isolated pods", e.scenarioGuard},
 		{"CNI mode: restricted namespaces, no side door", e.scenarioCNIMode},
