@@ -43,6 +43,13 @@ const (
 	FederatedTokenFile              = "token"
 	FederatedAudience               = "api://AzureADTokenExchange"
 	FederatedTokenExpirationSeconds = 3600
+
+	// CABundleVolumeName is the ConfigMap volume of the CA bundle the sidecar trusts when the webhook is given
+	// one (--sidecar-ca-bundle-configmap), mounted at CABundleDir in the sidecar only; the file is
+	// CABundleDir/CABundleKey, named by the sidecar's SSL_CERT_FILE.
+	CABundleVolumeName = "podidentity-ca"
+	CABundleDir        = "/var/run/podidentity/ca"
+	CABundleKey        = "ca.crt"
 )
 
 // Labels and annotations of the project (AAD Pod Identity's own are in api/v1).

@@ -20,6 +20,7 @@ import (
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/fakecloud"
+	"github.com/podidentity/podidentity/test/cluster/product"
 )
 
 // What the local cluster must provide for this scenario (test/cluster), beyond what the other scenarios use:
@@ -27,9 +28,12 @@ import (
 //     with --service-account-jwks-uri=<that>/openid/v1/jwks (the former issuer may stay as a second
 //     --service-account-issuer, so that tokens it signed keep working);
 //   - fakecloud --issuer-ca-file=<pki>/ca.crt, so that its Azure AD trusts the API server's certificate;
-//   - the injected sidecar reaching the fake Azure AD at login.microsoftonline.com (the fake DNS) and trusting the
-//     fake cloud's certificate, with Azure AD instance discovery off (the emulator does not serve it).
-// The scenario itself lets anonymous clients read the issuer's discovery document and keys, as Azure AD must.
+//   - the injected sidecar reaching the fake Azure AD at login.microsoftonline.com through the fake DNS, as the
+//     assigner does.
+// The scenario itself lets anonymous clients read the issuer's discovery document and keys, as Azure AD must, and
+// upgrades the release so that the sidecar trusts the fake cloud's CA (sidecar.caBundleConfigMap, the ConfigMap
+// copied into its namespace) with Azure AD instance discovery off (the emulator does not serve it); the base
+// values come back at its end.
 
 // federatedIdentity creates a federated AzureIdentity in ns (a managed identity with a federated credential:
 // it has a resource ID, so an attachment would be visible in ARM), registers it in the fake cloud's Azure AD with
@@ -100,6 +104,30 @@ func (e *env) serviceAccountIssuer(t *testing.T) string {
 	return doc.Issuer
 }
 
+// sidecarTrustsFakeAzureAD copies the fake cloud's CA ConfigMap into ns and upgrades the release so that the
+// sidecars it injects from now on trust it, with Azure AD instance discovery off; the base values are restored at
+// the end of the test.
+func (e *env) sidecarTrustsFakeAzureAD(t *testing.T, ns string) {
+	t.Helper()
+	ctx := context.Background()
+	ca, err := e.cs.CoreV1().ConfigMaps(product.Namespace).Get(ctx, product.AzureCAConfigMap, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the fake cloud's CA ConfigMap %s/%s: %v", product.Namespace, product.AzureCAConfigMap, err)
+	}
+	cp := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: product.AzureCAConfigMap}, Data: map[string]string{"ca.crt": ca.Data["ca.crt"]}}
+	if _, err := e.cs.CoreV1().ConfigMaps(ns).Create(ctx, cp, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.release.Upgrade(ctx, map[string]any{"sidecar": map[string]any{"aadDisableInstanceDiscovery": true, "caBundleConfigMap": product.AzureCAConfigMap}}); err != nil {
+		t.Fatalf("upgrading the release with the sidecar's Azure AD settings: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := e.release.Upgrade(context.Background(), nil); err != nil {
+			t.Errorf("restoring the release's base values: %v", err)
+		}
+	})
+}
+
 func (e *env) serviceAccount(t *testing.T, ns, name string) {
 	t.Helper()
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
@@ -143,6 +171,7 @@ func (e *env) scenarioFederated(t *testing.T) {
 	ctx := context.Background()
 	issuer := e.serviceAccountIssuer(t)
 	ns := e.namespace(t, "federated", true)
+	e.sidecarTrustsFakeAzureAD(t, ns)
 	e.serviceAccount(t, ns, "app")
 	e.serviceAccount(t, ns, "other")
 	fed := e.federatedIdentity(t, ns, "fed", ns+"-fed", issuer, "app")

@@ -97,6 +97,9 @@ func SidecarContainer(s Settings, secretVolumes []SecretVolume, federated bool) 
 	if federated {
 		mounts = append(mounts, corev1.VolumeMount{Name: defaults.FederatedTokenVolumeName, MountPath: defaults.FederatedTokenDir, ReadOnly: true})
 	}
+	if s.SidecarCABundleConfigMap != "" {
+		mounts = append(mounts, corev1.VolumeMount{Name: defaults.CABundleVolumeName, MountPath: defaults.CABundleDir, ReadOnly: true})
+	}
 	probe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
@@ -133,6 +136,15 @@ func SidecarContainer(s Settings, secretVolumes []SecretVolume, federated bool) 
 	}
 	if s.SidecarLogVerbosity > 0 {
 		c.Args = append(c.Args, "--v="+strconv.Itoa(s.SidecarLogVerbosity))
+	}
+	if s.SidecarAADAuthorityHost != "" {
+		c.Args = append(c.Args, "--aad-authority-host="+s.SidecarAADAuthorityHost)
+	}
+	if s.SidecarAADDisableInstanceDiscovery {
+		c.Args = append(c.Args, "--aad-disable-instance-discovery")
+	}
+	if s.SidecarCABundleConfigMap != "" {
+		c.Env = append(c.Env, corev1.EnvVar{Name: "SSL_CERT_FILE", Value: defaults.CABundleDir + "/" + defaults.CABundleKey})
 	}
 	if s.Exemption == ExemptionCgroup && s.RedirectMode != RedirectCNI {
 		// It exempts its own cgroup at start, as root, then serves as SidecarUID with no capability left.
@@ -226,3 +238,11 @@ func hostPort(host string, port int32) string {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// CABundleVolume is the ConfigMap volume of the sidecar's CA bundle (Settings.SidecarCABundleConfigMap).
+func CABundleVolume(configMap string) corev1.Volume {
+	return corev1.Volume{Name: defaults.CABundleVolumeName, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+		LocalObjectReference: corev1.LocalObjectReference{Name: configMap},
+		Items:                []corev1.KeyToPath{{Key: defaults.CABundleKey, Path: defaults.CABundleKey}},
+	}}}
+}

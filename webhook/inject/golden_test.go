@@ -45,6 +45,11 @@ type goldenInput struct {
 		} `json:"identityPool"`
 		// ImagePullSecrets is --image-pull-secrets; absent means none.
 		ImagePullSecrets []string `json:"imagePullSecrets"`
+		// The sidecar's Azure AD: --sidecar-aad-authority-host, --sidecar-aad-disable-instance-discovery,
+		// --sidecar-ca-bundle-configmap; absent means none.
+		AADAuthorityHost            string `json:"aadAuthorityHost"`
+		AADDisableInstanceDiscovery bool   `json:"aadDisableInstanceDiscovery"`
+		CABundleConfigMap           string `json:"caBundleConfigMap"`
 	} `json:"settings"`
 	Namespace  string                            `json:"namespace"`
 	Pod        json.RawMessage                   `json:"pod"`
@@ -93,6 +98,9 @@ func loadInput(t testing.TB, path string) (goldenInput, Settings) {
 	}
 	s.SidecarLogVerbosity = in.Settings.SidecarLogVerbosity
 	s.ImagePullSecrets = in.Settings.ImagePullSecrets
+	s.SidecarAADAuthorityHost = in.Settings.AADAuthorityHost
+	s.SidecarAADDisableInstanceDiscovery = in.Settings.AADDisableInstanceDiscovery
+	s.SidecarCABundleConfigMap = in.Settings.CABundleConfigMap
 	if p := in.Settings.IdentityPool; p != nil {
 		var err error
 		if s.Placement, err = ParsePlacement(p.Label, p.Taint); err != nil {
@@ -270,7 +278,7 @@ func assertOnlyAdded(t *testing.T, in, out []byte, placement *Placement, pullSec
 			kept := []any{}
 			for _, e := range list {
 				name, _ := e.(map[string]any)["name"].(string)
-				if name == defaults.InitContainerName || name == defaults.SidecarContainerName || name == defaults.IdentitiesVolumeName || name == defaults.FederatedTokenVolumeName || strings.HasPrefix(name, SecretVolumePrefix) {
+				if name == defaults.InitContainerName || name == defaults.SidecarContainerName || name == defaults.IdentitiesVolumeName || name == defaults.FederatedTokenVolumeName || name == defaults.CABundleVolumeName || strings.HasPrefix(name, SecretVolumePrefix) {
 					continue
 				}
 				kept = append(kept, e)

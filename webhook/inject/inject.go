@@ -256,6 +256,9 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	for _, v := range Volumes(secretVols, federated)[1:] {
 		vols = append(vols, mustJSON(v))
 	}
+	if s.SidecarCABundleConfigMap != "" {
+		vols = append(vols, mustJSON(CABundleVolume(s.SidecarCABundleConfigMap)))
+	}
 	if len(pod.Spec.Volumes) == 0 {
 		patch = append(patch, op("add", "/spec/volumes", jsonList(vols)))
 	} else {
@@ -643,8 +646,8 @@ func injectedState(pod *corev1.Pod) (injection, string) {
 		return inj, fmt.Sprintf("the pod has a container named %q or %q, reserved for the injected containers; rename it", defaults.InitContainerName, defaults.SidecarContainerName)
 	}
 	for _, v := range pod.Spec.Volumes {
-		if v.Name == defaults.IdentitiesVolumeName || v.Name == defaults.FederatedTokenVolumeName || strings.HasPrefix(v.Name, SecretVolumePrefix) {
-			return inj, fmt.Sprintf("the pod has a volume named %q; names %q, %q and %q* are reserved for the injected volumes; rename it", v.Name, defaults.IdentitiesVolumeName, defaults.FederatedTokenVolumeName, SecretVolumePrefix)
+		if v.Name == defaults.IdentitiesVolumeName || v.Name == defaults.FederatedTokenVolumeName || v.Name == defaults.CABundleVolumeName || strings.HasPrefix(v.Name, SecretVolumePrefix) {
+			return inj, fmt.Sprintf("the pod has a volume named %q; names %q, %q, %q and %q* are reserved for the injected volumes; rename it", v.Name, defaults.IdentitiesVolumeName, defaults.FederatedTokenVolumeName, defaults.CABundleVolumeName, SecretVolumePrefix)
 		}
 	}
 	return inj, ""

@@ -47,6 +47,15 @@ type Settings struct {
 	// SidecarLogVerbosity is the sidecar's --v (1 also logs refused token requests); 0, the sidecar's own
 	// default, adds no flag, so pods injected before the setting existed still compare equal.
 	SidecarLogVerbosity int
+	// SidecarAADAuthorityHost and SidecarAADDisableInstanceDiscovery are the sidecar's --aad-authority-host
+	// and --aad-disable-instance-discovery: the Azure AD of service principals and federated identities that set
+	// no adEndpoint (sovereign clouds, Azure Stack). Empty and false add no flag.
+	SidecarAADAuthorityHost            string
+	SidecarAADDisableInstanceDiscovery bool
+	// SidecarCABundleConfigMap names a ConfigMap (in the pod's namespace) whose key ca.crt the sidecar trusts
+	// instead of the system's roots for its TLS connections (Azure AD behind a private CA: Azure Stack, an
+	// emulator): volume podidentity-ca, mounted into the sidecar only, and SSL_CERT_FILE. Empty: none.
+	SidecarCABundleConfigMap string
 
 	// ForceNamespaced restricts every binding to the pod's own namespace (binding.Options).
 	ForceNamespaced bool
