@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
@@ -116,9 +117,9 @@ func (a *AAD) verifyFederated(ctx context.Context, assertion string, app App) *f
 		}
 	}
 	if sameSubject {
-		return refuse(http.StatusBadRequest, "invalid_client", 700212, "No matching federated identity record found for presented assertion audience '%s'. Please note that the matching is done using a case-sensitive comparison. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion.", joinAudiences(audiences))
+		return refuse(http.StatusBadRequest, "invalid_client", 700212, "No matching federated identity record found for presented assertion audience '%s'. Please note that the matching is done using a case-sensitive comparison. Please check your federated identity credential Subject, Audience and Issuer against the presented assertion.", strings.Join(audiences, ","))
 	}
-	return refuse(http.StatusBadRequest, "invalid_request", 70021, "No matching federated identity record found for presented assertion. Assertion Issuer: '%s'. Assertion Subject: '%s'. Assertion Audience: '%s'.", claims.Issuer, claims.Subject, joinAudiences(audiences))
+	return refuse(http.StatusBadRequest, "invalid_request", 70021, "No matching federated identity record found for presented assertion. Assertion Issuer: '%s'. Assertion Subject: '%s'. Assertion Audience: '%s'.", claims.Issuer, claims.Subject, strings.Join(audiences, ","))
 }
 
 func (a *AAD) checkReplay(claims *assertionClaims, now time.Time) *federationError {
@@ -147,18 +148,4 @@ func timeOf(d *jwt.NumericDate) time.Time {
 		return time.Time{}
 	}
 	return d.Time
-}
-
-func joinAudiences(a []string) string {
-	if len(a) == 1 {
-		return a[0]
-	}
-	b := ""
-	for i, s := range a {
-		if i > 0 {
-			b += ","
-		}
-		b += s
-	}
-	return b
 }
