@@ -80,8 +80,8 @@ test: lint verify-generate envtest-bins envtest-oldest packaging-tools cluster-b
 	$(GO) test -count=1 -timeout 30m ./...
 	@$(MAKE) --no-print-directory test-oldest
 
-# The packages whose tests start a control plane (internal/testenv's Start): the integration suites.
-ENVTEST_CALL := testenv.Start(
+# The packages whose tests start a control plane (internal/testenv's Start, or StartIssuer): the integration suites.
+ENVTEST_CALL := testenv.Start
 ENVTEST_PKGS = $(shell git grep -lF '$(ENVTEST_CALL)' -- '*_test.go' | xargs -n1 dirname | sort -u | sed 's|^|./|')
 
 .PHONY: test-oldest
