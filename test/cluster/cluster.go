@@ -41,6 +41,10 @@ const (
 	BridgeName = "podid0"
 	// APIServerPort is the API server's secure port on NodeIP.
 	APIServerPort = 16443
+	// IssuerURL is the cluster's service account issuer: the API server's own address, which serves the OIDC
+	// discovery document and keys that Azure AD reads to trust the cluster's tokens (workload identity
+	// federation).
+	IssuerURL = "https://" + NodeIP + ":16443"
 	// IMDSAddress is the node's Instance Metadata Service address, served by the fake cloud.
 	IMDSAddress = "169.254.169.254"
 	// PauseImage is the sandbox image, built from test/cluster/pause and imported, never pulled.

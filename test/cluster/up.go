@@ -85,7 +85,9 @@ func (c *Cluster) bringUp(ctx context.Context) error {
 		"--cert="+filepath.Join(pki, "fakecloud.crt"), "--key="+filepath.Join(pki, "fakecloud.key"),
 		"--dns-address="+NodeIP+":53", "--dns-names="+AADHost, "--dns-answer="+NodeIP,
 		"--tenant-id="+TenantID, "--vmss-id="+VMSSID, "--instance-id="+VMSSInstanceID,
-		"--app-client-id="+AssignerClientID, "--app-secret="+AssignerSecret); err != nil {
+		"--app-client-id="+AssignerClientID, "--app-secret="+AssignerSecret,
+		// Its Azure AD fetches the cluster's issuer documents over TLS, from the API server's certificate.
+		"--issuer-ca-file="+filepath.Join(pki, "ca.crt")); err != nil {
 		return err
 	}
 	containerd, _ := lookPath("containerd")
@@ -105,6 +107,10 @@ func (c *Cluster) bringUp(ctx context.Context) error {
 		"--client-ca-file="+filepath.Join(pki, "ca.crt"),
 		"--service-account-key-file="+filepath.Join(pki, "service-account.pub"),
 		"--service-account-signing-key-file="+filepath.Join(pki, "service-account.key"),
+		// The first issuer is the one tokens are signed with: a URL the fake cloud's Azure AD reaches for the
+		// discovery document and keys of federated identities (test/e2e/federation_test.go), as Azure AD reaches
+		// an AKS cluster's OIDC issuer. The in-cluster name stays accepted for tokens signed before.
+		"--service-account-issuer="+IssuerURL, "--service-account-jwks-uri="+IssuerURL+"/openid/v1/jwks",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction", "--allow-privileged=true",
 		"--kubelet-client-certificate="+filepath.Join(pki, "apiserver-kubelet-client.crt"),
