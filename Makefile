@@ -52,6 +52,7 @@ build: ## Compile every package; the component binaries (<component>/cmd/<binary
 IMAGE_REGISTRY ?= ghcr.io/podidentity
 IMAGE_TAG      ?= $(VERSION)
 IMAGEBUILD     := $(BIN)/imagebuild
+IMAGEBUILD_SRC := hack/tools/go.mod $(shell find hack/tools/imagebuild -name '*.go' ! -name '*_test.go')
 # binary:uid of each image (the Dockerfile's targets say the same). The node image also carries the CNI plugin,
 # which its agent copies onto the node.
 IMAGE_USERS    := podidentity-webhook:65532 podidentity-assigner:65532 podidentity-sidecar:15078 podidentity-init:0 podidentity-node:0
@@ -60,7 +61,7 @@ IMAGE_PACKAGES := ./webhook/cmd/podidentity-webhook ./assigner/cmd/podidentity-a
 IMAGE_EXTRA_podidentity-node := podidentity-cni
 
 .PHONY: images
-images: $(IMAGEBUILD) ## Assemble the five images as tarballs in bin/images/ without a Docker daemon.
+images: $(IMAGEBUILD) ## Assemble the five images as tarballs in bin/images/ (this machine's architecture) for the local cluster, without a Docker daemon.
 	@mkdir -p $(BIN)/images
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/images/ $(IMAGE_PACKAGES)
 	@for b in $(IMAGE_USERS); do n=$${b%%:*}; u=$${b##*:}; extra=""; \
@@ -69,9 +70,52 @@ images: $(IMAGEBUILD) ## Assemble the five images as tarballs in bin/images/ wit
 	    --tag $(IMAGE_REGISTRY)/$$n:$(IMAGE_TAG) --out $(BIN)/images/$$n.tar; \
 	  echo "$(IMAGE_REGISTRY)/$$n:$(IMAGE_TAG) -> bin/images/$$n.tar ($$(du -h $(BIN)/images/$$n.tar | cut -f1))"; done
 
-$(IMAGEBUILD): hack/tools/go.mod hack/tools/imagebuild/main.go
+$(IMAGEBUILD): $(IMAGEBUILD_SRC)
 	@mkdir -p $(BIN)
 	cd hack/tools && $(GO) build -trimpath -o $@ ./imagebuild
+
+# Publishing: the images as OCI image indexes (linux/amd64 + linux/arm64), signed, with SBOMs, and the chart as
+# an OCI artifact, to a registry you name and are logged in to (docs/install.md, "From your own registry").
+CHART_DIR      := charts/podidentity
+APP_VERSION    := $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*$$/\1/p' $(CHART_DIR)/Chart.yaml)
+CHART_VERSION  := $(shell sed -n 's/^version: *"*\([^"]*\)"*$$/\1/p' $(CHART_DIR)/Chart.yaml)
+IMAGE_ARCHS    ?= amd64 arm64
+# name:uid[:extra binaries] of each published image (the same as IMAGE_USERS).
+IMAGE_SPECS    := podidentity-webhook:65532 podidentity-assigner:65532 podidentity-sidecar:15078 podidentity-init:0 podidentity-node:0:podidentity-cni
+# The signing key (cosign-compatible ECDSA P-256 PEM; its password, if any, in COSIGN_PASSWORD). Made on first
+# use when missing; publish $(SIGNING_KEY).pub so users can verify.
+SIGNING_KEY    ?= $(BIN)/signing/cosign.key
+REGISTRY       ?=
+# REGISTRY without a trailing slash; the chart goes to oci://$(REGISTRY)/charts/podidentity.
+CHART_REPO      = oci://$(patsubst %/,%,$(REGISTRY))/charts
+
+.PHONY: require-registry
+require-registry:
+	@test -n "$(REGISTRY)" || { echo "REGISTRY is required: make $(MAKECMDGOALS) REGISTRY=<host>[/path], e.g. REGISTRY=myregistry.azurecr.io/podidentity (log in first: docs/install.md)"; exit 1; }
+
+$(SIGNING_KEY): | $(IMAGEBUILD)
+	$(IMAGEBUILD) keygen --key $@
+
+.PHONY: images-push
+images-push: require-registry $(IMAGEBUILD) $(SIGNING_KEY) ## Build the five images for linux/amd64 and linux/arm64, push them to REGISTRY as OCI indexes tagged with the chart's appVersion, signed, each with a signed SBOM; then verify.
+	@for arch in $(IMAGE_ARCHS); do echo "building the binaries for linux/$$arch"; \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/images/linux_$$arch/ $(IMAGE_PACKAGES); done
+	$(IMAGEBUILD) push --registry $(REGISTRY) --chart $(CHART_DIR) --bin-dir $(BIN)/images --key $(SIGNING_KEY) --arch "$(IMAGE_ARCHS)" --image "$(IMAGE_SPECS)"
+	$(MAKE) --no-print-directory images-verify REGISTRY=$(REGISTRY)
+
+.PHONY: images-verify
+images-verify: require-registry $(IMAGEBUILD) ## Check every image in REGISTRY: both architectures, signatures (against $(SIGNING_KEY).pub) and SBOMs.
+	$(IMAGEBUILD) verify --registry $(REGISTRY) --chart $(CHART_DIR) --key $(SIGNING_KEY).pub --arch "$(IMAGE_ARCHS)" --image "$(IMAGE_SPECS)"
+
+.PHONY: chart-push
+chart-push: require-registry $(BIN)/helm ## Package the chart and push it to oci://REGISTRY/charts/podidentity (log in with `bin/helm registry login` first).
+	@mkdir -p $(BIN)/charts
+	$(BIN)/helm package $(CHART_DIR) --destination $(BIN)/charts
+	$(BIN)/helm push $(BIN)/charts/podidentity-$(CHART_VERSION).tgz $(CHART_REPO)
+
+.PHONY: release
+release: images-push chart-push ## Publish images and chart to REGISTRY (what .github/workflows/release.yaml runs on a tag).
+	@echo "install with: helm install podidentity $(CHART_REPO)/podidentity --version $(CHART_VERSION) -n podidentity-system --create-namespace --set image.registry=$(patsubst %/,%,$(REGISTRY))"
 
 ##@ Test
 

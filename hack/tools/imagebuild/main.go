@@ -1,160 +1,271 @@
-// Command imagebuild assembles a container image from one static binary, without a Docker daemon or a
-// registry: an empty base, one layer (the binary, /etc/passwd and /etc/group naming the image's user, and the
-// CA bundle so TLS to Azure works), and a config with the entrypoint and user. It writes a tarball that
-// `ctr images import` and `docker load` accept. It is the daemonless twin of the Dockerfile's targets.
+// Command imagebuild builds the product's images from static binaries without a Docker daemon (package
+// image), and publishes them as a user consumes them.
+//
+//	imagebuild --binary B --tag T --out F [--uid N] [--arch A] [--extra-binary X]...
+//	    one image as a tarball that `ctr images import` and `docker load` accept (the local cluster's path)
+//	imagebuild push --registry R --chart charts/podidentity --bin-dir D --key K --image name:uid[:extra]...
+//	    every image for every --arch as an OCI image index, tagged with the chart's appVersion, signed with
+//	    K (cosign's format), with a signed CycloneDX SBOM per platform image
+//	imagebuild verify --registry R --chart charts/podidentity --key K.pub --image name:uid[:extra]...
+//	    checks all of that against the public key
+//	imagebuild keygen --key K
+//	    makes a signing key pair: K (private, PKCS#8 PEM, encrypted when COSIGN_PASSWORD is set) and K.pub
+//
+// The CA bundle in every image is Mozilla's root store from golang.org/x/crypto/x509roots/fallback, at the
+// version hack/tools/go.mod pins (package cabundle). Registry credentials come from the Docker config
+// (~/.docker/config.json or $DOCKER_CONFIG), as `docker login`, `crane auth login` or `helm registry login`
+// write it; a registry with a private CA is trusted through SSL_CERT_FILE.
 package main
 
 import (
-	"archive/tar"
-	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
+	"os/signal"
 	"path"
+	"path/filepath"
 	"runtime"
-	"sort"
-	"time"
+	"strings"
+	"syscall"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/podidentity/podidentity/hack/tools/imagebuild/internal/cabundle"
+	"github.com/podidentity/podidentity/hack/tools/imagebuild/internal/cosign"
+	"github.com/podidentity/podidentity/hack/tools/imagebuild/internal/image"
+	"github.com/podidentity/podidentity/hack/tools/imagebuild/internal/release"
 )
 
 func main() {
-	var (
-		binary   = flag.String("binary", "", "static binary to put in the image (required)")
-		ref      = flag.String("tag", "", "image reference, e.g. podidentity/sidecar:v0.1.0 (required)")
-		out      = flag.String("out", "", "output tarball (required)")
-		uid      = flag.Int("uid", 65532, "user the image runs as (0 for root)")
-		caBundle = flag.String("ca-bundle", "/etc/ssl/certs/ca-certificates.crt", "CA bundle copied to /etc/ssl/certs/ca-certificates.crt; empty for none")
-		version  = flag.String("version", "dev", "value of the org.opencontainers.image.version label")
-		arch     = flag.String("arch", runtime.GOARCH, "image architecture (the binary must match)")
-		extra    extraBinaries
-	)
-	flag.Var(&extra, "extra-binary", "another static binary to put at /<its name> (repeatable; e.g. the CNI plugin the node agent installs)")
-	flag.Parse()
-	if *binary == "" || *ref == "" || *out == "" {
-		fmt.Fprintln(os.Stderr, "imagebuild: --binary, --tag and --out are required")
-		os.Exit(2)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	args := os.Args[1:]
+	cmd := ""
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
 	}
-	if err := build(*binary, extra, *ref, *out, *uid, *caBundle, *version, *arch); err != nil {
+	switch cmd {
+	case "":
+		err = tarballCmd(args)
+	case "push":
+		err = pushCmd(ctx, args)
+	case "verify":
+		err = verifyCmd(ctx, args)
+	case "keygen":
+		err = keygenCmd(args)
+	case "ca-bundle":
+		_, err = os.Stdout.Write(cabundle.PEM())
+	default:
+		err = fmt.Errorf("unknown command %q: want push, verify, keygen, ca-bundle, or flags for a tarball (--help)", cmd)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "imagebuild:", err)
 		os.Exit(1)
 	}
 }
 
-// extraBinaries collects --extra-binary.
-type extraBinaries []string
+// stringList collects a repeatable flag.
+type stringList []string
 
-func (e *extraBinaries) String() string     { return fmt.Sprint([]string(*e)) }
-func (e *extraBinaries) Set(v string) error { *e = append(*e, v); return nil }
+func (e *stringList) String() string     { return fmt.Sprint([]string(*e)) }
+func (e *stringList) Set(v string) error { *e = append(*e, strings.Fields(v)...); return nil }
 
-func build(binary string, extra []string, ref, out string, uid int, caBundle, version, arch string) error {
-	tag, err := name.NewTag(ref)
-	if err != nil {
-		return fmt.Errorf("--tag %q: %w", ref, err)
-	}
-	bin, err := os.ReadFile(binary)
-	if err != nil {
+func tarballCmd(args []string) error {
+	fs := flag.NewFlagSet("imagebuild", flag.ContinueOnError)
+	var (
+		binary   = fs.String("binary", "", "static binary to put in the image, its entrypoint (required)")
+		ref      = fs.String("tag", "", "image reference, e.g. ghcr.io/podidentity/podidentity-sidecar:0.1.0 (required)")
+		out      = fs.String("out", "", "output tarball (required)")
+		uid      = fs.Int("uid", 65532, "user the image runs as (0 for root)")
+		caBundle = fs.String("ca-bundle", "pinned", "CA bundle file for /etc/ssl/certs/ca-certificates.crt; \"pinned\" for the pinned Mozilla bundle, empty for none")
+		version  = fs.String("version", "dev", "value of the org.opencontainers.image.version label")
+		arch     = fs.String("arch", runtime.GOARCH, "image architecture (the binary must match)")
+		extra    stringList
+	)
+	fs.Var(&extra, "extra-binary", "another static binary to put at /<its name> (repeatable; e.g. the CNI plugin the node agent installs)")
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	entry := "/" + path.Base(binary)
-	files := []file{
-		{name: entry, mode: 0o755, data: bin},
-		{name: "/etc/passwd", mode: 0o644, data: []byte(fmt.Sprintf("root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\npodidentity:x:%d:%d:podidentity:/:/sbin/nologin\n", uid, uid))},
-		{name: "/etc/group", mode: 0o644, data: []byte(fmt.Sprintf("root:x:0:\nnonroot:x:65532:\npodidentity:x:%d:\n", uid))},
+	if *binary == "" || *ref == "" || *out == "" {
+		return errors.New("--binary, --tag and --out are required")
 	}
-	for _, x := range extra {
-		data, err := os.ReadFile(x)
+	tag, err := name.NewTag(*ref)
+	if err != nil {
+		return fmt.Errorf("--tag %q: %w", *ref, err)
+	}
+	spec := image.Spec{UID: *uid, Arch: *arch, Version: *version}
+	for _, p := range append([]string{*binary}, extra...) {
+		data, err := os.ReadFile(p)
 		if err != nil {
-			return fmt.Errorf("--extra-binary: %w", err)
+			return err
 		}
-		files = append(files, file{name: "/" + path.Base(x), mode: 0o755, data: data})
+		spec.Binaries = append(spec.Binaries, image.Binary{Name: path.Base(p), Data: data})
 	}
-	if caBundle != "" {
-		ca, err := os.ReadFile(caBundle)
+	switch *caBundle {
+	case "pinned":
+		spec.CABundle = cabundle.PEM()
+	case "":
+	default:
+		if spec.CABundle, err = os.ReadFile(*caBundle); err != nil {
+			return fmt.Errorf("--ca-bundle: %w", err)
+		}
+	}
+	img, err := image.Build(spec)
+	if err != nil {
+		return err
+	}
+	return tarball.WriteToFile(*out, tag, img)
+}
+
+// common are the flags push and verify share.
+type common struct {
+	registry, chart, tag string
+	archs, images        stringList
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.registry, "registry", "", "where the images go: host[:port][/path], e.g. ghcr.io/you/podidentity; image NAME lands at <registry>/NAME (required)")
+	fs.StringVar(&c.chart, "chart", "charts/podidentity", "the chart whose appVersion is the images' tag")
+	fs.StringVar(&c.tag, "tag", "", "the images' tag (default: the chart's appVersion; the chart deploys that tag)")
+	fs.Var(&c.archs, "arch", "architectures (repeatable or space-separated; default amd64 arm64)")
+	fs.Var(&c.images, "image", "an image as name:uid[:extra-binary,...] (repeatable or space-separated; required)")
+}
+
+func (c *common) resolve() ([]release.ImageSpec, error) {
+	if c.registry == "" || len(c.images) == 0 {
+		return nil, errors.New("--registry and --image are required")
+	}
+	if len(c.archs) == 0 {
+		c.archs = stringList{"amd64", "arm64"}
+	}
+	if c.tag == "" {
+		data, err := os.ReadFile(filepath.Join(c.chart, "Chart.yaml"))
 		if err != nil {
-			return fmt.Errorf("CA bundle: %w (install ca-certificates or pass --ca-bundle=)", err)
+			return nil, fmt.Errorf("%w (pass --chart, the chart directory, or --tag)", err)
 		}
-		files = append(files, file{name: "/etc/ssl/certs/ca-certificates.crt", mode: 0o644, data: ca})
-	}
-	layerTar, err := tarOf(files)
-	if err != nil {
-		return err
-	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(layerTar)), nil })
-	if err != nil {
-		return err
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return err
-	}
-	cfg, err := img.ConfigFile()
-	if err != nil {
-		return err
-	}
-	cfg = cfg.DeepCopy()
-	cfg.OS = "linux"
-	cfg.Architecture = arch
-	cfg.Created = v1.Time{Time: time.Unix(0, 0).UTC()}
-	cfg.Config.Entrypoint = []string{entry}
-	cfg.Config.User = fmt.Sprintf("%d:%d", uid, uid)
-	cfg.Config.Env = []string{"PATH=/", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"}
-	cfg.Config.Labels = map[string]string{
-		"org.opencontainers.image.source":  "https://github.com/podidentity/podidentity",
-		"org.opencontainers.image.version": version,
-	}
-	img, err = mutate.ConfigFile(img, cfg)
-	if err != nil {
-		return err
-	}
-	return tarball.WriteToFile(out, tag, img)
-}
-
-type file struct {
-	name string
-	mode int64
-	data []byte
-}
-
-// tarOf writes files with fixed ownership and times, so equal inputs give byte-identical layers.
-func tarOf(files []file) ([]byte, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	dirs := map[string]bool{}
-	for _, f := range files {
-		for d := path.Dir(f.name); d != "/" && !dirs[d]; d = path.Dir(d) {
-			dirs[d] = true
-		}
-	}
-	for _, d := range sortedKeys(dirs) {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d[1:] + "/", Mode: 0o755, ModTime: time.Unix(0, 0)}); err != nil {
+		if c.tag, err = release.AppVersion(data); err != nil {
 			return nil, err
 		}
 	}
-	for _, f := range files {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name[1:], Mode: f.mode, Size: int64(len(f.data)), ModTime: time.Unix(0, 0)}); err != nil {
+	var specs []release.ImageSpec
+	for _, s := range c.images {
+		spec, err := release.ParseImageSpec(s)
+		if err != nil {
 			return nil, err
 		}
-		if _, err := tw.Write(f.data); err != nil {
-			return nil, err
-		}
+		specs = append(specs, spec)
 	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return specs, nil
 }
 
-func sortedKeys(m map[string]bool) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+func remoteOptions() []remote.Option {
+	return []remote.Option{remote.WithAuthFromKeychain(authn.DefaultKeychain)}
+}
+
+func pushCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("imagebuild push", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	binDir := fs.String("bin-dir", "bin/images", "directory with linux_<arch>/<binary> for every architecture")
+	key := fs.String("key", "", "signing key (PEM; `imagebuild keygen` makes one; its password in COSIGN_PASSWORD) (required)")
+	version := fs.String("version", "", "the images' org.opencontainers.image.version label (default: the tag)")
+	if err := fs.Parse(args); err != nil {
+		return err
 	}
-	sort.Strings(keys) // a parent is a prefix of its children, so it sorts first
-	return keys
+	specs, err := c.resolve()
+	if err != nil {
+		return err
+	}
+	if *key == "" {
+		return errors.New("--key is required (make a key pair with `imagebuild keygen --key FILE`)")
+	}
+	priv, err := os.ReadFile(*key)
+	if err != nil {
+		return err
+	}
+	signer, err := cosign.LoadSigner(priv, []byte(os.Getenv("COSIGN_PASSWORD")))
+	if err != nil {
+		return err
+	}
+	caVersion, err := cabundle.Version()
+	if err != nil {
+		return err
+	}
+	ca := cabundle.PEM()
+	sum := sha256.Sum256(ca)
+	fmt.Printf("CA bundle: %s@%s (sha256 %s)\n", cabundle.Module, caVersion, hex.EncodeToString(sum[:]))
+	_, err = release.Push(ctx, release.PushOptions{
+		Registry: c.registry, Tag: c.tag, BinDir: *binDir, Archs: c.archs, Images: specs, Version: *version,
+		Signer: signer, CABundle: ca, CAVersion: caVersion, Remote: remoteOptions(), Log: os.Stdout,
+	})
+	return err
+}
+
+func verifyCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("imagebuild verify", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	key := fs.String("key", "", "public key (PEM) the images must be signed with (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	specs, err := c.resolve()
+	if err != nil {
+		return err
+	}
+	if *key == "" {
+		return errors.New("--key (the public key) is required")
+	}
+	pub, err := os.ReadFile(*key)
+	if err != nil {
+		return err
+	}
+	verifier, err := cosign.LoadVerifier(pub)
+	if err != nil {
+		return err
+	}
+	return release.Verify(ctx, release.VerifyOptions{
+		Registry: c.registry, Tag: c.tag, Archs: c.archs, Images: specs, Verifier: verifier, Remote: remoteOptions(), Log: os.Stdout,
+	})
+}
+
+func keygenCmd(args []string) error {
+	fs := flag.NewFlagSet("imagebuild keygen", flag.ContinueOnError)
+	key := fs.String("key", "", "private key file to write; the public key goes to <key>.pub (required)")
+	force := fs.Bool("force", false, "overwrite an existing key")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *key == "" {
+		return errors.New("--key is required")
+	}
+	if _, err := os.Stat(*key); err == nil && !*force {
+		return fmt.Errorf("%s exists: keep it (images signed with it verify against %s.pub) or pass --force", *key, *key)
+	}
+	priv, pub, err := cosign.GenerateKeyPair([]byte(os.Getenv("COSIGN_PASSWORD")))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(*key), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(*key, priv, 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(*key+".pub", pub, 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("wrote %s (private: keep it secret) and %s.pub (public: publish it)\n", *key, *key)
+	return nil
 }
