@@ -74,6 +74,9 @@ $(IMAGEBUILD): $(IMAGEBUILD_SRC)
 	@mkdir -p $(BIN)
 	cd hack/tools && $(GO) build -trimpath -o $@ ./imagebuild
 
+.PHONY: imagebuild
+imagebuild: $(IMAGEBUILD) ## Build bin/imagebuild (images, push, verify, signing keys).
+
 # Publishing: the images as OCI image indexes (linux/amd64 + linux/arm64), signed, with SBOMs, and the chart as
 # an OCI artifact, to a registry you name and are logged in to (docs/install.md, "From your own registry").
 CHART_DIR      := charts/podidentity
@@ -229,10 +232,17 @@ verify-generate: $(CONTROLLER_GEN) ## Fail when generated files (deepcopy, CRDs)
 	  for f in $$(find api -name 'zz_generated.*.go'); do cmp -s $$f $$tmp/$$f || stale=1; done; \
 	  if [ $$stale = 1 ]; then echo "generated files were stale (api/ changed without 'make generate'): they are regenerated now; review and commit them"; exit 1; fi
 
+ACTIONLINT := $(BIN)/actionlint
+
+$(ACTIONLINT): hack/tools/actionlint/go.mod
+	@mkdir -p $(BIN)
+	cd hack/tools/actionlint && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $@ github.com/rhysd/actionlint/cmd/actionlint
+
 .PHONY: lint
-lint: ## gofmt and go vet.
+lint: $(ACTIONLINT) ## gofmt, go vet, and actionlint on .github/workflows.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); test -z "$$out" || { echo "gofmt needed on:"; echo "$$out"; exit 1; }
 	$(GO) vet ./...
+	$(ACTIONLINT) -shellcheck= -pyflakes= .github/workflows/*.yaml
 
 .PHONY: clean
 clean: ## Remove build outputs (bin/ keeps the control plane unless you delete it).

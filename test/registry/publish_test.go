@@ -77,7 +77,7 @@ func mustRun(t *testing.T, env []string, bin string, args ...string) string {
 
 func TestPublishVerifyPull(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds imagebuild and cross-compiles an image for two architectures; run without -short")
+		t.Skip("builds imagebuild and helm, and cross-compiles an image for two architectures; run without -short")
 	}
 	root := testenv.RepoRoot()
 	r, err := Start(Options{})
@@ -93,14 +93,9 @@ func TestPublishVerifyPull(t *testing.T) {
 	for _, arch := range archs {
 		goBuild(t, root, []string{"GOOS=linux", "GOARCH=" + arch}, "-o", filepath.Join(work, "bin", "linux_"+arch)+"/", "./init/cmd/podidentity-init")
 	}
+	// As docs/install.md says: one login, with helm, into the Docker config that imagebuild reads.
 	dockerConfig := filepath.Join(work, "docker")
-	if err := os.MkdirAll(dockerConfig, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dockerConfig, "config.json"), r.DockerConfig(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	env := []string{"DOCKER_CONFIG=" + dockerConfig, "SSL_CERT_FILE=" + r.CAFile, "COSIGN_PASSWORD=test-password"}
+	env := append(helmLogin(t, r, dockerConfig), "DOCKER_CONFIG="+dockerConfig, "SSL_CERT_FILE="+r.CAFile, "COSIGN_PASSWORD=test-password")
 	registry := r.Host + "/podidentity"
 	key := filepath.Join(work, "signing", "cosign.key")
 	mustRun(t, env, imagebuild, "keygen", "--key", key)
@@ -221,23 +216,9 @@ func TestChartFromRegistry(t *testing.T) {
 	}
 	defer r.Close()
 	work := t.TempDir()
-	home := func(dir string) []string {
-		return []string{"HELM_CACHE_HOME=" + dir, "HELM_CONFIG_HOME=" + dir, "HELM_DATA_HOME=" + dir, "HELM_REGISTRY_CONFIG=" + filepath.Join(dir, "registry.json")}
-	}
-	env := home(filepath.Join(work, "helm"))
 	c := readChart(t)
 	chartRef := "oci://" + r.Host + "/podidentity/charts/podidentity"
-
-	// Not logged in: refused.
-	if out, err := run(env, helm, "show", "chart", chartRef, "--version", c.Version, "--ca-file", r.CAFile); err == nil {
-		t.Errorf("helm show chart before anything was pushed or logged in succeeded:\n%s", out)
-	}
-	login := exec.Command(helm, "registry", "login", r.Host, "--username", r.User, "--password-stdin", "--ca-file", r.CAFile)
-	login.Env = append(os.Environ(), env...)
-	login.Stdin = strings.NewReader(r.Password)
-	if out, err := login.CombinedOutput(); err != nil {
-		t.Fatalf("helm registry login: %v\n%s", err, out)
-	}
+	env := helmLogin(t, r, filepath.Join(work, "helm"))
 	mustRun(t, env, helm, "package", filepath.Join(testenv.RepoRoot(), "charts", "podidentity"), "--destination", work)
 	out := mustRun(t, env, helm, "push", filepath.Join(work, "podidentity-"+c.Version+".tgz"), "oci://"+r.Host+"/podidentity/charts", "--ca-file", r.CAFile)
 	if !strings.Contains(out, "Digest: sha256:") {
@@ -267,7 +248,34 @@ func TestChartFromRegistry(t *testing.T) {
 	}
 
 	// Another machine without the credentials: refused.
-	if out, err := run(home(filepath.Join(work, "other")), helm, "show", "chart", chartRef, "--version", c.Version, "--ca-file", r.CAFile); err == nil {
+	if out, err := run(helmHome(filepath.Join(work, "other")), helm, "show", "chart", chartRef, "--version", c.Version, "--ca-file", r.CAFile); err == nil {
 		t.Errorf("helm show chart without logging in succeeded:\n%s", out)
 	}
+}
+
+// helmHome is the environment of a helm that keeps its files (and registry logins, in the Docker config.json
+// format) in dir.
+func helmHome(dir string) []string {
+	return []string{"HELM_CACHE_HOME=" + dir, "HELM_CONFIG_HOME=" + dir, "HELM_DATA_HOME=" + dir, "HELM_REGISTRY_CONFIG=" + filepath.Join(dir, "config.json")}
+}
+
+// helmLogin runs `helm registry login` to r with its credentials, keeping them in dir/config.json, and returns
+// helmHome(dir). A wrong password is refused first.
+func helmLogin(t *testing.T, r *Registry, dir string) []string {
+	t.Helper()
+	helm := helmBin(t)
+	env := helmHome(dir)
+	for _, password := range []string{"wrong", r.Password} {
+		login := exec.Command(helm, "registry", "login", r.Host, "--username", r.User, "--password-stdin", "--ca-file", r.CAFile)
+		login.Env = append(os.Environ(), env...)
+		login.Stdin = strings.NewReader(password)
+		out, err := login.CombinedOutput()
+		if password == "wrong" && err == nil {
+			t.Fatalf("helm registry login with a wrong password succeeded:\n%s", out)
+		}
+		if password != "wrong" && err != nil {
+			t.Fatalf("helm registry login: %v\n%s", err, out)
+		}
+	}
+	return env
 }

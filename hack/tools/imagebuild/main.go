@@ -10,6 +10,10 @@
 //	    checks all of that against the public key
 //	imagebuild keygen --key K
 //	    makes a signing key pair: K (private, PKCS#8 PEM, encrypted when COSIGN_PASSWORD is set) and K.pub
+//	imagebuild public-key --key K
+//	    writes K's public key to K.pub (a release job that gets only the private key from its secrets)
+//	imagebuild ca-bundle
+//	    prints the pinned CA bundle the images carry
 //
 // The CA bundle in every image is Mozilla's root store from golang.org/x/crypto/x509roots/fallback, at the
 // version hack/tools/go.mod pins (package cabundle). Registry credentials come from the Docker config
@@ -61,10 +65,12 @@ func main() {
 		err = verifyCmd(ctx, args)
 	case "keygen":
 		err = keygenCmd(args)
+	case "public-key":
+		err = publicKeyCmd(args)
 	case "ca-bundle":
 		_, err = os.Stdout.Write(cabundle.PEM())
 	default:
-		err = fmt.Errorf("unknown command %q: want push, verify, keygen, ca-bundle, or flags for a tarball (--help)", cmd)
+		err = fmt.Errorf("unknown command %q: want push, verify, keygen, public-key, ca-bundle, or flags for a tarball (--help)", cmd)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -268,4 +274,24 @@ func keygenCmd(args []string) error {
 	}
 	fmt.Printf("wrote %s (private: keep it secret) and %s.pub (public: publish it)\n", *key, *key)
 	return nil
+}
+
+func publicKeyCmd(args []string) error {
+	fs := flag.NewFlagSet("imagebuild public-key", flag.ContinueOnError)
+	key := fs.String("key", "", "private key file; its public key goes to <key>.pub (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *key == "" {
+		return errors.New("--key is required")
+	}
+	priv, err := os.ReadFile(*key)
+	if err != nil {
+		return err
+	}
+	pub, err := cosign.PublicKeyPEM(priv, []byte(os.Getenv("COSIGN_PASSWORD")))
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(*key+".pub", pub, 0o644)
 }

@@ -77,6 +77,19 @@ func LoadSigner(privPEM, password []byte) (signature.SignerVerifier, error) {
 	return signature.LoadECDSASignerVerifier(ec, crypto.SHA256)
 }
 
+// PublicKeyPEM is the public key PEM of a private key PEM.
+func PublicKeyPEM(privPEM, password []byte) ([]byte, error) {
+	signer, err := LoadSigner(privPEM, password)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := signer.PublicKey()
+	if err != nil {
+		return nil, err
+	}
+	return cryptoutils.MarshalPublicKeyToPEM(pub)
+}
+
 // LoadVerifier reads a public key PEM.
 func LoadVerifier(pubPEM []byte) (signature.Verifier, error) {
 	key, err := cryptoutils.UnmarshalPEMToPublicKey(pubPEM)

@@ -44,6 +44,9 @@ func TestSignVerify(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if derived, err := PublicKeyPEM(priv, []byte(password)); err != nil || string(derived) != string(pub) {
+			t.Errorf("PublicKeyPEM = %s, %v; want the generated %s", derived, err, pub)
+		}
 		verifier, err := LoadVerifier(pub)
 		if err != nil {
 			t.Fatal(err)
