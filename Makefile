@@ -126,6 +126,7 @@ release: images-push chart-push ## Publish images and chart to REGISTRY (what .g
 test: lint verify-generate envtest-bins envtest-oldest packaging-tools cluster-bins images ## Run every check and test: unit, golden, integration against a real kube-apiserver and etcd (the newest and the oldest supported Kubernetes), and end to end on a local cluster (root).
 	$(GO) test -count=1 -timeout 30m ./...
 	@$(MAKE) --no-print-directory test-oldest
+	cd hack/tools && $(GO) test -count=1 ./imagebuild/...
 
 # The packages whose tests start a control plane (internal/testenv's Start, or StartIssuer): the integration suites.
 ENVTEST_CALL := testenv.Start
