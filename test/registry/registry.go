@@ -44,6 +44,9 @@ type Options struct {
 	User, Password string
 	// Hosts are extra names (DNS or IP) the serving certificate is valid for, beside 127.0.0.1 and localhost.
 	Hosts []string
+	// CertPEM and KeyPEM are a serving certificate to use instead of a self-signed one (the local cluster's,
+	// issued by its CA); CAPEM is then the CA clients must trust.
+	CertPEM, KeyPEM, CAPEM []byte
 }
 
 // Registry is a running registry.
@@ -103,11 +106,13 @@ func start(opts Options, work string) (*Registry, error) {
 			spec.DNSNames = append(spec.DNSNames, h)
 		}
 	}
-	// A long validity: the local cluster's containerd keeps trusting it for as long as the cluster lives.
-	spec.Validity = 30 * 24 * time.Hour
-	cert := pki.SelfSigned(spec)
+	certPEM, keyPEM, caPEM := opts.CertPEM, opts.KeyPEM, opts.CAPEM
+	if len(certPEM) == 0 {
+		cert := pki.SelfSigned(spec)
+		certPEM, keyPEM, caPEM = cert.CertPEM(), cert.KeyPEM(), cert.CertPEM()
+	}
 	caFile := filepath.Join(work, "ca.crt")
-	if err := os.WriteFile(caFile, cert.CertPEM(), 0o644); err != nil {
+	if err := os.WriteFile(caFile, caPEM, 0o644); err != nil {
 		return nil, err
 	}
 	hash, err := bcrypt.GenerateFromPassword([]byte(opts.Password), bcrypt.DefaultCost)
@@ -133,7 +138,7 @@ func start(opts Options, work string) (*Registry, error) {
 		cancel()
 		return nil, fmt.Errorf("registry: %w (is another registry on %s? pass another address)", err, opts.Addr)
 	}
-	tlsCert, err := tls.X509KeyPair(cert.CertPEM(), cert.KeyPEM())
+	tlsCert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		cancel()
 		ln.Close()
@@ -146,7 +151,7 @@ func start(opts Options, work string) (*Registry, error) {
 	}
 	r := &Registry{
 		Host: ln.Addr().String(), User: opts.User, Password: opts.Password,
-		CA: cert.CertPEM(), CAFile: caFile,
+		CA: caPEM, CAFile: caFile,
 		srv: srv, cancel: cancel, done: make(chan error, 1), work: work,
 	}
 	go func() { r.done <- srv.ServeTLS(ln, "", "") }()

@@ -3,9 +3,13 @@ package registry
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
+
+	"github.com/podidentity/podidentity/test/pki"
 )
 
 func client(r *Registry) *http.Client {
@@ -68,5 +72,28 @@ func TestDockerConfigJSON(t *testing.T) {
 	want := `{"auths":{"127.0.0.1:5000":{"username":"u","password":"p","auth":"dTpw"}}}`
 	if got != want {
 		t.Errorf("DockerConfigJSON = %s, want %s", got, want)
+	}
+}
+
+func TestStartWithAnIssuedCertificate(t *testing.T) {
+	ca := pki.SelfSigned(pki.Spec{CommonName: "test CA", CA: true})
+	leaf := ca.Issue(pki.Spec{CommonName: "registry", Server: true, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	r, err := Start(Options{CertPEM: leaf.CertPEM(), KeyPEM: leaf.KeyPEM(), CAPEM: ca.CertPEM()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if ca, err := os.ReadFile(r.CAFile); err != nil || string(ca) != string(r.CA) {
+		t.Errorf("CAFile holds %q (%v), want the CA", ca, err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, "https://"+r.Host+"/v2/", nil)
+	req.SetBasicAuth(r.User, r.Password)
+	resp, err := client(r).Do(req) // trusts only the CA
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("status %d", resp.StatusCode)
 	}
 }

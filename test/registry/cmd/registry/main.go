@@ -25,19 +25,32 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:5000", "listen address (loopback only)")
 	dir := flag.String("dir", "", "keep the registry's content in this directory (default: in memory)")
 	out := flag.String("out", "", "directory for ca.crt and config.json (required)")
-	user := flag.String("user", "podidentity", "user name")
+	user := flag.String("user", "podidentity", "user name (the password: $REGISTRY_PASSWORD, or a random one)")
+	cert := flag.String("cert", "", "serving certificate PEM (default: a self-signed one); with --key and --ca")
+	key := flag.String("key", "", "the serving certificate's key PEM")
+	ca := flag.String("ca", "", "the CA PEM that issued --cert (written to <out>/ca.crt)")
 	flag.Parse()
-	if err := run(*addr, *dir, *out, *user); err != nil {
+	opts := registry.Options{Addr: *addr, Dir: *dir, User: *user, Password: os.Getenv("REGISTRY_PASSWORD")}
+	if *cert != "" {
+		var err error
+		for f, dst := range map[string]*[]byte{*cert: &opts.CertPEM, *key: &opts.KeyPEM, *ca: &opts.CAPEM} {
+			if *dst, err = os.ReadFile(f); err != nil {
+				fmt.Fprintln(os.Stderr, "registry: --cert needs --key and --ca:", err)
+				os.Exit(2)
+			}
+		}
+	}
+	if err := run(opts, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "registry:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr, dir, out, user string) error {
+func run(opts registry.Options, out string) error {
 	if out == "" {
 		return fmt.Errorf("--out is required")
 	}
-	r, err := registry.Start(registry.Options{Addr: addr, Dir: dir, User: user, Password: os.Getenv("REGISTRY_PASSWORD")})
+	r, err := registry.Start(opts)
 	if err != nil {
 		return err
 	}
