@@ -60,13 +60,16 @@ IMAGE_PACKAGES := ./webhook/cmd/podidentity-webhook ./assigner/cmd/podidentity-a
                   ./init/cmd/podidentity-init ./cni/cmd/podidentity-node ./cni/cmd/podidentity-cni
 IMAGE_EXTRA_podidentity-node := podidentity-cni
 
+HOST_GOARCH    := $(shell $(GO) env GOARCH)
+HOST_IMAGE_BIN := $(BIN)/images/linux_$(HOST_GOARCH)
+
 .PHONY: images
-images: $(IMAGEBUILD) ## Assemble the five images as tarballs in bin/images/ (this machine's architecture) for the local cluster, without a Docker daemon.
-	@mkdir -p $(BIN)/images
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/images/ $(IMAGE_PACKAGES)
+images: $(IMAGEBUILD) ## Build the binaries of the five images for this machine (bin/images/linux_<arch>/, what the local cluster pushes to its registry) and the images as tarballs in bin/images/, without a Docker daemon.
+	@mkdir -p $(HOST_IMAGE_BIN)
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(HOST_IMAGE_BIN)/ $(IMAGE_PACKAGES)
 	@for b in $(IMAGE_USERS); do n=$${b%%:*}; u=$${b##*:}; extra=""; \
-	  [ "$$n" = podidentity-node ] && extra="--extra-binary $(BIN)/images/$(IMAGE_EXTRA_podidentity-node)"; \
-	  $(IMAGEBUILD) --binary $(BIN)/images/$$n $$extra --uid $$u --version $(VERSION) \
+	  [ "$$n" = podidentity-node ] && extra="--extra-binary $(HOST_IMAGE_BIN)/$(IMAGE_EXTRA_podidentity-node)"; \
+	  $(IMAGEBUILD) --binary $(HOST_IMAGE_BIN)/$$n $$extra --uid $$u --version $(VERSION) \
 	    --tag $(IMAGE_REGISTRY)/$$n:$(IMAGE_TAG) --out $(BIN)/images/$$n.tar; \
 	  echo "$(IMAGE_REGISTRY)/$$n:$(IMAGE_TAG) -> bin/images/$$n.tar ($$(du -h $(BIN)/images/$$n.tar | cut -f1))"; done
 

@@ -49,6 +49,7 @@ func TestWritePKI(t *testing.T) {
 		{"scheduler", cluster, "", client},
 		{"kube-proxy", cluster, "", client},
 		{"fakecloud", azure, AADHost, server},
+		{"registry", cluster, "127.0.0.1", server},
 	} {
 		if _, err := load(tc.file).Verify(x509.VerifyOptions{Roots: tc.roots, DNSName: tc.name, KeyUsages: tc.usage}); err != nil {
 			t.Errorf("%s for %q: %v", tc.file, tc.name, err)

@@ -11,6 +11,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +50,12 @@ const (
 	IMDSAddress = "169.254.169.254"
 	// PauseImage is the sandbox image, built from test/cluster/pause and imported, never pulled.
 	PauseImage = "podidentity.test/pause:1"
+	// RegistryHost is the node's OCI registry (package test/registry as the process "registry": TLS with a
+	// certificate of the cluster CA, htpasswd authentication). The product is pushed there and the node pulls
+	// it through containerd's hosts.toml, with the pods' pull secrets.
+	RegistryHost = "127.0.0.1:15000"
+	// RegistryUser is the registry's user; its password is made at each start (RegistryAuth).
+	RegistryUser = "podidentity-e2e"
 
 	etcdClientPort = 12379
 	etcdPeerPort   = 12380
@@ -269,6 +276,35 @@ func (c *Cluster) StateDir() string { return c.opts.StateDir }
 
 // FakeCloudCA is the PEM file of the CA that signed the fake cloud's HTTPS certificates (ARM, Azure AD).
 func (c *Cluster) FakeCloudCA() string { return filepath.Join(c.pkiDir(), "azure-ca.crt") }
+
+// ClusterCA is the PEM file of the cluster CA: it also issued the registry's certificate, so a client of
+// RegistryHost trusts it (SSL_CERT_FILE, helm --ca-file).
+func (c *Cluster) ClusterCA() string { return filepath.Join(c.pkiDir(), "ca.crt") }
+
+// RegistryDockerConfig is the directory of a Docker config.json with the registry's credentials (for
+// DOCKER_CONFIG; helm reads the same file as HELM_REGISTRY_CONFIG=<dir>/config.json).
+func (c *Cluster) RegistryDockerConfig() string {
+	return filepath.Join(c.opts.StateDir, "registry", "auth")
+}
+
+// RegistryAuth returns the registry's user and password (from RegistryDockerConfig).
+func (c *Cluster) RegistryAuth() (user, password string, err error) {
+	data, err := os.ReadFile(filepath.Join(c.RegistryDockerConfig(), "config.json"))
+	if err != nil {
+		return "", "", fmt.Errorf("the registry's credentials: %w (is the cluster's registry process running? see logs/registry.log)", err)
+	}
+	var cfg struct {
+		Auths map[string]struct{ Username, Password string }
+	}
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		return "", "", fmt.Errorf("the registry's credentials: %w", err)
+	}
+	a, ok := cfg.Auths[RegistryHost]
+	if !ok || a.Password == "" {
+		return "", "", fmt.Errorf("the registry's credentials: no entry for %s", RegistryHost)
+	}
+	return a.Username, a.Password, nil
+}
 
 func (c *Cluster) logf(format string, args ...any) {
 	fmt.Fprintf(c.opts.Log, "cluster: "+format+"\n", args...)

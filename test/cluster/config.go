@@ -35,6 +35,7 @@ func (c *Cluster) writePKI() error {
 		{"kube-proxy", pki.Spec{CommonName: "system:kube-proxy", Client: true}},
 		{"kubelet-client", pki.Spec{CommonName: "system:node:" + node, Organization: []string{"system:nodes"}, Client: true}},
 		{"kubelet-serving", pki.Spec{CommonName: node, Server: true, IPs: []net.IP{nodeIP}, DNSNames: []string{node}}},
+		{"registry", pki.Spec{CommonName: "podidentity test registry", Server: true, IPs: []net.IP{net.ParseIP("127.0.0.1"), nodeIP}}},
 	} {
 		s.spec.Validity = certValidity
 		if err := writePair(dir, s.file, ca.Issue(s.spec)); err != nil {
@@ -103,8 +104,9 @@ func (c *Cluster) writeNodeConfigs() error {
 		}
 	}
 	files := map[string]string{
-		filepath.Join(c.confDir(), "containerd.toml"): containerdConfig(st, c.CNIBinDir(), c.CNIConfDir()),
-		c.PrimaryCNIConfig():                          c.primaryCNIConfigContent(),
+		filepath.Join(c.confDir(), "containerd.toml"):                   containerdConfig(st, c.CNIBinDir(), c.CNIConfDir(), c.registryHostsDir()),
+		filepath.Join(c.registryHostsDir(), RegistryHost, "hosts.toml"): registryHostsTOML(RegistryHost, c.ClusterCA()),
+		c.PrimaryCNIConfig(): c.primaryCNIConfigContent(),
 		// Pods (dnsPolicy ClusterFirst without cluster DNS falls back to this) ask the fake cloud's DNS, which
 		// knows only Azure's names; nothing leaks to the host's resolver.
 		filepath.Join(c.confDir(), "resolv.conf"):     "nameserver " + NodeIP + "\n",
@@ -112,6 +114,9 @@ func (c *Cluster) writeNodeConfigs() error {
 		filepath.Join(c.confDir(), "kube-proxy.yaml"): c.kubeProxyConfig(),
 	}
 	for path, content := range files {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return err
+		}
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 			return err
 		}
@@ -168,7 +173,7 @@ func (c *Cluster) primaryCNIConfigContent() string {
 
 // containerdConfig is a private containerd: its own root, state, socket, opt and runc directories, so the
 // system containerd (if any) is neither used nor disturbed.
-func containerdConfig(st, cniBin, cniConf string) string {
+func containerdConfig(st, cniBin, cniConf, hostsDir string) string {
 	cd := filepath.Join(st, "containerd")
 	return fmt.Sprintf(`version = 2
 root = %q
@@ -194,10 +199,28 @@ state = %q
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = %q
     conf_dir = %q
+  # Registry hosts (hosts.toml per host): the node's registry, trusted through the cluster CA. No credentials
+  # here: the kubelet passes each pod's pull secrets, as on a node without a credential provider.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = %q
 `, filepath.Join(cd, "root"), filepath.Join(cd, "state"), filepath.Join(cd, "containerd.sock"),
 		filepath.Join(cd, "containerd.sock.ttrpc"), filepath.Join(cd, "opt"), PauseImage,
-		filepath.Join(st, "runc"), cniBin, cniConf)
+		filepath.Join(st, "runc"), cniBin, cniConf, hostsDir)
 }
+
+// registryHostsTOML is containerd's hosts.toml for a registry host served over TLS with a certificate of ca:
+// pull and resolve only (nothing pushes through the node).
+func registryHostsTOML(host, ca string) string {
+	return fmt.Sprintf(`server = "https://%s"
+
+[host."https://%s"]
+  capabilities = ["pull", "resolve"]
+  ca = %q
+`, host, host, ca)
+}
+
+// registryHostsDir is containerd's config_path: <dir>/<host>/hosts.toml.
+func (c *Cluster) registryHostsDir() string { return filepath.Join(c.confDir(), "certs.d") }
 
 func (c *Cluster) kubeletConfig() string {
 	pki := c.pkiDir()

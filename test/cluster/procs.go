@@ -17,7 +17,7 @@ import (
 // (so it outlives the starter for --keep and a terminal's Ctrl-C does not reach it), logs to logs/<name>.log
 // and is recorded in pids/<name>.pid as "<pid> <binary>".
 func componentOrder() []string {
-	return []string{"etcd", "fakecloud", "containerd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet"}
+	return []string{"etcd", "fakecloud", "registry", "containerd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet"}
 }
 
 func lookPath(tool string) (string, error) {

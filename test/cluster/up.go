@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -90,6 +92,12 @@ func (c *Cluster) bringUp(ctx context.Context) error {
 		"--issuer-ca-file="+filepath.Join(pki, "ca.crt")); err != nil {
 		return err
 	}
+	// The node's registry: the product is pushed there (package product) and pulled by containerd.
+	if err := c.startComponent("registry", filepath.Join(cache, "registry"), "--addr="+RegistryHost, "--user="+RegistryUser,
+		"--dir="+filepath.Join(st, "registry", "data"), "--out="+c.RegistryDockerConfig(),
+		"--cert="+filepath.Join(pki, "registry.crt"), "--key="+filepath.Join(pki, "registry.key"), "--ca="+c.ClusterCA()); err != nil {
+		return err
+	}
 	containerd, _ := lookPath("containerd")
 	if err := c.startComponent("containerd", containerd, "--config="+filepath.Join(c.confDir(), "containerd.toml")); err != nil {
 		return err
@@ -122,6 +130,9 @@ func (c *Cluster) bringUp(ctx context.Context) error {
 	if err := c.waitFor(ctx, "fakecloud", func(ctx context.Context) error {
 		return httpOK(ctx, "http://"+IMDSAdminAddress+"/healthz")
 	}); err != nil {
+		return err
+	}
+	if err := c.waitFor(ctx, "registry", func(ctx context.Context) error { return c.registryAnswers(ctx) }); err != nil {
 		return err
 	}
 	if err := c.waitContainerd(ctx); err != nil {
@@ -194,6 +205,9 @@ func (c *Cluster) healthy(ctx context.Context) error {
 	}
 	if err := httpOK(ctx, "http://"+IMDSAdminAddress+"/healthz"); err != nil {
 		return fmt.Errorf("fakecloud: %w", err)
+	}
+	if err := c.registryAnswers(ctx); err != nil {
+		return fmt.Errorf("registry: %w", err)
 	}
 	return nodeReady(ctx, cs, c.opts.NodeName)
 }
@@ -269,13 +283,43 @@ func httpOK(ctx context.Context, url string) error {
 	return nil
 }
 
+// registryAnswers checks that the registry serves the API over TLS with the cluster CA's certificate and
+// accepts its credentials.
+func (c *Cluster) registryAnswers(ctx context.Context) error {
+	ca, err := os.ReadFile(c.ClusterCA())
+	if err != nil {
+		return err
+	}
+	user, password, err := c.RegistryAuth()
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+RegistryHost+"/v2/", nil)
+	if err != nil {
+		return err
+	}
+	req.SetBasicAuth(user, password)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("https://%s/v2/ with the registry's credentials: %s", RegistryHost, resp.Status)
+	}
+	return nil
+}
+
 // buildHelpers builds the fake cloud and the pause program, and the pause image, into StateDir/cache.
 func (c *Cluster) buildHelpers(ctx context.Context) error {
 	cache := filepath.Join(c.opts.StateDir, "cache")
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return err
 	}
-	for name, pkg := range map[string]string{"fakecloud": "./test/cluster/fakecloud/cmd/fakecloud", "pause": "./test/cluster/pause"} {
+	for name, pkg := range map[string]string{"fakecloud": "./test/cluster/fakecloud/cmd/fakecloud", "pause": "./test/cluster/pause", "registry": "./test/registry/cmd/registry"} {
 		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(cache, name), pkg)
 		cmd.Dir = c.opts.RepoDir
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

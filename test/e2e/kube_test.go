@@ -92,6 +92,12 @@ func (e *env) namespace(t *testing.T, prefix string, inject bool) string {
 	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating namespace %s: %v", ns.Name, err)
 	}
+	// The product's images come from the node's registry with authentication: injected pods get the pull
+	// Secret's name from the webhook, and the Secret must be in their namespace (docs/install.md). Every
+	// namespace gets it, so that a scenario that opts one in later needs nothing more.
+	if err := product.EnsurePullSecret(ctx, e.cluster, ns.Name); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("diagnostics of namespace %s:\n%s", ns.Name, e.diagnose(ctx, ns.Name))

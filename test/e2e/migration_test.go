@@ -251,6 +251,10 @@ func (m *rehearsal) installAADPodIdentity(ctx context.Context, t *testing.T) {
 	if _, err := m.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: migrationNS}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// Once opted in, its pods pull our images from the node's registry with the pull Secret the chart names.
+	if err := product.EnsurePullSecret(ctx, m.cluster, migrationNS); err != nil {
+		t.Fatal(err)
+	}
 	web, legacy := m.identityID(webName), m.identityID(legacyName)
 	for _, o := range []map[string]any{
 		// 1.6+: camelCase.
@@ -442,8 +446,10 @@ func (m *rehearsal) fieldUpgrade(ctx context.Context, t *testing.T) {
 		}
 		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
 		c := containers[0].(map[string]any)
-		c["image"], c["imagePullPolicy"] = image, "Never"
+		c["image"], c["imagePullPolicy"] = image, "IfNotPresent"
 		_ = unstructured.SetNestedSlice(o.Object, containers, "spec", "template", "spec", "containers")
+		// Pulled from the node's registry, with the pull Secret Prepare created in the release namespace.
+		_ = unstructured.SetNestedSlice(o.Object, []any{map[string]any{"name": product.PullSecret}}, "spec", "template", "spec", "imagePullSecrets")
 	})
 	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, podTimeout, true, func(ctx context.Context) (bool, error) {
 		j, err := m.cs.BatchV1().Jobs(product.Namespace).Get(ctx, "podidentity-crd-field-upgrade", metav1.GetOptions{})
@@ -498,6 +504,9 @@ func (m *rehearsal) helm(ctx context.Context, t *testing.T, assigner bool) {
 	legacy := filepath.Join(m.root, "test", "packaging", "testdata", "aad-pod-identity-4.x-values.yaml")
 	for _, ns := range []string{"apps", "batch"} { // the file's azureIdentities live there
 		if _, err := m.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		if err := product.EnsurePullSecret(ctx, m.cluster, ns); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,16 +1,15 @@
 // Package product installs podidentity on the local test cluster (package cluster) as a user of a private
-// cloud would: the images of `make images` imported into the node's containerd, the assigner's azure.json in
-// a Secret, the emulated Azure's CA in a ConfigMap, and the helm chart of the working tree installed with
-// bin/helm, pointed at the emulated ARM endpoint. `make demo` and the end-to-end suite share it; a caller adds
+// cloud would: the images (the binaries of `make images`) and the chart of the working tree pushed to the
+// node's registry with bin/imagebuild and bin/helm, signed and verified (publish.go); the chart installed from
+// oci:// with the pull Secret the chart documents, the node pulling every product image from the registry;
+// the assigner's azure.json on the node, the emulated Azure's CA in a ConfigMap, the emulated ARM endpoint. `make demo` and the end-to-end suite share it; a caller adds
 // its own chart values (guard mode, say) on top of the base ones.
 package product
 
 import (
-	"archive/tar"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,14 +35,15 @@ const (
 	AzureCAMountDir = "/etc/podidentity/azure-ca"
 )
 
-// Images are the images `make images` writes to bin/images/<name>.tar.
+// Images are the product's images, as name:uid[:extra binaries] (the Makefile's IMAGE_SPECS).
 func Images() []string {
-	return []string{"podidentity-webhook", "podidentity-sidecar", "podidentity-init", "podidentity-assigner", "podidentity-node"}
+	return []string{"podidentity-webhook:65532", "podidentity-sidecar:15078", "podidentity-init:0", "podidentity-assigner:65532", "podidentity-node:0:podidentity-cni"}
 }
 
 // Options configure Install.
 type Options struct {
-	// RepoDir is the repository's top directory: bin/images, bin/helm and charts/podidentity are read from it.
+	// RepoDir is the repository's top directory: bin/images/linux_<arch> (`make images`), bin/imagebuild,
+	// bin/helm and charts/podidentity are read from it.
 	RepoDir string
 	// HelmHome holds helm's cache, configuration and the values files (default <state dir>/helm).
 	HelmHome string
@@ -56,19 +56,22 @@ type Options struct {
 
 // Release is an installed chart; Upgrade changes its values.
 type Release struct {
-	// Registry and Tag are the imported images' common registry and tag (the chart's image.registry and
-	// image.tag).
+	// Registry and Tag are the pushed images' common registry and tag (the chart's image.registry and
+	// image.tag; the tag is the chart's appVersion).
 	Registry, Tag string
-	// Images are the references of the imported images.
+	// Images are the references of the pushed images.
 	Images []string
+	// Chart and ChartVersion are the pushed chart (oci://...) and its version.
+	Chart, ChartVersion string
 
 	cluster *cluster.Cluster
 	opts    Options
 }
 
-// Install imports the product images, creates the release namespace with the assigner's azure.json Secret
-// and the emulated Azure's CA ConfigMap (existing ones are kept), and runs `helm upgrade --install --wait`
-// with BaseValues and opts.Values; it returns when every pod of the release is ready.
+// Install pushes the product images and chart to the node's registry, creates the release namespace with the
+// pull Secret and the emulated Azure's CA ConfigMap (existing ones are kept), writes the node's azure.json, and
+// runs `helm upgrade --install --wait` from oci:// with BaseValues and opts.Values; it returns when every pod of
+// the release is ready.
 func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Release, error) {
 	r, err := Prepare(ctx, c, opts)
 	if err != nil {
@@ -77,7 +80,7 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Release, e
 	return r, r.Upgrade(ctx, opts.Values)
 }
 
-// Prepare is Install without helm: the images imported and the namespace with its Secret and ConfigMap
+// Prepare is Install without helm: the product published and the namespace with its Secret and ConfigMap
 // created, for a caller that runs steps of its own (a migration) before the first Upgrade.
 func Prepare(ctx context.Context, c *cluster.Cluster, opts Options) (*Release, error) {
 	if opts.RepoDir == "" {
@@ -90,14 +93,17 @@ func Prepare(ctx context.Context, c *cluster.Cluster, opts Options) (*Release, e
 		opts.Log = func(string, ...any) {}
 	}
 	r := &Release{cluster: c, opts: opts}
-	var err error
-	if r.Registry, r.Tag, r.Images, err = importImages(ctx, c, filepath.Join(opts.RepoDir, "bin", "images")); err != nil {
+	if err := r.publish(ctx); err != nil {
 		return nil, err
 	}
 	for _, ref := range r.Images {
 		opts.Log("%s", ref)
 	}
+	opts.Log("%s --version %s", r.Chart, r.ChartVersion)
 	if err := createPrerequisites(ctx, c); err != nil {
+		return nil, err
+	}
+	if err := EnsurePullSecret(ctx, c, Namespace); err != nil {
 		return nil, err
 	}
 	opts.Log("%s (azure.json on the node, root's and mode 0600 as on AKS: tenant %s, client %s), ConfigMap %s/%s (the emulated Azure's CA)",
@@ -115,7 +121,7 @@ func (r *Release) Upgrade(ctx context.Context, values map[string]any) error {
 // base values and values take precedence over them, as a later -f does.
 func (r *Release) UpgradeWithFiles(ctx context.Context, userFiles []string, values map[string]any) error {
 	files := [][]byte{}
-	for _, v := range []map[string]any{BaseValues(r.Registry, r.Tag, NodeAzureJSON(r.cluster)), values} {
+	for _, v := range []map[string]any{BaseValues(r.Registry, r.Tag, NodeAzureJSON(r.cluster), PullSecret), values} {
 		if v == nil {
 			continue
 		}
@@ -129,7 +135,7 @@ func (r *Release) UpgradeWithFiles(ctx context.Context, userFiles []string, valu
 	if err := os.MkdirAll(home, 0o755); err != nil {
 		return err
 	}
-	args := []string{"upgrade", "--install", ReleaseName, filepath.Join(r.opts.RepoDir, "charts", "podidentity"),
+	args := []string{"upgrade", "--install", ReleaseName, r.Chart, "--version", r.ChartVersion, "--ca-file", r.cluster.ClusterCA(),
 		"--namespace", Namespace, "--kubeconfig", r.cluster.KubeconfigPath(), "--wait", "--timeout", "4m"}
 	for _, f := range userFiles {
 		args = append(args, "--values", f)
@@ -143,8 +149,7 @@ func (r *Release) UpgradeWithFiles(ctx context.Context, userFiles []string, valu
 	}
 	r.opts.Log("helm %s", strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, filepath.Join(r.opts.RepoDir, "bin", "helm"), args...)
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"),
-		"HELM_CONFIG_HOME="+filepath.Join(home, "config"), "HELM_DATA_HOME="+filepath.Join(home, "data"))
+	cmd.Env = append(os.Environ(), r.helmEnv()...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("helm upgrade --install (bin/helm comes from `make packaging-tools`): %w\n%s\npods of %s:\n%s",
 			err, out, Namespace, PodSummary(ctx, r.cluster, Namespace))
@@ -186,12 +191,13 @@ func (r *Release) waitWebhookAnswers(ctx context.Context) error {
 		last, Namespace, PodSummary(ctx, r.cluster, Namespace))
 }
 
-// BaseValues are the values a user of an Azure Stack-like private cloud would give: the images, no
-// cert-manager (the webhook signs its own certificate), the node's azure.json (nodeAzureJSON: root's, mode 0600,
-// as on AKS; the chart's init container stages it for the non-root assigner), the ARM endpoint, and the CA that
-// signed it. Azure AD keeps its public name: the fake cloud's DNS answers it.
-func BaseValues(registry, tag, nodeAzureJSON string) map[string]any {
-	return map[string]any{
+// BaseValues are the values a user of an Azure Stack-like private cloud would give: the images from a private
+// registry (pullSecret, when not empty, for the chart's own pods and every injected pod), no cert-manager (the
+// webhook signs its own certificate), the node's azure.json (nodeAzureJSON: root's, mode 0600, as on AKS; the
+// chart's init container stages it for the non-root assigner), the ARM endpoint, and the CA that signed it.
+// Azure AD keeps its public name: the fake cloud's DNS answers it.
+func BaseValues(registry, tag, nodeAzureJSON, pullSecret string) map[string]any {
+	v := map[string]any{
 		"image":       map[string]any{"registry": registry, "tag": tag, "pullPolicy": "IfNotPresent"},
 		"certManager": map[string]any{"enabled": false},
 		"assigner": map[string]any{
@@ -202,6 +208,11 @@ func BaseValues(registry, tag, nodeAzureJSON string) map[string]any {
 			"extraVolumeMounts": []map[string]any{{"name": "azure-ca", "mountPath": AzureCAMountDir, "readOnly": true}},
 		},
 	}
+	if pullSecret != "" {
+		v["imagePullSecrets"] = []map[string]any{{"name": pullSecret}}
+		v["injection"] = map[string]any{"imagePullSecrets": []string{pullSecret}}
+	}
+	return v
 }
 
 // CNIValues switch a release to CNI mode on the local cluster: the node agent chains the plugin into the
@@ -270,69 +281,6 @@ func createPrerequisites(ctx context.Context, c *cluster.Cluster) error {
 		return fmt.Errorf("creating ConfigMap %s/%s: %w", Namespace, AzureCAConfigMap, err)
 	}
 	return nil
-}
-
-// importImages imports the product images of dir and returns their common registry and tag.
-func importImages(ctx context.Context, c *cluster.Cluster, dir string) (registry, tag string, refs []string, err error) {
-	for _, name := range Images() {
-		tarPath := filepath.Join(dir, name+".tar")
-		ref, err := ImageRef(tarPath)
-		if err != nil {
-			return "", "", nil, fmt.Errorf("%w (build the images with `make images`)", err)
-		}
-		r, t, err := splitRef(ref, name)
-		if err != nil {
-			return "", "", nil, fmt.Errorf("%s: %w", tarPath, err)
-		}
-		if registry != "" && (r != registry || t != tag) {
-			return "", "", nil, fmt.Errorf("%s is %s, the other images are %s/...:%s: rebuild them together with `make images`", tarPath, ref, registry, tag)
-		}
-		registry, tag = r, t
-		if err := c.ImportImage(ctx, tarPath); err != nil {
-			return "", "", nil, err
-		}
-		refs = append(refs, ref)
-	}
-	return registry, tag, refs, nil
-}
-
-// splitRef splits <registry>/<name>:<tag> (the registry may carry a port) into registry and tag.
-func splitRef(ref, name string) (registry, tag string, err error) {
-	i := strings.LastIndex(ref, ":")
-	if i < 0 || strings.Contains(ref[i+1:], "/") || !strings.HasSuffix(ref[:i], "/"+name) {
-		return "", "", fmt.Errorf("tagged %q, not <registry>/%s:<tag>: rebuild it with `make images`", ref, name)
-	}
-	return strings.TrimSuffix(ref[:i], "/"+name), ref[i+1:], nil
-}
-
-// ImageRef reads the first tag of a docker-archive tarball (manifest.json's RepoTags).
-func ImageRef(tarPath string) (string, error) {
-	f, err := os.Open(tarPath)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	tr := tar.NewReader(f)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return "", fmt.Errorf("%s has no manifest.json", tarPath)
-		}
-		if err != nil {
-			return "", fmt.Errorf("reading %s: %w", tarPath, err)
-		}
-		if h.Name != "manifest.json" {
-			continue
-		}
-		var m []struct{ RepoTags []string }
-		if err := json.NewDecoder(tr).Decode(&m); err != nil {
-			return "", fmt.Errorf("%s: manifest.json: %w", tarPath, err)
-		}
-		if len(m) == 0 || len(m[0].RepoTags) == 0 {
-			return "", fmt.Errorf("%s carries no tag", tarPath)
-		}
-		return m[0].RepoTags[0], nil
-	}
 }
 
 // PodSummary lists the pods of ns with their phase and readiness, one a line, for progress and errors.

@@ -1,8 +1,6 @@
 package product
 
 import (
-	"archive/tar"
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,7 +23,7 @@ func TestBaseValuesRender(t *testing.T) {
 	if _, err := os.Stat(helm); err != nil {
 		t.Skip("bin/helm missing: make packaging-tools")
 	}
-	values, err := yaml.Marshal(BaseValues("registry.test/podidentity", "v9.9.9", "/var/lib/node/azure.json"))
+	values, err := yaml.Marshal(BaseValues("registry.test/podidentity", "v9.9.9", "/var/lib/node/azure.json", PullSecret))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,64 +84,22 @@ func TestBaseValuesRender(t *testing.T) {
 	if inits := assigner.Spec.Template.Spec.InitContainers; len(inits) != 1 || inits[0].Name != "stage-azure-json" {
 		t.Errorf("init containers %+v: want the one that stages the node's root-only azure.json", inits)
 	}
-}
-
-func TestImageRef(t *testing.T) {
-	for _, tc := range []struct {
-		name, manifest, want, wantErr string
-	}{
-		{name: "tagged", manifest: `[{"Config":"c.json","RepoTags":["ghcr.io/podidentity/podidentity-init:v1"],"Layers":[]}]`, want: "ghcr.io/podidentity/podidentity-init:v1"},
-		{name: "untagged", manifest: `[{"Config":"c.json","RepoTags":[],"Layers":[]}]`, wantErr: "carries no tag"},
-		{name: "no manifest", wantErr: "has no manifest.json"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var buf bytes.Buffer
-			tw := tar.NewWriter(&buf)
-			if tc.manifest != "" {
-				_ = tw.WriteHeader(&tar.Header{Name: "manifest.json", Mode: 0o644, Size: int64(len(tc.manifest))})
-				_, _ = tw.Write([]byte(tc.manifest))
-			}
-			_ = tw.Close()
-			p := filepath.Join(t.TempDir(), "image.tar")
-			if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			got, err := ImageRef(p)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err %v, want %q", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("ImageRef = %q, %v; want %q", got, err, tc.want)
-			}
-		})
+	if ps := assigner.Spec.Template.Spec.ImagePullSecrets; len(ps) != 1 || ps[0].Name != PullSecret {
+		t.Errorf("assigner pull secrets %+v, want %s", ps, PullSecret)
+	}
+	if !strings.Contains(string(out), "--image-pull-secrets="+PullSecret) {
+		t.Errorf("the webhook is not told to give injected pods %s:\n%s", PullSecret, out)
 	}
 }
 
-func TestSplitRef(t *testing.T) {
-	for _, tc := range []struct {
-		ref, name, registry, tag string
-		wantErr                  bool
-	}{
-		{ref: "ghcr.io/podidentity/podidentity-init:v1", name: "podidentity-init", registry: "ghcr.io/podidentity", tag: "v1"},
-		{ref: "localhost:5000/podidentity-init:dev-1", name: "podidentity-init", registry: "localhost:5000", tag: "dev-1"},
-		{ref: "localhost:5000/podidentity-init", name: "podidentity-init", wantErr: true},
-		{ref: "ghcr.io/podidentity/podidentity-sidecar:v1", name: "podidentity-init", wantErr: true},
-		{ref: "podidentity-init:v1", name: "podidentity-init", wantErr: true},
-	} {
-		t.Run(tc.ref, func(t *testing.T) {
-			registry, tag, err := splitRef(tc.ref, tc.name)
-			if tc.wantErr {
-				if err == nil {
-					t.Fatalf("splitRef(%q, %q) = %q, %q; want an error", tc.ref, tc.name, registry, tag)
-				}
-				return
-			}
-			if err != nil || registry != tc.registry || tag != tc.tag {
-				t.Fatalf("splitRef(%q, %q) = %q, %q, %v; want %q, %q", tc.ref, tc.name, registry, tag, err, tc.registry, tc.tag)
-			}
-		})
+func TestChartVersions(t *testing.T) {
+	version, appVersion, err := chartVersions(filepath.Join(testenv.RepoRoot(), "charts", "podidentity"))
+	if err != nil || version == "" || appVersion == "" {
+		t.Fatalf("chartVersions = %q, %q, %v", version, appVersion, err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "Chart.yaml"), []byte("version: 1.0.0\n"), 0o644)
+	if _, _, err := chartVersions(dir); err == nil {
+		t.Error("a chart without appVersion was accepted")
 	}
 }

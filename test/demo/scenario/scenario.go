@@ -132,7 +132,7 @@ func runLocal(ctx context.Context, s *steps, opts Options) (err error) {
 	}
 	s.say("%s (the demo app: azidentity.ManagedIdentityCredential)", appImage)
 
-	s.step("import the product images and install the helm chart (no cert-manager; the assigner authenticates to the emulated Azure AD with a client secret; redirect.mode=%s)", opts.Mode)
+	s.step("push the product images and chart to the node's registry, and install the chart from oci:// (no cert-manager; the assigner authenticates to the emulated Azure AD with a client secret; redirect.mode=%s)", opts.Mode)
 	var values map[string]any
 	if opts.Mode == "cni" {
 		values = product.CNIValues(c)
@@ -155,7 +155,13 @@ func runLocal(ctx context.Context, s *steps, opts Options) (err error) {
 		s.say("  %s", line)
 	}
 	identityID := cluster.UserAssignedIdentityID(IdentityName)
-	return runScenario(ctx, s, cfg, opts, appImage, identityID, arm.ClientIDOf(identityID), attachedOnNode)
+	// The product's images come from the node's registry with authentication: the demo namespace needs the
+	// pull Secret the webhook names in every injected pod (docs/install.md, "From your own registry").
+	pullSecret := func(ctx context.Context, ns string) error {
+		s.say("pull Secret %s/%s (the node's registry %s)", ns, product.PullSecret, cluster.RegistryHost)
+		return product.EnsurePullSecret(ctx, c, ns)
+	}
+	return runScenario(ctx, s, cfg, opts, appImage, identityID, arm.ClientIDOf(identityID), attachedOnNode, pullSecret)
 }
 
 func runOnUserCluster(ctx context.Context, s *steps, opts Options) error {
@@ -167,7 +173,7 @@ func runOnUserCluster(ctx context.Context, s *steps, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", opts.Kubeconfig, err)
 	}
-	err = runScenario(ctx, s, cfg, opts, opts.AppImage, opts.IdentityResourceID, opts.IdentityClientID, nil)
+	err = runScenario(ctx, s, cfg, opts, opts.AppImage, opts.IdentityResourceID, opts.IdentityClientID, nil, nil)
 	if !opts.Keep {
 		s.step("delete namespace %s", DemoNamespace)
 		cs, cerr := kubernetes.NewForConfig(cfg)
@@ -183,7 +189,9 @@ func runOnUserCluster(ctx context.Context, s *steps, opts Options) error {
 
 // runScenario is the part that runs on any cluster: an opted-in namespace, an AzureIdentity and its binding,
 // the app pod, and the wait for its token.
-func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, appImage, identityID, clientID string, attached func(context.Context) string) error {
+// prepareNamespace, when not nil, is given the demo namespace once it exists (the local cluster's pull Secret).
+func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, appImage, identityID, clientID string, attached func(context.Context) string,
+	prepareNamespace func(context.Context, string) error) error {
 	cl, err := client.New(cfg, client.Options{Scheme: testenv.Scheme()})
 	if err != nil {
 		return err
@@ -201,6 +209,11 @@ func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, 
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: DemoNamespace, Labels: labels}}
 	if err := createOrKeep(ctx, cl, ns); err != nil {
 		return err
+	}
+	if prepareNamespace != nil {
+		if err := prepareNamespace(ctx, DemoNamespace); err != nil {
+			return err
+		}
 	}
 
 	s.step("create AzureIdentity %s (type 0, user-assigned) and its AzureIdentityBinding (selector %s)", IdentityName, BindingSelector)
