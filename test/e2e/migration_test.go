@@ -446,7 +446,7 @@ func (m *rehearsal) fieldUpgrade(ctx context.Context, t *testing.T) {
 		}
 		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
 		c := containers[0].(map[string]any)
-		c["image"], c["imagePullPolicy"] = image, "IfNotPresent"
+		c["image"], c["imagePullPolicy"] = image, "Always" // the tag is reused by every push: see product.BaseValues
 		_ = unstructured.SetNestedSlice(o.Object, containers, "spec", "template", "spec", "containers")
 		// Pulled from the node's registry, with the pull Secret Prepare created in the release namespace.
 		_ = unstructured.SetNestedSlice(o.Object, []any{map[string]any{"name": product.PullSecret}}, "spec", "template", "spec", "imagePullSecrets")

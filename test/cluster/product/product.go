@@ -198,7 +198,9 @@ func (r *Release) waitWebhookAnswers(ctx context.Context) error {
 // Azure AD keeps its public name: the fake cloud's DNS answers it.
 func BaseValues(registry, tag, nodeAzureJSON, pullSecret string) map[string]any {
 	v := map[string]any{
-		"image":       map[string]any{"registry": registry, "tag": tag, "pullPolicy": "IfNotPresent"},
+		// Always: every push reuses the chart's appVersion as the tag, so a node that kept an earlier build
+		// under that tag (a cluster reused across runs) would run it with IfNotPresent; the registry is local.
+		"image": map[string]any{"registry": registry, "tag": tag, "pullPolicy": "Always"},
 		"certManager": map[string]any{"enabled": false},
 		"assigner": map[string]any{
 			"credentials":       map[string]any{"azureJSON": "hostPath", "hostPath": nodeAzureJSON},
