@@ -200,7 +200,7 @@ func BaseValues(registry, tag, nodeAzureJSON, pullSecret string) map[string]any 
 	v := map[string]any{
 		// Always: every push reuses the chart's appVersion as the tag, so a node that kept an earlier build
 		// under that tag (a cluster reused across runs) would run it with IfNotPresent; the registry is local.
-		"image": map[string]any{"registry": registry, "tag": tag, "pullPolicy": "Always"},
+		"image":       map[string]any{"registry": registry, "tag": tag, "pullPolicy": "Always"},
 		"certManager": map[string]any{"enabled": false},
 		"assigner": map[string]any{
 			"credentials":       map[string]any{"azureJSON": "hostPath", "hostPath": nodeAzureJSON},
