@@ -80,6 +80,9 @@ $(IMAGEBUILD): $(IMAGEBUILD_SRC)
 .PHONY: imagebuild
 imagebuild: $(IMAGEBUILD) ## Build bin/imagebuild (images, push, verify, signing keys).
 
+.PHONY: helm
+helm: $(BIN)/helm ## Build bin/helm from its Go module (once).
+
 # Publishing: the images as OCI image indexes (linux/amd64 + linux/arm64), signed, with SBOMs, and the chart as
 # an OCI artifact, to a registry you name and are logged in to (docs/install.md, "From your own registry").
 CHART_DIR      := charts/podidentity
