@@ -2,8 +2,9 @@
 // cloud would: the images (the binaries of `make images`) and the chart of the working tree pushed to the
 // node's registry with bin/imagebuild and bin/helm, signed and verified (publish.go); the chart installed from
 // oci:// with the pull Secret the chart documents, the node pulling every product image from the registry;
-// the assigner's azure.json on the node, the emulated Azure's CA in a ConfigMap, the emulated ARM endpoint. `make demo` and the end-to-end suite share it; a caller adds
-// its own chart values (guard mode, say) on top of the base ones.
+// the assigner's azure.json on the node, the emulated Azure's CA in a ConfigMap, the emulated ARM endpoint.
+// `make demo` and the end-to-end suite share it; a caller adds its own chart values (guard mode, say) on top of
+// the base ones.
 package product
 
 import (
