@@ -117,10 +117,16 @@ images-verify: require-registry $(IMAGEBUILD) ## Check every image in REGISTRY: 
 	$(IMAGEBUILD) verify --registry $(REGISTRY) --chart $(CHART_DIR) --key $(SIGNING_KEY).pub --arch "$(IMAGE_ARCHS)" --image "$(IMAGE_SPECS)"
 
 .PHONY: chart-push
-chart-push: require-registry $(BIN)/helm ## Package the chart and push it to oci://REGISTRY/charts/podidentity (log in with `bin/helm registry login` first).
+chart-push: require-registry $(BIN)/helm $(IMAGEBUILD) $(SIGNING_KEY) ## Package the chart, push it to oci://REGISTRY/charts/podidentity (log in with `bin/helm registry login` first) and sign it like the images.
 	@mkdir -p $(BIN)/charts
 	$(BIN)/helm package $(CHART_DIR) --destination $(BIN)/charts
 	$(BIN)/helm push $(BIN)/charts/podidentity-$(CHART_VERSION).tgz $(CHART_REPO)
+	$(IMAGEBUILD) sign --key $(SIGNING_KEY) --ref $(patsubst oci://%,%,$(CHART_REPO))/podidentity:$(CHART_VERSION)
+	$(MAKE) --no-print-directory chart-verify REGISTRY=$(REGISTRY)
+
+.PHONY: chart-verify
+chart-verify: require-registry $(IMAGEBUILD) ## Check the chart in REGISTRY is signed by $(SIGNING_KEY).pub.
+	$(IMAGEBUILD) verify-signature --key $(SIGNING_KEY).pub --ref $(patsubst oci://%,%,$(CHART_REPO))/podidentity:$(CHART_VERSION)
 
 .PHONY: release
 release: images-push chart-push ## Publish images and chart to REGISTRY (what .github/workflows/release.yaml runs on a tag).

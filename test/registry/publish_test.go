@@ -87,8 +87,7 @@ func TestPublishVerifyPull(t *testing.T) {
 	defer r.Close()
 	work := t.TempDir()
 
-	imagebuild := filepath.Join(work, "imagebuild")
-	goBuild(t, filepath.Join(root, "hack", "tools"), nil, "-o", imagebuild, "./imagebuild")
+	imagebuild := imagebuildBin(t, work)
 	archs := []string{"amd64", "arm64"}
 	for _, arch := range archs {
 		goBuild(t, root, []string{"GOOS=linux", "GOARCH=" + arch}, "-o", filepath.Join(work, "bin", "linux_"+arch)+"/", "./init/cmd/podidentity-init")
@@ -192,6 +191,14 @@ func extract(t *testing.T, rc io.ReadCloser) map[string][]byte {
 	}
 }
 
+// imagebuildBin builds imagebuild (hack/tools) into dir.
+func imagebuildBin(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "imagebuild")
+	goBuild(t, filepath.Join(testenv.RepoRoot(), "hack", "tools"), nil, "-o", bin, "./imagebuild")
+	return bin
+}
+
 // helmBin is bin/helm (`make packaging-tools` builds it from hack/tools/helm), built there when missing.
 func helmBin(t *testing.T) string {
 	t.Helper()
@@ -246,6 +253,22 @@ func TestChartFromRegistry(t *testing.T) {
 			t.Errorf("helm template from %s: no %q", chartRef, want)
 		}
 	}
+
+	// Signed as `make chart-push` does, with the same login (helm's config is a Docker config).
+	imagebuild := imagebuildBin(t, work)
+	signEnv := append(env, "DOCKER_CONFIG="+filepath.Join(work, "helm"), "SSL_CERT_FILE="+r.CAFile)
+	key := filepath.Join(work, "cosign.key")
+	mustRun(t, signEnv, imagebuild, "keygen", "--key", key)
+	ociRef := strings.TrimPrefix(chartRef, "oci://") + ":" + c.Version
+	if out, err := run(signEnv, imagebuild, "verify-signature", "--key", key+".pub", "--ref", ociRef); err == nil {
+		t.Errorf("an unsigned chart verified:\n%s", out)
+	}
+	mustRun(t, signEnv, imagebuild, "sign", "--key", key, "--ref", ociRef)
+	if out := mustRun(t, signEnv, imagebuild, "verify-signature", "--key", key+".pub", "--ref", ociRef); !strings.Contains(out, "verified "+ociRef) {
+		t.Errorf("verify-signature says:\n%s", out)
+	}
+	// helm still reads the chart with its signature beside it.
+	mustRun(t, env, helm, "show", "chart", chartRef, "--version", c.Version, "--ca-file", r.CAFile)
 
 	// Another machine without the credentials: refused.
 	if out, err := run(helmHome(filepath.Join(work, "other")), helm, "show", "chart", chartRef, "--version", c.Version, "--ca-file", r.CAFile); err == nil {

@@ -8,6 +8,8 @@
 //	    K (cosign's format), with a signed CycloneDX SBOM per platform image
 //	imagebuild verify --registry R --chart charts/podidentity --key K.pub --image name:uid[:extra]...
 //	    checks all of that against the public key
+//	imagebuild sign --key K --ref R / imagebuild verify-signature --key K.pub --ref R
+//	    signs, or checks the signature of, any OCI artifact (the chart that `make chart-push` pushes)
 //	imagebuild keygen --key K
 //	    makes a signing key pair: K (private, PKCS#8 PEM, encrypted when COSIGN_PASSWORD is set) and K.pub
 //	imagebuild public-key --key K
@@ -67,10 +69,14 @@ func main() {
 		err = keygenCmd(args)
 	case "public-key":
 		err = publicKeyCmd(args)
+	case "sign":
+		err = signCmd(ctx, args)
+	case "verify-signature":
+		err = verifySignatureCmd(ctx, args)
 	case "ca-bundle":
 		_, err = os.Stdout.Write(cabundle.PEM())
 	default:
-		err = fmt.Errorf("unknown command %q: want push, verify, keygen, public-key, ca-bundle, or flags for a tarball (--help)", cmd)
+		err = fmt.Errorf("unknown command %q: want push, verify, sign, verify-signature, keygen, public-key, ca-bundle, or flags for a tarball (--help)", cmd)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -294,4 +300,56 @@ func publicKeyCmd(args []string) error {
 		return err
 	}
 	return os.WriteFile(*key+".pub", pub, 0o644)
+}
+
+func signCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("imagebuild sign", flag.ContinueOnError)
+	ref := fs.String("ref", "", "what to sign, e.g. ghcr.io/you/podidentity/charts/podidentity:0.1.0 (required)")
+	key := fs.String("key", "", "signing key (PEM; its password in COSIGN_PASSWORD) (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *ref == "" || *key == "" {
+		return errors.New("--ref and --key are required")
+	}
+	priv, err := os.ReadFile(*key)
+	if err != nil {
+		return err
+	}
+	signer, err := cosign.LoadSigner(priv, []byte(os.Getenv("COSIGN_PASSWORD")))
+	if err != nil {
+		return err
+	}
+	d, err := release.SignArtifact(ctx, *ref, signer, remoteOptions()...)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("signed %s (%s)\n", *ref, d.DigestStr())
+	return nil
+}
+
+func verifySignatureCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("imagebuild verify-signature", flag.ContinueOnError)
+	ref := fs.String("ref", "", "what to check (required)")
+	key := fs.String("key", "", "public key (PEM) (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *ref == "" || *key == "" {
+		return errors.New("--ref and --key are required")
+	}
+	pub, err := os.ReadFile(*key)
+	if err != nil {
+		return err
+	}
+	verifier, err := cosign.LoadVerifier(pub)
+	if err != nil {
+		return err
+	}
+	d, err := release.VerifyArtifact(ctx, *ref, verifier, remoteOptions()...)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("verified %s (%s): signed by %s\n", *ref, d.DigestStr(), *key)
+	return nil
 }

@@ -416,3 +416,40 @@ func sortedKeys[V any](m map[string]V) []string {
 	sort.Strings(keys)
 	return keys
 }
+
+// SignArtifact signs what ref names (an image, an index, or any OCI artifact such as a helm chart) in
+// cosign's format, and returns its digest.
+func SignArtifact(ctx context.Context, ref string, signer signature.Signer, ropts ...remote.Option) (name.Digest, error) {
+	d, err := resolve(ctx, ref, ropts)
+	if err != nil {
+		return name.Digest{}, err
+	}
+	return d, sign(signer, d, append([]remote.Option{remote.WithContext(ctx)}, ropts...))
+}
+
+// VerifyArtifact says why what ref names carries no signature by verifier's key (nil when it does), and
+// returns its digest.
+func VerifyArtifact(ctx context.Context, ref string, verifier signature.Verifier, ropts ...remote.Option) (name.Digest, error) {
+	d, err := resolve(ctx, ref, ropts)
+	if err != nil {
+		return name.Digest{}, err
+	}
+	h, err := v1.NewHash(d.DigestStr())
+	if err != nil {
+		return name.Digest{}, err
+	}
+	return d, verifySignature(d.Repository, h, verifier, append([]remote.Option{remote.WithContext(ctx)}, ropts...))
+}
+
+// resolve is the digest of what ref names in its registry.
+func resolve(ctx context.Context, ref string, ropts []remote.Option) (name.Digest, error) {
+	r, err := name.ParseReference(ref, name.StrictValidation)
+	if err != nil {
+		return name.Digest{}, fmt.Errorf("%q: %w", ref, err)
+	}
+	desc, err := remote.Head(r, append([]remote.Option{remote.WithContext(ctx)}, ropts...)...)
+	if err != nil {
+		return name.Digest{}, fmt.Errorf("%s: %w", ref, err)
+	}
+	return r.Context().Digest(desc.Digest.String()), nil
+}

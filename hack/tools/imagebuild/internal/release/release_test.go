@@ -248,3 +248,45 @@ func TestPushRefusesABinaryOfAnotherArchitecture(t *testing.T) {
 		t.Errorf("push with an amd64 binary as arm64: %v", err)
 	}
 }
+
+func TestSignAndVerifyAnArtifact(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	ref := host + "/podidentity/charts/podidentity:0.1.0"
+	// Any artifact: here a one-layer image standing for a helm chart.
+	chart, err := cosign.SBOMImage([]byte("chart"), "application/vnd.cncf.helm.chart.content.v1.tar+gzip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, _ := name.NewTag(ref)
+	if err := remote.Write(tag, chart); err != nil {
+		t.Fatal(err)
+	}
+	priv, pub, _ := cosign.GenerateKeyPair(nil)
+	_, otherPub, _ := cosign.GenerateKeyPair(nil)
+	signer, _ := cosign.LoadSigner(priv, nil)
+	verifier, _ := cosign.LoadVerifier(pub)
+	otherVerifier, _ := cosign.LoadVerifier(otherPub)
+	ctx := context.Background()
+	if _, err := VerifyArtifact(ctx, ref, verifier); err == nil || !strings.Contains(err.Error(), "no signature") {
+		t.Errorf("an unsigned artifact: %v", err)
+	}
+	d, err := SignArtifact(ctx, ref, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := chart.Digest()
+	if d.DigestStr() != want.String() {
+		t.Errorf("signed %s, want %s", d.DigestStr(), want)
+	}
+	if _, err := VerifyArtifact(ctx, ref, verifier); err != nil {
+		t.Errorf("a signed artifact: %v", err)
+	}
+	if _, err := VerifyArtifact(ctx, ref, otherVerifier); err == nil {
+		t.Error("verified with another key")
+	}
+	if _, err := SignArtifact(ctx, host+"/podidentity/charts/missing:0.1.0", signer); err == nil {
+		t.Error("signed an artifact that does not exist")
+	}
+}
