@@ -30,7 +30,7 @@ const RegistryPath = "podidentity"
 
 // publish pushes the product as `make release` does, for this machine's architecture only: the images from
 // bin/images/linux_<arch> (signed with a key of the cluster's state directory, with SBOMs) then verified, and
-// the chart packaged and pushed. It sets r.Registry, r.Tag, r.Images, r.Chart and r.ChartVersion.
+// the chart packaged, pushed, signed and verified. It sets r.Registry, r.Tag, r.Images, r.Chart and r.ChartVersion.
 func (r *Release) publish(ctx context.Context) error {
 	c, root := r.cluster, r.opts.RepoDir
 	chartDir := filepath.Join(root, "charts", "podidentity")
@@ -63,7 +63,14 @@ func (r *Release) publish(ctx context.Context) error {
 	if err := r.run(ctx, helm, "package", chartDir, "--destination", pkgDir); err != nil {
 		return err
 	}
-	return r.run(ctx, helm, "push", filepath.Join(pkgDir, "podidentity-"+version+".tgz"), "oci://"+r.Registry+"/charts", "--ca-file", c.ClusterCA())
+	if err := r.run(ctx, helm, "push", filepath.Join(pkgDir, "podidentity-"+version+".tgz"), "oci://"+r.Registry+"/charts", "--ca-file", c.ClusterCA()); err != nil {
+		return err
+	}
+	chartRef := strings.TrimPrefix(r.Chart, "oci://") + ":" + version
+	if err := r.run(ctx, imagebuild, "sign", "--key", key, "--ref", chartRef); err != nil {
+		return err
+	}
+	return r.run(ctx, imagebuild, "verify-signature", "--key", key+".pub", "--ref", chartRef)
 }
 
 // helmEnv keeps helm's files in HelmHome and reads the registry's credentials from the cluster's Docker
