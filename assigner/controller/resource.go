@@ -74,19 +74,33 @@ func (s *resourceState) wrote(key, status, why string) {
 func (s *resourceState) alreadyWrote(key, status, why string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w, ok := s.recent[key]
-	return ok && w.status == status && w.why == why
+	return writes(s.recent).has(key, status, why)
 }
 
-// recentKeys lists the objects with recorded writes.
-func (s *resourceState) recentKeys() []string {
+// pruned drops the recorded writes that the cache (have, by namespace/name) now shows or that are older than
+// recentWriteTTL, and returns a copy of the others.
+func (s *resourceState) pruned(have map[string]*aadv1.AzureAssignedIdentity, now time.Time) writes {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	keys := make([]string, 0, len(s.recent))
 	for k := range s.recent {
 		keys = append(keys, k)
 	}
-	return keys
+	s.mu.Unlock()
+	for _, k := range keys {
+		s.forgetSeen(k, have[k], now)
+	}
+	return s.snapshot()
+}
+
+// snapshot copies the recorded writes.
+func (s *resourceState) snapshot() writes {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(writes, len(s.recent))
+	for k, w := range s.recent {
+		out[k] = w
+	}
+	return out
 }
 
 // forgetSeen drops recorded writes that the cache now shows (obj as cached, nil when absent) or that are
@@ -295,9 +309,7 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	if requeueSoon && (result.RequeueAfter == 0 || result.RequeueAfter > r.opts.Debounce) {
-		result.RequeueAfter = max(r.opts.Debounce, 10*time.Millisecond)
-	}
+	result.RequeueAfter = requeueAfter(result.RequeueAfter, requeueSoon, r.opts.Debounce)
 	return result, nil
 }
 
@@ -470,74 +482,37 @@ func (r *resourceReconciler) syncObjects(ctx context.Context, s *resourceState, 
 		have[existing[i].Namespace+"/"+existing[i].Name] = &existing[i]
 		objects = append(objects, &existing[i])
 	}
-	now := time.Now()
-	for _, k := range s.recentKeys() {
-		s.forgetSeen(k, have[k], now)
-	}
-	var mu sync.Mutex // guards objects and requeue below
-	requeue := false
-	keys := make([]string, 0, len(want.Assignments))
-	var missing, ready []desired.Assignment
-	for k, a := range want.Assignments {
-		switch {
-		case have[k] != nil:
-			keys = append(keys, k)
-		case s.forgetSeen(k, nil, now):
-			// Created by this worker moments ago; the cache will show it (and its creation event bring
-			// the resource back) soon.
-		case a.NeedsARM && !r.opts.Managed:
-			missing = append(missing, a)
-		default:
-			ready = append(ready, a)
-		}
-	}
-	sort.Strings(keys)
+	plan := planObjects(want, have, s.pruned(have, time.Now()), r.opts.Managed)
 	// Kubernetes writes of one resource go out in parallel: a scale set with hundreds of pods should not
 	// spend its time in sequential round trips.
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(objectWriters)
-	for _, k := range keys {
-		a := want.Assignments[k]
-		obj := have[k]
+	for _, obj := range plan.release {
+		g.Go(func() error { return r.removeFinalizer(gctx, obj) })
+	}
+	for _, u := range plan.update {
 		g.Go(func() error {
-			switch {
-			case obj.DeletionTimestamp != nil:
-				// Someone deleted an assignment that is still wanted: let it go and create it afresh.
-				if err := r.removeFinalizer(gctx, obj); err != nil {
-					return err
-				}
-				mu.Lock()
-				requeue = true
-				mu.Unlock()
-			case obj.Spec.NodeName != a.NodeName || obj.Spec.AzureIdentityRef == nil ||
-				obj.Spec.AzureIdentityRef.Spec.ResourceID != a.Identity.Spec.ResourceID ||
-				obj.Spec.AzureIdentityRef.Spec.ClientID != a.Identity.Spec.ClientID ||
-				obj.Spec.AzureBindingRef == nil || obj.Spec.AzureBindingRef.Name != a.Binding.Name:
-				patch := ctrl.MergeFrom(obj.DeepCopy())
-				obj.Spec = a.Object().Spec
-				if err := r.c.Patch(gctx, obj, patch); err != nil {
-					return fmt.Errorf("updating AzureAssignedIdentity %s: %w", k, err)
-				}
+			patch := ctrl.MergeFrom(u.obj.DeepCopy())
+			u.obj.Spec = u.a.Object().Spec
+			if err := r.c.Patch(gctx, u.obj, patch); err != nil {
+				return fmt.Errorf("updating AzureAssignedIdentity %s: %w", u.a.Key(), err)
 			}
 			return nil
 		})
 	}
-	for k, obj := range have {
-		if _, ok := want.Assignments[k]; ok || obj.Status.Status == aadv1.AssignedIDUnassigned || s.alreadyWrote(k, aadv1.AssignedIDUnassigned, "") {
-			continue
-		}
+	for _, obj := range plan.unassign {
 		g.Go(func() error { return r.setStatus(gctx, s, obj, aadv1.AssignedIDUnassigned, notice{}) })
 	}
 	if err := g.Wait(); err != nil {
 		return nil, nil, false, err
 	}
-	created, _, requeue, err := r.createObjects(ctx, s, ready, requeue, func(desired.Assignment) (string, notice) {
+	created, _, requeue, err := r.createObjects(ctx, s, plan.ready, plan.requeue(), func(desired.Assignment) (string, notice) {
 		return aadv1.AssignedIDAssigned, notice{}
 	})
 	if err != nil {
 		return nil, nil, false, err
 	}
-	return append(objects, created...), missing, requeue, nil
+	return append(objects, created...), plan.missing, requeue, nil
 }
 
 // announcement is a reason newly written to an assignment's object: the pod and the AzureIdentity get a
@@ -762,51 +737,18 @@ func (r *resourceReconciler) subGate(sub string) subGate {
 // why one is not, and lets Unassigned ones go once nothing of theirs is left to detach. It returns the
 // wanted assignments whose identity is not attached, by reason, and the reasons it newly wrote.
 func (r *resourceReconciler) syncStatuses(ctx context.Context, want desired.State, existing []*aadv1.AzureAssignedIdentity, s *resourceState, view armView) (map[string]int, []announcement, error) {
-	pending := pendingRemovals(view)
-	tally := map[string]int{}
-	var mu sync.Mutex // guards announced
-	var announced []announcement
+	plan := planStatuses(want, existing, s.snapshot(), view, r.opts.Managed)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(objectWriters)
-	for _, obj := range existing {
-		k := obj.Namespace + "/" + obj.Name
-		a, wanted := want.Assignments[k]
-		if wanted && obj.DeletionTimestamp == nil {
-			status, why, sure := assignmentStatus(a, view)
-			if !sure && obj.Status.Status == aadv1.AssignedIDAssigned {
-				continue // ARM's state is unknown this pass: keep what was last known
-			}
-			if status != aadv1.AssignedIDAssigned && why.Reason != "" {
-				tally[why.Reason]++
-			}
-			if (obj.Status.Status != status || obj.Annotations[desired.ErrorAnnotation] != why.Message) && !s.alreadyWrote(k, status, why.Message) {
-				if why.Message != "" && why.Message != obj.Annotations[desired.ErrorAnnotation] {
-					mu.Lock()
-					announced = append(announced, announcement{a, why})
-					mu.Unlock()
-				}
-				g.Go(func() error { return r.setStatus(gctx, s, obj, status, why) })
-			}
-			continue
-		}
-		if wanted {
-			continue // being recreated (syncObjects)
-		}
-		// Not wanted: done once its identity is not waiting to be detached.
-		idKey := ""
-		if obj.Spec.AzureIdentityRef != nil && obj.Spec.AzureIdentityRef.Spec.Type == aadv1.UserAssignedMSI {
-			idKey = strings.ToLower(obj.Spec.AzureIdentityRef.Spec.ResourceID)
-		}
-		if idKey != "" && !r.opts.Managed && (pending == nil || pending[idKey]) {
-			continue
-		}
-		if s.alreadyWrote(k, deletedByUs, "") {
-			continue // deleted moments ago; the cache is behind
-		}
+	for _, w := range plan.set {
+		g.Go(func() error { return r.setStatus(gctx, s, w.obj, w.status, w.why) })
+	}
+	for _, obj := range plan.release {
 		g.Go(func() error {
 			if err := r.removeFinalizer(gctx, obj); err != nil {
 				return err
 			}
+			k := obj.Namespace + "/" + obj.Name
 			if obj.DeletionTimestamp == nil {
 				if err := r.c.Delete(gctx, obj); err != nil && !apierrors.IsNotFound(err) {
 					return fmt.Errorf("deleting AzureAssignedIdentity %s: %w", k, err)
@@ -818,7 +760,7 @@ func (r *resourceReconciler) syncStatuses(ctx context.Context, want desired.Stat
 		})
 	}
 	err := g.Wait()
-	return tally, announced, err
+	return plan.unattached, plan.announce, err
 }
 
 // setNotice writes why (or its absence) into the object's annotations.
@@ -891,18 +833,12 @@ func (r *resourceReconciler) setWaiting(key string, v armView) {
 	if r.waiting == nil {
 		r.waiting, r.isolated = map[string]string{}, map[string]map[string]int{}
 	}
-	if v.problem != nil && v.problem.Reason != "" {
-		r.waiting[key] = v.problem.Reason
+	if reason := waitingReason(v); reason != "" {
+		r.waiting[key] = reason
 	} else {
 		delete(r.waiting, key)
 	}
-	iso := map[string]int{}
-	for k, i := range v.isolated {
-		// Only identities a pod still waits for: one refused for a pod that is gone is nobody's problem.
-		if _, wanted := v.goal.Want[k]; wanted && !i.detach {
-			iso[i.notice.Reason]++
-		}
-	}
+	iso := isolatedByReason(v)
 	if len(iso) == 0 {
 		delete(r.isolated, key)
 	} else {
