@@ -100,14 +100,15 @@ func startAssignerProcess(t *testing.T, name, caFile string, args ...string) *as
 	}
 	go func() { p.done <- p.cmd.Wait() }()
 	t.Cleanup(func() {
+		var exit error // how it ended: stopped by the test (stop checks that), or killed here
 		select {
-		case <-p.done:
+		case exit = <-p.done:
 		default:
 			_ = p.cmd.Process.Kill()
-			<-p.done
+			exit = <-p.done
 		}
 		if t.Failed() || os.Getenv("ASSIGNER_TEST_LOGS") != "" {
-			t.Logf("assigner %s output:\n%s", name, p.out.String())
+			t.Logf("assigner %s output (exit: %v):\n%s", name, exit, p.out.String())
 		}
 	})
 	return p

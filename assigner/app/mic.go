@@ -108,7 +108,7 @@ func (m *micWatch) read(ctx context.Context, now time.Time) error {
 		if raw := ep.Annotations[resourcelock.LeaderElectionRecordAnnotationKey]; raw != "" {
 			var rec resourcelock.LeaderElectionRecord
 			if err := json.Unmarshal([]byte(raw), &rec); err != nil {
-				return fmt.Errorf("AAD Pod Identity's MIC leader record on Endpoints %s is not readable (%v): if MIC is uninstalled, delete that Endpoints object", key, err)
+				return fmt.Errorf("AAD Pod Identity's MIC leader record on Endpoints %s is not readable (%w): if MIC is uninstalled, delete that Endpoints object", key, err)
 			}
 			recs = append(recs, &rec)
 		}

@@ -82,7 +82,7 @@ func TestMICWatch(t *testing.T) {
 			AcquireTime: metav1.NewTime(renewed.Add(-time.Hour)), RenewTime: metav1.NewTime(renewed)})
 		return map[string]string{resourcelock.LeaderElectionRecordAnnotationKey: string(b)}
 	}
-	ep := &corev1.Endpoints{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "aad-pod-identity-mic", Annotations: record("mic-5c8d-x7", time.Now())}} //nolint:staticcheck
+	ep := &corev1.Endpoints{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "aad-pod-identity-mic", Annotations: record("mic-5c8d-x7", time.Now())}} //nolint:staticcheck // MIC keeps its leader record on an Endpoints object, deprecated since Kubernetes v1.33
 	if err := c.Create(ctx, ep); err != nil {
 		t.Fatal(err)
 	}

@@ -107,7 +107,7 @@ func TestAssignAndDetach(t *testing.T) {
 	eventually(t, 10*time.Second, "p1's assignment gone", func() error {
 		st, err := assignedStates(c)
 		if _, ok := st["apps/p1-apps-a"]; ok || err != nil {
-			return fmt.Errorf("still there (%v)", err)
+			return fmt.Errorf("still there (%w)", err)
 		}
 		return nil
 	})
@@ -300,7 +300,7 @@ func TestBindingChangeUpdatesAnnotation(t *testing.T) {
 	eventually(t, 10*time.Second, "annotation lists the new binding's identity", func() error {
 		ids, _, err := annotation("injected")
 		if err != nil || names(ids) != "first" || ids[0].ResourceID != uami("first") {
-			return fmt.Errorf("identities %+v (%v)", ids, err)
+			return fmt.Errorf("identities %+v (%w)", ids, err)
 		}
 		return nil
 	})
@@ -311,7 +311,7 @@ func TestBindingChangeUpdatesAnnotation(t *testing.T) {
 	eventually(t, 10*time.Second, "annotation follows the binding", func() error {
 		ids, _, err := annotation("injected")
 		if err != nil || names(ids) != "second" {
-			return fmt.Errorf("identities %+v (%v)", ids, err)
+			return fmt.Errorf("identities %+v (%w)", ids, err)
 		}
 		return nil
 	})
@@ -348,7 +348,7 @@ func TestManagedModeAndVanishedResource(t *testing.T) {
 	eventually(t, 10*time.Second, "assignment created", func() error {
 		st, err := assignedStates(c)
 		if err != nil || st["apps/q-apps-a"] == "" {
-			return fmt.Errorf("states %v (%v)", st, err)
+			return fmt.Errorf("states %v (%w)", st, err)
 		}
 		return nil
 	})

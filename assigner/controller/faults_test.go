@@ -53,7 +53,7 @@ func TestHeadOfLine(t *testing.T) {
 	eventually(t, 10*time.Second, "fast scale set assigned", func() error {
 		st, err := assignedStates(c)
 		if err != nil || st["apps/on-fast-apps-a"] != aadv1.AssignedIDAssigned {
-			return fmt.Errorf("states %v (%v)", st, err)
+			return fmt.Errorf("states %v (%w)", st, err)
 		}
 		return nil
 	})

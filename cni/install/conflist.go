@@ -191,7 +191,7 @@ type pluginHead struct {
 func singlePlugin(name string, data []byte) (pluginHead, error) {
 	var conf pluginHead
 	if err := json.Unmarshal(data, &conf); err != nil {
-		return conf, fmt.Errorf("%s is not valid JSON (%v): the runtime cannot load it either; fix or replace the node's CNI configuration", name, err)
+		return conf, fmt.Errorf("%s is not valid JSON (%w): the runtime cannot load it either; fix or replace the node's CNI configuration", name, err)
 	}
 	if conf.Type == "" {
 		return conf, fmt.Errorf(`%s has no "type": containerd refuses it (a list of plugins belongs in a .conflist file); fix the node's CNI configuration`, name)
@@ -262,7 +262,7 @@ func scan(name string, data []byte) (*document, error) {
 	if !json.Valid(data) {
 		var v any
 		err := json.Unmarshal(data, &v)
-		return nil, fmt.Errorf("%s is not valid JSON (%v): the runtime cannot load it either; fix or replace the node's CNI configuration", name, err)
+		return nil, fmt.Errorf("%s is not valid JSON (%w): the runtime cannot load it either; fix or replace the node's CNI configuration", name, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if tok, _ := dec.Token(); tok != json.Delim('{') {

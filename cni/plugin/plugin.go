@@ -83,7 +83,7 @@ type K8sArgs struct {
 func ParseArgs(s string) (args K8sArgs, ok bool, err error) {
 	args.IgnoreUnknown = true
 	if err := types.LoadArgs(s, &args); err != nil {
-		return K8sArgs{}, false, fmt.Errorf("CNI_ARGS %q cannot be parsed (%v): the runtime must pass K=V pairs separated by ';'", s, err)
+		return K8sArgs{}, false, fmt.Errorf("CNI_ARGS %q cannot be parsed (%w): the runtime must pass K=V pairs separated by ';'", s, err)
 	}
 	switch {
 	case args.K8S_POD_NAMESPACE == "" && args.K8S_POD_NAME == "":
@@ -292,7 +292,7 @@ func (p *Plugin) check(netnsPath string, d imdspolicy.Decision, conf *pluginconf
 	}
 	ns, err := openNetns(netnsPath)
 	if ns == nil {
-		return fail(CauseNetns, types.ErrInvalidNetNS, fmt.Errorf("the pod's network namespace %q cannot be opened (%v)", netnsPath, err))
+		return fail(CauseNetns, types.ErrInvalidNetNS, fmt.Errorf("the pod's network namespace %q cannot be opened (%w)", netnsPath, err))
 	}
 	defer ns.Close()
 	k, err := redirect.NewKernel(int(ns.Fd()))

@@ -60,10 +60,10 @@ type Config struct {
 func Parse(stdin []byte) (*Config, error) {
 	var c Config
 	if err := json.Unmarshal(stdin, &c); err != nil {
-		return nil, fmt.Errorf("the plugin configuration is not valid JSON (%v): fix the podidentity-cni entry of the node's CNI conflist", err)
+		return nil, fmt.Errorf("the plugin configuration is not valid JSON (%w): fix the podidentity-cni entry of the node's CNI conflist", err)
 	}
 	if err := version.ParsePrevResult(&c.PluginConf); err != nil {
-		return nil, fmt.Errorf("the prevResult the runtime passed cannot be parsed (%v): the primary CNI plugin's result is not valid for cniVersion %q", err, c.CNIVersion)
+		return nil, fmt.Errorf("the prevResult the runtime passed cannot be parsed (%w): the primary CNI plugin's result is not valid for cniVersion %q", err, c.CNIVersion)
 	}
 	if err := c.Settings.Validate(); err != nil {
 		return nil, err

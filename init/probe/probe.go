@@ -75,7 +75,7 @@ func redirected(l net.Listener, cfg Config) error {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(cfg.Timeout))
 	if _, err := c.Write(nonce); err != nil {
-		return fmt.Errorf("the redirect is missing: writing to %s: %v", cfg.IMDS, err)
+		return fmt.Errorf("the redirect is missing: writing to %s: %w", cfg.IMDS, err)
 	}
 	select {
 	case b := <-got:

@@ -250,8 +250,9 @@ func TestExplain(t *testing.T) {
 				t.Errorf("%q does not start with the stage %q", got, tc.at)
 			}
 			for _, reason := range []error{ErrNoNetAdmin, ErrNoNfnetlink, ErrNoNfTables} {
-				if errors.Is(got, reason) != (reason == tc.reason) {
-					t.Errorf("errors.Is(%v, %v) = %v", got, reason, !(reason == tc.reason))
+				want := errors.Is(reason, tc.reason) // the case's own sentinel (nil: none)
+				if errors.Is(got, reason) != want {
+					t.Errorf("errors.Is(%v, %v) = %v", got, reason, !want)
 				}
 			}
 		})

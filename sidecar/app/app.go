@@ -93,7 +93,7 @@ func (c *Config) Validate() error {
 	}
 	host, _, err := net.SplitHostPort(c.ListenAddress)
 	if err != nil {
-		return fmt.Errorf("--listen-address %q: %v (use host:port, e.g. 127.0.0.1:%d)", c.ListenAddress, err, defaults.SidecarPort)
+		return fmt.Errorf("--listen-address %q: %w (use host:port, e.g. 127.0.0.1:%d)", c.ListenAddress, err, defaults.SidecarPort)
 	}
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
 		return fmt.Errorf("--listen-address %q is not a loopback address: tokens must only be served inside the pod (use 127.0.0.1:%d)", c.ListenAddress, defaults.SidecarPort)

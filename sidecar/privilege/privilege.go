@@ -83,7 +83,7 @@ func RedirectConfig(imdsEndpoint, listenAddress string) (redirect.Config, error)
 
 	host, port, err := net.SplitHostPort(listenAddress)
 	if err != nil {
-		return redirect.Config{}, fmt.Errorf("--listen-address %q: %v (use 127.0.0.1:%d)", listenAddress, err, defaults.SidecarPort)
+		return redirect.Config{}, fmt.Errorf("--listen-address %q: %w (use 127.0.0.1:%d)", listenAddress, err, defaults.SidecarPort)
 	}
 	// The redirect DNATs to 127.0.0.1: a sidecar listening anywhere else would never see the apps' requests.
 	if host != "127.0.0.1" && host != "localhost" {
@@ -162,7 +162,7 @@ func ParseStatus(b []byte) (Status, error) {
 			continue
 		}
 		if err != nil {
-			return Status{}, fmt.Errorf("/proc status field %s: %q: %v", key, value, err)
+			return Status{}, fmt.Errorf("/proc status field %s: %q: %w", key, value, err)
 		}
 		seen[key] = true
 	}

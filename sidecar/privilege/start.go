@@ -102,7 +102,7 @@ func sidecarAdvice(err error) error {
 	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
-		return fmt.Errorf("%w (netlink: %v)", ErrNoNetAdmin, errno)
+		return fmt.Errorf("%w (netlink: %w)", ErrNoNetAdmin, errno)
 	}
 	return ErrNoNetAdmin
 }
@@ -187,7 +187,7 @@ func ownStatus() (Status, error) {
 func verify(uid, gid uint32) error {
 	statuses, err := filepath.Glob("/proc/self/task/*/status")
 	if err != nil || len(statuses) == 0 {
-		return fmt.Errorf("checking the dropped privileges: no /proc/self/task/*/status (%v); the sidecar needs /proc mounted", err)
+		return fmt.Errorf("checking the dropped privileges: no /proc/self/task/*/status (%w); the sidecar needs /proc mounted", err)
 	}
 	for _, path := range statuses {
 		b, err := os.ReadFile(path)
@@ -207,7 +207,7 @@ func verify(uid, gid uint32) error {
 		}
 	}
 	if d, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0); err != nil || d != 0 {
-		return fmt.Errorf("the sidecar is still dumpable (%d, %v) after prctl(PR_SET_DUMPABLE, 0); it refuses to serve so", d, err)
+		return fmt.Errorf("the sidecar is still dumpable (%d, %w) after prctl(PR_SET_DUMPABLE, 0); it refuses to serve so", d, err)
 	}
 	return nil
 }

@@ -152,13 +152,17 @@ func TestRefreshIsNotRetriedEveryRequest(t *testing.T) {
 			t.Fatalf("in refresh window with a failing upstream: hit=%v err=%v, want the cached token", hit, err)
 		}
 	}
-	<-refreshed
+	if err := <-refreshed; err == nil {
+		t.Fatal("the background refresh against a failing upstream reported no error")
+	}
 	if got := f.calls.Load(); got != 2 {
 		t.Fatalf("upstream calls = %d, want 2 (one background refresh per retry interval)", got)
 	}
 	clock.Add(31 * time.Second)
 	_, _, _ = c.Get(ctx, web, "r", false)
-	<-refreshed
+	if err := <-refreshed; err == nil {
+		t.Fatal("the second background refresh against a failing upstream reported no error")
+	}
 	if got := f.calls.Load(); got != 3 {
 		t.Fatalf("upstream calls = %d after the retry interval, want 3", got)
 	}

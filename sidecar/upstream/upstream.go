@@ -215,7 +215,7 @@ func (c *Client) parse(body []byte, clientID, resource string) (tokens.Token, er
 		ClientID    string          `json:"client_id"`
 	}
 	if err := json.Unmarshal(body, &r); err != nil {
-		return tokens.Token{}, fmt.Errorf("IMDS answered 200 with a body that is not a token: %v", err)
+		return tokens.Token{}, fmt.Errorf("IMDS answered 200 with a body that is not a token: %w", err)
 	}
 	if r.AccessToken == "" {
 		return tokens.Token{}, errors.New("IMDS answered 200 without an access_token")

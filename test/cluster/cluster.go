@@ -164,7 +164,7 @@ func (c *Cluster) startLocked(ctx context.Context) error {
 			err = fmt.Errorf("%w\n\nlogs (all in %s, kept):\n%s", err, c.logDir(), c.LogTails(15))
 			// Nothing half-started may keep the host's addresses: stop what did start.
 			if terr := teardown(opts); terr != nil {
-				return fmt.Errorf("%w\n\nand stopping what had started: %v", err, terr)
+				return fmt.Errorf("%w\n\nand stopping what had started: %w", err, terr)
 			}
 			_ = os.Remove(ownerFile)
 			return err

@@ -251,7 +251,9 @@ func TestStartFailureNamesComponent(t *testing.T) {
 	opts := Options{StateDir: filepath.Join(Options{}.withDefaults().RepoDir, "bin", "cluster-fail-test"), Log: testWriter{t}, ReadyTimeout: time.Millisecond}
 	c, err := Start(ctx, opts)
 	if err == nil {
-		c.Stop()
+		if err := c.Stop(); err != nil {
+			t.Errorf("stopping the cluster: %v", err)
+		}
 		t.Fatal("Start succeeded with a 1ms readiness timeout")
 	}
 	// The first component whose first check fails is named (a fast one can pass its first check).

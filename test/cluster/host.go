@@ -79,7 +79,7 @@ func setUpHost(log io.Writer) error {
 			continue
 		}
 		if out, err := run("ip", "addr", "add", a, "dev", "lo"); err != nil {
-			return fmt.Errorf("adding %s to lo: %v: %s", a, err, out)
+			return fmt.Errorf("adding %s to lo: %w: %s", a, err, out)
 		}
 		fmt.Fprintf(log, "cluster: added %s to lo\n", a)
 	}

@@ -230,10 +230,10 @@ func (c *Cluster) waitFor(ctx context.Context, name string, check func(context.C
 			return nil
 		}
 		if err := componentAlive(c.opts.StateDir, name); err != nil {
-			return fmt.Errorf("%s exited before it was ready (see %s): %v", name, filepath.Join(c.logDir(), name+".log"), last)
+			return fmt.Errorf("%s exited before it was ready (see %s): %w", name, filepath.Join(c.logDir(), name+".log"), last)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not become ready within %s (see %s): %v", name, c.opts.ReadyTimeout, filepath.Join(c.logDir(), name+".log"), last)
+			return fmt.Errorf("%s did not become ready within %s (see %s): %w", name, c.opts.ReadyTimeout, filepath.Join(c.logDir(), name+".log"), last)
 		}
 		select {
 		case <-ctx.Done():

@@ -465,7 +465,7 @@ func (e *env) waitAttached(t *testing.T, clientID string, want bool, timeout tim
 func nftTables(ctx context.Context, pid int) (string, error) {
 	out, err := exec.CommandContext(ctx, "nsenter", "-t", fmt.Sprint(pid), "-n", "nft", "list", "tables").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("nsenter -t %d -n nft list tables: %v: %s", pid, err, out)
+		return "", fmt.Errorf("nsenter -t %d -n nft list tables: %w: %s", pid, err, out)
 	}
 	return string(out), nil
 }
@@ -474,7 +474,7 @@ func nftTables(ctx context.Context, pid int) (string, error) {
 func nftChains(ctx context.Context, pid int) (string, error) {
 	out, err := exec.CommandContext(ctx, "nsenter", "-t", fmt.Sprint(pid), "-n", "nft", "list", "table", "inet", "podidentity").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("nsenter -t %d -n nft list table inet podidentity: %v: %s", pid, err, out)
+		return "", fmt.Errorf("nsenter -t %d -n nft list table inet podidentity: %w: %s", pid, err, out)
 	}
 	return string(out), nil
 }

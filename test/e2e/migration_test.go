@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -667,7 +668,7 @@ func (m *rehearsal) applyFile(ctx context.Context, t *testing.T, path string, se
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
 	for {
 		var o map[string]any
-		if err := dec.Decode(&o); err == io.EOF {
+		if err := dec.Decode(&o); errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
 			t.Fatalf("%s: %v", path, err)
@@ -680,7 +681,7 @@ func (m *rehearsal) applyFile(ctx context.Context, t *testing.T, path string, se
 			f(u)
 		}
 		if serverSide {
-			err = m.c.Patch(ctx, u, client.Apply, client.ForceOwnership, client.FieldOwner("kubectl"))
+			err = m.c.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.ForceOwnership, client.FieldOwner("kubectl"))
 		} else {
 			err = m.c.Create(ctx, u)
 		}

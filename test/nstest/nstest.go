@@ -6,6 +6,7 @@ package nstest
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -90,7 +91,8 @@ func Cmd(t testing.TB, argv ...string) string {
 	out, err := exec.Command(argv[0], argv[1:]...).Output()
 	if err != nil {
 		stderr := ""
-		if ee, ok := err.(*exec.ExitError); ok {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
 			stderr = string(ee.Stderr)
 		}
 		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, stderr)

@@ -248,7 +248,7 @@ func (r resourceFlags) parse(container string) (corev1.ResourceRequirements, err
 	for k, v := range q {
 		p, err := resource.ParseQuantity(v)
 		if err != nil {
-			return corev1.ResourceRequirements{}, fmt.Errorf("--%s-%s=%q is not a quantity (e.g. 10m, 64Mi): %v", container, k, v, err)
+			return corev1.ResourceRequirements{}, fmt.Errorf("--%s-%s=%q is not a quantity (e.g. 10m, 64Mi): %w", container, k, v, err)
 		}
 		parsed[k] = p
 	}

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -66,14 +65,14 @@ func buildBinaries() (string, error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return "", err
 	}
-	goTool, err := exec.LookPath("go")
+	goTool, err := exec.LookPath("go") // go test puts its own toolchain first on PATH
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		return "", err
 	}
 	build := exec.Command(goTool, "build", "-trimpath", "-o", filepath.Join(dir, "podidentity-init"), ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building podidentity-init: %v\n%s", err, out)
+		return "", fmt.Errorf("building podidentity-init: %w\n%s", err, out)
 	}
 	self, err := os.Executable()
 	if err != nil {

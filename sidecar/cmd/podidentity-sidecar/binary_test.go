@@ -74,7 +74,7 @@ func sidecarBinary(t *testing.T) string {
 		cmd := exec.Command("go", "build", "-trimpath", "-o", built, ".")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build (CGO_ENABLED=0): %v\n%s", err, out)
+			buildErr = fmt.Errorf("go build (CGO_ENABLED=0): %w\n%s", err, out)
 		}
 	})
 	if buildErr != nil {

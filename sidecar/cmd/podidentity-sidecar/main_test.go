@@ -136,7 +136,7 @@ func getToken(addr, resource string) (string, error) {
 		AccessToken string `json:"access_token"`
 	}
 	if err := json.Unmarshal(body, &answer); err != nil || answer.AccessToken == "" {
-		return "", fmt.Errorf("token for %s: answer %s (%v)", resource, body, err)
+		return "", fmt.Errorf("token for %s: answer %s (%w)", resource, body, err)
 	}
 	return answer.AccessToken, nil
 }

@@ -72,12 +72,13 @@ func workDir() (root, dir string, unlock func(), err error) {
 	return root, dir, func() { f.Close() }, nil
 }
 
-// goTool is the go command that builds the Go client: the one on PATH, else the running toolchain's.
+// goTool is the go command that builds the Go client: the one on PATH (go test puts its toolchain's first;
+// make and go run find go there too). Without one, running it fails naming "go".
 func goTool() string {
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
+	return "go"
 }
 
 // BuildGoClientImage builds the Go client as a static binary and writes its image to outTar; it returns the

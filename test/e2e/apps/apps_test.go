@@ -154,7 +154,7 @@ func extract(t *testing.T, img v1.Image) string {
 	tr := tar.NewReader(rc)
 	for {
 		h, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return root
 		}
 		if err != nil {

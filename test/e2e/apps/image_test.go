@@ -3,6 +3,7 @@ package apps
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -59,7 +60,7 @@ func readTar(t *testing.T, b []byte) []tarItem {
 	tr := tar.NewReader(bytes.NewReader(b))
 	for {
 		h, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return items
 		}
 		if err != nil {
