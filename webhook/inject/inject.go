@@ -229,7 +229,7 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	}
 
 	// Before ours are inserted, while the user containers keep their indices.
-	patch := dropNetRaw(pod)
+	p := dropNetRaw(pod)
 	sidecar := in.sidecarJSON
 	if len(secretVols) > 0 || federated {
 		sidecar = mustJSON(SidecarContainer(s, secretVols, federated))
@@ -238,19 +238,9 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	if s.Native {
 		ours = append(ours, sidecar)
 	}
-	if len(pod.Spec.InitContainers) == 0 {
-		patch = append(patch, op("add", "/spec/initContainers", jsonList(ours)))
-	} else {
-		for i, c := range ours {
-			patch = append(patch, op("add", fmt.Sprintf("/spec/initContainers/%d", i), c))
-		}
-	}
+	p.prependTo("/spec/initContainers", len(pod.Spec.InitContainers), ours)
 	if !s.Native {
-		if len(pod.Spec.Containers) == 0 {
-			patch = append(patch, op("add", "/spec/containers", jsonList([]json.RawMessage{sidecar})))
-		} else {
-			patch = append(patch, op("add", "/spec/containers/-", sidecar))
-		}
+		appendTo(&p, "/spec/containers", len(pod.Spec.Containers), []json.RawMessage{sidecar})
 	}
 	vols := []json.RawMessage{in.volumeJSON}
 	for _, v := range Volumes(secretVols, federated)[1:] {
@@ -259,17 +249,11 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	if s.SidecarCABundleConfigMap != "" {
 		vols = append(vols, mustJSON(CABundleVolume(s.SidecarCABundleConfigMap)))
 	}
-	if len(pod.Spec.Volumes) == 0 {
-		patch = append(patch, op("add", "/spec/volumes", jsonList(vols)))
-	} else {
-		for _, v := range vols {
-			patch = append(patch, op("add", "/spec/volumes/-", v))
-		}
-	}
-	patch = append(patch, placement...)
-	patch = append(patch, pullSecretsPatch(pod, s.ImagePullSecrets)...)
-	patch = append(patch, annotationsPatch(pod, shape, ownAnnotations(ids, security))...)
-	return Decision{Action: ActionInject, Warnings: warnings, Patch: patch, Identities: nonNil(ids), Unresolved: unresolved, SecurityWarnings: security, NotServed: notServed}
+	appendTo(&p, "/spec/volumes", len(pod.Spec.Volumes), vols)
+	p = append(p, placement...)
+	p = append(p, pullSecretsPatch(pod, s.ImagePullSecrets)...)
+	p.annotations(pod, shape, ownAnnotations(ids, security))
+	return Decision{Action: ActionInject, Warnings: warnings, Patch: p, Identities: nonNil(ids), Unresolved: unresolved, SecurityWarnings: security, NotServed: notServed}
 }
 
 // ownAnnotations are the values of the annotations only the webhook sets, for an injected pod: "" removes one.
@@ -382,54 +366,15 @@ func readPod(raw []byte) (*corev1.Pod, podShape, error) {
 	return pod, podShape{hasMetadata: v.Metadata != nil}, nil
 }
 
-// annotationsPatch sets the annotations in want (removing those whose value is ""), leaving what already
-// matches untouched. JSON patch cannot add below a missing member, so a missing metadata or annotations
-// object is added whole.
-func annotationsPatch(pod *corev1.Pod, shape podShape, want map[string]string) []jsonpatch.JsonPatchOperation {
-	keys := make([]string, 0, len(want))
-	for k := range want {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	set := map[string]string{}
-	var remove []string
-	for _, k := range keys {
-		cur, ok := pod.Annotations[k]
-		switch v := want[k]; {
-		case v == "" && ok:
-			remove = append(remove, k)
-		case v != "" && (!ok || cur != v):
-			set[k] = v
-		}
-	}
-	switch {
-	case len(set) == 0 && len(remove) == 0:
-		return nil
-	case !shape.hasMetadata:
-		return []jsonpatch.JsonPatchOperation{op("add", "/metadata", map[string]any{"annotations": set})}
-	case len(pod.Annotations) == 0:
-		return []jsonpatch.JsonPatchOperation{op("add", "/metadata/annotations", set)}
-	}
-	var ops []jsonpatch.JsonPatchOperation
-	for _, k := range keys {
-		if v, ok := set[k]; ok {
-			// add replaces an existing member: a value the user forged is overwritten.
-			ops = append(ops, op("add", "/metadata/annotations/"+escape(k), v))
-		}
-	}
-	for _, k := range remove {
-		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "remove", Path: "/metadata/annotations/" + escape(k)})
-	}
-	return ops
-}
-
 // skipped admits the pod without injection. Every skip happens in an opted-in namespace and leaves the pod
 // able to reach the node's IMDS directly, so it is a security warning, recorded in the pod's annotation; an
 // identities annotation the pod carries is removed: on a pod the webhook did not inject, it is a claim nobody
 // checked.
 func skipped(pod *corev1.Pod, shape podShape, r Reason, msg string) Decision {
 	d := Decision{Action: ActionSkip, Reason: r, Message: msg, Warnings: []string{"podidentity: " + msg}, SecurityWarnings: []Reason{r}}
-	d.Patch = annotationsPatch(pod, shape, map[string]string{defaults.IdentitiesAnnotation: "", defaults.SecurityWarningsAnnotation: string(r)})
+	var p patch
+	p.annotations(pod, shape, map[string]string{defaults.IdentitiesAnnotation: "", defaults.SecurityWarningsAnnotation: string(r)})
+	d.Patch = p
 	if _, forged := pod.Annotations[defaults.IdentitiesAnnotation]; forged {
 		d.Warnings = append(d.Warnings, "podidentity: removed annotation "+defaults.IdentitiesAnnotation+": only the webhook sets it")
 	}
@@ -442,7 +387,9 @@ func fenced(pod *corev1.Pod, shape podShape, r Reason, msg string) Decision {
 	d := skipped(pod, shape, r, msg)
 	d.SecurityWarnings = nil
 	d.Warnings = d.Warnings[1:] // the admission warning is for pods left open; the Event and log keep the reason
-	d.Patch = annotationsPatch(pod, shape, map[string]string{defaults.IdentitiesAnnotation: "", defaults.SecurityWarningsAnnotation: ""})
+	var p patch
+	p.annotations(pod, shape, map[string]string{defaults.IdentitiesAnnotation: "", defaults.SecurityWarningsAnnotation: ""})
+	d.Patch = p
 	return d
 }
 
@@ -676,7 +623,7 @@ func reinvoked(raw []byte, pod *corev1.Pod, inj injection, ids []binding.Identit
 		return deny(ReasonTampered, "the pod carries a podidentity-sidecar init container without restartPolicy: Always; remove podidentity-init and podidentity-sidecar from the pod spec and let the webhook inject them")
 	}
 	// User containers first, at their current indices (another webhook may have added some).
-	patch := dropNetRaw(pod)
+	p := dropNetRaw(pod)
 	// Another webhook may have put its init containers before ours: move ours back to the front, so that
 	// nothing runs before the redirect. Moved containers are copied raw, so no field of theirs is lost.
 	initIdx, sideIdx := inj.initIndex, inj.sidecarIndex
@@ -690,26 +637,19 @@ func reinvoked(raw []byte, pod *corev1.Pod, inj injection, ids []binding.Identit
 			return deny(ReasonInvalidPod, "podidentity webhook: cannot read spec.initContainers to reorder them; fix the manifest")
 		}
 		spec := doc.Spec
-		move := func(from, to int) {
-			patch = append(patch,
-				jsonpatch.JsonPatchOperation{Operation: "remove", Path: fmt.Sprintf("/spec/initContainers/%d", from)},
-				op("add", fmt.Sprintf("/spec/initContainers/%d", to), spec.InitContainers[from]))
-		}
 		rawSidecar := sideIdx
 		if initIdx != 0 {
-			move(initIdx, 0)
+			p.move("/spec/initContainers", initIdx, 0, spec.InitContainers[initIdx])
 			if inj.sidecarInit && sideIdx < initIdx {
 				sideIdx++
 			}
 		}
 		if inj.sidecarInit && sideIdx != 1 {
-			patch = append(patch,
-				jsonpatch.JsonPatchOperation{Operation: "remove", Path: fmt.Sprintf("/spec/initContainers/%d", sideIdx)},
-				op("add", "/spec/initContainers/1", spec.InitContainers[rawSidecar]))
+			p.move("/spec/initContainers", sideIdx, 1, spec.InitContainers[rawSidecar])
 		}
 	}
-	patch = append(patch, annotationsPatch(pod, podShape{hasMetadata: true}, ownAnnotations(ids, security))...)
-	return Decision{Action: ActionUnchanged, Warnings: warnings, Patch: patch, Identities: nonNil(ids)}
+	p.annotations(pod, podShape{hasMetadata: true}, ownAnnotations(ids, security))
+	return Decision{Action: ActionUnchanged, Warnings: warnings, Patch: p, Identities: nonNil(ids)}
 }
 
 // sameSecurity compares what decides whether a container is the real one: image, command, arguments,
@@ -728,31 +668,6 @@ func mustJSON(v any) json.RawMessage {
 		panic(err) // API types of our own making: cannot fail
 	}
 	return b
-}
-
-func jsonList(items []json.RawMessage) json.RawMessage {
-	n := 2
-	for _, it := range items {
-		n += len(it) + 1
-	}
-	out := make([]byte, 0, n)
-	out = append(out, '[')
-	for i, it := range items {
-		if i > 0 {
-			out = append(out, ',')
-		}
-		out = append(out, it...)
-	}
-	return append(out, ']')
-}
-
-func op(operation, path string, value any) jsonpatch.JsonPatchOperation {
-	return jsonpatch.JsonPatchOperation{Operation: operation, Path: path, Value: value}
-}
-
-// escape encodes a JSON pointer token (RFC 6901).
-func escape(s string) string {
-	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
 }
 
 func nonNil(ids []binding.Identity) []binding.Identity {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 
-	jsonpatch "gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -15,37 +14,37 @@ import (
 // allows them); a container that asks for it explicitly is refused instead (checkContainer). The operations
 // use the containers' indices in the pod as the API server sent it, so they must come before any operation
 // that inserts or moves containers.
-func dropNetRaw(pod *corev1.Pod) []jsonpatch.JsonPatchOperation {
-	var ops []jsonpatch.JsonPatchOperation
+func dropNetRaw(pod *corev1.Pod) patch {
+	var p patch
 	for _, list := range []struct {
 		path string
 		cs   []corev1.Container
 	}{{"/spec/initContainers", pod.Spec.InitContainers}, {"/spec/containers", pod.Spec.Containers}} {
 		for i := range list.cs {
 			if c := &list.cs[i]; !isOurs(c.Name) {
-				ops = append(ops, dropNetRawOps(fmt.Sprintf("%s/%d", list.path, i), c.SecurityContext)...)
+				p.dropNetRaw(fmt.Sprintf("%s/%d", list.path, i), c.SecurityContext)
 			}
 		}
 	}
-	return ops
+	return p
 }
 
-// dropNetRawOps is the operation that makes the container at path drop NET_RAW, adding whichever of
-// securityContext, capabilities and drop is missing (JSON patch cannot add below a missing member); nil when
+// dropNetRaw adds the operation that makes the container at path drop NET_RAW, adding whichever of
+// securityContext, capabilities and drop is missing (JSON patch cannot add below a missing member); none when
 // it drops NET_RAW or ALL already.
-func dropNetRawOps(path string, sc *corev1.SecurityContext) []jsonpatch.JsonPatchOperation {
+func (p *patch) dropNetRaw(path string, sc *corev1.SecurityContext) {
 	netRaw := []corev1.Capability{"NET_RAW"}
 	switch {
 	case sc == nil:
-		return []jsonpatch.JsonPatchOperation{op("add", path+"/securityContext", map[string]any{"capabilities": map[string]any{"drop": netRaw}})}
+		p.add(path+"/securityContext", map[string]any{"capabilities": map[string]any{"drop": netRaw}})
 	case sc.Capabilities == nil:
-		return []jsonpatch.JsonPatchOperation{op("add", path+"/securityContext/capabilities", map[string]any{"drop": netRaw})}
+		p.add(path+"/securityContext/capabilities", map[string]any{"drop": netRaw})
 	case dropsNetRaw(sc.Capabilities.Drop):
-		return nil
 	case sc.Capabilities.Drop == nil:
-		return []jsonpatch.JsonPatchOperation{op("add", path+"/securityContext/capabilities/drop", netRaw)}
+		p.add(path+"/securityContext/capabilities/drop", netRaw)
+	default:
+		p.add(path+"/securityContext/capabilities/drop/-", "NET_RAW")
 	}
-	return []jsonpatch.JsonPatchOperation{op("add", path+"/securityContext/capabilities/drop/-", "NET_RAW")}
 }
 
 func dropsNetRaw(drop []corev1.Capability) bool {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 
-	jsonpatch "gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -63,21 +62,18 @@ func ParsePlacement(label, taint string) (*Placement, error) {
 // the pool label (ANDed with whatever affinity the pod has) and a toleration for the pool taint. It adds only
 // what is missing, so a reinvocation changes nothing; a nodeSelector for another value of the pool label
 // cannot be satisfied together with ours and is refused.
-func placementPatch(pod *corev1.Pod, p *Placement) ([]jsonpatch.JsonPatchOperation, *Decision) {
+func placementPatch(pod *corev1.Pod, p *Placement) (patch, *Decision) {
 	if p == nil || binding.Selector(pod) == "" {
 		return nil, nil
 	}
-	var patch []jsonpatch.JsonPatchOperation
+	var out patch
 	switch cur, ok := pod.Spec.NodeSelector[p.LabelKey]; {
 	case ok && cur != p.LabelValue:
 		d := deny(ReasonPoolConflict, fmt.Sprintf("guard mode keeps user-assigned identities on the identity pool (nodes labelled %s=%s), but the pod's nodeSelector asks for %s=%s; remove that nodeSelector entry or the %s label",
 			p.LabelKey, p.LabelValue, p.LabelKey, cur, aadv1.PodLabelBinding))
 		return nil, &d
-	case ok:
-	case len(pod.Spec.NodeSelector) == 0:
-		patch = append(patch, op("add", "/spec/nodeSelector", map[string]string{p.LabelKey: p.LabelValue}))
-	default:
-		patch = append(patch, op("add", "/spec/nodeSelector/"+escape(p.LabelKey), p.LabelValue))
+	case !ok:
+		out.setKey("/spec/nodeSelector", len(pod.Spec.NodeSelector), p.LabelKey, p.LabelValue)
 	}
 	want := p.Toleration()
 	for _, t := range pod.Spec.Tolerations {
@@ -86,13 +82,9 @@ func placementPatch(pod *corev1.Pod, p *Placement) ([]jsonpatch.JsonPatchOperati
 			op = corev1.TolerationOpEqual
 		}
 		if t.Key == want.Key && op == want.Operator && t.Value == want.Value && t.Effect == want.Effect {
-			return patch, nil
+			return out, nil
 		}
 	}
-	if len(pod.Spec.Tolerations) == 0 {
-		patch = append(patch, op("add", "/spec/tolerations", []corev1.Toleration{want}))
-	} else {
-		patch = append(patch, op("add", "/spec/tolerations/-", want))
-	}
-	return patch, nil
+	appendTo(&out, "/spec/tolerations", len(pod.Spec.Tolerations), []corev1.Toleration{want})
+	return out, nil
 }

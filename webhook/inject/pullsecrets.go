@@ -3,7 +3,6 @@ package inject
 import (
 	"slices"
 
-	jsonpatch "gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -13,7 +12,7 @@ import (
 // account's already (the API server's ServiceAccount admission copies them before any webhook runs, and only
 // into a pod that has none), so adding ours then loses nothing. A reinvocation finds ours present and adds
 // nothing.
-func pullSecretsPatch(pod *corev1.Pod, want []string) []jsonpatch.JsonPatchOperation {
+func pullSecretsPatch(pod *corev1.Pod, want []string) patch {
 	var missing []corev1.LocalObjectReference
 	for _, name := range want {
 		listed := func(r corev1.LocalObjectReference) bool { return r.Name == name }
@@ -22,16 +21,10 @@ func pullSecretsPatch(pod *corev1.Pod, want []string) []jsonpatch.JsonPatchOpera
 		}
 		missing = append(missing, corev1.LocalObjectReference{Name: name})
 	}
-	switch {
-	case len(missing) == 0:
+	if len(missing) == 0 {
 		return nil
-	case len(pod.Spec.ImagePullSecrets) == 0:
-		// JSON patch cannot append to a missing (or null) list: add it whole.
-		return []jsonpatch.JsonPatchOperation{op("add", "/spec/imagePullSecrets", missing)}
 	}
-	patch := make([]jsonpatch.JsonPatchOperation, 0, len(missing))
-	for _, r := range missing {
-		patch = append(patch, op("add", "/spec/imagePullSecrets/-", r))
-	}
-	return patch
+	var p patch
+	appendTo(&p, "/spec/imagePullSecrets", len(pod.Spec.ImagePullSecrets), missing)
+	return p
 }

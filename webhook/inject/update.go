@@ -73,7 +73,7 @@ func EphemeralDecision(oldRaw, newRaw []byte, s Settings) (Reason, string, []str
 			existing[ec.Name] = true
 		}
 	}
-	var patch []jsonpatch.JsonPatchOperation
+	var p patch
 	for i := range pod.Spec.EphemeralContainers {
 		ec := &pod.Spec.EphemeralContainers[i]
 		c := corev1.Container{Name: ec.Name, SecurityContext: ec.SecurityContext, VolumeMounts: ec.VolumeMounts}
@@ -81,7 +81,7 @@ func EphemeralDecision(oldRaw, newRaw []byte, s Settings) (Reason, string, []str
 			return d.Reason, d.Message, nil, nil, nil
 		}
 		if !existing[ec.Name] {
-			patch = append(patch, dropNetRawOps(fmt.Sprintf("/spec/ephemeralContainers/%d", i), ec.SecurityContext)...)
+			p.dropNetRaw(fmt.Sprintf("/spec/ephemeralContainers/%d", i), ec.SecurityContext)
 		}
 	}
 	// Only the ephemeral containers: the others were checked when the pod was created.
@@ -90,5 +90,5 @@ func EphemeralDecision(oldRaw, newRaw []byte, s Settings) (Reason, string, []str
 	if denied {
 		return d.Reason, d.Message, nil, nil, nil
 	}
-	return "", "", warnings, patch, nil
+	return "", "", warnings, p, nil
 }
