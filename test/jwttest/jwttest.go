@@ -18,10 +18,10 @@ func DecodeInto(token string, v any) error {
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
 	if err != nil {
-		return fmt.Errorf("JWT payload: %w", err)
+		return fmt.Errorf("JWT payload is not base64url: %w", err)
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
-		return fmt.Errorf("JWT payload: %w", err)
+		return fmt.Errorf("JWT payload is not a JSON object: %w", err)
 	}
 	return nil
 }

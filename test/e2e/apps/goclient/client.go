@@ -2,13 +2,14 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/podidentity/podidentity/test/jwttest"
 )
 
 // Modes of the client, chosen with the MODE environment variable.
@@ -131,17 +132,9 @@ type Line struct {
 // Claims decodes a JWT's payload without verifying it: the client reports what the token says, and the test
 // that reads the line decides whether that is right.
 func Claims(jwt string) (map[string]any, error) {
-	parts := strings.Split(jwt, ".")
-	if len(parts) != 3 {
-		return nil, fmt.Errorf("token is not a JWT: %d dot-separated parts, want 3", len(parts))
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
-	if err != nil {
-		return nil, fmt.Errorf("token payload is not base64url: %w", err)
-	}
 	var claims map[string]any
-	if err := json.Unmarshal(payload, &claims); err != nil {
-		return nil, fmt.Errorf("token payload is not a JSON object: %w", err)
+	if err := jwttest.DecodeInto(jwt, &claims); err != nil {
+		return nil, err
 	}
 	return claims, nil
 }
