@@ -140,7 +140,7 @@ test: lint verify-generate envtest-bins envtest-oldest packaging-tools cluster-b
 	@$(MAKE) --no-print-directory test-oldest
 	cd hack/tools && $(GO) test -count=1 ./imagebuild/...
 
-# The packages whose tests start a control plane (internal/testenv's Start, or StartIssuer): the integration suites.
+# The packages whose tests start a control plane (test/testenv's Start, or StartIssuer): the integration suites.
 ENVTEST_CALL := testenv.Start
 ENVTEST_PKGS = $(shell git grep -lF '$(ENVTEST_CALL)' -- '*_test.go' | xargs -n1 dirname | sort -u | sed 's|^|./|')
 

@@ -24,9 +24,9 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/defaults"
-	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/test/wait"
 )
 

@@ -27,7 +27,7 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/defaults"
-	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/test/wait"
 	"github.com/podidentity/podidentity/webhook/config"
 	"github.com/podidentity/podidentity/webhook/server"

@@ -26,9 +26,9 @@ import (
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/defaults"
-	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/promtest"
+	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/test/wait"
 )
 

@@ -25,9 +25,9 @@ import (
 	"github.com/podidentity/podidentity/internal/defaults"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
-	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/nstest"
 	"github.com/podidentity/podidentity/test/promtest"
+	"github.com/podidentity/podidentity/test/testenv"
 )
 
 const (

@@ -21,9 +21,9 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/jwttest"
+	"github.com/podidentity/podidentity/test/testenv"
 )
 
 const (

@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/testenv"
 )
 
 // readManifests splits a multi-document YAML file into objects.

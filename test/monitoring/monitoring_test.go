@@ -17,8 +17,8 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/promtest"
+	"github.com/podidentity/podidentity/test/testenv"
 )
 
 var root = testenv.RepoRoot()

@@ -24,7 +24,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/testenv"
 )
 
 // startAPIServer starts the real kube-apiserver with the project's CRDs and cert-manager's own.

@@ -24,7 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/podidentity/podidentity/internal/defaults"
-	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/test/wait"
 	"github.com/podidentity/podidentity/webhook/certs"
 	"github.com/podidentity/podidentity/webhook/config"

@@ -14,7 +14,7 @@ import (
 	"github.com/go-logr/logr"
 	ctrl "sigs.k8s.io/controller-runtime"
 
-	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files and the chart's copy of the CRDs")

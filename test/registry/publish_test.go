@@ -19,7 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"sigs.k8s.io/yaml"
 
-	"github.com/podidentity/podidentity/internal/testenv"
+	"github.com/podidentity/podidentity/test/testenv"
 )
 
 // The product's publishing path against a real registry with authentication: `imagebuild push` (what `make

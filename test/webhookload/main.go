@@ -41,8 +41,8 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/defaults"
-	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/pki"
+	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/webhook/config"
 	"github.com/podidentity/podidentity/webhook/server"
 )

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/pki"
+	"github.com/podidentity/podidentity/test/testenv"
 )
 
 // TestFederatedAppThroughTheAdminAPI: the local cluster's way to use workload identity federation. The fake

@@ -10,8 +10,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/cluster"
+	"github.com/podidentity/podidentity/test/testenv"
 )
 
 // TestBaseValuesRender renders the chart with the base values (helm template, strict schema) and checks the

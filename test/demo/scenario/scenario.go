@@ -28,11 +28,11 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/defaults"
-	"github.com/podidentity/podidentity/internal/testenv"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/product"
 	"github.com/podidentity/podidentity/test/e2e/apps"
+	"github.com/podidentity/podidentity/test/testenv"
 )
 
 // Names the demo creates.
