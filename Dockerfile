@@ -26,7 +26,7 @@ COPY --from=build /out/podidentity-assigner /podidentity-assigner
 USER 65532:65532
 ENTRYPOINT ["/podidentity-assigner"]
 
-# The sidecar's uid is the one uid the init container exempts from the redirect (internal/defaults.SidecarUID).
+# The sidecar's uid is the one uid the init container exempts from the redirect (internal/contract.SidecarUID).
 FROM gcr.io/distroless/static-debian12:nonroot AS sidecar
 COPY --from=build /out/podidentity-sidecar /podidentity-sidecar
 USER 15078:15078

@@ -40,7 +40,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/podaudit"
 	"github.com/podidentity/podidentity/assigner/upgrade"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/version"
 )
@@ -148,7 +148,7 @@ func ParseFlags(args []string) (Flags, error) {
 	}
 	if errs := validation.IsQualifiedName(f.Guard.InjectionLabel); len(errs) > 0 {
 		err := fmt.Errorf("--namespace-injection-label %q is not a label key (%s): give the label the webhook's namespaceSelector uses, by default %s",
-			f.Guard.InjectionLabel, strings.Join(errs, "; "), defaults.NamespaceInjectionLabel)
+			f.Guard.InjectionLabel, strings.Join(errs, "; "), contract.NamespaceInjectionLabel)
 		fmt.Fprintln(fs.Output(), err)
 		return Flags{}, err
 	}
@@ -161,7 +161,7 @@ func bindGuardFlags(fs *flag.FlagSet, g *GuardFlags) {
 		g.Pool = p
 		return err
 	})
-	fs.StringVar(&g.InjectionLabel, "namespace-injection-label", defaults.NamespaceInjectionLabel, "namespace label (value enabled) that opts namespaces in to injection, as in the webhook's namespaceSelector: identities are attached only for pods the webhook injected in such namespaces (see --attach-uninjected-pods), and guard mode's audit uses it too")
+	fs.StringVar(&g.InjectionLabel, "namespace-injection-label", contract.NamespaceInjectionLabel, "namespace label (value enabled) that opts namespaces in to injection, as in the webhook's namespaceSelector: identities are attached only for pods the webhook injected in such namespaces (see --attach-uninjected-pods), and guard mode's audit uses it too")
 	g.TrustedNamespaces = []string{"kube-system"}
 	fs.Func("guard-trusted-namespaces", "guard mode: comma-separated namespaces whose un-injected pods may run on the identity pool (system DaemonSets) (default kube-system)", func(v string) error {
 		l, err := guard.ParseNamespaces(v)

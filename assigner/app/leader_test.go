@@ -23,7 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/testenv"
@@ -158,7 +158,7 @@ func TestLeaderElectionHandOver(t *testing.T) {
 	for _, o := range []client.Object{
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "pool1-0"}, Spec: corev1.NodeSpec{ProviderID: "azure://" + ss1 + "/virtualMachines/0"}},
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "pool2-0"}, Spec: corev1.NodeSpec{ProviderID: "azure://" + ss2 + "/virtualMachines/0"}},
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}},
 	} {
 		if err := c.Create(ctx, o); err != nil {
 			t.Fatal(err)
@@ -294,7 +294,7 @@ func uamiID(name string) string {
 func testPod(name, node, selector string) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: name, Labels: map[string]string{aadv1.PodLabelBinding: selector},
-			Annotations: map[string]string{defaults.IdentitiesAnnotation: "[]"}},
+			Annotations: map[string]string{contract.IdentitiesAnnotation: "[]"}},
 		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app", Image: "app"}}},
 	}
 }

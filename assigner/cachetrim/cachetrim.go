@@ -18,7 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // LastAppliedAnnotation is kubectl's copy of the whole applied manifest: as big as the spec, and never read.
@@ -73,7 +73,7 @@ func Pod(p *corev1.Pod) *corev1.Pod {
 			out.Spec.Volumes = append(out.Spec.Volumes, corev1.Volume{Name: v.Name,
 				VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: v.Secret.SecretName}}})
 		}
-		if v.Name == defaults.FederatedTokenVolumeName && v.Projected != nil {
+		if v.Name == contract.FederatedTokenVolumeName && v.Projected != nil {
 			// Only its service account token's audience: whether the sidecar can serve federated identities.
 			var sources []corev1.VolumeProjection
 			for _, src := range v.Projected.Sources {

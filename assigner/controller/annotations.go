@@ -21,7 +21,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // annotationReconciler keeps podidentity.io/identities current on pods that carry it (the webhook put it
@@ -45,7 +45,7 @@ type podLoss struct {
 }
 
 func hasIdentitiesAnnotation(o client.Object) bool {
-	_, ok := o.GetAnnotations()[defaults.IdentitiesAnnotation]
+	_, ok := o.GetAnnotations()[contract.IdentitiesAnnotation]
 	return ok
 }
 
@@ -83,7 +83,7 @@ func (a *annotationReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	current, ok := pod.Annotations[defaults.IdentitiesAnnotation]
+	current, ok := pod.Annotations[contract.IdentitiesAnnotation]
 	if !ok || pod.DeletionTimestamp != nil {
 		a.forget(req.String())
 		return reconcile.Result{}, nil
@@ -122,12 +122,12 @@ func (a *annotationReconciler) Reconcile(ctx context.Context, req reconcile.Requ
 		return result, nil
 	}
 	patch := client.MergeFrom(pod.DeepCopy())
-	pod.Annotations[defaults.IdentitiesAnnotation] = want
+	pod.Annotations[contract.IdentitiesAnnotation] = want
 	if err := a.c.Patch(ctx, &pod, patch); err != nil {
 		if apierrors.IsNotFound(err) {
 			return reconcile.Result{}, nil
 		}
-		return reconcile.Result{}, fmt.Errorf("updating annotation %s of pod %s: %w", defaults.IdentitiesAnnotation, req, err)
+		return reconcile.Result{}, fmt.Errorf("updating annotation %s of pod %s: %w", contract.IdentitiesAnnotation, req, err)
 	}
 	a.metrics.annotationUpdates.Inc()
 	ctrl.LoggerFrom(ctx).Info("pod identities annotation updated", "identities", len(ids), "keptForGrace", len(keep))

@@ -18,7 +18,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/testenv"
 )
@@ -512,7 +512,7 @@ func TestDeleteAndRecreateIdentity(t *testing.T) {
 					if err := c.Get(ctx, client.ObjectKey{Namespace: "apps", Name: pod}, &p); err != nil {
 						return err
 					}
-					if v := p.Annotations[defaults.IdentitiesAnnotation]; v != "[]" {
+					if v := p.Annotations[contract.IdentitiesAnnotation]; v != "[]" {
 						return fmt.Errorf("annotation %s", v)
 					}
 					return nil
@@ -552,7 +552,7 @@ func watchAnnotation(t *testing.T, env *testenv.Env, ns, name string) func() []s
 		for ev := range w.ResultChan() {
 			if p, ok := ev.Object.(*corev1.Pod); ok {
 				mu.Lock()
-				seen = append(seen, p.Annotations[defaults.IdentitiesAnnotation])
+				seen = append(seen, p.Annotations[contract.IdentitiesAnnotation])
 				mu.Unlock()
 			}
 		}

@@ -16,7 +16,7 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/promtest"
 )
@@ -277,7 +277,7 @@ func TestBindingChangeUpdatesAnnotation(t *testing.T) {
 	mkIdentity(t, c, "apps", "first", uami("first"))
 	mkIdentity(t, c, "apps", "second", uami("second"))
 	startAssigner(t, env, armClient(srv), testOptions())
-	mkPod(t, c, "apps", "injected", "n0", "app", map[string]string{defaults.IdentitiesAnnotation: "[]"})
+	mkPod(t, c, "apps", "injected", "n0", "app", map[string]string{contract.IdentitiesAnnotation: "[]"})
 	mkUninjectedPod(t, c, "apps", "plain", "n0", "app", nil) // not injected: left alone
 
 	annotation := func(name string) ([]binding.Identity, bool, error) {
@@ -285,7 +285,7 @@ func TestBindingChangeUpdatesAnnotation(t *testing.T) {
 		if err := c.Get(ctx, client.ObjectKey{Namespace: "apps", Name: name}, &p); err != nil {
 			return nil, false, err
 		}
-		v, ok := p.Annotations[defaults.IdentitiesAnnotation]
+		v, ok := p.Annotations[contract.IdentitiesAnnotation]
 		ids, err := binding.Decode(v)
 		return ids, ok, err
 	}
@@ -386,9 +386,9 @@ func TestAnnotationListsOnlyServableIdentities(t *testing.T) {
 	startAssigner(t, env, armClient(srv), testOptions())
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "p", Labels: map[string]string{aadv1.PodLabelBinding: "app"},
-			Annotations: map[string]string{defaults.IdentitiesAnnotation: "[]"}},
+			Annotations: map[string]string{contract.IdentitiesAnnotation: "[]"}},
 		Spec: corev1.PodSpec{NodeName: "n0", Containers: []corev1.Container{{Name: "app", Image: "app"}},
-			Volumes: []corev1.Volume{{Name: defaults.SecretVolumePrefix + "mounted", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "mounted-secret"}}}}},
+			Volumes: []corev1.Volume{{Name: contract.SecretVolumePrefix + "mounted", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "mounted-secret"}}}}},
 	}
 	if err := c.Create(ctx, pod); err != nil {
 		t.Fatal(err)
@@ -401,7 +401,7 @@ func TestAnnotationListsOnlyServableIdentities(t *testing.T) {
 		if err := c.Get(ctx, client.ObjectKeyFromObject(pod), &p); err != nil {
 			return err
 		}
-		ids, err := binding.Decode(p.Annotations[defaults.IdentitiesAnnotation])
+		ids, err := binding.Decode(p.Annotations[contract.IdentitiesAnnotation])
 		if err != nil {
 			return err
 		}

@@ -12,7 +12,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 )
 
@@ -34,10 +34,10 @@ func mkFederatedPod(t testing.TB, c client.Client, ns, name, node, selector stri
 	t.Helper()
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{aadv1.PodLabelBinding: selector},
-			Annotations: map[string]string{defaults.IdentitiesAnnotation: webhookAnnotation(t, c, ns, selector)}},
+			Annotations: map[string]string{contract.IdentitiesAnnotation: webhookAnnotation(t, c, ns, selector)}},
 		Spec: corev1.PodSpec{NodeName: node, ServiceAccountName: "default", Containers: []corev1.Container{{Name: "app", Image: "app"}},
-			Volumes: []corev1.Volume{{Name: defaults.FederatedTokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
-				Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: defaults.FederatedAudience, Path: defaults.FederatedTokenFile}}}}}}}},
+			Volumes: []corev1.Volume{{Name: contract.FederatedTokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+				Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: contract.FederatedAudience, Path: contract.FederatedTokenFile}}}}}}}},
 	}
 	if err := c.Create(context.Background(), p); err != nil {
 		t.Fatal(err)
@@ -49,7 +49,7 @@ func annotationOf(c client.Client, ns, name string) ([]binding.Identity, error) 
 	if err := c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &p); err != nil {
 		return nil, err
 	}
-	return binding.Decode(p.Annotations[defaults.IdentitiesAnnotation])
+	return binding.Decode(p.Annotations[contract.IdentitiesAnnotation])
 }
 
 func identityNames(ids []binding.Identity) string {

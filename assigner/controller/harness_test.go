@@ -29,7 +29,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/cachetrim"
 	"github.com/podidentity/podidentity/assigner/podaudit"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/test/wait"
@@ -163,7 +163,7 @@ func instanceOf(ss string, i int) string { return fmt.Sprintf("azure://%s/virtua
 // webhook injected there).
 func mkNamespace(t testing.TB, c client.Client, name string) {
 	t.Helper()
-	mkNamespaceLabels(t, c, name, map[string]string{defaults.NamespaceInjectionLabel: "enabled"})
+	mkNamespaceLabels(t, c, name, map[string]string{contract.NamespaceInjectionLabel: "enabled"})
 }
 
 func mkNamespaceLabels(t testing.TB, c client.Client, name string, labels map[string]string) {
@@ -198,8 +198,8 @@ func mkBinding(t testing.TB, c client.Client, ns, name, identity, selector strin
 // not run here, nor do its containers matter to the assigner.
 func mkPod(t testing.TB, c client.Client, ns, name, node, selector string, annotations map[string]string) *corev1.Pod {
 	t.Helper()
-	if _, ok := annotations[defaults.IdentitiesAnnotation]; !ok {
-		all := map[string]string{defaults.IdentitiesAnnotation: webhookAnnotation(t, c, ns, selector)}
+	if _, ok := annotations[contract.IdentitiesAnnotation]; !ok {
+		all := map[string]string{contract.IdentitiesAnnotation: webhookAnnotation(t, c, ns, selector)}
 		for k, v := range annotations {
 			all[k] = v
 		}

@@ -16,7 +16,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/podaudit"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/promtest"
 )
@@ -95,7 +95,7 @@ func setNamespaceLabel(t testing.TB, c client.Client, ns string, value *string) 
 	if value != nil {
 		v = fmt.Sprintf("%q", *value)
 	}
-	patch := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"metadata":{"labels":{%q:%s}}}`, defaults.NamespaceInjectionLabel, v))
+	patch := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"metadata":{"labels":{%q:%s}}}`, contract.NamespaceInjectionLabel, v))
 	if err := c.Patch(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, patch); err != nil {
 		t.Fatal(err)
 	}
@@ -255,8 +255,8 @@ func TestSecurityWarningsReported(t *testing.T) {
 		t.Fatal("guard mode must be off here")
 	}
 	reg, _ := startAssignerAndAudit(t, env, nil, opts, 100*time.Millisecond)
-	mkUninjectedPod(t, c, "apps", "risky", "n0", "", map[string]string{defaults.SecurityWarningsAnnotation: "uid-change,host-network,from-the-future"})
-	mkUninjectedPod(t, c, "apps", "optout", "", "", map[string]string{defaults.SecurityWarningsAnnotation: "opt-out-annotation"})
+	mkUninjectedPod(t, c, "apps", "risky", "n0", "", map[string]string{contract.SecurityWarningsAnnotation: "uid-change,host-network,from-the-future"})
+	mkUninjectedPod(t, c, "apps", "optout", "", "", map[string]string{contract.SecurityWarningsAnnotation: "opt-out-annotation"})
 	mkUninjectedPod(t, c, "apps", "fine", "n0", "", nil)
 	eventually(t, 15*time.Second, "Events on the pods with warnings", func() error {
 		if err := hasPodEvent(c, "apps", "risky", podaudit.ReasonSecurityWarning, "host-network: hostNetwork cannot be isolated",

@@ -19,7 +19,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/azure"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/testenv"
 )
@@ -111,7 +111,7 @@ func scalePodsCreate(b *testing.B, c client.Client, nodes []string) {
 		if _, ok := annotations[sel]; !ok {
 			annotations[sel] = webhookAnnotation(b, c, "apps", sel)
 		}
-		mkPod(b, c, "apps", fmt.Sprintf("p%04d", i), nodes[i%len(nodes)], sel, map[string]string{defaults.IdentitiesAnnotation: annotations[sel]})
+		mkPod(b, c, "apps", fmt.Sprintf("p%04d", i), nodes[i%len(nodes)], sel, map[string]string{contract.IdentitiesAnnotation: annotations[sel]})
 	}
 }
 

@@ -29,7 +29,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/azure"
 	"github.com/podidentity/podidentity/assigner/cachetrim"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/testenv"
 )
@@ -157,7 +157,7 @@ func newSizeWorld(b *testing.B) *sizeWorld {
 	})
 	parallel(b, sizeNamespaces, func(k int) error {
 		ns := sizeNS(k)
-		if err := fast.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}); err != nil {
+		if err := fast.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}}); err != nil {
 			return err
 		}
 		for j := range sizeBindingsPerNS {
@@ -218,7 +218,7 @@ func (w *sizeWorld) createPods(b *testing.B, from, to int) {
 		p := w.pod.DeepCopy()
 		p.Namespace, p.Name, p.GenerateName = sizeNS(k), fmt.Sprintf("app-%06d", i), ""
 		p.Labels = map[string]string{aadv1.PodLabelBinding: sel, "app": "orders", "pod-template-hash": "5d8f7b9c4"}
-		p.Annotations = map[string]string{defaults.IdentitiesAnnotation: w.ann[p.Namespace+"/"+sel]}
+		p.Annotations = map[string]string{contract.IdentitiesAnnotation: w.ann[p.Namespace+"/"+sel]}
 		p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "orders-5d8f7b9c4", UID: "6a0e2c55-1111-4d0b-8d7e-1f0e1b2c3d4e"}}
 		p.Spec.NodeName = sizeNode(k%sizeScaleSets, (i/sizeNamespaces)%sizeNodesPerSet)
 		return w.fast.Create(context.Background(), p)

@@ -19,7 +19,7 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/azure"
 	"github.com/podidentity/podidentity/assigner/desired"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/testenv"
 )
@@ -48,7 +48,7 @@ func (nopRecorder) Eventf(runtime.Object, runtime.Object, string, string, string
 // namespace just deleted) attaches nothing; the other way round the cache's "not opted in" is trusted (it is
 // the safe answer, and the namespace watch brings the pods back when it changes).
 func TestOptInConfirmedBeforeAttaching(t *testing.T) {
-	enabled := map[string]string{defaults.NamespaceInjectionLabel: "enabled"}
+	enabled := map[string]string{contract.NamespaceInjectionLabel: "enabled"}
 	tests := []struct {
 		name        string
 		cached      map[string]string // labels of namespace apps in the cache
@@ -60,7 +60,7 @@ func TestOptInConfirmedBeforeAttaching(t *testing.T) {
 		{name: "opted in, confirmed", cached: enabled, live: enabled, wantWrites: 1, wantObjects: 1},
 		{name: "label removed, the cache has not seen it", cached: enabled, live: map[string]string{}, wantWrites: 0, wantObjects: 0},
 		{name: "label set to another value, the cache has not seen it", cached: enabled,
-			live: map[string]string{defaults.NamespaceInjectionLabel: "disabled"}, wantWrites: 0, wantObjects: 0},
+			live: map[string]string{contract.NamespaceInjectionLabel: "disabled"}, wantWrites: 0, wantObjects: 0},
 		{name: "namespace deleted, the cache has not seen it", cached: enabled, liveMissing: true, wantWrites: 0, wantObjects: 0},
 		{name: "label added, the cache has not seen it: not attached for now", cached: map[string]string{}, live: enabled, wantWrites: 0, wantObjects: 0},
 	}
@@ -79,7 +79,7 @@ func TestOptInConfirmedBeforeAttaching(t *testing.T) {
 				&aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "a"},
 					Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "a", Selector: "app"}},
 				&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "p", Labels: map[string]string{aadv1.PodLabelBinding: "app"},
-					Annotations: map[string]string{defaults.IdentitiesAnnotation: "[]"}}, Spec: corev1.PodSpec{NodeName: "n0"}},
+					Annotations: map[string]string{contract.IdentitiesAnnotation: "[]"}}, Spec: corev1.PodSpec{NodeName: "n0"}},
 			}
 			cb := fake.NewClientBuilder().WithScheme(scheme).WithObjects(objs...)
 			for _, ix := range indexes() {

@@ -9,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 const (
@@ -24,7 +24,7 @@ func node(name, providerID string) corev1.Node {
 // pod is a pod as the webhook leaves it in an opted-in namespace (annotated; see optedIn for the namespace).
 func pod(ns, name, node, sel string, labels ...string) corev1.Pod {
 	p := plainPod(ns, name, node, sel, labels...)
-	p.Annotations = map[string]string{defaults.IdentitiesAnnotation: "[]"}
+	p.Annotations = map[string]string{contract.IdentitiesAnnotation: "[]"}
 	return p
 }
 
@@ -44,7 +44,7 @@ func plainPod(ns, name, node, sel string, labels ...string) corev1.Pod {
 func optedIn(namespaces ...string) map[string]map[string]string {
 	out := map[string]map[string]string{}
 	for _, ns := range namespaces {
-		out[ns] = map[string]string{defaults.NamespaceInjectionLabel: "enabled"}
+		out[ns] = map[string]string{contract.NamespaceInjectionLabel: "enabled"}
 	}
 	return out
 }
@@ -182,9 +182,9 @@ func TestFederatedIdentitiesAreNotAttached(t *testing.T) {
 		{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "mi"}, Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "mi", Selector: "web"}},
 	}
 	pod := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "p", Labels: map[string]string{aadv1.PodLabelBinding: "web"},
-		Annotations: map[string]string{defaults.IdentitiesAnnotation: "[]"}}, Spec: corev1.PodSpec{NodeName: "n"}}
+		Annotations: map[string]string{contract.IdentitiesAnnotation: "[]"}}, Spec: corev1.PodSpec{NodeName: "n"}}
 	in := Input{Pods: []corev1.Pod{pod}, Nodes: []corev1.Node{node}, Bindings: bindings, Identities: []aadv1.AzureIdentity{fed, mi},
-		NamespaceLabels: map[string]map[string]string{"apps": {defaults.NamespaceInjectionLabel: "enabled"}}}
+		NamespaceLabels: map[string]map[string]string{"apps": {contract.NamespaceInjectionLabel: "enabled"}}}
 
 	st := Compute(in)
 	if len(st.Assignments) != 1 || st.Assignments["apps/p-apps-mi"].Identity == nil || len(st.NotAttached) != 0 {

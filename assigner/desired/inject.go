@@ -8,7 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // AttachUninjectedFlag is the assigner's command-line switch for Injection.AttachUninjected; messages name it.
@@ -22,7 +22,7 @@ const AttachUninjectedFlag = "--attach-uninjected-pods"
 // away from it (the side door of docs/threat-model.md). So, by default, only injected pods get attachments.
 type Injection struct {
 	// Label opts a namespace in to injection when its value is "enabled", as in the webhook's
-	// namespaceSelector; empty means defaults.NamespaceInjectionLabel.
+	// namespaceSelector; empty means contract.NamespaceInjectionLabel.
 	Label string
 	// AttachUninjected attaches identities for pods the webhook did not inject too: AAD Pod Identity's
 	// behaviour, for clusters whose NMI still redirects those pods' IMDS traffic during a migration.
@@ -32,7 +32,7 @@ type Injection struct {
 // LabelKey is the namespace label that opts namespaces in.
 func (i Injection) LabelKey() string {
 	if i.Label == "" {
-		return defaults.NamespaceInjectionLabel
+		return contract.NamespaceInjectionLabel
 	}
 	return i.Label
 }
@@ -51,7 +51,7 @@ func Injected(pod *corev1.Pod, namespaceOptedIn bool) bool {
 	if !namespaceOptedIn {
 		return false
 	}
-	_, ok := pod.Annotations[defaults.IdentitiesAnnotation]
+	_, ok := pod.Annotations[contract.IdentitiesAnnotation]
 	return ok
 }
 
@@ -94,14 +94,14 @@ func notInjectedMessage(pod *corev1.Pod, ids []binding.Identity, labels map[stri
 	case pod.Spec.HostNetwork:
 		why = "it uses hostNetwork, so it shares the node's network and cannot be isolated"
 		todo = "remove hostNetwork: true and " + recreate
-	case strings.EqualFold(pod.Annotations[defaults.InjectAnnotation], "false"):
-		why = "it opted out with annotation " + defaults.InjectAnnotation + "=false"
+	case strings.EqualFold(pod.Annotations[contract.InjectAnnotation], "false"):
+		why = "it opted out with annotation " + contract.InjectAnnotation + "=false"
 		todo = "remove the annotation and " + recreate
 	case isWindows(pod):
 		why = "it is a Windows pod, and the redirect needs Linux"
 		todo = "run identity-bearing workloads on Linux nodes"
 	default:
-		why = fmt.Sprintf("it has no annotation %s: it was created before namespace %s was opted in, or while the webhook was unavailable", defaults.IdentitiesAnnotation, pod.Namespace)
+		why = fmt.Sprintf("it has no annotation %s: it was created before namespace %s was opted in, or while the webhook was unavailable", contract.IdentitiesAnnotation, pod.Namespace)
 		todo = recreate
 	}
 	return fmt.Sprintf("identities %s are not attached for this pod: the podidentity webhook did not inject it (%s), "+

@@ -10,13 +10,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 func TestInjected(t *testing.T) {
 	annotated := pod("ns", "p", "n", "app")
 	empty := pod("ns", "p", "n", "app")
-	empty.Annotations[defaults.IdentitiesAnnotation] = "" // present, even empty: the webhook injected it
+	empty.Annotations[contract.IdentitiesAnnotation] = "" // present, even empty: the webhook injected it
 	plain := plainPod("ns", "p", "n", "app")
 	tests := []struct {
 		name     string
@@ -78,12 +78,12 @@ func TestComputeInjection(t *testing.T) {
 	}
 	labels := optedIn("ns")
 	labels["plain"] = map[string]string{"team": "x"}
-	labels["off"] = map[string]string{defaults.NamespaceInjectionLabel: "disabled"}
+	labels["off"] = map[string]string{contract.NamespaceInjectionLabel: "disabled"}
 	hostNet := pod("ns", "hostnet", "n0", "app")
-	delete(hostNet.Annotations, defaults.IdentitiesAnnotation)
+	delete(hostNet.Annotations, contract.IdentitiesAnnotation)
 	hostNet.Spec.HostNetwork = true
 	optOut := plainPod("ns", "optout", "n0", "app")
-	optOut.Annotations = map[string]string{defaults.InjectAnnotation: "False"}
+	optOut.Annotations = map[string]string{contract.InjectAnnotation: "False"}
 	windows := plainPod("ns", "win", "n0", "app")
 	windows.Spec.OS = &corev1.PodOS{Name: corev1.Windows}
 	finished := plainPod("plain", "done", "n0", "app")

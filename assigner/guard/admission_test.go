@@ -26,7 +26,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/test/wait"
 	"github.com/podidentity/podidentity/webhook/config"
@@ -127,7 +127,7 @@ func TestGuardAdmission(t *testing.T) {
 	t.Cleanup(cancel)
 	c := te.Client
 	for _, ns := range []*corev1.Namespace{
-		{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "other"}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "monitoring"}},
 	} {
@@ -164,9 +164,9 @@ func TestGuardAdmission(t *testing.T) {
 	wait.For(t, 30*time.Second, 100*time.Millisecond, "the webhook server at "+addr+" comes up", wait.TLSHandshake(addr))
 	waitPolicyActive(t, c)
 
-	rules := Rules{Pool: &desired.Pool{Key: poolKey, Value: "identities"}, InjectionLabel: defaults.NamespaceInjectionLabel,
+	rules := Rules{Pool: &desired.Pool{Key: poolKey, Value: "identities"}, InjectionLabel: contract.NamespaceInjectionLabel,
 		TrustedNamespaces: []string{"kube-system"}, TrustedServiceAccounts: []string{"monitoring/agent"}}
-	nsLabels := map[string]map[string]string{"apps": {defaults.NamespaceInjectionLabel: "enabled"}}
+	nsLabels := map[string]map[string]string{"apps": {contract.NamespaceInjectionLabel: "enabled"}}
 
 	t.Run("injected pod is placed on the pool and admitted", func(t *testing.T) {
 		p := newPod("apps", "reader-0", "", map[string]string{aadv1.PodLabelBinding: "reader"})
@@ -233,11 +233,11 @@ func TestGuardAdmission(t *testing.T) {
 			p := newPod(tc.ns, "case-"+strconv.Itoa(i), tc.sa, nil)
 			p.Spec.Tolerations = all
 			if tc.forge {
-				p.Annotations = map[string]string{defaults.IdentitiesAnnotation: "[]"}
-				p.Spec.InitContainers = []corev1.Container{{Name: defaults.InitContainerName, Image: "ghcr.io/podidentity/podidentity-init:latest"}}
+				p.Annotations = map[string]string{contract.IdentitiesAnnotation: "[]"}
+				p.Spec.InitContainers = []corev1.Container{{Name: contract.InitContainerName, Image: "ghcr.io/podidentity/podidentity-init:latest"}}
 			}
 			if tc.optOut {
-				p.Annotations = map[string]string{defaults.InjectAnnotation: "false"}
+				p.Annotations = map[string]string{contract.InjectAnnotation: "false"}
 			}
 			err := c.Create(ctx, p)
 			if tc.admitted {

@@ -9,7 +9,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // BenchmarkAuditPass measures one audit pass's pure work (Audit and the pool filter of desired.Compute) on a
@@ -28,7 +28,7 @@ func BenchmarkAuditPass(b *testing.B) {
 		nodes = append(nodes, nodeOf(fmt.Sprintf("n%d", i), ss, i < 100))
 	}
 	in.Nodes = nodes
-	in.Namespaces = []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}}
+	in.Namespaces = []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}}}
 	for i := range 15000 {
 		node := fmt.Sprintf("n%d", i%500)
 		var p corev1.Pod

@@ -25,7 +25,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/controller"
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/promtest"
 	"github.com/podidentity/podidentity/test/testenv"
@@ -49,7 +49,7 @@ func TestGuardModeAssignerAndAudit(t *testing.T) {
 	ctx := context.Background()
 	for _, ns := range []*corev1.Namespace{
 		{ObjectMeta: metav1.ObjectMeta{Name: "podidentity-system"}},
-		{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "other"}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "monitoring"}},
 	} {
@@ -66,7 +66,7 @@ func TestGuardModeAssignerAndAudit(t *testing.T) {
 		Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "reader", Selector: "reader"}}))
 
 	pool := &desired.Pool{Key: poolKey, Value: "identities"}
-	rules := Rules{Pool: pool, InjectionLabel: defaults.NamespaceInjectionLabel, TrustedNamespaces: []string{"kube-system"},
+	rules := Rules{Pool: pool, InjectionLabel: contract.NamespaceInjectionLabel, TrustedNamespaces: []string{"kube-system"},
 		TrustedServiceAccounts: []string{"monitoring/agent"}}
 	reg := prometheus.NewRegistry()
 	mgr, err := ctrl.NewManager(env.Config, manager.Options{Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"},
@@ -173,8 +173,8 @@ func mkNode(t *testing.T, c client.Client, name, ss string, inPool bool) {
 func injectedPod(t *testing.T, c client.Client, ns, name, node, selector string) {
 	t.Helper()
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{aadv1.PodLabelBinding: selector},
-		Annotations: map[string]string{defaults.IdentitiesAnnotation: "[]"}},
-		Spec: corev1.PodSpec{NodeName: node, InitContainers: []corev1.Container{{Name: defaults.InitContainerName, Image: "init"}},
+		Annotations: map[string]string{contract.IdentitiesAnnotation: "[]"}},
+		Spec: corev1.PodSpec{NodeName: node, InitContainers: []corev1.Container{{Name: contract.InitContainerName, Image: "init"}},
 			Containers: []corev1.Container{{Name: "app", Image: "app"}}}}
 	must(t, c.Create(context.Background(), p))
 }

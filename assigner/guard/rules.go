@@ -16,7 +16,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 )
 
@@ -85,10 +85,10 @@ func (r Rules) Injected(pod *corev1.Pod, namespaceLabels map[string]string) bool
 	if namespaceLabels[r.InjectionLabel] != "enabled" {
 		return false
 	}
-	if _, ok := pod.Annotations[defaults.IdentitiesAnnotation]; !ok {
+	if _, ok := pod.Annotations[contract.IdentitiesAnnotation]; !ok {
 		return false
 	}
-	return slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == defaults.InitContainerName })
+	return slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == contract.InitContainerName })
 }
 
 // Why says, for an un-injected pod, what keeps it from being isolated (for the audit's Event).
@@ -100,8 +100,8 @@ func (r Rules) Why(pod *corev1.Pod, namespaceLabels map[string]string) string {
 		return "it uses hostNetwork, so it shares the node's network"
 	case namespaceLabels[r.InjectionLabel] != "enabled":
 		return fmt.Sprintf("its namespace %s is not labelled %s=enabled", pod.Namespace, r.InjectionLabel)
-	case strings.EqualFold(pod.Annotations[defaults.InjectAnnotation], "false"):
-		return "it opted out with annotation " + defaults.InjectAnnotation + "=false"
+	case strings.EqualFold(pod.Annotations[contract.InjectAnnotation], "false"):
+		return "it opted out with annotation " + contract.InjectAnnotation + "=false"
 	}
 	return "it was not injected (created before its namespace opted in, an exception, or while guard mode was off)"
 }

@@ -9,7 +9,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 )
 
@@ -20,15 +20,15 @@ const (
 )
 
 func rules() Rules {
-	return Rules{Pool: &desired.Pool{Key: poolKey, Value: "identities"}, InjectionLabel: defaults.NamespaceInjectionLabel,
+	return Rules{Pool: &desired.Pool{Key: poolKey, Value: "identities"}, InjectionLabel: contract.NamespaceInjectionLabel,
 		TrustedNamespaces: []string{"kube-system"}, TrustedServiceAccounts: []string{"monitoring/agent"}}
 }
 
 // injected is a pod as the webhook leaves it.
 func injected(ns, name, node string) corev1.Pod {
 	p := plain(ns, name, node)
-	p.Annotations = map[string]string{defaults.IdentitiesAnnotation: "[]"}
-	p.Spec.InitContainers = []corev1.Container{{Name: defaults.InitContainerName}}
+	p.Annotations = map[string]string{contract.IdentitiesAnnotation: "[]"}
+	p.Spec.InitContainers = []corev1.Container{{Name: contract.InitContainerName}}
 	return p
 }
 
@@ -48,12 +48,12 @@ func nodeOf(name, resource string, pool bool) corev1.Node {
 }
 
 func TestTrustedAndInjected(t *testing.T) {
-	opted := map[string]string{defaults.NamespaceInjectionLabel: "enabled"}
+	opted := map[string]string{contract.NamespaceInjectionLabel: "enabled"}
 	forged := plain("other", "forged", "n")
-	forged.Annotations = map[string]string{defaults.IdentitiesAnnotation: "[]"}
-	forged.Spec.InitContainers = []corev1.Container{{Name: defaults.InitContainerName}}
+	forged.Annotations = map[string]string{contract.IdentitiesAnnotation: "[]"}
+	forged.Spec.InitContainers = []corev1.Container{{Name: contract.InitContainerName}}
 	annotationOnly := plain("apps", "a", "n")
-	annotationOnly.Annotations = map[string]string{defaults.IdentitiesAnnotation: "[]"}
+	annotationOnly.Annotations = map[string]string{contract.IdentitiesAnnotation: "[]"}
 	tests := []struct {
 		name             string
 		pod              corev1.Pod
@@ -93,7 +93,7 @@ func TestAudit(t *testing.T) {
 	mirror.Annotations = map[string]string{corev1.MirrorPodAnnotationKey: "x"}
 	done := plain("other", "done", "pool-0")
 	done.Status.Phase = corev1.PodSucceeded
-	namespaces := []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}}
+	namespaces := []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}}}
 	tests := []struct {
 		name         string
 		pods         []corev1.Pod
@@ -145,7 +145,7 @@ func TestAudit(t *testing.T) {
 // namespaces that are not trusted here.
 func TestAuditInCNIMode(t *testing.T) {
 	r := rules()
-	r.CNI = &imdspolicy.Policy{InjectionLabel: defaults.NamespaceInjectionLabel, SidecarImage: "sidecar:1", ExemptNamespaces: []string{"kube-system", "platform"}, Scope: imdspolicy.ScopeAll}
+	r.CNI = &imdspolicy.Policy{InjectionLabel: contract.NamespaceInjectionLabel, SidecarImage: "sidecar:1", ExemptNamespaces: []string{"kube-system", "platform"}, Scope: imdspolicy.ScopeAll}
 	host := plain("other", "host", "pool-0")
 	host.Spec.HostNetwork = true
 	excepted := plain("other", "excepted", "pool-0")
@@ -154,7 +154,7 @@ func TestAuditInCNIMode(t *testing.T) {
 		Spec: aadv1.AzurePodIdentityExceptionSpec{PodLabels: map[string]string{"role": "platform"}}}}
 	pods := []corev1.Pod{injected("apps", "p", "pool-0"), plain("other", "fenced", "pool-0"), host, excepted, plain("platform", "exempt", "pool-0"), plain("kube-system", "proxy", "pool-0")}
 	rep := Audit(Input{Nodes: []corev1.Node{nodeOf("pool-0", ssA, true)}, Pods: pods, Exceptions: exceptions,
-		Namespaces: []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+		Namespaces: []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}},
 			{ObjectMeta: metav1.ObjectMeta{Name: "other"}}, {ObjectMeta: metav1.ObjectMeta{Name: "platform"}}}}, r)
 	var got []string
 	for _, f := range rep.Untrusted {

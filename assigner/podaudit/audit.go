@@ -34,7 +34,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/assigner/internal/periodic"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // Event reasons.
@@ -93,7 +93,7 @@ func Audit(in Input) Report {
 	}
 	for i := range in.Pods {
 		p := &in.Pods[i]
-		v, ok := p.Annotations[defaults.SecurityWarningsAnnotation]
+		v, ok := p.Annotations[contract.SecurityWarningsAnnotation]
 		if !ok || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue // a finished pod reaches nothing any more
 		}

@@ -19,7 +19,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/promtest"
 	"github.com/podidentity/podidentity/test/testenv"
 )
@@ -35,10 +35,10 @@ func mkPod(ns, name, selector string, annotations map[string]string) corev1.Pod 
 		Spec: corev1.PodSpec{NodeName: "n0", Containers: []corev1.Container{{Name: "app", Image: "app"}}}}
 }
 
-func injectedAnn() map[string]string { return map[string]string{defaults.IdentitiesAnnotation: "[]"} }
+func injectedAnn() map[string]string { return map[string]string{contract.IdentitiesAnnotation: "[]"} }
 
 func warnAnn(v string) map[string]string {
-	return map[string]string{defaults.SecurityWarningsAnnotation: v}
+	return map[string]string{contract.SecurityWarningsAnnotation: v}
 }
 
 func world() ([]aadv1.AzureIdentity, []aadv1.AzureIdentityBinding) {
@@ -51,7 +51,7 @@ func world() ([]aadv1.AzureIdentity, []aadv1.AzureIdentityBinding) {
 func TestAudit(t *testing.T) {
 	ids, binds := world()
 	labels := map[string]map[string]string{
-		"apps":  {defaults.NamespaceInjectionLabel: "enabled"},
+		"apps":  {contract.NamespaceInjectionLabel: "enabled"},
 		"plain": nil,
 	}
 	finished := mkPod("apps", "done", "", warnAnn("uid-change"))
@@ -141,7 +141,7 @@ func (r *fakeRecorder) list() []string {
 func TestAuditorEventsOncePerPodAndGauges(t *testing.T) {
 	ids, binds := world()
 	objs := []client.Object{
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}},
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "plain"}},
 		&ids[0], &binds[0],
 	}
@@ -247,7 +247,7 @@ func TestAuditorWaitsForTheNamespace(t *testing.T) {
 	}
 	// It shows up opted in: the pod is injected after all, no Event at all.
 	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "fresh",
-		Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}); err != nil {
+		Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.Run(context.Background()); err != nil {

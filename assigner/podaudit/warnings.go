@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // Security-warning reasons the webhook records in the pod annotation podidentity.io/security-warnings
-// (defaults.SecurityWarningsAnnotation), and WarningOther, the metric label of any other value: the
+// (contract.SecurityWarningsAnnotation), and WarningOther, the metric label of any other value: the
 // annotation is a pod's own metadata, so its values must not become unbounded label values.
 const (
 	WarningOptOut      = "opt-out-annotation"
@@ -29,7 +29,7 @@ func warningOrder() []string {
 func meaning(reason string) string {
 	switch reason {
 	case WarningOptOut:
-		return "annotation " + defaults.InjectAnnotation + "=false opted it out of injection (remove it and recreate the pod)"
+		return "annotation " + contract.InjectAnnotation + "=false opted it out of injection (remove it and recreate the pod)"
 	case WarningException:
 		return "an AzurePodIdentityException exempts it from injection (narrow or delete the exception and recreate the pod)"
 	case WarningHostNetwork:
@@ -93,5 +93,5 @@ func WarningNote(reasons, unknown []string) string {
 	}
 	return fmt.Sprintf("the podidentity webhook admitted this pod with security warnings (%s): "+
 		"it may reach the node's IMDS, and every identity on its node, directly. %s",
-		defaults.SecurityWarningsAnnotation, strings.Join(parts, "; "))
+		contract.SecurityWarningsAnnotation, strings.Join(parts, "; "))
 }

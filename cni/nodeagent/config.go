@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/podidentity/podidentity/cni/pluginconf"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
 )
@@ -86,7 +86,7 @@ func Parse(args []string, env func(string) string, stderr io.Writer) (Config, er
 	fs.IntVar(&c.Workers, "workers", 2, "pods reconciled in parallel")
 	fs.BoolVar(&c.Uninstall, "uninstall", false, "remove the plugin from this node (conflist entry, kubeconfig, binary) and exit; for a node whose agent will not come back")
 	fs.StringVar(&c.Policy.SidecarImage, "sidecar-image", "", "the image the webhook injects as podidentity-sidecar (the webhook's --sidecar-image): only pods with exactly this image get the redirect")
-	fs.StringVar(&c.Policy.InjectionLabel, "injection-label", defaults.NamespaceInjectionLabel, "the namespace label that opts a namespace in with the value \"enabled\" (the webhook's --namespace-injection-label)")
+	fs.StringVar(&c.Policy.InjectionLabel, "injection-label", contract.NamespaceInjectionLabel, "the namespace label that opts a namespace in with the value \"enabled\" (the webhook's --namespace-injection-label)")
 	fs.StringVar(&exempt, "exempt-namespaces", "kube-system", "comma-separated namespaces whose pods are never fenced (add the agent's own namespace)")
 	fs.StringVar(&scope, "fence-scope", string(imdspolicy.ScopeAll), "which pods without a sidecar are fenced: all, or opted-in (only pods of opted-in namespaces)")
 	fs.StringVar(&c.imdsAddress, "imds-address", def.IMDSAddress.String(), "the IMDS address")

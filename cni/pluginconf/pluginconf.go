@@ -11,7 +11,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
 )
@@ -23,7 +23,7 @@ const PluginType = "podidentity-cni"
 type Settings struct {
 	// Kubeconfig is the file the node agent writes with its service account's token (required).
 	Kubeconfig string `json:"kubeconfig"`
-	// IMDSAddress, IMDSPort and SidecarPort are what the redirect and the fence use (defaults: internal/defaults).
+	// IMDSAddress, IMDSPort and SidecarPort are what the redirect and the fence use (defaults: internal/contract).
 	IMDSAddress string `json:"imdsAddress,omitempty"`
 	IMDSPort    uint16 `json:"imdsPort,omitempty"`
 	SidecarPort uint16 `json:"sidecarPort,omitempty"`
@@ -98,11 +98,11 @@ func (s Settings) Policy() (imdspolicy.Policy, error) {
 		Scope:            scope,
 	}
 	if p.InjectionLabel == "" {
-		p.InjectionLabel = defaults.NamespaceInjectionLabel
+		p.InjectionLabel = contract.NamespaceInjectionLabel
 	}
 	if p.SidecarImage == "" {
 		return imdspolicy.Policy{}, fmt.Errorf(`"sidecarImage" is empty: set it to the image the webhook injects as %s (the webhook's --sidecar-image)`,
-			defaults.SidecarContainerName)
+			contract.SidecarContainerName)
 	}
 	return p, p.Validate()
 }
@@ -114,7 +114,7 @@ func (s Settings) Redirect() (redirect.Config, error) {
 	if s.IMDSAddress != "" {
 		addr, err := netip.ParseAddr(s.IMDSAddress)
 		if err != nil {
-			return redirect.Config{}, fmt.Errorf(`"imdsAddress" %q is not an IP address (the default is %s)`, s.IMDSAddress, defaults.IMDSAddress)
+			return redirect.Config{}, fmt.Errorf(`"imdsAddress" %q is not an IP address (the default is %s)`, s.IMDSAddress, contract.IMDSAddress)
 		}
 		cfg.IMDSAddress = addr
 	}

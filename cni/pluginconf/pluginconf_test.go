@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/podidentity/podidentity/cni/pluginconf"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 )
 
@@ -21,11 +21,11 @@ func TestParse(t *testing.T) {
 		{name: "minimal, defaults filled in", stdin: `{"cniVersion":"1.0.0","name":"k8s","type":"podidentity-cni","kubeconfig":"/k","sidecarImage":"s:1",` + prev + `}`,
 			check: func(t *testing.T, c *pluginconf.Config) {
 				p, err := c.Policy()
-				if err != nil || p.InjectionLabel != defaults.NamespaceInjectionLabel || p.Scope != imdspolicy.ScopeAll || p.SidecarImage != "s:1" {
+				if err != nil || p.InjectionLabel != contract.NamespaceInjectionLabel || p.Scope != imdspolicy.ScopeAll || p.SidecarImage != "s:1" {
 					t.Errorf("Policy = %+v, %v", p, err)
 				}
 				r, err := c.Redirect()
-				if err != nil || r.IMDSAddress.String() != defaults.IMDSAddress || r.IMDSPort != defaults.IMDSPort || r.SidecarPort != defaults.SidecarPort {
+				if err != nil || r.IMDSAddress.String() != contract.IMDSAddress || r.IMDSPort != contract.IMDSPort || r.SidecarPort != contract.SidecarPort {
 					t.Errorf("Redirect = %+v, %v", r, err)
 				}
 				if c.PrevResult == nil {

@@ -22,7 +22,7 @@ import (
 	"github.com/podidentity/podidentity/cni/internal/cnitest"
 	"github.com/podidentity/podidentity/cni/kubeapi"
 	"github.com/podidentity/podidentity/cni/repair"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/test/nstest"
@@ -131,7 +131,7 @@ func newHarness(t *testing.T) *harness {
 	agent := kubernetes.NewForConfigOrDie(agentCfg)
 	cnitest.WaitAuthorized(t, agent, "apps")
 	for _, ns := range []*corev1.Namespace{
-		{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "plain"}},
 	} {
 		if _, err := admin.CoreV1().Namespaces().Create(context.Background(), ns, metav1.CreateOptions{}); err != nil {
@@ -156,7 +156,7 @@ func newHarness(t *testing.T) *harness {
 		reg: reg,
 		lay: lay,
 		rec: &repair.Reconciler{
-			Policy: imdspolicy.Policy{InjectionLabel: defaults.NamespaceInjectionLabel, SidecarImage: sidecarImage,
+			Policy: imdspolicy.Policy{InjectionLabel: contract.NamespaceInjectionLabel, SidecarImage: sidecarImage,
 				ExemptNamespaces: []string{"kube-system"}, Scope: imdspolicy.ScopeAll},
 			Redirect:   redirect.DefaultConfig(),
 			CgroupRoot: lay.Root,
@@ -179,10 +179,10 @@ func (h *harness) newPod(t *testing.T, namespace, name, image string, systemd bo
 	if image != "" {
 		always := corev1.ContainerRestartPolicyAlways
 		spec.InitContainers = []corev1.Container{
-			{Name: defaults.InitContainerName, Image: "init:test"},
-			{Name: defaults.SidecarContainerName, Image: image, RestartPolicy: &always},
+			{Name: contract.InitContainerName, Image: "init:test"},
+			{Name: contract.SidecarContainerName, Image: image, RestartPolicy: &always},
 		}
-		annotations = map[string]string{defaults.IdentitiesAnnotation: "[]"}
+		annotations = map[string]string{contract.IdentitiesAnnotation: "[]"}
 	}
 	obj, err := h.cs.CoreV1().Pods(namespace).Create(context.Background(), &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Annotations: annotations}, Spec: spec,
@@ -200,11 +200,11 @@ func (h *harness) newPod(t *testing.T, namespace, name, image string, systemd bo
 		p.podRel = "kubepods/besteffort/pod" + uid
 	}
 	nstest.Serve(t, p.link.Node, imds+":80", "node")
-	nstest.Serve(t, p.link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), "sidecar")
+	nstest.Serve(t, p.link.Pod, fmt.Sprintf("127.0.0.1:%d", contract.SidecarPort), "sidecar")
 	p.start(t, "sandbox")
 	p.start(t, "app")
 	if image != "" {
-		p.start(t, defaults.SidecarContainerName)
+		p.start(t, contract.SidecarContainerName)
 	}
 	h.setStatus(t, p)
 	return p
@@ -216,11 +216,11 @@ func (h *harness) setStatus(t *testing.T, p *fakePod) {
 	running := corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}
 	st := corev1.PodStatus{Phase: corev1.PodRunning,
 		ContainerStatuses: []corev1.ContainerStatus{{Name: "app", Image: "app:test", ContainerID: "containerd://" + p.containers["app"], State: running, Ready: true}}}
-	if id, ok := p.containers[defaults.SidecarContainerName]; ok {
+	if id, ok := p.containers[contract.SidecarContainerName]; ok {
 		st.InitContainerStatuses = []corev1.ContainerStatus{
-			{Name: defaults.InitContainerName, Image: "init:test", ContainerID: "containerd://" + cnitest.ContainerID(t),
+			{Name: contract.InitContainerName, Image: "init:test", ContainerID: "containerd://" + cnitest.ContainerID(t),
 				State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 0}}},
-			{Name: defaults.SidecarContainerName, Image: p.obj.Spec.InitContainers[1].Image, ContainerID: "containerd://" + id, State: running, Ready: true},
+			{Name: contract.SidecarContainerName, Image: p.obj.Spec.InitContainers[1].Image, ContainerID: "containerd://" + id, State: running, Ready: true},
 		}
 	}
 	pod, err := h.cs.CoreV1().Pods(p.obj.Namespace).Get(context.Background(), p.obj.Name, metav1.GetOptions{})
@@ -330,14 +330,14 @@ func TestRepairAndExemption(t *testing.T) {
 		if _, err := kernel(t, p.link.Pod).Apply(redirect.Desired(cfg)); err != nil {
 			t.Fatal(err)
 		}
-		if got := helper(t, p.link.Pod, p.cgroups[defaults.SidecarContainerName], "dial "+imds+":80"); got != "ok sidecar" {
+		if got := helper(t, p.link.Pod, p.cgroups[contract.SidecarContainerName], "dial "+imds+":80"); got != "ok sidecar" {
 			t.Fatalf("before the exemption the sidecar reaches %q, want its own port (the loop the sidecar's readiness waits out)", got)
 		}
 		out := reconcile(t, h, p)
 		if out.Decision.Action != imdspolicy.Redirect || out.Step.Kind != imdspolicy.StepExempt || out.Sidecar == nil {
 			t.Fatalf("outcome = %+v, want an exemption", out)
 		}
-		want, err := cgroups.Of(h.lay.Root, p.cgroups[defaults.SidecarContainerName].Path)
+		want, err := cgroups.Of(h.lay.Root, p.cgroups[contract.SidecarContainerName].Path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -345,8 +345,8 @@ func TestRepairAndExemption(t *testing.T) {
 		if ex := redirect.ExemptionOf(live); ex.Cgroup != want {
 			t.Fatalf("the table exempts %v, want the sidecar container's cgroup %+v:\n%s", ex, want, redirect.Render(live))
 		}
-		t.Logf("exempted %+v (%s)", want, p.cgroups[defaults.SidecarContainerName].Path)
-		if got := helper(t, p.link.Pod, p.cgroups[defaults.SidecarContainerName], "dial "+imds+":80"); got != "ok node" {
+		t.Logf("exempted %+v (%s)", want, p.cgroups[contract.SidecarContainerName].Path)
+		if got := helper(t, p.link.Pod, p.cgroups[contract.SidecarContainerName], "dial "+imds+":80"); got != "ok node" {
 			t.Errorf("the sidecar's cgroup reaches %q, want the node's IMDS", got)
 		}
 		for _, c := range []string{"app", "sandbox"} {
@@ -357,13 +357,13 @@ func TestRepairAndExemption(t *testing.T) {
 		h.waitEvent(t, p, repair.EventExempted)
 
 		// The sidecar restarts: a new container id, a new cgroup.
-		old := p.cgroups[defaults.SidecarContainerName]
-		p.start(t, defaults.SidecarContainerName)
+		old := p.cgroups[contract.SidecarContainerName]
+		p.start(t, contract.SidecarContainerName)
 		h.setStatus(t, p)
 		if out := reconcile(t, h, p); out.Step.Kind != imdspolicy.StepExempt {
 			t.Fatalf("after the restart: %+v, want a new exemption", out.Step)
 		}
-		if got := helper(t, p.link.Pod, p.cgroups[defaults.SidecarContainerName], "dial "+imds+":80"); got != "ok node" {
+		if got := helper(t, p.link.Pod, p.cgroups[contract.SidecarContainerName], "dial "+imds+":80"); got != "ok node" {
 			t.Errorf("the restarted sidecar reaches %q", got)
 		}
 		if got := helper(t, p.link.Pod, old, "dial "+imds+":80"); got != "ok sidecar" {
@@ -386,7 +386,7 @@ func TestRepairAndExemption(t *testing.T) {
 		if got := helper(t, p.link.Pod, p.cgroups["app"], "dial "+imds+":80"); got != "ok sidecar" {
 			t.Errorf("the app reaches %q, want the sidecar's port", got)
 		}
-		if got := helper(t, p.link.Pod, p.cgroups[defaults.SidecarContainerName], "dial "+imds+":80"); got != "ok node" {
+		if got := helper(t, p.link.Pod, p.cgroups[contract.SidecarContainerName], "dial "+imds+":80"); got != "ok node" {
 			t.Errorf("the sidecar reaches %q", got)
 		}
 		if note := h.waitEvent(t, p, repair.EventRepaired); !strings.Contains(note, "redirect to its token sidecar is installed now") {
@@ -404,7 +404,7 @@ func TestRepairAndExemption(t *testing.T) {
 		if out.Decision.Action != imdspolicy.Fence || out.Decision.Reason != imdspolicy.ReasonImitation || out.Sidecar != nil {
 			t.Fatalf("outcome = %+v, want the fence of an imitation", out)
 		}
-		if got := helper(t, p.link.Pod, p.cgroups[defaults.SidecarContainerName], "dial "+imds+":80"); !strings.HasPrefix(got, "error") {
+		if got := helper(t, p.link.Pod, p.cgroups[contract.SidecarContainerName], "dial "+imds+":80"); !strings.HasPrefix(got, "error") {
 			t.Errorf("the fake sidecar reaches %q", got)
 		}
 	})
@@ -489,13 +489,13 @@ func TestControllerFollowsPodEvents(t *testing.T) {
 	waitTable("the early pod's fence", early.link.Pod, func(rs redirect.Ruleset) bool {
 		return redirect.Render(rs) == redirect.Render(redirect.Fence(redirect.DefaultConfig()))
 	})
-	first, _ := cgroups.Of(h.lay.Root, injected.cgroups[defaults.SidecarContainerName].Path)
+	first, _ := cgroups.Of(h.lay.Root, injected.cgroups[contract.SidecarContainerName].Path)
 	waitTable("the first exemption", injected.link.Pod, func(rs redirect.Ruleset) bool { return redirect.ExemptionOf(rs).Cgroup == first })
 
-	injected.start(t, defaults.SidecarContainerName)
+	injected.start(t, contract.SidecarContainerName)
 	started := time.Now()
 	h.setStatus(t, injected)
-	second, _ := cgroups.Of(h.lay.Root, injected.cgroups[defaults.SidecarContainerName].Path)
+	second, _ := cgroups.Of(h.lay.Root, injected.cgroups[contract.SidecarContainerName].Path)
 	waitTable("the exemption of the restarted sidecar", injected.link.Pod, func(rs redirect.Ruleset) bool { return redirect.ExemptionOf(rs).Cgroup == second })
 	t.Logf("re-exempted %v after the status update", time.Since(started).Round(time.Millisecond))
 }

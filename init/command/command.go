@@ -12,7 +12,7 @@ import (
 	"github.com/go-logr/logr/funcr"
 
 	"github.com/podidentity/podidentity/init/probe"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/version"
 )
@@ -119,7 +119,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	var (
 		sidecarPort = fs.Uint("sidecar-port", uint(def.SidecarPort), "the token sidecar's port on 127.0.0.1")
 		exemption   = fs.String("exemption", ExemptionCgroup, "how the sidecar's own traffic passes: cgroup (the table exempts nobody; the sidecar exempts its own cgroup when it starts) or uid (exempt --sidecar-uid, weaker: any container able to become that uid bypasses the redirect)")
-		sidecarUID  = fs.Uint("sidecar-uid", defaults.SidecarUID, "with --exemption=uid: the sidecar's uid, whose traffic is not redirected")
+		sidecarUID  = fs.Uint("sidecar-uid", contract.SidecarUID, "with --exemption=uid: the sidecar's uid, whose traffic is not redirected")
 		fence       = fs.Bool("fence", false, "install the fence of a pod without a token sidecar (nothing may reach the IMDS address) instead of the redirect")
 		imdsAddress = fs.String("imds-address", def.IMDSAddress.String(), "the IMDS IPv4 address to redirect")
 		imdsPort    = fs.Uint("imds-port", uint(def.IMDSPort), "the IMDS TCP port to redirect")
@@ -163,7 +163,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	case ExemptionUID:
 		if *sidecarUID == 0 || *sidecarUID > 1<<32-1 {
 			// Exempting root would exempt every container that runs as root, which is most of them.
-			return options{}, fmt.Errorf("--sidecar-uid=%d: use the sidecar's own non-root uid (%d)", *sidecarUID, defaults.SidecarUID)
+			return options{}, fmt.Errorf("--sidecar-uid=%d: use the sidecar's own non-root uid (%d)", *sidecarUID, contract.SidecarUID)
 		}
 		ex.UID = uint32(*sidecarUID)
 	default:

@@ -1,6 +1,6 @@
 // Package binding decides which Azure identities a pod is bound to. It is pure: objects in, decision out;
 // Candidates picks, by key from a Source, the few objects a pod's decision reads. The webhook uses it at
-// admission and the assigner to attach identities and keep the pod annotation (package annotation) current.
+// admission and the assigner to attach identities and keep the pod annotation (package contract) current.
 package binding
 
 import (
@@ -11,12 +11,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/annotation"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
-// Identity is one identity a pod may obtain tokens for (see package annotation, which defines the format).
-type Identity = annotation.Identity
+// Identity is one identity a pod may obtain tokens for (see package contract, which defines the format).
+type Identity = contract.Identity
 
 // Options changes how bindings match.
 type Options struct {
@@ -267,7 +266,7 @@ func fromAzureIdentity(id *aadv1.AzureIdentity, binding string, weight int) Iden
 	}
 	if Backend(id) == aadv1.BackendFederated {
 		// No secret, no auxiliary tenants: the exchange is for the one tenant that holds the federated credential.
-		out.Backend = annotation.BackendFederated
+		out.Backend = contract.BackendFederated
 		out.ResourceID = id.Spec.ResourceID
 		out.TenantID = id.Spec.TenantID
 		out.ADEndpoint = id.Spec.ADEndpoint
@@ -312,11 +311,11 @@ func Excepted(pod *corev1.Pod, exceptions []aadv1.AzurePodIdentityException) (st
 	return "", false
 }
 
-// Encode renders identities as the annotation value (annotation.Encode).
-func Encode(ids []Identity) string { return annotation.Encode(ids) }
+// Encode renders identities as the annotation value (contract.EncodeIdentities).
+func Encode(ids []Identity) string { return contract.EncodeIdentities(ids) }
 
-// Decode parses the annotation value (annotation.Decode).
-func Decode(s string) ([]Identity, error) { return annotation.Decode(s) }
+// Decode parses the annotation value (contract.DecodeIdentities).
+func Decode(s string) ([]Identity, error) { return contract.DecodeIdentities(s) }
 
 // Servable keeps the identities the pod's sidecar can serve: every node managed identity, a federated identity
 // only when the pod projects the service account token as the webhook does (FederatedTokenProjected), and a
@@ -329,7 +328,7 @@ func Decode(s string) ([]Identity, error) { return annotation.Decode(s) }
 func Servable(pod *corev1.Pod, ids []Identity) []Identity {
 	mounted := map[string]string{} // volume -> Secret
 	for _, v := range pod.Spec.Volumes {
-		if v.Secret != nil && strings.HasPrefix(v.Name, defaults.SecretVolumePrefix) {
+		if v.Secret != nil && strings.HasPrefix(v.Name, contract.SecretVolumePrefix) {
 			mounted[v.Name] = v.Secret.SecretName
 		}
 	}
@@ -346,7 +345,7 @@ func Servable(pod *corev1.Pod, ids []Identity) []Identity {
 			out = append(out, id)
 			continue
 		}
-		if secret, ok := mounted[defaults.SecretVolumePrefix+id.Name]; ok && secret == id.SecretName {
+		if secret, ok := mounted[contract.SecretVolumePrefix+id.Name]; ok && secret == id.SecretName {
 			out = append(out, id)
 		}
 	}
@@ -354,16 +353,16 @@ func Servable(pod *corev1.Pod, ids []Identity) []Identity {
 }
 
 // FederatedTokenProjected reports whether the pod has the webhook's service account token volume
-// (defaults.FederatedTokenVolumeName: a projected token for defaults.FederatedAudience). The webhook adds it
+// (contract.FederatedTokenVolumeName: a projected token for contract.FederatedAudience). The webhook adds it
 // only to pods bound to a federated identity at admission, and a pod's volumes never change, so a federated
 // identity bound later is served only to pods created after it.
 func FederatedTokenProjected(pod *corev1.Pod) bool {
 	for _, v := range pod.Spec.Volumes {
-		if v.Name != defaults.FederatedTokenVolumeName || v.Projected == nil {
+		if v.Name != contract.FederatedTokenVolumeName || v.Projected == nil {
 			continue
 		}
 		for _, src := range v.Projected.Sources {
-			if src.ServiceAccountToken != nil && src.ServiceAccountToken.Audience == defaults.FederatedAudience {
+			if src.ServiceAccountToken != nil && src.ServiceAccountToken.Audience == contract.FederatedAudience {
 				return true
 			}
 		}

@@ -9,8 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/annotation"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 func federated(ns, name string, typ aadv1.IdentityType, backend string) aadv1.AzureIdentity {
@@ -47,11 +46,11 @@ func TestResolveFederatedAndServiceAccounts(t *testing.T) {
 			pod: pod("apps", "web"), bindings: []aadv1.AzureIdentityBinding{bind("apps", "b", "fed", "web", 0)},
 			identities: []aadv1.AzureIdentity{fed},
 			want: []Identity{{Name: "fed", Namespace: "apps", Type: aadv1.UserAssignedMSI, ClientID: "cid-fed", TenantID: "tenant",
-				ADEndpoint: "https://login.example/", Backend: annotation.BackendFederated, Binding: "apps/b"}}},
+				ADEndpoint: "https://login.example/", Backend: contract.BackendFederated, Binding: "apps/b"}}},
 		{name: "backend value in any letter case", pod: pod("apps", "web"), bindings: []aadv1.AzureIdentityBinding{bind("apps", "b", "fed", "web", 0)},
 			identities: []aadv1.AzureIdentity{federated("apps", "fed", aadv1.ServicePrincipal, "Federated")},
 			want: []Identity{{Name: "fed", Namespace: "apps", Type: aadv1.ServicePrincipal, ClientID: "cid-fed", TenantID: "tenant",
-				ADEndpoint: "https://login.example/", Backend: annotation.BackendFederated, Binding: "apps/b"}}},
+				ADEndpoint: "https://login.example/", Backend: contract.BackendFederated, Binding: "apps/b"}}},
 		{name: "explicit node backend is the default", pod: pod("apps", "web"), bindings: []aadv1.AzureIdentityBinding{bind("apps", "b", "web", "web", 0)},
 			identities: []aadv1.AzureIdentity{mi("apps", "web", map[string]string{aadv1.BackendAnnotation: "node"})},
 			want:       []Identity{{Name: "web", Namespace: "apps", Type: aadv1.UserAssignedMSI, ClientID: "cid-web", ResourceID: rid + "web", Binding: "apps/b"}}},
@@ -63,7 +62,7 @@ func TestResolveFederatedAndServiceAccounts(t *testing.T) {
 			bindings:   []aadv1.AzureIdentityBinding{accounts(bind("apps", "b", "fed", "web", 0), "other, api")},
 			identities: []aadv1.AzureIdentity{fed},
 			want: []Identity{{Name: "fed", Namespace: "apps", Type: aadv1.UserAssignedMSI, ClientID: "cid-fed", TenantID: "tenant",
-				ADEndpoint: "https://login.example/", Backend: annotation.BackendFederated, Binding: "apps/b"}}},
+				ADEndpoint: "https://login.example/", Backend: contract.BackendFederated, Binding: "apps/b"}}},
 		{name: "service account of another service account refused, with the reason", pod: withSA(pod("apps", "web"), "intruder"),
 			bindings: []aadv1.AzureIdentityBinding{accounts(bind("apps", "b", "fed", "web", 0), "api")}, identities: []aadv1.AzureIdentity{fed},
 			wantProblems: []string{"service account apps/intruder"}},
@@ -108,10 +107,10 @@ func TestResolveFederatedAndServiceAccounts(t *testing.T) {
 func TestServableFederatedNeedsTheProjectedToken(t *testing.T) {
 	ids := []Identity{
 		{Name: "node", Namespace: "apps", Type: aadv1.UserAssignedMSI, ClientID: "a"},
-		{Name: "fed", Namespace: "apps", Type: aadv1.UserAssignedMSI, ClientID: "b", TenantID: "t", Backend: annotation.BackendFederated},
+		{Name: "fed", Namespace: "apps", Type: aadv1.UserAssignedMSI, ClientID: "b", TenantID: "t", Backend: contract.BackendFederated},
 	}
 	volume := func(audience string) corev1.Volume {
-		return corev1.Volume{Name: defaults.FederatedTokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		return corev1.Volume{Name: contract.FederatedTokenVolumeName, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: audience, Path: "token"}}}}}}
 	}
 	for _, tc := range []struct {
@@ -121,8 +120,8 @@ func TestServableFederatedNeedsTheProjectedToken(t *testing.T) {
 	}{
 		{"no token volume: only the node identity", nil, []string{"apps/node"}},
 		{"token volume of another audience", []corev1.Volume{volume("api://other")}, []string{"apps/node"}},
-		{"token volume of another kind", []corev1.Volume{{Name: defaults.FederatedTokenVolumeName, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}, []string{"apps/node"}},
-		{"the webhook's token volume: both", []corev1.Volume{volume(defaults.FederatedAudience)}, []string{"apps/node", "apps/fed"}},
+		{"token volume of another kind", []corev1.Volume{{Name: contract.FederatedTokenVolumeName, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}, []string{"apps/node"}},
+		{"the webhook's token volume: both", []corev1.Volume{volume(contract.FederatedAudience)}, []string{"apps/node", "apps/fed"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := pod("apps", "web")
@@ -140,7 +139,7 @@ func TestOldAnnotationsStillDecode(t *testing.T) {
 	if err != nil || len(ids) != 1 || ids[0].Federated() || ids[0].Backend != "" {
 		t.Fatalf("Decode = %+v, %v", ids, err)
 	}
-	fed := Identity{Name: "f", Namespace: "apps", ClientID: "c", TenantID: "t", Backend: annotation.BackendFederated, Binding: "apps/b"}
+	fed := Identity{Name: "f", Namespace: "apps", ClientID: "c", TenantID: "t", Backend: contract.BackendFederated, Binding: "apps/b"}
 	back, err := Decode(Encode([]Identity{fed}))
 	if err != nil || len(back) != 1 || !back[0].Federated() || !reflect.DeepEqual(back[0], fed) {
 		t.Fatalf("round trip = %+v, %v", back, err)

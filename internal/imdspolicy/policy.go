@@ -13,7 +13,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // Action is what a pod's network namespace must hold.
@@ -88,9 +88,9 @@ type Policy struct {
 func (p Policy) Validate() error {
 	switch {
 	case p.InjectionLabel == "":
-		return fmt.Errorf("the injection label is empty: set it to the webhook's namespace injection label (%s)", defaults.NamespaceInjectionLabel)
+		return fmt.Errorf("the injection label is empty: set it to the webhook's namespace injection label (%s)", contract.NamespaceInjectionLabel)
 	case p.SidecarImage == "":
-		return fmt.Errorf("the sidecar image is empty: set it to the image the webhook injects as %s (the webhook's --sidecar-image)", defaults.SidecarContainerName)
+		return fmt.Errorf("the sidecar image is empty: set it to the image the webhook injects as %s (the webhook's --sidecar-image)", contract.SidecarContainerName)
 	}
 	_, err := ParseScope(string(p.Scope))
 	return err
@@ -135,7 +135,7 @@ func Decide(p Policy, pod *corev1.Pod, ns *corev1.Namespace, exceptions []aadv1.
 		return Decision{Action: None, Reason: ReasonHostNetwork}
 	}
 	optedIn := ns != nil && ns.Labels[p.InjectionLabel] == "enabled"
-	_, annotated := pod.Annotations[defaults.IdentitiesAnnotation]
+	_, annotated := pod.Annotations[contract.IdentitiesAnnotation]
 	sidecar := SidecarContainer(pod)
 	genuine := sidecar != nil && sidecar.Image == p.SidecarImage
 	if optedIn && annotated && genuine {
@@ -164,11 +164,11 @@ func DecideNotAPod(p Policy) Decision {
 func imitation(optedIn, annotated bool, sidecar *corev1.Container, genuine bool) string {
 	switch {
 	case sidecar != nil && !genuine:
-		return fmt.Sprintf("container %s has image %q, not the configured sidecar image", defaults.SidecarContainerName, sidecar.Image)
+		return fmt.Sprintf("container %s has image %q, not the configured sidecar image", contract.SidecarContainerName, sidecar.Image)
 	case sidecar == nil:
-		return fmt.Sprintf("annotation %s without a %s container", defaults.IdentitiesAnnotation, defaults.SidecarContainerName)
+		return fmt.Sprintf("annotation %s without a %s container", contract.IdentitiesAnnotation, contract.SidecarContainerName)
 	case !annotated:
-		return fmt.Sprintf("container %s without annotation %s", defaults.SidecarContainerName, defaults.IdentitiesAnnotation)
+		return fmt.Sprintf("container %s without annotation %s", contract.SidecarContainerName, contract.IdentitiesAnnotation)
 	case !optedIn:
 		return "the namespace is not opted in, so no webhook vouches for the injected containers"
 	}
@@ -180,7 +180,7 @@ func imitation(optedIn, annotated bool, sidecar *corev1.Container, genuine bool)
 func SidecarContainer(pod *corev1.Pod) *corev1.Container {
 	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for i := range list {
-			if list[i].Name == defaults.SidecarContainerName {
+			if list[i].Name == contract.SidecarContainerName {
 				return &list[i]
 			}
 		}
@@ -194,7 +194,7 @@ func SidecarContainer(pod *corev1.Pod) *corev1.Container {
 func SidecarContainerID(pod *corev1.Pod) string {
 	for _, list := range [][]corev1.ContainerStatus{pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses} {
 		for _, s := range list {
-			if s.Name != defaults.SidecarContainerName || s.State.Running == nil || s.ContainerID == "" {
+			if s.Name != contract.SidecarContainerName || s.State.Running == nil || s.ContainerID == "" {
 				continue
 			}
 			return StripScheme(s.ContainerID)

@@ -9,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
 )
@@ -18,7 +18,7 @@ const sidecarImage = "ghcr.io/podidentity/podidentity-sidecar:v1"
 
 func pol(scope imdspolicy.Scope) imdspolicy.Policy {
 	return imdspolicy.Policy{
-		InjectionLabel:   defaults.NamespaceInjectionLabel,
+		InjectionLabel:   contract.NamespaceInjectionLabel,
 		SidecarImage:     sidecarImage,
 		ExemptNamespaces: []string{"kube-system", "podidentity-system"},
 		Scope:            scope,
@@ -30,8 +30,8 @@ func namespace(name string, labels map[string]string) *corev1.Namespace {
 }
 
 var (
-	optedIn    = namespace("apps", map[string]string{defaults.NamespaceInjectionLabel: "enabled"})
-	disabled   = namespace("apps", map[string]string{defaults.NamespaceInjectionLabel: "disabled"})
+	optedIn    = namespace("apps", map[string]string{contract.NamespaceInjectionLabel: "enabled"})
+	disabled   = namespace("apps", map[string]string{contract.NamespaceInjectionLabel: "disabled"})
 	notOptedIn = namespace("apps", nil)
 	otherLabel = namespace("apps", map[string]string{"other.io/injection": "enabled"})
 )
@@ -51,19 +51,19 @@ func newPod(opts ...podOpt) *corev1.Pod {
 
 func inNamespace(ns string) podOpt { return func(p *corev1.Pod) { p.Namespace = ns } }
 func annotated(p *corev1.Pod) {
-	p.Annotations = map[string]string{defaults.IdentitiesAnnotation: `[{"name":"id"}]`}
+	p.Annotations = map[string]string{contract.IdentitiesAnnotation: `[{"name":"id"}]`}
 }
 func nativeSidecar(image string) podOpt {
 	return func(p *corev1.Pod) {
 		always := corev1.ContainerRestartPolicyAlways
 		p.Spec.InitContainers = append(p.Spec.InitContainers,
-			corev1.Container{Name: defaults.InitContainerName, Image: "init:1"},
-			corev1.Container{Name: defaults.SidecarContainerName, Image: image, RestartPolicy: &always})
+			corev1.Container{Name: contract.InitContainerName, Image: "init:1"},
+			corev1.Container{Name: contract.SidecarContainerName, Image: image, RestartPolicy: &always})
 	}
 }
 func classicSidecar(image string) podOpt {
 	return func(p *corev1.Pod) {
-		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: defaults.SidecarContainerName, Image: image})
+		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: contract.SidecarContainerName, Image: image})
 	}
 }
 func hostNetwork(p *corev1.Pod) { p.Spec.HostNetwork = true }
@@ -205,15 +205,15 @@ func TestSidecarContainerID(t *testing.T) {
 		want   string
 	}{
 		{"native sidecar running", corev1.PodStatus{InitContainerStatuses: []corev1.ContainerStatus{
-			{Name: defaults.InitContainerName, ContainerID: "containerd://init"},
-			{Name: defaults.SidecarContainerName, ContainerID: "containerd://abc", State: running},
+			{Name: contract.InitContainerName, ContainerID: "containerd://init"},
+			{Name: contract.SidecarContainerName, ContainerID: "containerd://abc", State: running},
 		}}, "abc"},
 		{"classic sidecar running", corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{
 			{Name: "app", ContainerID: "containerd://app", State: running},
-			{Name: defaults.SidecarContainerName, ContainerID: "cri-o://def", State: running},
+			{Name: contract.SidecarContainerName, ContainerID: "cri-o://def", State: running},
 		}}, "def"},
 		{"sidecar waiting after a crash", corev1.PodStatus{InitContainerStatuses: []corev1.ContainerStatus{
-			{Name: defaults.SidecarContainerName, ContainerID: "containerd://old", State: waiting},
+			{Name: contract.SidecarContainerName, ContainerID: "containerd://old", State: waiting},
 		}}, ""},
 		{"sidecar not created yet", corev1.PodStatus{}, ""},
 	} {
@@ -281,7 +281,7 @@ func TestAssessAndPlan(t *testing.T) {
 			imdspolicy.TableOK, imdspolicy.StepNone, redirect.Ruleset{}},
 		{"redirect where a fence is", imdspolicy.Redirect, present(redirect.Fence(cfg)), &sidecar, imdspolicy.TableWrong, imdspolicy.StepRepair, withEx(sidecar)},
 		{"redirect with a uid exemption is wrong", imdspolicy.Redirect,
-			present(redirect.Desired(cfg.WithExemption(redirect.Exemption{UID: defaults.SidecarUID}))), nil,
+			present(redirect.Desired(cfg.WithExemption(redirect.Exemption{UID: contract.SidecarUID}))), nil,
 			imdspolicy.TableWrong, imdspolicy.StepRepair, redirect.Desired(cfg)},
 		{"redirect exempting the root cgroup is wrong", imdspolicy.Redirect,
 			present(withEx(redirect.Cgroup{ID: redirect.RootCgroupID, Level: 0})), nil,

@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // Config says what to redirect where, and whose traffic is exempt.
@@ -68,9 +68,9 @@ const MaxCgroupLevel = 32
 // the sidecar adds its own cgroup's when it starts.
 func DefaultConfig() Config {
 	return Config{
-		IMDSAddress: netip.MustParseAddr(defaults.IMDSAddress),
-		IMDSPort:    defaults.IMDSPort,
-		SidecarPort: defaults.SidecarPort,
+		IMDSAddress: netip.MustParseAddr(contract.IMDSAddress),
+		IMDSPort:    contract.IMDSPort,
+		SidecarPort: contract.SidecarPort,
 	}
 }
 
@@ -84,17 +84,17 @@ func (c Config) WithExemption(e Exemption) Config {
 func (c Config) Validate() error {
 	switch {
 	case !c.IMDSAddress.IsValid():
-		return fmt.Errorf("the IMDS address is empty: pass --imds-address=%s", defaults.IMDSAddress)
+		return fmt.Errorf("the IMDS address is empty: pass --imds-address=%s", contract.IMDSAddress)
 	case !c.IMDSAddress.Is4():
 		return fmt.Errorf("the IMDS address %s is not IPv4: the redirect handles IPv4 only (Azure's IMDS is %s)",
-			c.IMDSAddress, defaults.IMDSAddress)
+			c.IMDSAddress, contract.IMDSAddress)
 	case c.IMDSAddress.IsLoopback():
 		return fmt.Errorf("the IMDS address %s is a loopback address: it would redirect the sidecar's own port; "+
-			"pass the real IMDS address (%s)", c.IMDSAddress, defaults.IMDSAddress)
+			"pass the real IMDS address (%s)", c.IMDSAddress, contract.IMDSAddress)
 	case c.IMDSPort == 0:
-		return fmt.Errorf("the IMDS port is 0: pass --imds-port=%d", defaults.IMDSPort)
+		return fmt.Errorf("the IMDS port is 0: pass --imds-port=%d", contract.IMDSPort)
 	case c.SidecarPort == 0:
-		return fmt.Errorf("the sidecar port is 0: pass --sidecar-port=%d", defaults.SidecarPort)
+		return fmt.Errorf("the sidecar port is 0: pass --sidecar-port=%d", contract.SidecarPort)
 	case c.Exemption.Cgroup.ID != 0 && c.Exemption.UID != 0:
 		return fmt.Errorf("both a cgroup and a uid are exempt: exempt the sidecar one way only")
 	case c.Exemption.Cgroup.ID == RootCgroupID:

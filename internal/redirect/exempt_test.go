@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/test/nstest"
 )
@@ -130,7 +130,7 @@ func TestSidecarExemptsItsOwnCgroup(t *testing.T) {
 			link := nstest.NewLink(t, imds)
 			nstest.Serve(t, link.Node, imds+":80", "node:80")
 			nstest.Serve(t, link.Node, imds+":443", "node:443")
-			nstest.Serve(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), "sidecar")
+			nstest.Serve(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", contract.SidecarPort), "sidecar")
 			suffix := nstest.UniqueSuffix(t)
 			sidecar := nstest.NewCgroup(t, suffix, "sidecar")
 			app := nstest.NewCgroup(t, suffix, "app")
@@ -140,7 +140,7 @@ func TestSidecarExemptsItsOwnCgroup(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Before the sidecar exempts itself, nobody reaches the node, the sidecar's cgroup included.
-			if got := helper(t, link.Pod, sidecar, defaults.SidecarUID, 0, "dial "+imds+":80"); got != "ok sidecar" {
+			if got := helper(t, link.Pod, sidecar, contract.SidecarUID, 0, "dial "+imds+":80"); got != "ok sidecar" {
 				t.Fatalf("sidecar's cgroup before the exemption: %q, want it redirected", got)
 			}
 
@@ -169,11 +169,11 @@ func TestSidecarExemptsItsOwnCgroup(t *testing.T) {
 				addr string
 				want string
 			}{
-				{"sidecar reaches the node", sidecar, defaults.SidecarUID, imds + ":80", "ok node:80"},
-				{"sidecar reaches other IMDS ports", sidecar, defaults.SidecarUID, imds + ":443", "ok node:443"},
+				{"sidecar reaches the node", sidecar, contract.SidecarUID, imds + ":80", "ok node:80"},
+				{"sidecar reaches other IMDS ports", sidecar, contract.SidecarUID, imds + ":443", "ok node:443"},
 				{"app as root is redirected", app, 0, imds + ":80", "ok sidecar"},
-				{"app as the sidecar's uid is redirected", app, defaults.SidecarUID, imds + ":80", "ok sidecar"},
-				{"app as the sidecar's uid is refused other ports", app, defaults.SidecarUID, imds + ":443", "error"},
+				{"app as the sidecar's uid is redirected", app, contract.SidecarUID, imds + ":80", "ok sidecar"},
+				{"app as the sidecar's uid is refused other ports", app, contract.SidecarUID, imds + ":443", "error"},
 				{"a process outside any container cgroup is redirected", nil, 1000, imds + ":80", "ok sidecar"},
 			} {
 				if got := helper(t, link.Pod, c.cg, c.uid, 0, "dial "+c.addr); !strings.HasPrefix(got, c.want) {

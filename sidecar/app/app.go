@@ -18,8 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/podidentity/podidentity/api/identitytype"
-	"github.com/podidentity/podidentity/internal/annotation"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/federated"
 	"github.com/podidentity/podidentity/sidecar/identities"
 	"github.com/podidentity/podidentity/sidecar/loopguard"
@@ -64,12 +63,12 @@ type Config struct {
 
 // BindFlags registers the contract's flags on fs.
 func (c *Config) BindFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.ListenAddress, "listen-address", fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), "Address of the IMDS token endpoint; keep it on loopback.")
-	fs.StringVar(&c.HealthAddress, "health-address", fmt.Sprintf(":%d", defaults.SidecarHealthPort), "Address of /healthz, /readyz and /metrics (never tokens).")
-	fs.StringVar(&c.IdentitiesFile, "identities-file", defaults.IdentitiesDir+"/"+defaults.IdentitiesFile, "Downward-API file carrying the pod annotation "+defaults.IdentitiesAnnotation+".")
-	fs.StringVar(&c.SecretsDir, "secrets-dir", defaults.SecretsDir, "Directory with one subdirectory per service-principal identity name.")
-	fs.StringVar(&c.FederatedTokenFile, "federated-token-file", defaults.FederatedTokenDir+"/"+defaults.FederatedTokenFile, "Projected service account token (audience "+defaults.FederatedAudience+") that federated identities are exchanged with at Azure AD; read on every exchange.")
-	fs.StringVar(&c.IMDSEndpoint, "imds-endpoint", "http://"+defaults.IMDSAddress, "The node's IMDS.")
+	fs.StringVar(&c.ListenAddress, "listen-address", fmt.Sprintf("127.0.0.1:%d", contract.SidecarPort), "Address of the IMDS token endpoint; keep it on loopback.")
+	fs.StringVar(&c.HealthAddress, "health-address", fmt.Sprintf(":%d", contract.SidecarHealthPort), "Address of /healthz, /readyz and /metrics (never tokens).")
+	fs.StringVar(&c.IdentitiesFile, "identities-file", contract.IdentitiesDir+"/"+contract.IdentitiesFile, "Downward-API file carrying the pod annotation "+contract.IdentitiesAnnotation+".")
+	fs.StringVar(&c.SecretsDir, "secrets-dir", contract.SecretsDir, "Directory with one subdirectory per service-principal identity name.")
+	fs.StringVar(&c.FederatedTokenFile, "federated-token-file", contract.FederatedTokenDir+"/"+contract.FederatedTokenFile, "Projected service account token (audience "+contract.FederatedAudience+") that federated identities are exchanged with at Azure AD; read on every exchange.")
+	fs.StringVar(&c.IMDSEndpoint, "imds-endpoint", "http://"+contract.IMDSAddress, "The node's IMDS.")
 	fs.BoolVar(&c.MetadataHeaderRequired, "metadata-header-required", true, "Refuse token requests without the header \"Metadata: true\", as IMDS does.")
 	fs.BoolVar(&c.BlockInstanceMetadata, "block-instance-metadata", false, "Answer /metadata/instance with 403 instead of proxying it.")
 	fs.DurationVar(&c.ReloadInterval, "reload-interval", time.Second, "How often the identities file is re-read.")
@@ -93,10 +92,10 @@ func (c *Config) Validate() error {
 	}
 	host, _, err := net.SplitHostPort(c.ListenAddress)
 	if err != nil {
-		return fmt.Errorf("--listen-address %q: %w (use host:port, e.g. 127.0.0.1:%d)", c.ListenAddress, err, defaults.SidecarPort)
+		return fmt.Errorf("--listen-address %q: %w (use host:port, e.g. 127.0.0.1:%d)", c.ListenAddress, err, contract.SidecarPort)
 	}
 	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("--listen-address %q is not a loopback address: tokens must only be served inside the pod (use 127.0.0.1:%d)", c.ListenAddress, defaults.SidecarPort)
+		return fmt.Errorf("--listen-address %q is not a loopback address: tokens must only be served inside the pod (use 127.0.0.1:%d)", c.ListenAddress, contract.SidecarPort)
 	}
 	if c.IdentitiesFile == "" {
 		return errors.New("--identities-file must be set")
@@ -149,7 +148,7 @@ func New(cfg Config, log logr.Logger) (*App, error) {
 		DisableInstanceDiscovery: cfg.AADDisableInstanceDiscovery, Transport: cfg.AADTransport})
 	fed := federated.New(federated.Options{TokenFile: cfg.FederatedTokenFile, AuthorityHost: cfg.AADAuthorityHost,
 		DisableInstanceDiscovery: cfg.AADDisableInstanceDiscovery, Transport: cfg.AADTransport})
-	fetch := tokens.FetcherFunc(func(ctx context.Context, id annotation.Identity, resource string) (tokens.Token, error) {
+	fetch := tokens.FetcherFunc(func(ctx context.Context, id contract.Identity, resource string) (tokens.Token, error) {
 		var tok tokens.Token
 		var err error
 		switch {
@@ -175,7 +174,7 @@ func New(cfg Config, log logr.Logger) (*App, error) {
 	}
 	cache := tokens.NewCache(fetch, cacheOpts)
 	store := identities.NewStore(cfg.IdentitiesFile, log.WithName("identities"))
-	store.OnChange = func(ids []annotation.Identity) { metrics.BoundIdentities.Set(float64(len(ids))) }
+	store.OnChange = func(ids []contract.Identity) { metrics.BoundIdentities.Set(float64(len(ids))) }
 
 	srv := server.New(server.Options{
 		Pod: cfg.PodNamespace + "/" + cfg.PodName, MetadataHeaderRequired: cfg.MetadataHeaderRequired,

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/jwttest"
 )
@@ -49,7 +49,7 @@ type value struct {
 // header. Expected answers follow from the rules, and no request ever yields a token of an identity that is
 // not bound to the pod, although IMDS would issue one (the node has it attached).
 func TestAuthorizationMatrix(t *testing.T) {
-	h := start(t, setup{bound: []annotation.Identity{web, jobs}, attached: []imds.Identity{webMI, jobsMI, otherMI}})
+	h := start(t, setup{bound: []contract.Identity{web, jobs}, attached: []imds.Identity{webMI, jobsMI, otherMI}})
 	values := map[string][]value{
 		"client_id": {
 			{"bound", webMI.ClientID, true, false},
@@ -155,7 +155,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 
 // TestSelectorCombinations covers requests that name several identities or none.
 func TestSelectorCombinations(t *testing.T) {
-	h := start(t, setup{bound: []annotation.Identity{web, jobs}, attached: []imds.Identity{webMI, jobsMI, otherMI}})
+	h := start(t, setup{bound: []contract.Identity{web, jobs}, attached: []imds.Identity{webMI, jobsMI, otherMI}})
 	tests := []struct {
 		name   string
 		query  string

@@ -10,22 +10,22 @@ import (
 
 	"github.com/go-logr/logr"
 
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/wait"
 )
 
 func TestReloadOnIdentitiesFileChange(t *testing.T) {
-	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI, jobsMI}})
+	h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI, jobsMI}})
 	jobsQuery := "&client_id=" + jobsMI.ClientID
 	if r := rawGet(t, h.addr, tokenTarget(jobsQuery), md); r.status != 400 {
 		t.Fatalf("jobs before binding: %d %s, want 400", r.status, r.raw)
 	}
-	h.files.write(t, []annotation.Identity{web, jobs}) // the kubelet swaps ..data
+	h.files.write(t, []contract.Identity{web, jobs}) // the kubelet swaps ..data
 	wait.Until(t, 15*time.Second, 5*time.Millisecond, "jobs to become bound", func() bool { return rawGet(t, h.addr, tokenTarget(jobsQuery), md).status == 200 })
 
-	h.files.write(t, []annotation.Identity{jobs}) // web unbound: its cached token must not be served any more
+	h.files.write(t, []contract.Identity{jobs}) // web unbound: its cached token must not be served any more
 	wait.Until(t, 15*time.Second, 5*time.Millisecond, "web to become unbound", func() bool {
 		return rawGet(t, h.addr, tokenTarget("&client_id="+webMI.ClientID), md).status == 400
 	})
@@ -50,12 +50,12 @@ func TestNotReadyUntilIdentitiesFileRead(t *testing.T) {
 	if r := rawGet(t, h.addr, tokenTarget(""), md); r.status != 400 || !strings.Contains(r.body["error_description"], "no identity is bound") {
 		t.Fatalf("token before the file: %d %s", r.status, r.raw)
 	}
-	h.files.write(t, []annotation.Identity{web})
+	h.files.write(t, []contract.Identity{web})
 	wait.Until(t, 15*time.Second, 5*time.Millisecond, "ready", func() bool { return get("/readyz") == 200 })
 }
 
 func TestWaitsForAttachmentThenSucceeds(t *testing.T) {
-	h := start(t, setup{bound: []annotation.Identity{web}}) // not attached to the node yet
+	h := start(t, setup{bound: []contract.Identity{web}}) // not attached to the node yet
 	done := make(chan response, 1)
 	go func() { done <- rawGet(t, h.addr, tokenTarget("&client_id="+webMI.ClientID), md) }()
 	wait.Until(t, 15*time.Second, 5*time.Millisecond, "IMDS to say Identity not found", func() bool { return h.emu.Counters().ByStatus[400] >= 2 })
@@ -67,7 +67,7 @@ func TestWaitsForAttachmentThenSucceeds(t *testing.T) {
 }
 
 func TestNotAttachedAnswers503WithRetryAfter(t *testing.T) {
-	h := start(t, setup{bound: []annotation.Identity{web}, cfg: func(c *Config) { c.AttachWait = 500 * time.Millisecond; c.RetryAfter = 3 * time.Second }})
+	h := start(t, setup{bound: []contract.Identity{web}, cfg: func(c *Config) { c.AttachWait = 500 * time.Millisecond; c.RetryAfter = 3 * time.Second }})
 	r := rawGet(t, h.addr, tokenTarget(""), md)
 	if r.status != 503 || r.header.Get("Retry-After") != "3" || r.body["error"] != "temporarily_unavailable" ||
 		!strings.Contains(r.body["error_description"], "not attached to this node yet") {
@@ -81,7 +81,7 @@ func TestNotAttachedAnswers503WithRetryAfter(t *testing.T) {
 }
 
 func TestThrottledIMDSIsRetried(t *testing.T) {
-	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}})
+	h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI}})
 	h.emu.InjectFaults(imds.Fault{Status: 429, Count: 2}, imds.Fault{Status: 410, Count: 1}, imds.Fault{Status: 500, Count: 1})
 	if r := rawGet(t, h.addr, tokenTarget(""), md); r.status != 200 {
 		t.Fatalf("%d %s, want a token after IMDS recovers", r.status, r.raw)
@@ -93,7 +93,7 @@ func TestThrottledIMDSIsRetried(t *testing.T) {
 
 func TestConcurrentColdRequestsMakeOneUpstreamCall(t *testing.T) {
 	// IMDS limits: 5 concurrent, 20/s. Without collapsing, 100 requests would be throttled.
-	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI},
+	h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI},
 		emu: imds.Options{Latency: 200 * time.Millisecond, RatePerSecond: 20, MaxConcurrent: 5}})
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 100}}
 	var wg sync.WaitGroup
@@ -129,7 +129,7 @@ func TestConcurrentColdRequestsMakeOneUpstreamCall(t *testing.T) {
 // TestRefreshAheadOfExpiry drives the sidecar's and the emulator's shared clock through a token's lifetime.
 func TestRefreshAheadOfExpiry(t *testing.T) {
 	clock := &testClock{now: time.Now()}
-	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI},
+	h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI},
 		emu: imds.Options{Now: clock.Now, TokenLifetime: 24 * time.Hour}, cfg: func(c *Config) { c.Now = clock.Now }})
 	first := rawGet(t, h.addr, tokenTarget(""), md)
 	if first.status != 200 || first.body["expires_in"] != "86400" {
@@ -157,7 +157,7 @@ func TestRefreshAheadOfExpiry(t *testing.T) {
 
 func TestNeverServesTokenExpiringWithinFiveMinutes(t *testing.T) {
 	clock := &testClock{now: time.Now()}
-	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI},
+	h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI},
 		emu: imds.Options{Now: clock.Now, TokenLifetime: time.Hour}, cfg: func(c *Config) { c.Now = clock.Now; c.Cache = tokens.Options{RetryInterval: time.Hour} }})
 	first := rawGet(t, h.addr, tokenTarget(""), md)
 	// Background refresh is disabled by the long retry interval; 4 minutes before expiry the cached token
@@ -183,7 +183,7 @@ func (c *testClock) Add(d time.Duration) {
 
 func TestOtherIMDSPaths(t *testing.T) {
 	for _, block := range []bool{false, true} {
-		h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI},
+		h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI},
 			emu: imds.Options{TenantID: "tenant-1"}, cfg: func(c *Config) { c.BlockInstanceMetadata = block }})
 		tests := []struct {
 			path    string
@@ -217,7 +217,7 @@ func TestOtherIMDSPaths(t *testing.T) {
 // TestBareProbeAnsweredImmediately: DefaultAzureCredential's probe (no query, no Metadata header) is answered
 // by the sidecar itself, without waiting for IMDS, even when the identity is not attached yet.
 func TestBareProbeAnsweredImmediately(t *testing.T) {
-	h := start(t, setup{bound: []annotation.Identity{web}, emu: imds.Options{Latency: time.Hour}})
+	h := start(t, setup{bound: []contract.Identity{web}, emu: imds.Options{Latency: time.Hour}})
 	for _, target := range []string{"/metadata/identity/oauth2/token", "/metadata/identity/oauth2/token?"} {
 		r := rawGet(t, h.addr, target, nil)
 		if r.status != 400 || r.body["error_description"] != "Required metadata header not specified" {
@@ -230,7 +230,7 @@ func TestBareProbeAnsweredImmediately(t *testing.T) {
 }
 
 func TestMetadataHeaderOptional(t *testing.T) {
-	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}, cfg: func(c *Config) { c.MetadataHeaderRequired = false }})
+	h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI}, cfg: func(c *Config) { c.MetadataHeaderRequired = false }})
 	if r := rawGet(t, h.addr, tokenTarget(""), nil); r.status != 200 {
 		t.Fatalf("without header, not required: %d %s", r.status, r.raw)
 	}
@@ -240,7 +240,7 @@ func TestMetadataHeaderOptional(t *testing.T) {
 }
 
 func TestAuditLogAndMetrics(t *testing.T) {
-	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}})
+	h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI}})
 	first := rawGet(t, h.addr, tokenTarget(""), md)
 	_ = rawGet(t, h.addr, tokenTarget(""), md)
 	_ = rawGet(t, h.addr, tokenTarget("&client_id="+otherMI.ClientID), md)
@@ -308,7 +308,7 @@ func TestConfigValidation(t *testing.T) {
 
 // TestObjectIDResolution: object IDs are resolved from the bound identities' tokens (the "oid" claim).
 func TestObjectIDResolution(t *testing.T) {
-	h := start(t, setup{bound: []annotation.Identity{web, jobs}, attached: []imds.Identity{webMI, otherMI}, // jobs not attached yet
+	h := start(t, setup{bound: []contract.Identity{web, jobs}, attached: []imds.Identity{webMI, otherMI}, // jobs not attached yet
 		cfg: func(c *Config) { c.AttachWait = 300 * time.Millisecond }})
 	tests := []struct {
 		name   string

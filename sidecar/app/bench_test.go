@@ -12,7 +12,7 @@ import (
 
 	"github.com/go-logr/logr"
 
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/imds"
 )
 
@@ -78,7 +78,7 @@ func benchmarkCached(b *testing.B, h *harness, clientID string) {
 // shared fake clock, up to the refresh window 15 min before expiry) and reports the IMDS calls made.
 func BenchmarkUpstreamCallsPerLifetime(b *testing.B) {
 	clock := &testClock{now: time.Unix(1_800_000_000, 0)}
-	h := startBenchWith(b, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI},
+	h := startBenchWith(b, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI},
 		emu: imds.Options{Now: clock.Now, TokenLifetime: 24 * time.Hour}, cfg: func(c *Config) { c.Now = clock.Now }})
 	client := &http.Client{}
 	url := "http://" + h.addr + tokenTarget("")
@@ -104,7 +104,7 @@ func BenchmarkUpstreamCallsPerLifetime(b *testing.B) {
 }
 
 func startBench(b *testing.B) *harness {
-	return startBenchWith(b, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}})
+	return startBenchWith(b, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI}})
 }
 
 // startBenchWith starts the harness for a benchmark, with a discarding logger.
@@ -126,7 +126,7 @@ func BenchmarkTokenHandler(b *testing.B) {
 		{"audit=slog-json", logr.FromSlogHandler(slog.NewJSONHandler(io.Discard, nil))},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			h := startTB(b, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}}, bc.log)
+			h := startTB(b, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI}}, bc.log)
 			handler := h.app.Server.Handler()
 			req := httptest.NewRequest(http.MethodGet, tokenTarget("&client_id="+webMI.ClientID), nil)
 			req.Header.Set("Metadata", "true")

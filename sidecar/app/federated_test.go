@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/podidentity/podidentity/api/identitytype"
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/jwttest"
 	"github.com/podidentity/podidentity/test/testenv"
@@ -29,14 +29,14 @@ type federation struct {
 	file    string
 	mu      sync.Mutex
 	skew    time.Duration
-	fedA    annotation.Identity // bound, authority from --aad-authority-host
-	fedB    annotation.Identity // bound, authority from its adEndpoint (a sovereign cloud's, in production)
-	unbound annotation.Identity // trusts apps/web in Azure AD, but no binding selects the pod
+	fedA    contract.Identity // bound, authority from --aad-authority-host
+	fedB    contract.Identity // bound, authority from its adEndpoint (a sovereign cloud's, in production)
+	unbound contract.Identity // trusts apps/web in Azure AD, but no binding selects the pod
 }
 
-func federatedIdentity(name, clientID string) annotation.Identity {
-	return annotation.Identity{Namespace: "apps", Name: name, Type: identitytype.UserAssignedMSI, ClientID: clientID, TenantID: tenant,
-		Backend: annotation.BackendFederated, Binding: "apps/" + name}
+func federatedIdentity(name, clientID string) contract.Identity {
+	return contract.Identity{Namespace: "apps", Name: name, Type: identitytype.UserAssignedMSI, ClientID: clientID, TenantID: tenant,
+		Backend: contract.BackendFederated, Binding: "apps/" + name}
 }
 
 func startFederation(t *testing.T) *federation {
@@ -64,7 +64,7 @@ func newFederation(t testing.TB, startSidecar func(setup) *harness) *federation 
 	f.fedB.ADEndpoint = f.aadSrv.URL + "/"
 	f.file = filepath.Join(t.TempDir(), "token")
 	f.rotate(t, "web", imds.FederationAudience)
-	f.h = startSidecar(setup{bound: []annotation.Identity{web, f.fedA, f.fedB}, attached: []imds.Identity{webMI},
+	f.h = startSidecar(setup{bound: []contract.Identity{web, f.fedA, f.fedB}, attached: []imds.Identity{webMI},
 		cfg: func(c *Config) {
 			c.FederatedTokenFile = f.file
 			c.AADAuthorityHost = f.aadSrv.URL + "/"

@@ -19,7 +19,7 @@ import (
 	"github.com/go-logr/logr/funcr"
 
 	"github.com/podidentity/podidentity/api/identitytype"
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/internal/kubeletfile"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/wait"
@@ -34,8 +34,8 @@ var (
 	jobsMI  = imds.Identity{ClientID: "aaaaaaaa-1111-4111-8111-000000000002", ObjectID: "0b000000-0000-0000-0000-000000000002", ResourceID: rid + "jobs"}
 	otherMI = imds.Identity{ClientID: "cccccccc-1111-4111-8111-000000000003", ObjectID: "0b000000-0000-0000-0000-000000000003", ResourceID: rid + "other"}
 
-	web  = annotation.Identity{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: webMI.ClientID, ResourceID: webMI.ResourceID, Binding: "apps/web", Weight: 5}
-	jobs = annotation.Identity{Namespace: "apps", Name: "jobs", Type: identitytype.UserAssignedMSI, ClientID: jobsMI.ClientID, ResourceID: jobsMI.ResourceID, Binding: "apps/jobs"}
+	web  = contract.Identity{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: webMI.ClientID, ResourceID: webMI.ResourceID, Binding: "apps/web", Weight: 5}
+	jobs = contract.Identity{Namespace: "apps", Name: "jobs", Type: identitytype.UserAssignedMSI, ClientID: jobsMI.ClientID, ResourceID: jobsMI.ResourceID, Binding: "apps/jobs"}
 )
 
 // kubeletDir is the identities file as the kubelet projects it.
@@ -43,9 +43,9 @@ type kubeletDir struct{ *kubeletfile.Dir }
 
 func (k kubeletDir) path() string { return k.Path() }
 
-func (k kubeletDir) write(t testing.TB, ids []annotation.Identity) {
+func (k kubeletDir) write(t testing.TB, ids []contract.Identity) {
 	t.Helper()
-	k.Write(t, []byte(annotation.Encode(ids)))
+	k.Write(t, []byte(contract.EncodeIdentities(ids)))
 }
 
 // logBuffer collects log lines.
@@ -79,7 +79,7 @@ type harness struct {
 }
 
 type setup struct {
-	bound    []annotation.Identity
+	bound    []contract.Identity
 	attached []imds.Identity
 	emu      imds.Options
 	// cfg changes the configuration; ListenAddress is already the token listener's address.

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/loopguard"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/wait"
@@ -51,7 +51,7 @@ func TestUpstreamReadiness(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}, upstreamPending: true,
+			h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI}, upstreamPending: true,
 				cfg: func(c *Config) {
 					if tt.endpoint != nil {
 						c.IMDSEndpoint = tt.endpoint(c)
@@ -84,7 +84,7 @@ func TestUpstreamReadiness(t *testing.T) {
 // fetch from "IMDS", which is itself: the looped fetch gets 508 and the app a fast 503 saying why (not
 // --attach-wait of retries), and a proxied path gets the 508 itself. Nothing is fetched twice.
 func TestLoopedRequestsAreNotServed(t *testing.T) {
-	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}, upstreamPending: true,
+	h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI}, upstreamPending: true,
 		cfg: func(c *Config) {
 			c.IMDSEndpoint = "http://" + c.ListenAddress
 			c.AttachWait = 10 * time.Second
@@ -163,7 +163,7 @@ func newRedirector(t *testing.T, target string) *redirector {
 // connection that still leads back to itself.
 func TestReadyOnceTheExemptionArrives(t *testing.T) {
 	var redir *redirector
-	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI}, upstreamPending: true,
+	h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI}, upstreamPending: true,
 		cfg: func(c *Config) {
 			redir = newRedirector(t, c.ListenAddress) // no exemption: IMDS is the sidecar itself
 			c.IMDSEndpoint = "http://" + redir.l.Addr().String()

@@ -6,13 +6,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // TestMetricsAreLean: the sidecar's /metrics carries its own series only, unless --runtime-metrics asks for
 // the Go runtime's and the process's (it runs in every injected pod, so every series multiplies).
 func TestMetricsAreLean(t *testing.T) {
-	bound := []annotation.Identity{{Name: "web", Namespace: "apps", ClientID: "c1"}}
+	bound := []contract.Identity{{Name: "web", Namespace: "apps", ClientID: "c1"}}
 	for _, tc := range []struct {
 		name    string
 		runtime bool

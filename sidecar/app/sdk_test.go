@@ -13,7 +13,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/jwttest"
 )
@@ -52,7 +52,7 @@ func TestAzureSDKManagedIdentityCredential(t *testing.T) {
 			os.Unsetenv(k)
 		}
 	}
-	h := start(t, setup{bound: []annotation.Identity{web, jobs}, attached: []imds.Identity{webMI, jobsMI, otherMI}})
+	h := start(t, setup{bound: []contract.Identity{web, jobs}, attached: []imds.Identity{webMI, jobsMI, otherMI}})
 	// MSAL caches tokens per process: a resource of its own keeps every run of this test (-count) honest.
 	scope := []string{uniqueResource() + "/.default"}
 	tests := []struct {
@@ -116,7 +116,7 @@ func TestAzureSDKDefaultAzureCredential(t *testing.T) {
 			os.Unsetenv(k)
 		}
 	}
-	h := start(t, setup{bound: []annotation.Identity{web}, attached: []imds.Identity{webMI, otherMI}})
+	h := start(t, setup{bound: []contract.Identity{web}, attached: []imds.Identity{webMI, otherMI}})
 	co, tr := sdkOptions(h.addr)
 	cred, err := azidentity.NewDefaultAzureCredential(&azidentity.DefaultAzureCredentialOptions{ClientOptions: co})
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/podidentity/podidentity/api/identitytype"
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/jwttest"
 	"github.com/podidentity/podidentity/test/pki"
@@ -30,13 +30,13 @@ func spCertificate() (*x509.Certificate, []byte) {
 // credential read from the secrets directory the webhook mounts into the sidecar only.
 func TestServicePrincipals(t *testing.T) {
 	cert, certPEM := spCertificate()
-	secretSP := annotation.Identity{Namespace: "apps", Name: "sp-secret", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000001", TenantID: tenant, SecretName: "sp-secret-creds"}
-	certSP := annotation.Identity{Namespace: "apps", Name: "sp-cert", Type: identitytype.ServicePrincipalCertificate, ClientID: "5e000000-0000-4000-8000-000000000002", TenantID: tenant, SecretName: "sp-cert-creds",
+	secretSP := contract.Identity{Namespace: "apps", Name: "sp-secret", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000001", TenantID: tenant, SecretName: "sp-secret-creds"}
+	certSP := contract.Identity{Namespace: "apps", Name: "sp-cert", Type: identitytype.ServicePrincipalCertificate, ClientID: "5e000000-0000-4000-8000-000000000002", TenantID: tenant, SecretName: "sp-cert-creds",
 		AuxiliaryTenantIDs: []string{"7e0b6a1c-0000-4000-8000-00000000000b"}}
-	wrongSP := annotation.Identity{Namespace: "apps", Name: "sp-wrong", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000003", TenantID: tenant, SecretName: "sp-wrong-creds"}
-	unreachableSP := annotation.Identity{Namespace: "apps", Name: "sp-unreachable", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000005", TenantID: tenant, SecretName: "sp-unreachable-creds",
+	wrongSP := contract.Identity{Namespace: "apps", Name: "sp-wrong", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000003", TenantID: tenant, SecretName: "sp-wrong-creds"}
+	unreachableSP := contract.Identity{Namespace: "apps", Name: "sp-unreachable", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000005", TenantID: tenant, SecretName: "sp-unreachable-creds",
 		ADEndpoint: "https://127.0.0.1:1/"}
-	missingSP := annotation.Identity{Namespace: "apps", Name: "sp-missing", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000004", TenantID: tenant, SecretName: "sp-missing-creds"}
+	missingSP := contract.Identity{Namespace: "apps", Name: "sp-missing", Type: identitytype.ServicePrincipal, ClientID: "5e000000-0000-4000-8000-000000000004", TenantID: tenant, SecretName: "sp-missing-creds"}
 
 	aad := imds.NewAAD(time.Hour,
 		imds.App{TenantID: tenant, ClientID: secretSP.ClientID, ObjectID: "0e000000-0000-0000-0000-000000000001", Secret: "s3cret"},
@@ -62,7 +62,7 @@ func TestServicePrincipals(t *testing.T) {
 	write("sp-wrong", "clientSecret", "wrong")
 	write("sp-unreachable", "clientSecret", "s3cret")
 
-	h := start(t, setup{bound: []annotation.Identity{web, secretSP, certSP, wrongSP, missingSP, unreachableSP}, attached: []imds.Identity{webMI},
+	h := start(t, setup{bound: []contract.Identity{web, secretSP, certSP, wrongSP, missingSP, unreachableSP}, attached: []imds.Identity{webMI},
 		cfg: func(c *Config) {
 			c.SecretsDir = secrets
 			c.AADAuthorityHost = aadSrv.URL + "/"
@@ -71,7 +71,7 @@ func TestServicePrincipals(t *testing.T) {
 		}})
 	tests := []struct {
 		name   string
-		id     annotation.Identity
+		id     contract.Identity
 		status int
 		want   string
 	}{
@@ -127,8 +127,8 @@ func TestAuxiliaryTenants(t *testing.T) {
 		gone = "7e0b6a1c-0000-4000-8000-0000000000ff" // the application has no service principal there
 	)
 	cert, certPEM := spCertificate()
-	sp := func(name, client string, typ identitytype.IdentityType, aux ...string) annotation.Identity {
-		return annotation.Identity{Namespace: "apps", Name: name, Type: typ, ClientID: client, TenantID: tenant, SecretName: name + "-creds", AuxiliaryTenantIDs: aux}
+	sp := func(name, client string, typ identitytype.IdentityType, aux ...string) contract.Identity {
+		return contract.Identity{Namespace: "apps", Name: name, Type: typ, ClientID: client, TenantID: tenant, SecretName: name + "-creds", AuxiliaryTenantIDs: aux}
 	}
 	multi := sp("sp-multi", "5e000000-0000-4000-8000-0000000000a1", identitytype.ServicePrincipal, aux1, aux2)
 	single := sp("sp-single", "5e000000-0000-4000-8000-0000000000a2", identitytype.ServicePrincipal)
@@ -159,7 +159,7 @@ func TestAuxiliaryTenants(t *testing.T) {
 			}
 		}
 	}
-	h := start(t, setup{bound: []annotation.Identity{multi, single, certMulti, refused, tooMany},
+	h := start(t, setup{bound: []contract.Identity{multi, single, certMulti, refused, tooMany},
 		cfg: func(c *Config) {
 			c.SecretsDir = secrets
 			c.AADAuthorityHost = aadSrv.URL + "/"
@@ -168,7 +168,7 @@ func TestAuxiliaryTenants(t *testing.T) {
 		}})
 	tests := []struct {
 		name        string
-		id          annotation.Identity
+		id          contract.Identity
 		status      int
 		wantTenants []string // nil: a single object; else a list with these tid claims, in order
 		wantError   string

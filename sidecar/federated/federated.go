@@ -19,7 +19,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 )
 
@@ -53,7 +53,7 @@ func New(opts Options) *Provider {
 }
 
 // Token exchanges the service account token for id's token for resource (scope resource + "/.default").
-func (p *Provider) Token(ctx context.Context, id annotation.Identity, resource string) (tokens.Token, error) {
+func (p *Provider) Token(ctx context.Context, id contract.Identity, resource string) (tokens.Token, error) {
 	// Read once up front: a missing file is a configuration error the app and the operator should see as one,
 	// not as Azure AD's refusal.
 	if _, err := p.assertion(id); err != nil {
@@ -86,7 +86,7 @@ func (p *Provider) Token(ctx context.Context, id annotation.Identity, resource s
 
 // assertion reads the projected token: on every exchange, so a rotated token is used as soon as the kubelet
 // writes it.
-func (p *Provider) assertion(id annotation.Identity) (string, error) {
+func (p *Provider) assertion(id contract.Identity) (string, error) {
 	b, err := os.ReadFile(p.opts.TokenFile)
 	if err == nil && len(strings.TrimSpace(string(b))) == 0 {
 		err = errors.New("the file is empty")
@@ -99,7 +99,7 @@ func (p *Provider) assertion(id annotation.Identity) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-func (p *Provider) credential(id annotation.Identity) (azcore.TokenCredential, error) {
+func (p *Provider) credential(id contract.Identity) (azcore.TokenCredential, error) {
 	host := p.opts.AuthorityHost
 	if id.ADEndpoint != "" {
 		host = id.ADEndpoint

@@ -20,7 +20,7 @@ import (
 
 	"github.com/go-logr/logr"
 
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // Store holds the latest valid identities list.
@@ -28,9 +28,9 @@ type Store struct {
 	path string
 	log  logr.Logger
 	// OnChange, when set before Watch, is called after every change of the list.
-	OnChange func(ids []annotation.Identity)
+	OnChange func(ids []contract.Identity)
 
-	ids    atomic.Pointer[[]annotation.Identity]
+	ids    atomic.Pointer[[]contract.Identity]
 	mu     sync.Mutex // guards raw and lastErr
 	raw    []byte
 	loaded atomic.Bool
@@ -39,7 +39,7 @@ type Store struct {
 // NewStore returns a store for the identities file at path; call Load or Watch to read it.
 func NewStore(path string, log logr.Logger) *Store {
 	s := &Store{path: path, log: log}
-	empty := []annotation.Identity{}
+	empty := []contract.Identity{}
 	s.ids.Store(&empty)
 	return s
 }
@@ -55,12 +55,12 @@ func (s *Store) Load() error {
 	if s.loaded.Load() && bytes.Equal(raw, s.raw) {
 		return nil
 	}
-	ids, err := annotation.Decode(string(raw))
+	ids, err := contract.DecodeIdentities(string(raw))
 	if err != nil {
 		return fmt.Errorf("identities file %s: %w; keeping the previous list", s.path, err)
 	}
 	if ids == nil {
-		ids = []annotation.Identity{}
+		ids = []contract.Identity{}
 	}
 	s.raw = raw
 	s.ids.Store(&ids)
@@ -102,7 +102,7 @@ func (s *Store) Watch(ctx context.Context, interval time.Duration) {
 func (s *Store) Ready() bool { return s.loaded.Load() }
 
 // Identities returns the current list, in the annotation's order. Callers must not modify it.
-func (s *Store) Identities() []annotation.Identity { return *s.ids.Load() }
+func (s *Store) Identities() []contract.Identity { return *s.ids.Load() }
 
 // SelectorKind names the query parameter that selects an identity.
 type SelectorKind string
@@ -124,9 +124,9 @@ func (r *Refusal) Error() string { return r.Description }
 // the annotation lists identities highest binding weight first, then by namespace and name, so the choice is
 // deterministic. Client IDs and resource IDs compare case-insensitively (GUIDs and ARM IDs are). Select
 // cannot match an object_id (the annotation carries no object IDs); see ObjectID.
-func Select(ids []annotation.Identity, kind SelectorKind, value string) (annotation.Identity, *Refusal) {
+func Select(ids []contract.Identity, kind SelectorKind, value string) (contract.Identity, *Refusal) {
 	if len(ids) == 0 {
-		return annotation.Identity{}, &Refusal{"no identity is bound to this pod: create an AzureIdentityBinding whose selector matches the pod's aadpodidbinding label"}
+		return contract.Identity{}, &Refusal{"no identity is bound to this pod: create an AzureIdentityBinding whose selector matches the pod's aadpodidbinding label"}
 	}
 	switch kind {
 	case ByDefault:
@@ -137,22 +137,22 @@ func Select(ids []annotation.Identity, kind SelectorKind, value string) (annotat
 				return id, nil
 			}
 		}
-		return annotation.Identity{}, &Refusal{fmt.Sprintf("client_id %q is not an identity bound to this pod (bound client IDs: %s)", value, list(ids, func(i annotation.Identity) string { return i.ClientID }))}
+		return contract.Identity{}, &Refusal{fmt.Sprintf("client_id %q is not an identity bound to this pod (bound client IDs: %s)", value, list(ids, func(i contract.Identity) string { return i.ClientID }))}
 	case ByResourceID:
 		for _, id := range ids {
 			if id.ResourceID != "" && strings.EqualFold(id.ResourceID, value) {
 				return id, nil
 			}
 		}
-		return annotation.Identity{}, &Refusal{fmt.Sprintf("msi_res_id %q is not an identity bound to this pod (bound resource IDs: %s)", value, list(ids, func(i annotation.Identity) string { return i.ResourceID }))}
+		return contract.Identity{}, &Refusal{fmt.Sprintf("msi_res_id %q is not an identity bound to this pod (bound resource IDs: %s)", value, list(ids, func(i contract.Identity) string { return i.ResourceID }))}
 	case ByObjectID:
 		// The annotation carries no object IDs: the server resolves them from the bound identities' tokens.
-		return annotation.Identity{}, &Refusal{fmt.Sprintf("object_id %q is not an identity bound to this pod", value)}
+		return contract.Identity{}, &Refusal{fmt.Sprintf("object_id %q is not an identity bound to this pod", value)}
 	}
-	return annotation.Identity{}, &Refusal{fmt.Sprintf("unknown selector %q", kind)}
+	return contract.Identity{}, &Refusal{fmt.Sprintf("unknown selector %q", kind)}
 }
 
-func list(ids []annotation.Identity, f func(annotation.Identity) string) string {
+func list(ids []contract.Identity, f func(contract.Identity) string) string {
 	var out []string
 	for _, id := range ids {
 		if v := f(id); v != "" {

@@ -9,7 +9,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/podidentity/podidentity/api/identitytype"
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/internal/kubeletfile"
 	"github.com/podidentity/podidentity/test/wait"
 )
@@ -17,9 +17,9 @@ import (
 const rid = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
 
 var (
-	heavy = annotation.Identity{Namespace: "apps", Name: "heavy", Type: identitytype.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000001", ResourceID: rid + "heavy", Weight: 9}
-	light = annotation.Identity{Namespace: "apps", Name: "light", Type: identitytype.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000002", ResourceID: rid + "light"}
-	sp    = annotation.Identity{Namespace: "apps", Name: "sp", Type: identitytype.ServicePrincipal, ClientID: "aaaaaaaa-0000-0000-0000-000000000003", TenantID: "t"}
+	heavy = contract.Identity{Namespace: "apps", Name: "heavy", Type: identitytype.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000001", ResourceID: rid + "heavy", Weight: 9}
+	light = contract.Identity{Namespace: "apps", Name: "light", Type: identitytype.UserAssignedMSI, ClientID: "aaaaaaaa-0000-0000-0000-000000000002", ResourceID: rid + "light"}
+	sp    = contract.Identity{Namespace: "apps", Name: "sp", Type: identitytype.ServicePrincipal, ClientID: "aaaaaaaa-0000-0000-0000-000000000003", TenantID: "t"}
 )
 
 func TestWatchFollowsKubeletSymlinkSwap(t *testing.T) {
@@ -31,13 +31,13 @@ func TestWatchFollowsKubeletSymlinkSwap(t *testing.T) {
 	if err := s.Load(); err == nil {
 		t.Fatal("Load of a missing file succeeded")
 	}
-	k.Write(t, []byte(annotation.Encode([]annotation.Identity{light})))
+	k.Write(t, []byte(contract.EncodeIdentities([]contract.Identity{light})))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go s.Watch(ctx, 10*time.Millisecond)
 	wait.Until(t, 10*time.Second, 5*time.Millisecond, "first load", func() bool { return s.Ready() && len(s.Identities()) == 1 })
 
-	k.Write(t, []byte(annotation.Encode([]annotation.Identity{heavy, light})))
+	k.Write(t, []byte(contract.EncodeIdentities([]contract.Identity{heavy, light})))
 	wait.Until(t, 10*time.Second, 5*time.Millisecond, "reload after ..data swap", func() bool { return len(s.Identities()) == 2 })
 	if got := s.Identities()[0].Name; got != "heavy" {
 		t.Fatalf("first identity %q, want heavy (annotation order kept)", got)
@@ -56,10 +56,10 @@ func TestWatchFollowsKubeletSymlinkSwap(t *testing.T) {
 }
 
 func TestSelect(t *testing.T) {
-	ids := []annotation.Identity{heavy, light, sp}
+	ids := []contract.Identity{heavy, light, sp}
 	tests := []struct {
 		name    string
-		ids     []annotation.Identity
+		ids     []contract.Identity
 		kind    SelectorKind
 		value   string
 		want    string

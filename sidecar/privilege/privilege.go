@@ -18,7 +18,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/redirect"
 )
 
@@ -35,8 +35,8 @@ type Options struct {
 func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.InstallExemption, "install-exemption", false, "At start, as root with CAP_NET_ADMIN: learn the sidecar's own cgroup v2 "+
 		"from the kernel and replace the pod's IMDS redirect table with one exempting it (the webhook sets this in its default, cgroup, mode).")
-	fs.UintVar(&o.RunAsUID, "run-as-uid", defaults.SidecarUID, "uid a sidecar started as root switches to, for good, before it serves (never 0).")
-	fs.UintVar(&o.RunAsGID, "run-as-gid", defaults.SidecarUID, "gid a sidecar started as root switches to, for good, before it serves (never 0).")
+	fs.UintVar(&o.RunAsUID, "run-as-uid", contract.SidecarUID, "uid a sidecar started as root switches to, for good, before it serves (never 0).")
+	fs.UintVar(&o.RunAsGID, "run-as-gid", contract.SidecarUID, "gid a sidecar started as root switches to, for good, before it serves (never 0).")
 }
 
 // Validate says what to fix in the flags.
@@ -46,11 +46,11 @@ func (o Options) Validate() error {
 		v    uint
 	}{{"--run-as-uid", o.RunAsUID}, {"--run-as-gid", o.RunAsGID}} {
 		if id.v == 0 {
-			return fmt.Errorf("%s=0: the sidecar must never serve as root; pass an unprivileged id (default %d)", id.flag, defaults.SidecarUID)
+			return fmt.Errorf("%s=0: the sidecar must never serve as root; pass an unprivileged id (default %d)", id.flag, contract.SidecarUID)
 		}
 		// 2^32-1 is (uid_t)-1, which setuid and the kernel take as "no change".
 		if id.v >= math.MaxUint32 {
-			return fmt.Errorf("%s=%d is not a valid id; pass one below %d (default %d)", id.flag, id.v, uint32(math.MaxUint32), defaults.SidecarUID)
+			return fmt.Errorf("%s=%d is not a valid id; pass one below %d (default %d)", id.flag, id.v, uint32(math.MaxUint32), contract.SidecarUID)
 		}
 	}
 	return nil
@@ -62,12 +62,12 @@ func (o Options) Validate() error {
 func RedirectConfig(imdsEndpoint, listenAddress string) (redirect.Config, error) {
 	u, err := url.Parse(imdsEndpoint)
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return redirect.Config{}, fmt.Errorf("--imds-endpoint %q is not an http URL such as http://%s", imdsEndpoint, defaults.IMDSAddress)
+		return redirect.Config{}, fmt.Errorf("--imds-endpoint %q is not an http URL such as http://%s", imdsEndpoint, contract.IMDSAddress)
 	}
 	addr, err := netip.ParseAddr(u.Hostname())
 	if err != nil || !addr.Is4() {
 		return redirect.Config{}, fmt.Errorf("--imds-endpoint %q: --install-exemption needs the IMDS as an IPv4 address, not %q: "+
-			"the redirect matches addresses, not names (use http://%s)", imdsEndpoint, u.Hostname(), defaults.IMDSAddress)
+			"the redirect matches addresses, not names (use http://%s)", imdsEndpoint, u.Hostname(), contract.IMDSAddress)
 	}
 	imdsPort := uint16(80)
 	if u.Scheme == "https" {
@@ -83,17 +83,17 @@ func RedirectConfig(imdsEndpoint, listenAddress string) (redirect.Config, error)
 
 	host, port, err := net.SplitHostPort(listenAddress)
 	if err != nil {
-		return redirect.Config{}, fmt.Errorf("--listen-address %q: %w (use 127.0.0.1:%d)", listenAddress, err, defaults.SidecarPort)
+		return redirect.Config{}, fmt.Errorf("--listen-address %q: %w (use 127.0.0.1:%d)", listenAddress, err, contract.SidecarPort)
 	}
 	// The redirect DNATs to 127.0.0.1: a sidecar listening anywhere else would never see the apps' requests.
 	if host != "127.0.0.1" && host != "localhost" {
 		return redirect.Config{}, fmt.Errorf("--listen-address %q: with --install-exemption the sidecar must listen on 127.0.0.1, "+
-			"where the redirect sends the apps' IMDS requests (use 127.0.0.1:%d)", listenAddress, defaults.SidecarPort)
+			"where the redirect sends the apps' IMDS requests (use 127.0.0.1:%d)", listenAddress, contract.SidecarPort)
 	}
 	sidecarPort, err := strconv.ParseUint(port, 10, 16)
 	if err != nil || sidecarPort == 0 {
 		return redirect.Config{}, fmt.Errorf("--listen-address %q: with --install-exemption the port must be fixed, from 1 to 65535 "+
-			"(the redirect sends the apps there; use 127.0.0.1:%d)", listenAddress, defaults.SidecarPort)
+			"(the redirect sends the apps there; use 127.0.0.1:%d)", listenAddress, contract.SidecarPort)
 	}
 	cfg := redirect.Config{IMDSAddress: addr, IMDSPort: imdsPort, SidecarPort: uint16(sidecarPort)}
 	if err := cfg.Validate(); err != nil {

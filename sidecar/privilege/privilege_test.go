@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/redirect"
 )
 
@@ -18,8 +18,8 @@ func TestFlagsDefaultToTheSidecarUID(t *testing.T) {
 	if err := fs.Parse(nil); err != nil {
 		t.Fatal(err)
 	}
-	if o.InstallExemption || o.RunAsUID != defaults.SidecarUID || o.RunAsGID != defaults.SidecarUID {
-		t.Fatalf("defaults %+v, want no exemption and uid/gid %d", o, defaults.SidecarUID)
+	if o.InstallExemption || o.RunAsUID != contract.SidecarUID || o.RunAsGID != contract.SidecarUID {
+		t.Fatalf("defaults %+v, want no exemption and uid/gid %d", o, contract.SidecarUID)
 	}
 	if err := fs.Parse([]string{"--install-exemption", "--run-as-uid=2000", "--run-as-gid=3000"}); err != nil {
 		t.Fatal(err)
@@ -35,7 +35,7 @@ func TestValidate(t *testing.T) {
 		uid, gid uint
 		wantErr  string
 	}{
-		{"defaults", defaults.SidecarUID, defaults.SidecarUID, ""},
+		{"defaults", contract.SidecarUID, contract.SidecarUID, ""},
 		{"uid 0", 0, 1000, "--run-as-uid=0: the sidecar must never serve as root"},
 		{"gid 0", 1000, 0, "--run-as-gid=0: the sidecar must never serve as root"},
 		{"uid (uid_t)-1 means no change to the kernel", 1<<32 - 1, 1000, "--run-as-uid=4294967295 is not a valid id"},
@@ -58,7 +58,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestRedirectConfig(t *testing.T) {
-	imds := netip.MustParseAddr(defaults.IMDSAddress)
+	imds := netip.MustParseAddr(contract.IMDSAddress)
 	tests := []struct {
 		name     string
 		endpoint string
@@ -102,7 +102,7 @@ func TestRedirectConfig(t *testing.T) {
 		})
 	}
 	// What the sidecar installs by default is what the init container installs, plus the exemption.
-	got, err := RedirectConfig("http://"+defaults.IMDSAddress, "127.0.0.1:15079")
+	got, err := RedirectConfig("http://"+contract.IMDSAddress, "127.0.0.1:15079")
 	if err != nil || got != redirect.DefaultConfig() {
 		t.Fatalf("default flags give %+v (%v), want redirect.DefaultConfig() %+v", got, err, redirect.DefaultConfig())
 	}

@@ -4,7 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podidentity/podidentity/api/identitytype"
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // Metrics are the sidecar's Prometheus metrics. Labels are bounded: identity is the namespace/name of an
@@ -61,7 +61,7 @@ const (
 )
 
 // Backend names the backend that serves the identity's tokens.
-func Backend(id annotation.Identity) string {
+func Backend(id contract.Identity) string {
 	switch {
 	case id.Federated():
 		return BackendFederated

@@ -20,7 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/podidentity/podidentity/api/identitytype"
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/identities"
 	"github.com/podidentity/podidentity/sidecar/loopguard"
 	"github.com/podidentity/podidentity/sidecar/tokens"
@@ -31,13 +31,13 @@ const TokenPath = "/metadata/identity/oauth2/token"
 
 // Identities is the pod's bound identities.
 type Identities interface {
-	Identities() []annotation.Identity
+	Identities() []contract.Identity
 	Ready() bool
 }
 
 // Tokens returns tokens for bound identities (a *tokens.Cache).
 type Tokens interface {
-	Get(ctx context.Context, id annotation.Identity, resource string, bypass bool) (tokens.Token, bool, error)
+	Get(ctx context.Context, id contract.Identity, resource string, bypass bool) (tokens.Token, bool, error)
 }
 
 // Options configure a Server.
@@ -328,7 +328,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, start, perr)
 		return
 	}
-	var id annotation.Identity
+	var id contract.Identity
 	var tok tokens.Token
 	var hit bool
 	var err error
@@ -417,7 +417,7 @@ const maxAuxiliaryTenants = 3
 
 // auxiliaryTenants returns the auxiliary tenants whose tokens are served along with the primary tenant's: a
 // client-secret service principal's (type 1) auxiliaryTenantIDs. NMI ignored them for certificates (type 2).
-func auxiliaryTenants(id annotation.Identity) []string {
+func auxiliaryTenants(id contract.Identity) []string {
 	if id.Type != identitytype.ServicePrincipal {
 		return nil
 	}
@@ -443,10 +443,10 @@ func (s *Server) fail(w http.ResponseWriter, start time.Time, name, backend stri
 // bound identity's token for the resource (by client ID, through the cache, so these are not wasted) and
 // serves the one whose "oid" claim is the requested object ID. A bound identity whose token cannot be had
 // yet makes an unmatched request transient (the error, e.g. 503) rather than a definite 400.
-func (s *Server) byObjectID(ctx context.Context, req request) (annotation.Identity, tokens.Token, bool, *identities.Refusal, error) {
+func (s *Server) byObjectID(ctx context.Context, req request) (contract.Identity, tokens.Token, bool, *identities.Refusal, error) {
 	ids := s.opts.Identities.Identities()
 	if _, refusal := identities.Select(ids, identities.ByDefault, ""); refusal != nil {
-		return annotation.Identity{}, tokens.Token{}, false, refusal, nil
+		return contract.Identity{}, tokens.Token{}, false, refusal, nil
 	}
 	var firstErr error
 	for _, id := range ids {
@@ -462,10 +462,10 @@ func (s *Server) byObjectID(ctx context.Context, req request) (annotation.Identi
 		}
 	}
 	if firstErr != nil {
-		return annotation.Identity{}, tokens.Token{}, false, nil, firstErr
+		return contract.Identity{}, tokens.Token{}, false, nil, firstErr
 	}
 	_, refusal := identities.Select(ids, identities.ByObjectID, req.value)
-	return annotation.Identity{}, tokens.Token{}, false, refusal, nil
+	return contract.Identity{}, tokens.Token{}, false, refusal, nil
 }
 
 func (s *Server) refuse(w http.ResponseWriter, start time.Time, e *tokens.Error) {

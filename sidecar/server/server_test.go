@@ -11,19 +11,19 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/loopguard"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 )
 
-type fixedIdentities []annotation.Identity
+type fixedIdentities []contract.Identity
 
-func (f fixedIdentities) Identities() []annotation.Identity { return f }
-func (f fixedIdentities) Ready() bool                       { return true }
+func (f fixedIdentities) Identities() []contract.Identity { return f }
+func (f fixedIdentities) Ready() bool                     { return true }
 
 type noTokens struct{ calls int }
 
-func (n *noTokens) Get(context.Context, annotation.Identity, string, bool) (tokens.Token, bool, error) {
+func (n *noTokens) Get(context.Context, contract.Identity, string, bool) (tokens.Token, bool, error) {
 	n.calls++
 	return tokens.Token{}, false, &tokens.Error{Status: 599, Code: "reached", Description: "reached the cache"}
 }
@@ -158,8 +158,8 @@ func (r readiness) Ready() (bool, string) { return r.ok, r.why }
 
 type identitiesReady bool
 
-func (identitiesReady) Identities() []annotation.Identity { return nil }
-func (r identitiesReady) Ready() bool                     { return bool(r) }
+func (identitiesReady) Identities() []contract.Identity { return nil }
+func (r identitiesReady) Ready() bool                   { return bool(r) }
 
 func TestReadyz(t *testing.T) {
 	tests := []struct {

@@ -20,7 +20,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/podidentity/podidentity/api/identitytype"
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 )
 
@@ -67,7 +67,7 @@ func New(opts Options) *Provider {
 // Token returns a token for the service principal and resource from its tenant (id.TenantID). The scope is
 // resource + "/.default", as IMDS-protocol clients ask for resources, not scopes. The server asks for each
 // auxiliary tenant's token with a copy of id whose TenantID is that tenant (see README.md).
-func (p *Provider) Token(ctx context.Context, id annotation.Identity, resource string) (tokens.Token, error) {
+func (p *Provider) Token(ctx context.Context, id contract.Identity, resource string) (tokens.Token, error) {
 	cred, err := p.credential(id)
 	if err != nil {
 		return tokens.Token{}, err
@@ -91,7 +91,7 @@ func (p *Provider) Token(ctx context.Context, id annotation.Identity, resource s
 	return tokens.Token{AccessToken: at.Token, ExpiresOn: at.ExpiresOn, Resource: resource, ClientID: id.ClientID, TokenType: "Bearer"}, nil
 }
 
-func (p *Provider) credential(id annotation.Identity) (azcore.TokenCredential, error) {
+func (p *Provider) credential(id contract.Identity) (azcore.TokenCredential, error) {
 	dir := filepath.Join(p.opts.SecretsDir, id.Name)
 	read := func(name string) ([]byte, error) {
 		b, err := os.ReadFile(filepath.Join(dir, name))
@@ -137,7 +137,7 @@ func (p *Provider) credential(id annotation.Identity) (azcore.TokenCredential, e
 	return cred, nil
 }
 
-func (p *Provider) build(id annotation.Identity, material []byte) (azcore.TokenCredential, error) {
+func (p *Provider) build(id contract.Identity, material []byte) (azcore.TokenCredential, error) {
 	host := p.opts.AuthorityHost
 	if id.ADEndpoint != "" {
 		host = id.ADEndpoint

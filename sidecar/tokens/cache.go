@@ -7,19 +7,19 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // Fetcher obtains a fresh token for an identity and resource.
 type Fetcher interface {
-	Fetch(ctx context.Context, id annotation.Identity, resource string) (Token, error)
+	Fetch(ctx context.Context, id contract.Identity, resource string) (Token, error)
 }
 
 // FetcherFunc adapts a function to Fetcher.
-type FetcherFunc func(ctx context.Context, id annotation.Identity, resource string) (Token, error)
+type FetcherFunc func(ctx context.Context, id contract.Identity, resource string) (Token, error)
 
 // Fetch calls f.
-func (f FetcherFunc) Fetch(ctx context.Context, id annotation.Identity, resource string) (Token, error) {
+func (f FetcherFunc) Fetch(ctx context.Context, id contract.Identity, resource string) (Token, error) {
 	return f(ctx, id, resource)
 }
 
@@ -96,14 +96,14 @@ func NewCache(fetch Fetcher, opts Options) *Cache {
 }
 
 // KeyOf returns the cache key of an identity and resource.
-func KeyOf(id annotation.Identity, resource string) Key {
+func KeyOf(id contract.Identity, resource string) Key {
 	return Key{Namespace: id.Namespace, Name: id.Name, ClientID: id.ClientID, TenantID: id.TenantID, Backend: id.Backend, Resource: resource}
 }
 
 // Get returns a token valid for at least MinValidity, from the cache when it holds one (hit = true), else from
 // one fetch shared by every concurrent caller of the same key. bypass asks for a fresh token, honoured at most
 // once per RetryInterval per key.
-func (c *Cache) Get(ctx context.Context, id annotation.Identity, resource string, bypass bool) (tok Token, hit bool, err error) {
+func (c *Cache) Get(ctx context.Context, id contract.Identity, resource string, bypass bool) (tok Token, hit bool, err error) {
 	key := KeyOf(id, resource)
 	now := c.opts.Now()
 	c.mu.RLock()
@@ -133,7 +133,7 @@ func (c *Cache) Get(ctx context.Context, id annotation.Identity, resource string
 }
 
 // fill fetches and stores a token. It runs detached from any one request: the callers it serves may go away.
-func (c *Cache) fill(key Key, id annotation.Identity, resource string) (Token, error) {
+func (c *Cache) fill(key Key, id contract.Identity, resource string) (Token, error) {
 	c.mu.Lock()
 	if e, ok := c.entries[key]; ok {
 		e.lastAttempt = c.opts.Now()
@@ -149,7 +149,7 @@ func (c *Cache) fill(key Key, id annotation.Identity, resource string) (Token, e
 	return tok, nil
 }
 
-func (c *Cache) refreshInBackground(key Key, id annotation.Identity, resource string) {
+func (c *Cache) refreshInBackground(key Key, id contract.Identity, resource string) {
 	c.mu.Lock()
 	if e, ok := c.entries[key]; ok {
 		if c.opts.Now().Sub(e.lastAttempt) < c.opts.RetryInterval {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // fakeClock is a settable clock.
@@ -35,7 +35,7 @@ type countingFetcher struct {
 	err      error
 }
 
-func (f *countingFetcher) Fetch(ctx context.Context, id annotation.Identity, resource string) (Token, error) {
+func (f *countingFetcher) Fetch(ctx context.Context, id contract.Identity, resource string) (Token, error) {
 	n := f.calls.Add(1)
 	if f.gate != nil {
 		<-f.gate
@@ -46,7 +46,7 @@ func (f *countingFetcher) Fetch(ctx context.Context, id annotation.Identity, res
 	return Token{AccessToken: fmt.Sprintf("t%d", n), ExpiresOn: f.clock.Now().Add(f.lifetime), Resource: resource, ClientID: id.ClientID}, nil
 }
 
-var web = annotation.Identity{Namespace: "apps", Name: "web", ClientID: "11111111-1111-1111-1111-111111111111"}
+var web = contract.Identity{Namespace: "apps", Name: "web", ClientID: "11111111-1111-1111-1111-111111111111"}
 
 func TestConcurrentColdRequestsCollapse(t *testing.T) {
 	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
@@ -190,7 +190,7 @@ func TestKeysSeparateIdentitiesAndResources(t *testing.T) {
 	rotated := web
 	rotated.ClientID = "22222222-2222-2222-2222-222222222222"
 	for _, q := range []struct {
-		id  annotation.Identity
+		id  contract.Identity
 		res string
 	}{{web, "https://a"}, {web, "https://a/"}, {rotated, "https://a"}, {web, "https://a"}} {
 		_, _, _ = c.Get(context.Background(), q.id, q.res, false)

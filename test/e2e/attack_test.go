@@ -18,7 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // attackResult is the JSON line of the attacker app (apps/attacker).
@@ -274,7 +274,7 @@ func (e *env) attackUninjected(t *testing.T, mode string) {
 	p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, corev1.EnvVar{Name: "LINGER", Value: "1"})
 	created := e.createPod(t, ns, p)
 	if injectionOf(t, created).Init {
-		t.Fatalf("a pod of a namespace without %s was injected", defaults.NamespaceInjectionLabel)
+		t.Fatalf("a pod of a namespace without %s was injected", contract.NamespaceInjectionLabel)
 	}
 	ev := e.waitEvent(t, ns, "labelled", "PodNotInjected", 2*time.Minute)
 	res := e.attackOutcome(t, ns, "labelled", "attack")
@@ -308,7 +308,7 @@ func (e *env) attackWithoutRedirect(t *testing.T, victim identity, mode string) 
 	hostNet := attackPod("host-network", e.attackerImage, "direct", victim.ClientID, "")
 	hostNet.Spec.HostNetwork = true
 	optOut := attackPod("opted-out", e.attackerImage, "direct", victim.ClientID, "")
-	optOut.Annotations = map[string]string{defaults.InjectAnnotation: "false"}
+	optOut.Annotations = map[string]string{contract.InjectAnnotation: "false"}
 	for _, c := range []struct {
 		pod, ns   string
 		spec      *corev1.Pod
@@ -316,7 +316,7 @@ func (e *env) attackWithoutRedirect(t *testing.T, victim identity, mode string) 
 	}{
 		{"pod of a namespace without the opt-in label", plain, attackPod("plain", e.attackerImage, "direct", victim.ClientID, ""), !cni},
 		{"hostNetwork pod", plain, hostNet, true},
-		{"opted-out pod (" + defaults.InjectAnnotation + ": \"false\") in an opted-in namespace", optedIn, optOut, !cni},
+		{"opted-out pod (" + contract.InjectAnnotation + ": \"false\") in an opted-in namespace", optedIn, optOut, !cni},
 	} {
 		before := e.imds.Counters(t)
 		created := e.createPod(t, c.ns, c.spec)
@@ -342,7 +342,7 @@ func (e *env) attackWithoutRedirect(t *testing.T, victim identity, mode string) 
 		case !res.Token:
 			stopped = stoppedText(res)
 		}
-		if w := created.Annotations[defaults.SecurityWarningsAnnotation]; w != "" {
+		if w := created.Annotations[contract.SecurityWarningsAnnotation]; w != "" {
 			stopped += "; admitted with security warning " + w
 		}
 		e.matrix.Add(MatrixRow{Pod: c.pod, Route: "direct", Verdict: verdict, Stopped: stopped, Mode: mode})

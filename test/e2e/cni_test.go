@@ -20,7 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/cluster/product"
 )
 
@@ -379,7 +379,7 @@ func initStageDurations(path string, from, to int64) []time.Duration {
 			continue
 		}
 		sandbox, name := string(m[2]), string(m[3])
-		if name == defaults.InitContainerName {
+		if name == contract.InitContainerName {
 			initCreated[sandbox] = at
 			continue
 		}

@@ -19,7 +19,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/product"
 	"github.com/podidentity/podidentity/test/e2e/apps"
@@ -129,7 +129,7 @@ func setUp(ctx context.Context, t *testing.T) *env {
 		{apps.BuildJSClientImage, "jsclient.tar", &e.jsImage},
 		{func(ctx context.Context, tar string) (string, error) { return apps.BuildAttackerImage(ctx, tar, 0) }, "attacker.tar", &e.attackerImage},
 		{func(ctx context.Context, tar string) (string, error) {
-			return apps.BuildAttackerImage(ctx, tar, defaults.SidecarUID)
+			return apps.BuildAttackerImage(ctx, tar, contract.SidecarUID)
 		}, "attacker-sidecar-uid.tar", &e.attackerSidecarUIDImage},
 	} {
 		tar := filepath.Join(root, "bin", "e2e", b.tar)

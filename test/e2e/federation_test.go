@@ -16,7 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/fakecloud"
@@ -142,21 +142,21 @@ func requireTokenInSidecarOnly(t *testing.T, pod *corev1.Pod) {
 	t.Helper()
 	var projected bool
 	for _, v := range pod.Spec.Volumes {
-		if v.Name == defaults.FederatedTokenVolumeName && v.Projected != nil && len(v.Projected.Sources) == 1 &&
-			v.Projected.Sources[0].ServiceAccountToken != nil && v.Projected.Sources[0].ServiceAccountToken.Audience == defaults.FederatedAudience {
+		if v.Name == contract.FederatedTokenVolumeName && v.Projected != nil && len(v.Projected.Sources) == 1 &&
+			v.Projected.Sources[0].ServiceAccountToken != nil && v.Projected.Sources[0].ServiceAccountToken.Audience == contract.FederatedAudience {
 			projected = true
 		}
 	}
 	if !projected {
-		t.Fatalf("pod %s has no projected %s token volume %s", pod.Name, defaults.FederatedAudience, defaults.FederatedTokenVolumeName)
+		t.Fatalf("pod %s has no projected %s token volume %s", pod.Name, contract.FederatedAudience, contract.FederatedTokenVolumeName)
 	}
 	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for _, c := range list {
 			mounts := false
 			for _, m := range c.VolumeMounts {
-				mounts = mounts || m.Name == defaults.FederatedTokenVolumeName
+				mounts = mounts || m.Name == contract.FederatedTokenVolumeName
 			}
-			if mounts != (c.Name == defaults.SidecarContainerName) {
+			if mounts != (c.Name == contract.SidecarContainerName) {
 				t.Fatalf("pod %s: container %s mounts the token: %v (only the sidecar may)", pod.Name, c.Name, mounts)
 			}
 		}
@@ -212,7 +212,7 @@ func (e *env) scenarioFederated(t *testing.T) {
 		t.Fatalf("the pod of service account other: injected %v, identities %+v; want injected with none", in.Sidecar, in.Identities)
 	}
 	for _, v := range created.Spec.Volumes {
-		if v.Name == defaults.FederatedTokenVolumeName {
+		if v.Name == contract.FederatedTokenVolumeName {
 			t.Fatalf("the pod of service account other got the token volume")
 		}
 	}

@@ -16,7 +16,7 @@ import (
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/product"
 )
@@ -153,14 +153,14 @@ func (e *env) scenarioGuard(t *testing.T) {
 		hostNet := attackPod("host-network", e.attackerImage, "direct", id.ClientID, "")
 		hostNet.Spec.HostNetwork = true
 		optOut := attackPod("opted-out", e.attackerImage, "direct", id.ClientID, "")
-		optOut.Annotations = map[string]string{defaults.InjectAnnotation: "false"}
+		optOut.Annotations = map[string]string{contract.InjectAnnotation: "false"}
 		cases := []struct {
 			pod, ns string
 			spec    *corev1.Pod
 		}{
 			{"pod of a namespace without the opt-in label", untrusted, attackPod("plain", e.attackerImage, "direct", id.ClientID, "")},
 			{"hostNetwork pod", untrusted, hostNet},
-			{"opted-out pod (" + defaults.InjectAnnotation + ": \"false\") in an opted-in namespace", optedIn, optOut},
+			{"opted-out pod (" + contract.InjectAnnotation + ": \"false\") in an opted-in namespace", optedIn, optOut},
 		}
 		for _, c := range cases {
 			e.createPod(t, c.ns, c.spec)

@@ -26,7 +26,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/product"
@@ -87,7 +87,7 @@ func (e *env) namespace(t *testing.T, prefix string, inject bool) string {
 	ctx := context.Background()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: prefix + "-" + suffix(), Labels: map[string]string{"podidentity.io/e2e": "true"}}}
 	if inject {
-		ns.Labels[defaults.NamespaceInjectionLabel] = "enabled"
+		ns.Labels[contract.NamespaceInjectionLabel] = "enabled"
 	}
 	if _, err := e.cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating namespace %s: %v", ns.Name, err)
@@ -192,23 +192,23 @@ func injectionOf(t *testing.T, pod *corev1.Pod) injection {
 	var in injection
 	for _, c := range pod.Spec.InitContainers {
 		switch c.Name {
-		case defaults.InitContainerName:
+		case contract.InitContainerName:
 			in.Init = true
-		case defaults.SidecarContainerName:
+		case contract.SidecarContainerName:
 			in.Sidecar = true
 			in.NativeSidecar = c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
 		}
 	}
 	for _, c := range pod.Spec.Containers {
-		if c.Name == defaults.SidecarContainerName {
+		if c.Name == contract.SidecarContainerName {
 			in.Sidecar = true
 		}
 	}
-	if v, ok := pod.Annotations[defaults.IdentitiesAnnotation]; ok {
+	if v, ok := pod.Annotations[contract.IdentitiesAnnotation]; ok {
 		in.HasAnnotation = true
 		ids, err := binding.Decode(v)
 		if err != nil {
-			t.Fatalf("pod %s: annotation %s=%q does not decode: %v", pod.Name, defaults.IdentitiesAnnotation, v, err)
+			t.Fatalf("pod %s: annotation %s=%q does not decode: %v", pod.Name, contract.IdentitiesAnnotation, v, err)
 		}
 		in.Identities = ids
 	}
@@ -221,7 +221,7 @@ func requireInjected(t *testing.T, pod *corev1.Pod, ids ...identity) {
 	in := injectionOf(t, pod)
 	if !in.Init || !in.Sidecar || !in.HasAnnotation {
 		t.Fatalf("pod %s was not injected (init container %v, sidecar %v, annotation %v): is the webhook up and the namespace labelled %s=enabled?",
-			pod.Name, in.Init, in.Sidecar, in.HasAnnotation, defaults.NamespaceInjectionLabel)
+			pod.Name, in.Init, in.Sidecar, in.HasAnnotation, contract.NamespaceInjectionLabel)
 	}
 	var got, want []string
 	for _, i := range in.Identities {

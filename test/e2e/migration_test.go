@@ -35,7 +35,7 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/controller"
 	"github.com/podidentity/podidentity/assigner/desired"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/fakecloud"
@@ -517,7 +517,7 @@ func (m *rehearsal) helm(ctx context.Context, t *testing.T, assigner bool) {
 }
 
 func (m *rehearsal) optIn(ctx context.Context, t *testing.T) {
-	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:"enabled"}}}`, defaults.NamespaceInjectionLabel)
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:"enabled"}}}`, contract.NamespaceInjectionLabel)
 	if _, err := m.cs.CoreV1().Namespaces().Patch(ctx, migrationNS, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/imds"
 )
 
@@ -292,7 +292,7 @@ func (e *env) scenarioJob(t *testing.T) {
 	}
 	p := &pods.Items[0]
 	if in := injectionOf(t, p); !in.NativeSidecar {
-		t.Errorf("the Job's pod has no native sidecar (init container %s with restartPolicy Always): %+v", defaults.SidecarContainerName, in)
+		t.Errorf("the Job's pod has no native sidecar (init container %s with restartPolicy Always): %+v", contract.SidecarContainerName, in)
 	}
 	lines, err := e.appLines(context.Background(), ns, p.Name, "app", false)
 	if err != nil || len(lines) != 1 || !tokenFor(id)(lines[0]) {
@@ -313,7 +313,7 @@ func (e *env) scenarioRestartAndDetach(t *testing.T) {
 	e.waitAppLine(t, ns, "second", "app", "a token", tokenTimeout, tokenFor(id))
 
 	p := e.waitPod(t, ns, "first", "Ready", podTimeout, podReady)
-	oldInit := containerID(p.Status.InitContainerStatuses, defaults.InitContainerName)
+	oldInit := containerID(p.Status.InitContainerStatuses, contract.InitContainerName)
 	pid := e.appPID(t, p)
 	tables, err := nftTables(context.Background(), pid)
 	if err != nil {
@@ -331,7 +331,7 @@ func (e *env) scenarioRestartAndDetach(t *testing.T) {
 	}
 	restarted := time.Now()
 	p = e.waitPod(t, ns, "first", "a new sandbox: init container run again and the pod Ready", podTimeout, func(p *corev1.Pod) bool {
-		id := containerID(p.Status.InitContainerStatuses, defaults.InitContainerName)
+		id := containerID(p.Status.InitContainerStatuses, contract.InitContainerName)
 		return id != "" && id != oldInit && podReady(p)
 	})
 	newPID := e.appPID(t, p)
@@ -426,7 +426,7 @@ func (e *env) scenarioUntouchedAndRefused(t *testing.T) {
 	id := e.identity(t, plain, "any")
 	p := e.createPod(t, plain, appPod("app", e.goImage, id.Selector, corev1.RestartPolicyNever, map[string]string{"MODE": "once"}))
 	if in := injectionOf(t, p); in.Init || in.Sidecar || in.HasAnnotation || len(p.Spec.InitContainers) != 0 || len(p.Spec.Containers) != 1 {
-		t.Errorf("pod in namespace %s (no %s label) was changed: %+v", plain, defaults.NamespaceInjectionLabel, in)
+		t.Errorf("pod in namespace %s (no %s label) was changed: %+v", plain, contract.NamespaceInjectionLabel, in)
 	}
 
 	opted := e.namespace(t, "hostnet", true)
@@ -605,7 +605,7 @@ func sandboxProcess(pid int) (int, error) {
 // sidecarStartCost is the time between the sidecar's first log line and the one saying it dropped its
 // privileges (the exemption installed in between), from its own log's timestamps.
 func (e *env) sidecarStartCost(ctx context.Context, ns, pod string) (time.Duration, error) {
-	raw, err := e.cs.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: defaults.SidecarContainerName}).DoRaw(ctx)
+	raw, err := e.cs.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: contract.SidecarContainerName}).DoRaw(ctx)
 	if err != nil {
 		return 0, err
 	}

@@ -23,7 +23,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/test/wait"
 	"github.com/podidentity/podidentity/webhook/certs"
@@ -206,8 +206,8 @@ func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 		if err := env.Client.Create(ctx, pod); err != nil {
 			t.Fatalf("admission failed after %d pods and %d rotations: %v", created, len(seen)-1, err)
 		}
-		if len(pod.Spec.InitContainers) < 2 || pod.Spec.InitContainers[0].Name != defaults.InitContainerName ||
-			pod.Spec.InitContainers[1].Name != defaults.SidecarContainerName {
+		if len(pod.Spec.InitContainers) < 2 || pod.Spec.InitContainers[0].Name != contract.InitContainerName ||
+			pod.Spec.InitContainers[1].Name != contract.SidecarContainerName {
 			t.Fatalf("pod %s was admitted without injection: init containers %v", pod.Name, pod.Spec.InitContainers)
 		}
 		created++

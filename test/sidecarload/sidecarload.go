@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/podidentity/podidentity/api/identitytype"
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/imds"
 )
 
@@ -124,8 +124,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	idFile := filepath.Join(dir, "identities")
-	ids := []annotation.Identity{{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: mi.ClientID, ResourceID: mi.ResourceID, Binding: "apps/web"}}
-	if err := os.WriteFile(idFile, []byte(annotation.Encode(ids)), 0o644); err != nil {
+	ids := []contract.Identity{{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: mi.ClientID, ResourceID: mi.ResourceID, Binding: "apps/web"}}
+	if err := os.WriteFile(idFile, []byte(contract.EncodeIdentities(ids)), 0o644); err != nil {
 		return res, err
 	}
 	tokenAddr, healthAddr := freePort(), freePort()

@@ -40,7 +40,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/pki"
 	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/webhook/config"
@@ -278,7 +278,7 @@ func startWebhook(ctx context.Context, in goldenInput) (string, *x509.CertPool, 
 		stop()
 		return "", nil, nil, err
 	}
-	objs := []client.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: in.Namespace, Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}}
+	objs := []client.Object{&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: in.Namespace, Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}}}
 	for i := range in.Identities {
 		objs = append(objs, &in.Identities[i])
 	}

@@ -12,7 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/webhook/inject"
 )
 
@@ -56,7 +56,7 @@ func BenchmarkHandleBindings(b *testing.B) {
 					if err := json.Unmarshal(apply(b, raw, resp), &pod); err != nil {
 						b.Fatal(err)
 					}
-					if got := pod.Annotations[defaults.IdentitiesAnnotation]; !strings.Contains(got, `"orders-mi"`) || h.indexed == h.fullWalk {
+					if got := pod.Annotations[contract.IdentitiesAnnotation]; !strings.Contains(got, `"orders-mi"`) || h.indexed == h.fullWalk {
 						b.Fatalf("identities %q, indexed %v", got, h.indexed)
 					}
 					b.ReportAllocs()
@@ -75,14 +75,14 @@ func BenchmarkHandleBindings(b *testing.B) {
 // app-<i> of identities id-<i>, each in namespace ns-<i%100>.
 func benchCluster(n int) clusterObjects {
 	c := clusterObjects{
-		Namespaces: []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}},
+		Namespaces: []corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}}},
 		Bindings: []aadv1.AzureIdentityBinding{{ObjectMeta: metav1.ObjectMeta{Name: "orders-binding", Namespace: "shop"},
 			Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "orders-mi", Selector: "orders"}}},
 		Identities: []aadv1.AzureIdentity{{ObjectMeta: metav1.ObjectMeta{Name: "orders-mi", Namespace: "shop"},
 			Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ClientID: "00000000-0000-0000-0000-00000000a001", ResourceID: testRID + "orders-mi"}}},
 	}
 	for i := range min(n, 100) {
-		c.Namespaces = append(c.Namespaces, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("ns-%d", i), Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}})
+		c.Namespaces = append(c.Namespaces, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("ns-%d", i), Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}})
 	}
 	for i := 1; i < n; i++ {
 		ns, name := fmt.Sprintf("ns-%d", i%100), fmt.Sprintf("id-%d", i)

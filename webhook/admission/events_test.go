@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/webhook/inject"
 )
 
@@ -47,10 +47,10 @@ func TestEvents(t *testing.T) {
 		{"denial of an owned pod goes to its owner", func(p *corev1.Pod) { owned(p); privileged(p) }, false, "ReplicaSet", "web-1", "PodIdentityDenied", corev1.EventTypeWarning},
 		{"denial of a bare pod goes to the namespace", privileged, false, "Namespace", "shop", "PodIdentityDenied", corev1.EventTypeWarning},
 		// A skip in an opted-in namespace leaves the pod able to reach the node's IMDS: a security warning.
-		{"skip is a security warning", func(p *corev1.Pod) { p.Annotations = map[string]string{defaults.InjectAnnotation: "false"} }, false, "Namespace", "shop", EventSecurityWarning, corev1.EventTypeWarning},
+		{"skip is a security warning", func(p *corev1.Pod) { p.Annotations = map[string]string{contract.InjectAnnotation: "false"} }, false, "Namespace", "shop", EventSecurityWarning, corev1.EventTypeWarning},
 		{"skip of an owned pod warns its owner", func(p *corev1.Pod) {
 			owned(p)
-			p.Annotations = map[string]string{defaults.InjectAnnotation: "false"}
+			p.Annotations = map[string]string{contract.InjectAnnotation: "false"}
 		}, false, "ReplicaSet", "web-1", EventSecurityWarning, corev1.EventTypeWarning},
 		{"dry run records nothing", privileged, true, "", "", "", ""},
 		{"injection records nothing", nil, false, "", "", "", ""},
@@ -100,7 +100,7 @@ func TestIdentityNotServedIsVisible(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h, _ := newHandler(t)
 			h.Reader = cachedClient(t,
-				&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+				&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}},
 				&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Name: "ledger-sp", Namespace: "shop"}, Spec: aadv1.AzureIdentitySpec{
 					Type: aadv1.ServicePrincipal, ClientID: "00000000-0000-0000-0000-00000000b003", TenantID: "t",
 					ClientPassword: corev1.SecretReference{Name: "ledger", Namespace: tc.secretNS}}},

@@ -38,7 +38,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/webhook/inject"
 )
 
@@ -78,7 +78,7 @@ type Handler struct {
 	// Injector renders Settings once; nil means rendering them for each admission.
 	Injector *inject.Injector
 	// InjectionLabel is the namespace label (value "enabled") that opts a namespace in, as in the webhook
-	// configuration's namespaceSelector; empty means defaults.NamespaceInjectionLabel.
+	// configuration's namespaceSelector; empty means contract.NamespaceInjectionLabel.
 	InjectionLabel string
 	// AssignerUsername may change the identities annotation and the injected containers of a running pod.
 	AssignerUsername string
@@ -290,7 +290,7 @@ func (h *Handler) namespaceEnabled(ctx context.Context, name string) (bool, erro
 func (h *Handler) optedIn(ns *corev1.Namespace) bool {
 	label := h.InjectionLabel
 	if label == "" {
-		label = defaults.NamespaceInjectionLabel
+		label = contract.NamespaceInjectionLabel
 	}
 	return ns.Labels[label] == "enabled"
 }

@@ -26,7 +26,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/webhook/inject"
 )
 
@@ -54,7 +54,7 @@ func cachedClient(t testing.TB, objs ...client.Object) client.Client {
 func newHandler(t testing.TB) (*Handler, *prometheus.Registry) {
 	t.Helper()
 	objs := []client.Object{
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}},
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "plain"}},
 		&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Name: "orders-mi", Namespace: "shop"}, Spec: aadv1.AzureIdentitySpec{
 			Type: aadv1.UserAssignedMSI, ClientID: "00000000-0000-0000-0000-00000000a001",
@@ -111,7 +111,7 @@ func TestHandle(t *testing.T) {
 	withAnnotation := func(t testing.TB, pod []byte, value string) []byte {
 		var m map[string]any
 		_ = json.Unmarshal(pod, &m)
-		m["metadata"].(map[string]any)["annotations"].(map[string]any)[defaults.IdentitiesAnnotation] = value
+		m["metadata"].(map[string]any)["annotations"].(map[string]any)[contract.IdentitiesAnnotation] = value
 		b, _ := json.Marshal(m)
 		return b
 	}
@@ -316,7 +316,7 @@ func TestUIDChangePolicy(t *testing.T) {
 // fewer identities, and the live answer decides. The cache (Reader) and the API server (Live) are two fake
 // clients that disagree the way a lagging informer and the API server do.
 func TestStaleCacheNeverSkips(t *testing.T) {
-	enabled := map[string]string{defaults.NamespaceInjectionLabel: "enabled"}
+	enabled := map[string]string{contract.NamespaceInjectionLabel: "enabled"}
 	identity := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Name: "orders-mi", Namespace: "shop"}, Spec: aadv1.AzureIdentitySpec{
 		Type: aadv1.UserAssignedMSI, ClientID: "00000000-0000-0000-0000-00000000a001",
 		ResourceID: "/subscriptions/1111/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/orders-mi"}}
@@ -372,7 +372,7 @@ func TestStaleCacheNeverSkips(t *testing.T) {
 			}
 			if tc.wantResult == ResultInjected {
 				var names []string
-				if ids, err := binding.Decode(pod.Annotations[defaults.IdentitiesAnnotation]); err == nil {
+				if ids, err := binding.Decode(pod.Annotations[contract.IdentitiesAnnotation]); err == nil {
 					for _, id := range ids {
 						names = append(names, id.Name)
 					}
@@ -430,13 +430,13 @@ func TestSecurityWarnings(t *testing.T) {
 		wantResult Result
 		wantReason string // annotation value and metric reason; "" for none
 	}{
-		{"opt-out", "", map[string]string{defaults.NamespaceInjectionLabel: "enabled"},
-			func(p *corev1.Pod) { p.Annotations = map[string]string{defaults.InjectAnnotation: "false"} }, ResultSkipped, "opt-out-annotation"},
-		{"host network without binding", "", map[string]string{defaults.NamespaceInjectionLabel: "enabled"},
+		{"opt-out", "", map[string]string{contract.NamespaceInjectionLabel: "enabled"},
+			func(p *corev1.Pod) { p.Annotations = map[string]string{contract.InjectAnnotation: "false"} }, ResultSkipped, "opt-out-annotation"},
+		{"host network without binding", "", map[string]string{contract.NamespaceInjectionLabel: "enabled"},
 			func(p *corev1.Pod) { p.Labels = nil; p.Spec.HostNetwork = true }, ResultSkipped, "host-network"},
-		{"injected, nothing to warn about", "", map[string]string{defaults.NamespaceInjectionLabel: "enabled"}, nil, ResultInjected, ""},
+		{"injected, nothing to warn about", "", map[string]string{contract.NamespaceInjectionLabel: "enabled"}, nil, ResultInjected, ""},
 		{"custom opt-in label", "example.com/identities", map[string]string{"example.com/identities": "enabled"}, nil, ResultInjected, ""},
-		{"default label under a custom one", "example.com/identities", map[string]string{defaults.NamespaceInjectionLabel: "enabled"}, nil, ResultSkipped, ""},
+		{"default label under a custom one", "example.com/identities", map[string]string{contract.NamespaceInjectionLabel: "enabled"}, nil, ResultSkipped, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -452,8 +452,8 @@ func TestSecurityWarnings(t *testing.T) {
 			if err := json.Unmarshal(apply(t, raw, resp), &pod); err != nil {
 				t.Fatal(err)
 			}
-			if got := pod.Annotations[defaults.SecurityWarningsAnnotation]; got != tc.wantReason {
-				t.Errorf("annotation %s = %q, want %q", defaults.SecurityWarningsAnnotation, got, tc.wantReason)
+			if got := pod.Annotations[contract.SecurityWarningsAnnotation]; got != tc.wantReason {
+				t.Errorf("annotation %s = %q, want %q", contract.SecurityWarningsAnnotation, got, tc.wantReason)
 			}
 			n, err := testutil.GatherAndCount(reg, "podidentity_webhook_security_warnings_total")
 			if err != nil {

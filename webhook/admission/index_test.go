@@ -22,7 +22,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/webhook/inject"
 )
 
@@ -40,7 +40,7 @@ func randomCluster(r *rand.Rand) clusterObjects {
 	pick := func(s []string) string { return s[r.IntN(len(s))] }
 	var c clusterObjects
 	for _, ns := range namespaces {
-		c.Namespaces = append(c.Namespaces, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}})
+		c.Namespaces = append(c.Namespaces, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}})
 	}
 	seen := map[string]bool{}
 	for range r.IntN(10) {
@@ -227,7 +227,7 @@ func boundIdentities(t testing.TB, raw []byte, o outcome) int {
 	if err := json.Unmarshal(apply(t, raw, admission.Patched("", ops...)), &pod); err != nil {
 		t.Fatal(err)
 	}
-	ids, err := binding.Decode(pod.Annotations[defaults.IdentitiesAnnotation])
+	ids, err := binding.Decode(pod.Annotations[contract.IdentitiesAnnotation])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func boundIdentities(t testing.TB, raw []byte, o outcome) int {
 func TestWithoutIndexListsEverything(t *testing.T) {
 	h, _ := newHandler(t)
 	h.Reader = fake.NewClientBuilder().WithScheme(testScheme(t)).WithObjects(
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}},
 		&aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Name: "orders-mi", Namespace: "shop"}, Spec: aadv1.AzureIdentitySpec{
 			Type: aadv1.UserAssignedMSI, ClientID: "c", ResourceID: testRID + "orders-mi"}},
 		&aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Name: "orders", Namespace: "shop"}, Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "orders-mi", Selector: "orders"}},
@@ -253,8 +253,8 @@ func TestWithoutIndexListsEverything(t *testing.T) {
 	if h.indexed {
 		t.Error("a plain client counted as indexed")
 	}
-	if ids, err := binding.Decode(pod.Annotations[defaults.IdentitiesAnnotation]); err != nil || len(ids) != 1 || ids[0].Name != "orders-mi" {
-		t.Errorf("identities annotation %q: want orders-mi", pod.Annotations[defaults.IdentitiesAnnotation])
+	if ids, err := binding.Decode(pod.Annotations[contract.IdentitiesAnnotation]); err != nil || len(ids) != 1 || ids[0].Name != "orders-mi" {
+		t.Errorf("identities annotation %q: want orders-mi", pod.Annotations[contract.IdentitiesAnnotation])
 	}
 	if n := testutil.ToFloat64(h.Metrics.liveReads.WithLabelValues("bindings", "true")) + testutil.ToFloat64(h.Metrics.liveReads.WithLabelValues("bindings", "false")); n != 0 {
 		t.Errorf("%v live reads of bindings: the full list of the cache resolved the pod", n)

@@ -1,5 +1,5 @@
 // Package config holds the webhook's command-line configuration: what it injects (inject.Settings) and how it
-// serves. Defaults come from internal/defaults, the contract shared with the init container and the sidecar.
+// serves. Defaults come from internal/contract, the contract shared with the init container and the sidecar.
 package config
 
 import (
@@ -16,7 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/version"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/webhook/inject"
 )
 
@@ -153,7 +153,7 @@ func Bind(fs *flag.FlagSet) *Config {
 	fs.StringVar(&c.initRes.cpuLimit, "init-cpu-limit", c.initRes.cpuLimit, "CPU limit of the init container")
 	fs.StringVar(&c.initRes.memLimit, "init-memory-limit", c.initRes.memLimit, "memory limit of the init container")
 
-	fs.StringVar(&c.InjectionLabel, "namespace-injection-label", defaults.NamespaceInjectionLabel, "namespace label (value enabled) that opts a namespace in, as in the webhook configuration's namespaceSelector")
+	fs.StringVar(&c.InjectionLabel, "namespace-injection-label", contract.NamespaceInjectionLabel, "namespace label (value enabled) that opts a namespace in, as in the webhook configuration's namespaceSelector")
 	fs.StringVar(&c.AssignerUsername, "assigner-username", "system:serviceaccount:podidentity-system:podidentity-assigner", "user allowed to update a pod's identities annotation (the assigner's service account)")
 	fs.IntVar(&c.Port, "port", 9443, "HTTPS port of the webhook server")
 	fs.StringVar(&c.CertDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "directory with the serving certificate and key; reloaded when they change")
@@ -201,7 +201,7 @@ func (c *Config) Complete() error {
 		errs = append(errs, errors.New("--redirect-mode=cni exempts the sidecar by its cgroup (the node agent installs it): drop --sidecar-exemption=uid"))
 	}
 	if c.InjectionLabel == "" {
-		errs = append(errs, errors.New("--namespace-injection-label must name the label that opts namespaces in (default "+defaults.NamespaceInjectionLabel+")"))
+		errs = append(errs, errors.New("--namespace-injection-label must name the label that opts namespaces in (default "+contract.NamespaceInjectionLabel+")"))
 	}
 	if c.AssignerUsername == "" {
 		errs = append(errs, errors.New("--assigner-username must name the assigner's user (system:serviceaccount:<namespace>:<name>)"))

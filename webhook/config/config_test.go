@@ -10,7 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/version"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/webhook/inject"
 )
 
@@ -31,9 +31,9 @@ func TestDefaultsFollowTheContract(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := c.Inject
-	if s.SidecarPort != defaults.SidecarPort || s.HealthPort != defaults.SidecarHealthPort || s.SidecarUID != defaults.SidecarUID ||
-		s.IMDSAddress != defaults.IMDSAddress || s.IMDSPort != defaults.IMDSPort {
-		t.Errorf("defaults differ from internal/defaults: %+v", s)
+	if s.SidecarPort != contract.SidecarPort || s.HealthPort != contract.SidecarHealthPort || s.SidecarUID != contract.SidecarUID ||
+		s.IMDSAddress != contract.IMDSAddress || s.IMDSPort != contract.IMDSPort {
+		t.Errorf("defaults differ from internal/contract: %+v", s)
 	}
 	if c.Mode != ModeAuto || !s.MetadataHeaderRequired || s.BlockInstanceMetadata {
 		t.Errorf("mode %s, metadata-header-required %v, block-instance-metadata %v", c.Mode, s.MetadataHeaderRequired, s.BlockInstanceMetadata)
@@ -41,7 +41,7 @@ func TestDefaultsFollowTheContract(t *testing.T) {
 	if s.Exemption != inject.ExemptionCgroup || s.UIDChangePolicy != inject.UIDChangeDeny {
 		t.Errorf("sidecar-exemption defaults to %q and uid-change-policy to %q, want cgroup and deny (the closed ones)", s.Exemption, s.UIDChangePolicy)
 	}
-	if c.InjectionLabel != defaults.NamespaceInjectionLabel {
+	if c.InjectionLabel != contract.NamespaceInjectionLabel {
 		t.Errorf("namespace-injection-label defaults to %q", c.InjectionLabel)
 	}
 	if s.SidecarResources.Limits.Memory().String() != "64Mi" || s.InitResources.Requests.Cpu().String() != "10m" {

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // TestClassicRestartPolicy: in classic mode the sidecar is an ordinary container that never exits, so a pod
@@ -42,7 +42,7 @@ func TestClassicRestartPolicy(t *testing.T) {
 				meta["labels"] = map[string]string{"aadpodidbinding": "x"}
 			}
 			if tc.optOut {
-				meta["annotations"] = map[string]string{defaults.InjectAnnotation: "false"}
+				meta["annotations"] = map[string]string{contract.InjectAnnotation: "false"}
 			}
 			spec := map[string]any{"containers": []any{map[string]any{"name": "app", "image": "app:1"}}}
 			if tc.policy != "" {

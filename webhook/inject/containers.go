@@ -7,11 +7,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // SecretVolumePrefix starts the name of each service-principal secret volume: podidentity-sp-<identity>.
-const SecretVolumePrefix = defaults.SecretVolumePrefix
+const SecretVolumePrefix = contract.SecretVolumePrefix
 
 // healthPortName names the sidecar's health port (at most 15 characters).
 const healthPortName = "podid-health"
@@ -33,7 +33,7 @@ func InitContainer(s Settings) corev1.Container {
 		args = append(args, "--sidecar-uid="+strconv.FormatInt(s.SidecarUID, 10))
 	}
 	return corev1.Container{
-		Name:            defaults.InitContainerName,
+		Name:            contract.InitContainerName,
 		Image:           s.InitImage,
 		ImagePullPolicy: s.ImagePullPolicy,
 		Args:            args,
@@ -58,7 +58,7 @@ func InitContainer(s Settings) corev1.Container {
 // arrives at the sidecar's port, whatever happened on the node. It passes the Pod Security level restricted.
 func verifierContainer(s Settings) corev1.Container {
 	return corev1.Container{
-		Name:            defaults.InitContainerName,
+		Name:            contract.InitContainerName,
 		Image:           s.InitImage,
 		ImagePullPolicy: s.ImagePullPolicy,
 		Args: []string{
@@ -87,18 +87,18 @@ const VerifierUID = 65532
 
 // SidecarContainer is the token sidecar, mounting the identities file, the secrets of the served service
 // principals (secretVolumes: identity name -> volume name) and, when the pod is bound to a federated identity,
-// the projected service account token (at defaults.FederatedTokenDir, the sidecar's default
+// the projected service account token (at contract.FederatedTokenDir, the sidecar's default
 // --federated-token-file; so the arguments are the same either way). No other container mounts either.
 func SidecarContainer(s Settings, secretVolumes []SecretVolume, federated bool) corev1.Container {
-	mounts := []corev1.VolumeMount{{Name: defaults.IdentitiesVolumeName, MountPath: defaults.IdentitiesDir, ReadOnly: true}}
+	mounts := []corev1.VolumeMount{{Name: contract.IdentitiesVolumeName, MountPath: contract.IdentitiesDir, ReadOnly: true}}
 	for _, v := range secretVolumes {
-		mounts = append(mounts, corev1.VolumeMount{Name: v.Volume, MountPath: defaults.SecretsDir + "/" + v.Identity, ReadOnly: true})
+		mounts = append(mounts, corev1.VolumeMount{Name: v.Volume, MountPath: contract.SecretsDir + "/" + v.Identity, ReadOnly: true})
 	}
 	if federated {
-		mounts = append(mounts, corev1.VolumeMount{Name: defaults.FederatedTokenVolumeName, MountPath: defaults.FederatedTokenDir, ReadOnly: true})
+		mounts = append(mounts, corev1.VolumeMount{Name: contract.FederatedTokenVolumeName, MountPath: contract.FederatedTokenDir, ReadOnly: true})
 	}
 	if s.SidecarCABundleConfigMap != "" {
-		mounts = append(mounts, corev1.VolumeMount{Name: defaults.CABundleVolumeName, MountPath: defaults.CABundleDir, ReadOnly: true})
+		mounts = append(mounts, corev1.VolumeMount{Name: contract.CABundleVolumeName, MountPath: contract.CABundleDir, ReadOnly: true})
 	}
 	probe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
@@ -109,14 +109,14 @@ func SidecarContainer(s Settings, secretVolumes []SecretVolume, federated bool) 
 		}
 	}
 	c := corev1.Container{
-		Name:            defaults.SidecarContainerName,
+		Name:            contract.SidecarContainerName,
 		Image:           s.SidecarImage,
 		ImagePullPolicy: s.ImagePullPolicy,
 		Args: []string{
 			fmt.Sprintf("--listen-address=127.0.0.1:%d", s.SidecarPort),
 			fmt.Sprintf("--health-address=:%d", s.HealthPort),
-			"--identities-file=" + defaults.IdentitiesDir + "/" + defaults.IdentitiesFile,
-			"--secrets-dir=" + defaults.SecretsDir,
+			"--identities-file=" + contract.IdentitiesDir + "/" + contract.IdentitiesFile,
+			"--secrets-dir=" + contract.SecretsDir,
 			fmt.Sprintf("--imds-endpoint=http://%s", hostPort(s.IMDSAddress, s.IMDSPort)),
 			"--metadata-header-required=" + strconv.FormatBool(s.MetadataHeaderRequired),
 			"--block-instance-metadata=" + strconv.FormatBool(s.BlockInstanceMetadata),
@@ -144,7 +144,7 @@ func SidecarContainer(s Settings, secretVolumes []SecretVolume, federated bool) 
 		c.Args = append(c.Args, "--aad-disable-instance-discovery")
 	}
 	if s.SidecarCABundleConfigMap != "" {
-		c.Env = append(c.Env, corev1.EnvVar{Name: "SSL_CERT_FILE", Value: defaults.CABundleDir + "/" + defaults.CABundleKey})
+		c.Env = append(c.Env, corev1.EnvVar{Name: "SSL_CERT_FILE", Value: contract.CABundleDir + "/" + contract.CABundleKey})
 	}
 	if s.Exemption == ExemptionCgroup && s.RedirectMode != RedirectCNI {
 		// It exempts its own cgroup at start, as root, then serves as SidecarUID with no capability left.
@@ -191,11 +191,11 @@ type SecretVolume struct {
 // and with federated the projected service account token for Azure AD's token exchange.
 func Volumes(secretVolumes []SecretVolume, federated bool) []corev1.Volume {
 	vols := []corev1.Volume{{
-		Name: defaults.IdentitiesVolumeName,
+		Name: contract.IdentitiesVolumeName,
 		VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{
 			Items: []corev1.DownwardAPIVolumeFile{{
-				Path:     defaults.IdentitiesFile,
-				FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['" + defaults.IdentitiesAnnotation + "']"},
+				Path:     contract.IdentitiesFile,
+				FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['" + contract.IdentitiesAnnotation + "']"},
 			}},
 		}},
 	}}
@@ -218,13 +218,13 @@ func Volumes(secretVolumes []SecretVolume, federated bool) []corev1.Volume {
 // the sidecar's mount namespace only: no other container mounts the volume (the webhook refuses any that does).
 func FederatedTokenVolume() corev1.Volume {
 	return corev1.Volume{
-		Name: defaults.FederatedTokenVolumeName,
+		Name: contract.FederatedTokenVolumeName,
 		VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 			DefaultMode: ptr(int32(0o444)),
 			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
-				Audience:          defaults.FederatedAudience,
-				ExpirationSeconds: ptr(int64(defaults.FederatedTokenExpirationSeconds)),
-				Path:              defaults.FederatedTokenFile,
+				Audience:          contract.FederatedAudience,
+				ExpirationSeconds: ptr(int64(contract.FederatedTokenExpirationSeconds)),
+				Path:              contract.FederatedTokenFile,
 			}}},
 		}},
 	}
@@ -241,8 +241,8 @@ func ptr[T any](v T) *T { return &v }
 
 // CABundleVolume is the ConfigMap volume of the sidecar's CA bundle (Settings.SidecarCABundleConfigMap).
 func CABundleVolume(configMap string) corev1.Volume {
-	return corev1.Volume{Name: defaults.CABundleVolumeName, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+	return corev1.Volume{Name: contract.CABundleVolumeName, VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
 		LocalObjectReference: corev1.LocalObjectReference{Name: configMap},
-		Items:                []corev1.KeyToPath{{Key: defaults.CABundleKey, Path: defaults.CABundleKey}},
+		Items:                []corev1.KeyToPath{{Key: contract.CABundleKey, Path: contract.CABundleKey}},
 	}}}
 }

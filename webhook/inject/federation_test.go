@@ -9,7 +9,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 func federatedCluster() Cluster {
@@ -54,7 +54,7 @@ func TestFederatedBoundAfterInjection(t *testing.T) {
 func TestForgedFederatedAnnotation(t *testing.T) {
 	forged := binding.Encode([]binding.Identity{{Name: "fed", Namespace: "shop", ClientID: "00000000-0000-0000-0000-00000000f001", TenantID: "t", Backend: "federated", Binding: "shop/b"}})
 	raw := mustJSON(&corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "shop", Annotations: map[string]string{defaults.IdentitiesAnnotation: forged}},
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "shop", Annotations: map[string]string{contract.IdentitiesAnnotation: forged}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app:1"}}},
 	})
 	d := Decide(raw, "shop", federatedCluster(), DefaultSettings())
@@ -62,21 +62,21 @@ func TestForgedFederatedAnnotation(t *testing.T) {
 		t.Fatalf("action %s, annotation %q", d.Action, annotationValue(t, raw, d))
 	}
 	for _, op := range d.Patch {
-		if strings.Contains(string(mustJSON(op.Value)), defaults.FederatedTokenVolumeName) {
+		if strings.Contains(string(mustJSON(op.Value)), contract.FederatedTokenVolumeName) {
 			t.Fatalf("token volume added for a forged annotation: %+v", op)
 		}
 	}
 	// An UPDATE that writes the same forgery into a running pod is a protected change.
 	old := injectedPod(t, nil)
-	upd := injectedPod(t, func(p *corev1.Pod) { p.Annotations[defaults.IdentitiesAnnotation] = forged })
-	if got, err := ProtectedChange(old, upd); err != nil || got != "annotation "+defaults.IdentitiesAnnotation {
+	upd := injectedPod(t, func(p *corev1.Pod) { p.Annotations[contract.IdentitiesAnnotation] = forged })
+	if got, err := ProtectedChange(old, upd); err != nil || got != "annotation "+contract.IdentitiesAnnotation {
 		t.Fatalf("ProtectedChange = %q, %v", got, err)
 	}
 }
 
 // kubectl debug cannot give a debug container the sidecar's credentials either.
 func TestEphemeralContainerCredentialMount(t *testing.T) {
-	for _, vol := range []string{defaults.FederatedTokenVolumeName, SecretVolumePrefix + "sp"} {
+	for _, vol := range []string{contract.FederatedTokenVolumeName, SecretVolumePrefix + "sp"} {
 		old := injectedPod(t, nil)
 		upd := injectedPod(t, func(p *corev1.Pod) {
 			p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
@@ -90,7 +90,7 @@ func TestEphemeralContainerCredentialMount(t *testing.T) {
 	// Other mounts are fine.
 	upd := injectedPod(t, func(p *corev1.Pod) {
 		p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
-			Name: "debug", Image: "busybox", VolumeMounts: []corev1.VolumeMount{{Name: defaults.IdentitiesVolumeName, MountPath: "/x"}}}}}
+			Name: "debug", Image: "busybox", VolumeMounts: []corev1.VolumeMount{{Name: contract.IdentitiesVolumeName, MountPath: "/x"}}}}}
 	})
 	if reason, msg, _, _, err := EphemeralDecision(injectedPod(t, nil), upd, DefaultSettings()); err != nil || reason != "" {
 		t.Errorf("identities volume: reason %q, message %q, err %v", reason, msg, err)

@@ -16,7 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden outputs in testdata/golden (and delete stale ones)")
@@ -220,8 +220,8 @@ func assertOnlyAdded(t *testing.T, in, out []byte, placement *Placement, pullSec
 	strip := func(m map[string]any) {
 		if md, ok := m["metadata"].(map[string]any); ok {
 			if ann, ok := md["annotations"].(map[string]any); ok {
-				delete(ann, defaults.IdentitiesAnnotation)
-				delete(ann, defaults.SecurityWarningsAnnotation)
+				delete(ann, contract.IdentitiesAnnotation)
+				delete(ann, contract.SecurityWarningsAnnotation)
 				if len(ann) == 0 {
 					delete(md, "annotations")
 				}
@@ -278,7 +278,7 @@ func assertOnlyAdded(t *testing.T, in, out []byte, placement *Placement, pullSec
 			kept := []any{}
 			for _, e := range list {
 				name, _ := e.(map[string]any)["name"].(string)
-				if name == defaults.InitContainerName || name == defaults.SidecarContainerName || name == defaults.IdentitiesVolumeName || name == defaults.FederatedTokenVolumeName || name == defaults.CABundleVolumeName || strings.HasPrefix(name, SecretVolumePrefix) {
+				if name == contract.InitContainerName || name == contract.SidecarContainerName || name == contract.IdentitiesVolumeName || name == contract.FederatedTokenVolumeName || name == contract.CABundleVolumeName || strings.HasPrefix(name, SecretVolumePrefix) {
 					continue
 				}
 				kept = append(kept, e)

@@ -21,7 +21,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // Action is what the webhook does with the pod.
@@ -154,11 +154,11 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 		return skip(ReasonHostNetwork, "hostNetwork pods are not injected: the pod shares the node's network and can reach the node's IMDS directly")
 	}
 	cni := s.RedirectMode == RedirectCNI
-	if strings.EqualFold(pod.Annotations[defaults.InjectAnnotation], "false") {
+	if strings.EqualFold(pod.Annotations[contract.InjectAnnotation], "false") {
 		if cni {
-			return fenced(pod, shape, ReasonOptOut, "annotation "+defaults.InjectAnnotation+"=false: not injected; the node's podidentity CNI plugin fences the pod off the IMDS address")
+			return fenced(pod, shape, ReasonOptOut, "annotation "+contract.InjectAnnotation+"=false: not injected; the node's podidentity CNI plugin fences the pod off the IMDS address")
 		}
-		return skip(ReasonOptOut, "annotation "+defaults.InjectAnnotation+"=false: not injected; the pod can reach the node's IMDS directly")
+		return skip(ReasonOptOut, "annotation "+contract.InjectAnnotation+"=false: not injected; the pod can reach the node's IMDS directly")
 	}
 	if name, ok := binding.Excepted(pod, cluster.Exceptions); ok {
 		return skip(ReasonException, "AzurePodIdentityException "+name+" matches the pod's labels: not injected; the pod can reach the node's IMDS directly")
@@ -199,7 +199,7 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 	if collision != "" {
 		return deny(ReasonNameCollision, collision)
 	}
-	if inj.present && federated && !slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == defaults.FederatedTokenVolumeName }) {
+	if inj.present && federated && !slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == contract.FederatedTokenVolumeName }) {
 		// Injected before a federated identity was bound (a reinvocation after a binding appeared): the pod has
 		// no service account token for the sidecar, and a reinvocation adds no volume. Left out, and reported.
 		kept := ids[:0:0]
@@ -259,8 +259,8 @@ func (in *Injector) Decide(raw []byte, namespace string, cluster Cluster) Decisi
 // ownAnnotations are the values of the annotations only the webhook sets, for an injected pod: "" removes one.
 func ownAnnotations(ids []binding.Identity, security []Reason) map[string]string {
 	return map[string]string{
-		defaults.IdentitiesAnnotation:       binding.Encode(ids),
-		defaults.SecurityWarningsAnnotation: joinReasons(security),
+		contract.IdentitiesAnnotation:       binding.Encode(ids),
+		contract.SecurityWarningsAnnotation: joinReasons(security),
 	}
 }
 
@@ -373,10 +373,10 @@ func readPod(raw []byte) (*corev1.Pod, podShape, error) {
 func skipped(pod *corev1.Pod, shape podShape, r Reason, msg string) Decision {
 	d := Decision{Action: ActionSkip, Reason: r, Message: msg, Warnings: []string{"podidentity: " + msg}, SecurityWarnings: []Reason{r}}
 	var p patch
-	p.annotations(pod, shape, map[string]string{defaults.IdentitiesAnnotation: "", defaults.SecurityWarningsAnnotation: string(r)})
+	p.annotations(pod, shape, map[string]string{contract.IdentitiesAnnotation: "", contract.SecurityWarningsAnnotation: string(r)})
 	d.Patch = p
-	if _, forged := pod.Annotations[defaults.IdentitiesAnnotation]; forged {
-		d.Warnings = append(d.Warnings, "podidentity: removed annotation "+defaults.IdentitiesAnnotation+": only the webhook sets it")
+	if _, forged := pod.Annotations[contract.IdentitiesAnnotation]; forged {
+		d.Warnings = append(d.Warnings, "podidentity: removed annotation "+contract.IdentitiesAnnotation+": only the webhook sets it")
 	}
 	return d
 }
@@ -388,7 +388,7 @@ func fenced(pod *corev1.Pod, shape podShape, r Reason, msg string) Decision {
 	d.SecurityWarnings = nil
 	d.Warnings = d.Warnings[1:] // the admission warning is for pods left open; the Event and log keep the reason
 	var p patch
-	p.annotations(pod, shape, map[string]string{defaults.IdentitiesAnnotation: "", defaults.SecurityWarningsAnnotation: ""})
+	p.annotations(pod, shape, map[string]string{contract.IdentitiesAnnotation: "", contract.SecurityWarningsAnnotation: ""})
 	d.Patch = p
 	return d
 }
@@ -436,17 +436,17 @@ func refusedCapability(name string) (Reason, string, bool) {
 // the redirect, or (under the uid exemption) runs as the sidecar's uid. Our own containers (by name) are
 // checked elsewhere: a collision or a tampered copy.
 func checkContainer(pod *corev1.Pod, s Settings, kind string, c *corev1.Container) (Decision, bool) {
-	if kind != "ephemeral container" && (c.Name == defaults.InitContainerName || c.Name == defaults.SidecarContainerName) {
+	if kind != "ephemeral container" && (c.Name == contract.InitContainerName || c.Name == contract.SidecarContainerName) {
 		return Decision{}, false
 	}
 	for _, m := range c.VolumeMounts {
-		if m.Name == defaults.FederatedTokenVolumeName || strings.HasPrefix(m.Name, SecretVolumePrefix) {
+		if m.Name == contract.FederatedTokenVolumeName || strings.HasPrefix(m.Name, SecretVolumePrefix) {
 			return deny(ReasonCredentialMount, fmt.Sprintf("%s %q mounts volume %q, which carries the token sidecar's credentials (the service account token it exchanges at Azure AD, or a service principal's secret) and is mounted into the sidecar only; remove that volumeMount", kind, c.Name, m.Name)), true
 		}
 	}
 	sc := c.SecurityContext
 	if sc != nil && sc.Privileged != nil && *sc.Privileged {
-		return deny(ReasonPrivileged, fmt.Sprintf("%s %q is privileged and could remove the IMDS redirect; remove securityContext.privileged or opt the pod out with annotation %s: \"false\"", kind, c.Name, defaults.InjectAnnotation)), true
+		return deny(ReasonPrivileged, fmt.Sprintf("%s %q is privileged and could remove the IMDS redirect; remove securityContext.privileged or opt the pod out with annotation %s: \"false\"", kind, c.Name, contract.InjectAnnotation)), true
 	}
 	if sc != nil && sc.Capabilities != nil {
 		for _, cp := range sc.Capabilities.Add {
@@ -492,7 +492,7 @@ func classicRestartPolicy(pod *corev1.Pod, s Settings) (Decision, bool) {
 	if binding.Selector(pod) == "" && s.RedirectMode != RedirectCNI {
 		fmt.Fprintf(&b, "or run podidentity in CNI mode (redirect.mode=cni), where pods without label %s get no sidecar (the node's plugin fences them off the IMDS address); ", aadv1.PodLabelBinding)
 	}
-	fmt.Fprintf(&b, "or opt the pod out with annotation %s: \"false\" in its template (it then gets no identity from podidentity ", defaults.InjectAnnotation)
+	fmt.Fprintf(&b, "or opt the pod out with annotation %s: \"false\" in its template (it then gets no identity from podidentity ", contract.InjectAnnotation)
 	if s.RedirectMode == RedirectCNI {
 		b.WriteString("and the node's plugin fences it off the IMDS address)")
 	} else {
@@ -567,34 +567,34 @@ func injectedState(pod *corev1.Pod) (injection, string) {
 	inj := injection{initIndex: -1, sidecarIndex: -1}
 	for i, c := range pod.Spec.InitContainers {
 		switch c.Name {
-		case defaults.InitContainerName:
+		case contract.InitContainerName:
 			inj.initIndex = i
-		case defaults.SidecarContainerName:
+		case contract.SidecarContainerName:
 			inj.sidecarIndex, inj.sidecarInit = i, true
 		}
 	}
 	for i, c := range pod.Spec.Containers {
-		if c.Name == defaults.InitContainerName {
+		if c.Name == contract.InitContainerName {
 			return inj, fmt.Sprintf("the pod has a container named %q, which is reserved for the injected init container; rename it", c.Name)
 		}
-		if c.Name == defaults.SidecarContainerName {
+		if c.Name == contract.SidecarContainerName {
 			if inj.sidecarIndex >= 0 {
 				return inj, fmt.Sprintf("the pod has two containers named %q; rename yours", c.Name)
 			}
 			inj.sidecarIndex = i
 		}
 	}
-	hasVolume := slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == defaults.IdentitiesVolumeName })
+	hasVolume := slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == contract.IdentitiesVolumeName })
 	switch {
 	case inj.initIndex >= 0 && inj.sidecarIndex >= 0 && hasVolume:
 		inj.present = true
 		return inj, ""
 	case inj.initIndex >= 0 || inj.sidecarIndex >= 0:
-		return inj, fmt.Sprintf("the pod has a container named %q or %q, reserved for the injected containers; rename it", defaults.InitContainerName, defaults.SidecarContainerName)
+		return inj, fmt.Sprintf("the pod has a container named %q or %q, reserved for the injected containers; rename it", contract.InitContainerName, contract.SidecarContainerName)
 	}
 	for _, v := range pod.Spec.Volumes {
-		if v.Name == defaults.IdentitiesVolumeName || v.Name == defaults.FederatedTokenVolumeName || v.Name == defaults.CABundleVolumeName || strings.HasPrefix(v.Name, SecretVolumePrefix) {
-			return inj, fmt.Sprintf("the pod has a volume named %q; names %q, %q, %q and %q* are reserved for the injected volumes; rename it", v.Name, defaults.IdentitiesVolumeName, defaults.FederatedTokenVolumeName, defaults.CABundleVolumeName, SecretVolumePrefix)
+		if v.Name == contract.IdentitiesVolumeName || v.Name == contract.FederatedTokenVolumeName || v.Name == contract.CABundleVolumeName || strings.HasPrefix(v.Name, SecretVolumePrefix) {
+			return inj, fmt.Sprintf("the pod has a volume named %q; names %q, %q, %q and %q* are reserved for the injected volumes; rename it", v.Name, contract.IdentitiesVolumeName, contract.FederatedTokenVolumeName, contract.CABundleVolumeName, SecretVolumePrefix)
 		}
 	}
 	return inj, ""

@@ -8,7 +8,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // mesh is a service mesh whose init container programs the pod's iptables with NET_ADMIN and NET_RAW when the
@@ -69,7 +69,7 @@ func meshRefusal(pod *corev1.Pod, s Settings, c *corev1.Container, m mesh, capab
 	if !bound && s.RedirectMode != RedirectCNI {
 		fmt.Fprintf(&b, "or run podidentity in CNI mode (redirect.mode=cni), which admits pods without label %s as they are (no token sidecar; the node's plugin fences them off the IMDS address); ", aadv1.PodLabelBinding)
 	}
-	fmt.Fprintf(&b, "or opt the pod out with annotation %s: \"false\" or leave its namespace unlabelled (the pod then gets no identity from podidentity ", defaults.InjectAnnotation)
+	fmt.Fprintf(&b, "or opt the pod out with annotation %s: \"false\" or leave its namespace unlabelled (the pod then gets no identity from podidentity ", contract.InjectAnnotation)
 	if s.RedirectMode == RedirectCNI {
 		b.WriteString("and the node's plugin fences it off the IMDS address; in an unlabelled namespace only with cni.fenceScope=all)")
 	} else {

@@ -6,7 +6,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // Settings are the values injected into every pod. The webhook's flags fill them (package config).
@@ -67,17 +67,17 @@ type Settings struct {
 	Placement *Placement
 }
 
-// DefaultSettings are the values of the contract in internal/defaults, with small resource budgets.
+// DefaultSettings are the values of the contract in internal/contract, with small resource budgets.
 func DefaultSettings() Settings {
 	return Settings{
 		InitImage:              "ghcr.io/podidentity/podidentity-init:latest",
 		SidecarImage:           "ghcr.io/podidentity/podidentity-sidecar:latest",
 		ImagePullPolicy:        corev1.PullIfNotPresent,
-		SidecarPort:            defaults.SidecarPort,
-		HealthPort:             defaults.SidecarHealthPort,
-		SidecarUID:             defaults.SidecarUID,
-		IMDSAddress:            defaults.IMDSAddress,
-		IMDSPort:               defaults.IMDSPort,
+		SidecarPort:            contract.SidecarPort,
+		HealthPort:             contract.SidecarHealthPort,
+		SidecarUID:             contract.SidecarUID,
+		IMDSAddress:            contract.IMDSAddress,
+		IMDSPort:               contract.IMDSPort,
 		Native:                 true,
 		SidecarResources:       Resources("10m", "16Mi", "200m", "64Mi"),
 		InitResources:          Resources("10m", "16Mi", "100m", "32Mi"),

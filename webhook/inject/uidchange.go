@@ -6,7 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // UIDChangePolicy says what the webhook does, under the uid exemption (ExemptionUID), with a user container
@@ -136,5 +136,5 @@ func uidChangeDecision(findings []string, p UIDChangePolicy) (d Decision, denied
 }
 
 func isOurs(name string) bool {
-	return name == defaults.InitContainerName || name == defaults.SidecarContainerName
+	return name == contract.InitContainerName || name == contract.SidecarContainerName
 }

@@ -7,7 +7,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // ReasonProtectedUpdate denies an update of what only the webhook and the assigner own.
@@ -24,14 +24,14 @@ func ProtectedChange(oldRaw, newRaw []byte) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("new object: %w", err)
 	}
-	for _, key := range []string{defaults.IdentitiesAnnotation, defaults.SecurityWarningsAnnotation} {
+	for _, key := range []string{contract.IdentitiesAnnotation, contract.SecurityWarningsAnnotation} {
 		ov, oOK := oldPod.Annotations[key]
 		nv, nOK := newPod.Annotations[key]
 		if ov != nv || oOK != nOK {
 			return "annotation " + key, nil
 		}
 	}
-	for _, name := range []string{defaults.InitContainerName, defaults.SidecarContainerName} {
+	for _, name := range []string{contract.InitContainerName, contract.SidecarContainerName} {
 		if !equality.Semantic.DeepEqual(findContainer(oldPod, name), findContainer(newPod, name)) {
 			return "container " + name, nil
 		}
@@ -60,7 +60,7 @@ func EphemeralDecision(oldRaw, newRaw []byte, s Settings) (Reason, string, []str
 	if err != nil {
 		return "", "", nil, nil, err
 	}
-	if findContainer(pod, defaults.InitContainerName) == nil {
+	if findContainer(pod, contract.InitContainerName) == nil {
 		return "", "", nil, nil, nil // not injected: nothing to protect
 	}
 	existing := map[string]bool{}

@@ -8,14 +8,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 func injectedPod(t *testing.T, mutate func(*corev1.Pod)) []byte {
 	t.Helper()
 	s := DefaultSettings()
 	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "shop", Annotations: map[string]string{defaults.IdentitiesAnnotation: "[]"}},
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "shop", Annotations: map[string]string{contract.IdentitiesAnnotation: "[]"}},
 		Spec: corev1.PodSpec{
 			InitContainers: []corev1.Container{InitContainer(s), SidecarContainer(s, nil, false)},
 			Containers:     []corev1.Container{{Name: "app", Image: "app:1"}},
@@ -41,8 +41,8 @@ func TestProtectedChange(t *testing.T) {
 		{"nothing", nil, ""},
 		{"another annotation", func(p *corev1.Pod) { p.Annotations["team"] = "x" }, ""},
 		{"app image", func(p *corev1.Pod) { p.Spec.Containers[0].Image = "app:2" }, ""},
-		{"identities changed", func(p *corev1.Pod) { p.Annotations[defaults.IdentitiesAnnotation] = `[{"name":"x"}]` }, "annotation"},
-		{"identities removed", func(p *corev1.Pod) { delete(p.Annotations, defaults.IdentitiesAnnotation) }, "annotation"},
+		{"identities changed", func(p *corev1.Pod) { p.Annotations[contract.IdentitiesAnnotation] = `[{"name":"x"}]` }, "annotation"},
+		{"identities removed", func(p *corev1.Pod) { delete(p.Annotations, contract.IdentitiesAnnotation) }, "annotation"},
 		{"sidecar image", func(p *corev1.Pod) { p.Spec.InitContainers[1].Image = "evil:1" }, "container podidentity-sidecar"},
 		{"init image", func(p *corev1.Pod) { p.Spec.InitContainers[0].Image = "evil:1" }, "container podidentity-init"},
 	}
@@ -69,7 +69,7 @@ func TestEphemeralDenial(t *testing.T) {
 			p.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "dbg", Image: "busybox", SecurityContext: sc}}}
 		}
 	}
-	uid := int64(defaults.SidecarUID)
+	uid := int64(contract.SidecarUID)
 	dropAll := &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
 	tests := []struct {
 		name      string
@@ -94,11 +94,11 @@ func TestEphemeralDenial(t *testing.T) {
 		{"sidecar uid", "", UIDChangeWarn, debug(&corev1.SecurityContext{RunAsUser: &uid}), ReasonSidecarUID, 0, 0},
 		{"named like our sidecar", "", UIDChangeWarn, func(p *corev1.Pod) {
 			debug(&corev1.SecurityContext{RunAsUser: &uid})(p)
-			p.Spec.EphemeralContainers[0].Name = defaults.SidecarContainerName
+			p.Spec.EphemeralContainers[0].Name = contract.SidecarContainerName
 		}, ReasonSidecarUID, 0, 0},
 		{"named like our sidecar, root", "", UIDChangeDeny, func(p *corev1.Pod) {
 			debug(nil)(p)
-			p.Spec.EphemeralContainers[0].Name = defaults.SidecarContainerName
+			p.Spec.EphemeralContainers[0].Name = contract.SidecarContainerName
 		}, ReasonUIDChange, 0, 0},
 		{"not injected: not ours to guard", "", UIDChangeDeny, func(p *corev1.Pod) {
 			debug(&corev1.SecurityContext{Privileged: ptr(true)})(p)

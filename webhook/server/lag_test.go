@@ -23,7 +23,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/webhook/admission"
 )
@@ -55,7 +55,7 @@ func TestCacheLagNeverSkips(t *testing.T) {
 	)
 	// What the cache holds when the webhook starts: namespaces without the label yet, and exceptions about
 	// to be deleted.
-	mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}})
+	mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}})
 	for i := range relabelled {
 		mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("relabel-%d", i)}})
 	}
@@ -96,7 +96,7 @@ func TestCacheLagNeverSkips(t *testing.T) {
 		if !injected(p) {
 			return "", false
 		}
-		ids, err := binding.Decode(p.Annotations[defaults.IdentitiesAnnotation])
+		ids, err := binding.Decode(p.Annotations[contract.IdentitiesAnnotation])
 		if err != nil {
 			t.Fatalf("pod %s/%s: identities annotation: %v", p.Namespace, p.Name, err)
 		}
@@ -125,7 +125,7 @@ func TestCacheLagNeverSkips(t *testing.T) {
 					ns := fmt.Sprintf("fresh-%d", i)
 					p := pod(ns, "app", nil)
 					err := errors.Join(
-						c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}),
+						c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}}),
 						c.Create(ctx, p))
 					mu.Lock()
 					switch {
@@ -152,7 +152,7 @@ func TestCacheLagNeverSkips(t *testing.T) {
 		var skipped []string
 		for i := range relabelled {
 			ns := fmt.Sprintf("relabel-%d", i)
-			label := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"metadata":{"labels":{%q:"enabled"}}}`, defaults.NamespaceInjectionLabel))
+			label := client.RawPatch(types.MergePatchType, fmt.Appendf(nil, `{"metadata":{"labels":{%q:"enabled"}}}`, contract.NamespaceInjectionLabel))
 			if err := c.Patch(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, label); err != nil {
 				t.Fatal(err)
 			}
@@ -218,7 +218,7 @@ func injected(p *corev1.Pod) bool {
 	for _, ic := range p.Spec.InitContainers {
 		names = append(names, ic.Name)
 	}
-	return slices.Contains(names, defaults.InitContainerName) && slices.Contains(names, defaults.SidecarContainerName)
+	return slices.Contains(names, contract.InitContainerName) && slices.Contains(names, contract.SidecarContainerName)
 }
 
 // laggingWatches holds back every byte of a watch stream by lag before the client sees it: an informer then

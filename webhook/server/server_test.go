@@ -28,7 +28,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/promtest"
 	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/test/wait"
@@ -80,7 +80,7 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 	}{{"shop", true}, {"plain", false}, {"reinvoke", true}} {
 		labels := map[string]string{}
 		if ns.enabled {
-			labels[defaults.NamespaceInjectionLabel] = "enabled"
+			labels[contract.NamespaceInjectionLabel] = "enabled"
 		}
 		mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.name, Labels: labels}})
 	}
@@ -117,13 +117,13 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 		for _, ic := range pod.Spec.InitContainers {
 			names = append(names, ic.Name)
 		}
-		if len(names) < 3 || names[0] != defaults.InitContainerName || names[1] != defaults.SidecarContainerName {
+		if len(names) < 3 || names[0] != contract.InitContainerName || names[1] != contract.SidecarContainerName {
 			t.Fatalf("init containers %v: want podidentity-init, podidentity-sidecar first", names)
 		}
 		if rp := pod.Spec.InitContainers[1].RestartPolicy; rp == nil || *rp != corev1.ContainerRestartPolicyAlways {
 			t.Errorf("sidecar is not a native sidecar (restartPolicy %v)", rp)
 		}
-		ids, err := binding.Decode(pod.Annotations[defaults.IdentitiesAnnotation])
+		ids, err := binding.Decode(pod.Annotations[contract.IdentitiesAnnotation])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -165,9 +165,9 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 		if err := c.Get(ctx, client.ObjectKeyFromObject(pod), &got); err != nil {
 			t.Fatal(err)
 		}
-		if len(got.Spec.InitContainers) != 1 || len(got.Spec.Containers) != 1 || got.Annotations[defaults.IdentitiesAnnotation] != "" {
+		if len(got.Spec.InitContainers) != 1 || len(got.Spec.Containers) != 1 || got.Annotations[contract.IdentitiesAnnotation] != "" {
 			t.Errorf("pod in a namespace without %s was changed: %d init containers, %d containers, annotations %v",
-				defaults.NamespaceInjectionLabel, len(got.Spec.InitContainers), len(got.Spec.Containers), got.Annotations)
+				contract.NamespaceInjectionLabel, len(got.Spec.InitContainers), len(got.Spec.Containers), got.Annotations)
 		}
 	})
 
@@ -210,14 +210,14 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 		if strings.Join(names, ",") != want {
 			t.Errorf("init containers after reinvocation: %v, want %s", names, want)
 		}
-		if got.Annotations[defaults.IdentitiesAnnotation] != "[]" {
-			t.Errorf("identities annotation %q, want []", got.Annotations[defaults.IdentitiesAnnotation])
+		if got.Annotations[contract.IdentitiesAnnotation] != "[]" {
+			t.Errorf("identities annotation %q, want []", got.Annotations[contract.IdentitiesAnnotation])
 		}
 	})
 
 	t.Run("update of the identities annotation", func(t *testing.T) {
 		forged := `[{"name":"payments-mi","namespace":"shop","type":0,"binding":"shop/x"}]`
-		patch := client.RawPatch(types.MergePatchType, []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, defaults.IdentitiesAnnotation, forged)))
+		patch := client.RawPatch(types.MergePatchType, []byte(fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, contract.IdentitiesAnnotation, forged)))
 		key := client.ObjectKey{Namespace: "shop", Name: "orders-1"}
 
 		alice := userClient(t, te, env, "alice")
@@ -238,8 +238,8 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 		if err := c.Get(ctx, key, &got); err != nil {
 			t.Fatal(err)
 		}
-		if got.Annotations[defaults.IdentitiesAnnotation] != forged {
-			t.Errorf("annotation after the assigner's update: %q", got.Annotations[defaults.IdentitiesAnnotation])
+		if got.Annotations[contract.IdentitiesAnnotation] != forged {
+			t.Errorf("annotation after the assigner's update: %q", got.Annotations[contract.IdentitiesAnnotation])
 		}
 	})
 }

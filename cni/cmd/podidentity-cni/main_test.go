@@ -24,7 +24,7 @@ import (
 	"github.com/podidentity/podidentity/cni/failures"
 	"github.com/podidentity/podidentity/cni/install"
 	"github.com/podidentity/podidentity/cni/internal/cnitest"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/test/nstest"
@@ -73,7 +73,7 @@ func newWorld(t *testing.T) *world {
 	cnitest.WaitAuthorized(t, kubernetes.NewForConfigOrDie(cnitest.AsToken(env.Config, token)), "apps")
 	ctx := context.Background()
 	for _, ns := range []*corev1.Namespace{
-		{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}},
 		{ObjectMeta: metav1.ObjectMeta{Name: "plain"}},
 	} {
 		if _, err := cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
@@ -89,11 +89,11 @@ func newWorld(t *testing.T) *world {
 	always := corev1.ContainerRestartPolicyAlways
 	sidecar := func(image string) []corev1.Container {
 		return []corev1.Container{
-			{Name: defaults.InitContainerName, Image: "init:test"},
-			{Name: defaults.SidecarContainerName, Image: image, RestartPolicy: &always},
+			{Name: contract.InitContainerName, Image: "init:test"},
+			{Name: contract.SidecarContainerName, Image: image, RestartPolicy: &always},
 		}
 	}
-	identities := map[string]string{defaults.IdentitiesAnnotation: `[]`}
+	identities := map[string]string{contract.IdentitiesAnnotation: `[]`}
 	for _, p := range []*corev1.Pod{
 		{ObjectMeta: metav1.ObjectMeta{Name: "injected", Namespace: "apps", Annotations: identities},
 			Spec: corev1.PodSpec{InitContainers: sidecar(sidecarImage)}},
@@ -137,8 +137,8 @@ func (r runtime) conf(t *testing.T, netns string) []byte {
 	t.Helper()
 	conf := map[string]any{
 		"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "podidentity-cni",
-		"kubeconfig": r.kubeconfig, "imdsAddress": imds, "imdsPort": 80, "sidecarPort": defaults.SidecarPort,
-		"sidecarImage": sidecarImage, "injectionLabel": defaults.NamespaceInjectionLabel,
+		"kubeconfig": r.kubeconfig, "imdsAddress": imds, "imdsPort": 80, "sidecarPort": contract.SidecarPort,
+		"sidecarImage": sidecarImage, "injectionLabel": contract.NamespaceInjectionLabel,
 		"exemptNamespaces": []string{"kube-system", "podidentity-system"}, "fenceScope": "all", "failureDir": r.failureDir,
 		"prevResult": map[string]any{
 			"cniVersion": "1.0.0",
@@ -521,7 +521,7 @@ func TestFencedPodCannotReachIMDS(t *testing.T) {
 			link := nstest.NewLink(t, imds)
 			nstest.Serve(t, link.Node, imds+":80", "node")
 			nstest.Serve(t, link.Node, imds+":443", "node")
-			nstest.Serve(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), "sidecar")
+			nstest.Serve(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", contract.SidecarPort), "sidecar")
 			if got := link.Pod.Dial(imds+":80", 2*time.Second); got != "ok node" {
 				t.Fatalf("before ADD: %q, want the node's IMDS reachable (the test's network is broken otherwise)", got)
 			}

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/test/nstest"
 )
@@ -153,12 +153,12 @@ const (
 // pod namespace whose default route leads to a node namespace that holds the IMDS address.
 func TestInitContainerInRealNamespaces(t *testing.T) {
 	requireNamespaces(t)
-	link := nstest.NewLink(t, defaults.IMDSAddress)
-	imds := net.JoinHostPort(defaults.IMDSAddress, fmt.Sprint(defaults.IMDSPort))
-	imdsOtherPort := net.JoinHostPort(defaults.IMDSAddress, "443")
+	link := nstest.NewLink(t, contract.IMDSAddress)
+	imds := net.JoinHostPort(contract.IMDSAddress, fmt.Sprint(contract.IMDSPort))
+	imdsOtherPort := net.JoinHostPort(contract.IMDSAddress, "443")
 	nstest.Serve(t, link.Node, imds, "node:80")
 	nstest.Serve(t, link.Node, imdsOtherPort, "node:443")
-	nstest.Serve(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), sidecarBanner)
+	nstest.Serve(t, link.Pod, fmt.Sprintf("127.0.0.1:%d", contract.SidecarPort), sidecarBanner)
 	nft := func(args ...string) string { return link.Pod.Cmd(t, append([]string{"nft"}, args...)...) }
 
 	// Without the rules every uid reaches the node: the redirect below is the rules' doing.
@@ -180,8 +180,8 @@ func TestInitContainerInRealNamespaces(t *testing.T) {
 			{"an app uid is redirected to the sidecar", appUID, imds, "ok " + sidecarBanner},
 			{"root is redirected too", 0, imds, "ok " + sidecarBanner},
 			// No uid is exempt: the sidecar exempts its own cgroup once it runs (init/redirect's exemption tests).
-			{"the sidecar's uid is redirected too", defaults.SidecarUID, imds, "ok " + sidecarBanner},
-			{"the sidecar's uid is refused on other IMDS ports", defaults.SidecarUID, imdsOtherPort, "error "},
+			{"the sidecar's uid is redirected too", contract.SidecarUID, imds, "ok " + sidecarBanner},
+			{"the sidecar's uid is refused on other IMDS ports", contract.SidecarUID, imdsOtherPort, "error "},
 			{"an app uid is refused on other IMDS ports", appUID, imdsOtherPort, "error "},
 		}
 		for _, tc := range cases {
@@ -203,19 +203,19 @@ func TestInitContainerInRealNamespaces(t *testing.T) {
 	})
 
 	t.Run("legacy uid exemption", func(t *testing.T) {
-		legacy := nstest.NewLink(t, defaults.IMDSAddress)
+		legacy := nstest.NewLink(t, contract.IMDSAddress)
 		nstest.Serve(t, legacy.Node, imds, "node:80")
 		nstest.Serve(t, legacy.Node, imdsOtherPort, "node:443")
-		nstest.Serve(t, legacy.Pod, fmt.Sprintf("127.0.0.1:%d", defaults.SidecarPort), sidecarBanner)
-		if code, _, stderr := runInit(t, legacy.Pod, 0, "--exemption=uid", fmt.Sprintf("--sidecar-uid=%d", defaults.SidecarUID)); code != 0 {
+		nstest.Serve(t, legacy.Pod, fmt.Sprintf("127.0.0.1:%d", contract.SidecarPort), sidecarBanner)
+		if code, _, stderr := runInit(t, legacy.Pod, 0, "--exemption=uid", fmt.Sprintf("--sidecar-uid=%d", contract.SidecarUID)); code != 0 {
 			t.Fatalf("podidentity-init --exemption=uid: exit %d:\n%s", code, stderr)
 		}
 		for _, tc := range []struct {
 			uid        uint32
 			addr, want string
 		}{
-			{defaults.SidecarUID, imds, "ok node:80"},
-			{defaults.SidecarUID, imdsOtherPort, "ok node:443"},
+			{contract.SidecarUID, imds, "ok node:80"},
+			{contract.SidecarUID, imdsOtherPort, "ok node:443"},
 			{appUID, imds, "ok " + sidecarBanner},
 		} {
 			if got := dialAs(t, legacy.Pod, tc.uid, tc.addr); got != tc.want {
@@ -394,10 +394,10 @@ func TestVerifyTraffic(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			link := nstest.NewLink(t, defaults.IMDSAddress)
+			link := nstest.NewLink(t, contract.IMDSAddress)
 			// The node answers on both ports: without the rules, the probe really reaches it.
-			nstest.Serve(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, fmt.Sprint(defaults.IMDSPort)), "node:80")
-			nstest.Serve(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, "443"), "node:443")
+			nstest.Serve(t, link.Node, net.JoinHostPort(contract.IMDSAddress, fmt.Sprint(contract.IMDSPort)), "node:80")
+			nstest.Serve(t, link.Node, net.JoinHostPort(contract.IMDSAddress, "443"), "node:443")
 			if tc.rules != nil {
 				if code, _, stderr := runInit(t, link.Pod, 0, tc.rules...); code != 0 {
 					t.Fatalf("installing the rules: exit %d:\n%s", code, stderr)
@@ -410,8 +410,8 @@ func TestVerifyTraffic(t *testing.T) {
 		})
 	}
 	t.Run("guard missing", func(t *testing.T) {
-		link := nstest.NewLink(t, defaults.IMDSAddress)
-		nstest.Serve(t, link.Node, net.JoinHostPort(defaults.IMDSAddress, "443"), "node:443")
+		link := nstest.NewLink(t, contract.IMDSAddress)
+		nstest.Serve(t, link.Node, net.JoinHostPort(contract.IMDSAddress, "443"), "node:443")
 		if code, _, stderr := runInit(t, link.Pod, 0); code != 0 {
 			t.Fatalf("installing the redirect: exit %d:\n%s", code, stderr)
 		}

@@ -17,8 +17,7 @@ import (
 	"time"
 
 	"github.com/podidentity/podidentity/api/identitytype"
-	"github.com/podidentity/podidentity/internal/annotation"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/jwttest"
@@ -33,7 +32,7 @@ var (
 		ResourceID: "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/other"}
 )
 
-const tokenURL = "http://" + defaults.IMDSAddress + "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F"
+const tokenURL = "http://" + contract.IMDSAddress + "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F"
 
 // pod is a pod's network namespace linked to a node namespace that holds the IMDS address, served by the
 // emulator, with the init container's redirect installed (no exemption) and the sidecar's files.
@@ -48,7 +47,7 @@ type pod struct {
 
 func newPod(t *testing.T) *pod {
 	t.Helper()
-	p := &pod{link: nstest.NewLink(t, defaults.IMDSAddress)}
+	p := &pod{link: nstest.NewLink(t, contract.IMDSAddress)}
 	suffix := nstest.UniqueSuffix(t)
 	p.sidecar = nstest.NewCgroup(t, suffix, "sidecar")
 	p.app = nstest.NewCgroup(t, suffix, "app")
@@ -57,7 +56,7 @@ func newPod(t *testing.T) *pod {
 	p.emu.SetAttached([]imds.Identity{boundMI, unboundMI})
 	var l net.Listener
 	if err := p.link.Node.Do(func() (err error) {
-		l, err = net.Listen("tcp", fmt.Sprintf("%s:%d", defaults.IMDSAddress, defaults.IMDSPort))
+		l, err = net.Listen("tcp", fmt.Sprintf("%s:%d", contract.IMDSAddress, contract.IMDSPort))
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -78,9 +77,9 @@ func newPod(t *testing.T) *pod {
 	}
 
 	p.files = readableDir(t)
-	ids := []annotation.Identity{{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: boundMI.ClientID,
+	ids := []contract.Identity{{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: boundMI.ClientID,
 		ResourceID: boundMI.ResourceID, Binding: "apps/web"}}
-	if err := os.WriteFile(filepath.Join(p.files, "identities"), []byte(annotation.Encode(ids)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(p.files, "identities"), []byte(contract.EncodeIdentities(ids)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -115,7 +114,7 @@ func (p *pod) startSidecar(t *testing.T, wrap []string, uid uint32, args ...stri
 	t.Helper()
 	argv := append(append(append([]string(nil), wrap...), sidecarBinary(t),
 		"--identities-file="+filepath.Join(p.files, "identities"), "--secrets-dir="+p.files,
-		fmt.Sprintf("--health-address=127.0.0.1:%d", defaults.SidecarHealthPort)), args...)
+		fmt.Sprintf("--health-address=127.0.0.1:%d", contract.SidecarHealthPort)), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = []string{"POD_NAME=web-0", "POD_NAMESPACE=apps", environMarker}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWCGROUP}
@@ -147,7 +146,7 @@ func (p *pod) readyz(t *testing.T) (int, string) {
 	var body string
 	err := p.link.Pod.Do(func() error {
 		// The connection is made on this thread, inside the namespace; net/http would dial on another.
-		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", defaults.SidecarHealthPort), time.Second)
+		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", contract.SidecarHealthPort), time.Second)
 		if err != nil {
 			return err
 		}
@@ -211,7 +210,7 @@ func procStatus(t *testing.T, pid int) map[string]string {
 // it can read that of an ordinary (dumpable) process of the same uid, but not the sidecar's.
 func (p *pod) checkEnvironHidden(t *testing.T, sidecarPID int) {
 	t.Helper()
-	uid := uint32(defaults.SidecarUID)
+	uid := uint32(contract.SidecarUID)
 	sleeper := exec.Command(helperBinary)
 	sleeper.Env = append(os.Environ(), helperEnv+"=sleep")
 	sleeper.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid, Groups: []uint32{}}}
@@ -312,7 +311,7 @@ func TestSidecarInstallsItsExemptionAndDropsPrivileges(t *testing.T) {
 	p.checkEnvironHidden(t, pid)
 
 	// Apps, as root and as the sidecar's uid, in another cgroup: the bound identity's token, from the sidecar.
-	for _, uid := range []uint32{0, defaults.SidecarUID} {
+	for _, uid := range []uint32{0, contract.SidecarUID} {
 		got := p.run(t, p.app, uid, "get "+tokenURL)
 		status, body, _ := strings.Cut(got, " ")
 		var answer map[string]string
@@ -346,7 +345,7 @@ func TestSidecarInstallsItsExemptionAndDropsPrivileges(t *testing.T) {
 func TestSidecarNotReadyUntilExempted(t *testing.T) {
 	requireRoot(t)
 	p := newPod(t)
-	cmd, out := p.startSidecar(t, nil, defaults.SidecarUID)
+	cmd, out := p.startSidecar(t, nil, contract.SidecarUID)
 
 	var code int
 	var body string
@@ -382,7 +381,7 @@ func TestSidecarNotReadyUntilExempted(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitPodReady(t, p, out)
-	got = p.run(t, p.app, defaults.SidecarUID, "get "+tokenURL)
+	got = p.run(t, p.app, contract.SidecarUID, "get "+tokenURL)
 	if !strings.HasPrefix(got, "200 ") || !strings.Contains(got, boundMI.ClientID) {
 		t.Fatalf("app's token request once exempted: %q, want the bound identity's token", got)
 	}
@@ -433,7 +432,7 @@ func TestSidecarStartFailuresSayWhatToDo(t *testing.T) {
 			[]string{"without the capabilities SETUID", "runAsUser: 0"}},
 		{"root without SETUID or SETGID, no exemption to install", withCaps("+net_admin"), 0, nil,
 			[]string{"without the capabilities SETGID, SETUID"}},
-		{"not root", nil, defaults.SidecarUID, []string{"--install-exemption"},
+		{"not root", nil, contract.SidecarUID, []string{"--install-exemption"},
 			[]string{"--install-exemption: the sidecar must start as root but runs as uid 15078", "runAsUser: 0"}},
 		{"asked to serve as root", withCaps("+net_admin,+setuid,+setgid"), 0, []string{"--install-exemption", "--run-as-uid=0"},
 			[]string{"--run-as-uid=0: the sidecar must never serve as root"}},

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/podidentity/podidentity/api/identitytype"
-	"github.com/podidentity/podidentity/internal/annotation"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/imds"
 	"github.com/podidentity/podidentity/test/wait"
 )
@@ -39,8 +39,8 @@ func TestAuditLinesSurviveBatchingAndShutdown(t *testing.T) {
 	bin := sidecarBinary(t)
 	dir := readableDir(t) // started as root, the sidecar reads it as its unprivileged uid
 	idFile := filepath.Join(dir, "identities")
-	ids := []annotation.Identity{{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: mi.ClientID, ResourceID: mi.ResourceID, Binding: "apps/web"}}
-	if err := os.WriteFile(idFile, []byte(annotation.Encode(ids)), 0o644); err != nil {
+	ids := []contract.Identity{{Namespace: "apps", Name: "web", Type: identitytype.UserAssignedMSI, ClientID: mi.ClientID, ResourceID: mi.ResourceID, Binding: "apps/web"}}
+	if err := os.WriteFile(idFile, []byte(contract.EncodeIdentities(ids)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tokenAddr, healthAddr := freeAddr(t), freeAddr(t)

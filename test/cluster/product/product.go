@@ -23,7 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/cluster"
 )
 
@@ -169,7 +169,7 @@ func (r *Release) waitWebhookAnswers(ctx context.Context) error {
 		return err
 	}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "podidentity-probe-",
-		Labels: map[string]string{defaults.NamespaceInjectionLabel: "enabled"}}}
+		Labels: map[string]string{contract.NamespaceInjectionLabel: "enabled"}}}
 	if ns, err = cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("creating a namespace to probe the webhook: %w", err)
 	}

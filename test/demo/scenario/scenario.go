@@ -27,7 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/defaults"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/arm"
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/product"
@@ -200,7 +200,7 @@ func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, 
 	if err != nil {
 		return err
 	}
-	labels := map[string]string{defaults.NamespaceInjectionLabel: "enabled"}
+	labels := map[string]string{contract.NamespaceInjectionLabel: "enabled"}
 	if opts.Mode == "cni" {
 		// CNI mode's injected containers are unprivileged: the namespace can enforce the strictest level.
 		labels["pod-security.kubernetes.io/enforce"] = "restricted"
@@ -250,7 +250,7 @@ func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, 
 		return fmt.Errorf("creating the demo pod (is the webhook running? %s pods must be Ready): %w", ReleaseNamespace, err)
 	}
 	s.say("admitted with init containers %v, containers %v; annotation %s=%s", names(created.Spec.InitContainers), names(created.Spec.Containers),
-		defaults.IdentitiesAnnotation, created.Annotations[defaults.IdentitiesAnnotation])
+		contract.IdentitiesAnnotation, created.Annotations[contract.IdentitiesAnnotation])
 	if len(created.Spec.InitContainers) == 0 {
 		return fmt.Errorf("the webhook did not inject the pod (no init container): check namespace %s's label and the webhook in %s", DemoNamespace, ReleaseNamespace)
 	}

@@ -1,6 +1,9 @@
-// Package defaults holds the values the components must agree on: the webhook injects them, the init container
-// and the sidecar default to them. Changing one here changes all of them together.
-package defaults
+// Package contract is what the four components (webhook, init container, sidecar, assigner) agree on: the
+// IMDS address and the sidecar's ports and uid, the names of the injected containers and volumes, the project's
+// label and annotation keys, and (identities.go) the format of the identities annotation. The webhook injects
+// these values, the init container and the sidecar default to them: changing one here changes all of them
+// together. It imports nothing from Kubernetes, so the sidecar stays small.
+package contract
 
 const (
 	// IMDSAddress and IMDSPort are where apps (and their SDKs) reach the instance metadata service.
@@ -58,8 +61,8 @@ const (
 	NamespaceInjectionLabel = "podidentity.io/injection"
 	// InjectAnnotation with the value "false" opts a single pod out.
 	InjectAnnotation = "podidentity.io/inject"
-	// IdentitiesAnnotation records the identities a pod is bound to; package annotation defines its value
-	// (the format) and package binding decides what goes in it.
+	// IdentitiesAnnotation records the identities a pod is bound to; identities.go defines its value (the
+	// format) and package binding decides what goes in it.
 	IdentitiesAnnotation = "podidentity.io/identities"
 	// SecurityWarningsAnnotation lists, comma-separated, the reasons the webhook admitted a pod of an opted-in
 	// namespace in a state that weakens its isolation (e.g. "opt-out-annotation", "exception",

@@ -1,8 +1,7 @@
-// Package annotation defines the pod annotation podidentity.io/identities: the identities a pod is bound to, as
-// the webhook and the assigner record them and the pod's token sidecar reads them (through a downward-API file).
-// This package owns the value's format; the key is defaults.IdentitiesAnnotation, beside the other names the
-// components agree on. It imports nothing from Kubernetes, so the sidecar stays small.
-package annotation
+// The pod annotation IdentitiesAnnotation (podidentity.io/identities): the identities a pod is bound to, as the
+// webhook and the assigner record them and the pod's token sidecar reads them (through a downward-API file).
+
+package contract
 
 import (
 	"encoding/json"
@@ -46,8 +45,9 @@ const BackendFederated = "federated"
 // Federated reports whether the identity's tokens come from workload identity federation.
 func (id Identity) Federated() bool { return id.Backend == BackendFederated }
 
-// Encode renders identities as the annotation value: a JSON list, stable for equal input, "[]" when empty.
-func Encode(ids []Identity) string {
+// EncodeIdentities renders identities as the value of IdentitiesAnnotation: a JSON list, stable for equal
+// input, "[]" when empty.
+func EncodeIdentities(ids []Identity) string {
 	if ids == nil {
 		ids = []Identity{}
 	}
@@ -58,8 +58,8 @@ func Encode(ids []Identity) string {
 	return string(b)
 }
 
-// Decode parses the annotation value. An empty value means no identities.
-func Decode(s string) ([]Identity, error) {
+// DecodeIdentities parses the value of IdentitiesAnnotation. An empty value means no identities.
+func DecodeIdentities(s string) ([]Identity, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return nil, nil
