@@ -29,8 +29,8 @@ import (
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/test/wait"
+	"github.com/podidentity/podidentity/webhook/app"
 	"github.com/podidentity/podidentity/webhook/config"
-	"github.com/podidentity/podidentity/webhook/server"
 )
 
 // poolTaint is the taint of the chart values the admission test renders.
@@ -150,7 +150,7 @@ func TestGuardAdmission(t *testing.T) {
 	must(t, cfg.Complete())
 	wio := &env.WebhookInstallOptions
 	cfg.Port, cfg.CertDir = wio.LocalServingPort, wio.LocalServingCertDir
-	mgr, err := server.New(cfg, te.Config, wio.LocalServingHost, logr.Discard())
+	mgr, err := app.New(cfg, te.Config, wio.LocalServingHost, logr.Discard())
 	must(t, err)
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()

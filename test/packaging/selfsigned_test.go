@@ -26,9 +26,9 @@ import (
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/test/wait"
+	"github.com/podidentity/podidentity/webhook/app"
 	"github.com/podidentity/podidentity/webhook/certs"
 	"github.com/podidentity/podidentity/webhook/config"
-	"github.com/podidentity/podidentity/webhook/server"
 )
 
 const (
@@ -41,7 +41,7 @@ const (
 // process generates its CA and serving certificate (webhook/certs), patches the caBundle, and the API server
 // then calls it for every pod of an opted-in namespace. The serving certificate's validity is forced down to
 // seconds so it is rotated several times while pods are created without pause; not one admission may fail.
-// The webhook is the real one (webhook/server) running under the chart's service account and RBAC, so the
+// The webhook is the real one (webhook/app) running under the chart's service account and RBAC, so the
 // chart's permissions for the webhook's reads are proven too.
 func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 	env := testenv.Start(t, nil)
@@ -137,7 +137,7 @@ func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 	if err := restricted.List(ctx, &corev1.SecretList{}, client.InNamespace("apps")); !apierrors.IsForbidden(err) {
 		t.Fatalf("the webhook's account listed Secrets of another namespace (err %v): RBAC is not least privilege or not in force", err)
 	}
-	// The real webhook (webhook/server, as podidentity-webhook builds it) with the chart's flags' defaults.
+	// The real webhook (webhook/app, as podidentity-webhook builds it) with the chart's flags' defaults.
 	fs := flag.NewFlagSet("podidentity-webhook", flag.ContinueOnError)
 	cfg := config.Bind(fs)
 	if err := fs.Parse([]string{"--port=" + strconv.Itoa(port), "--metrics-bind-address=0", "--health-probe-bind-address=0"}); err != nil {
@@ -146,7 +146,7 @@ func TestSelfSignedCertificatesEndToEnd(t *testing.T) {
 	if err := cfg.Complete(); err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := server.New(cfg, asWebhook, "127.0.0.1", testr.New(t), src.TLSOption)
+	mgr, err := app.New(cfg, asWebhook, "127.0.0.1", testr.New(t), src.TLSOption)
 	if err != nil {
 		t.Fatal(err)
 	}

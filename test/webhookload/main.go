@@ -2,7 +2,7 @@
 // throughput and latency percentiles as markdown (see webhook/BENCHMARKS.md).
 //
 // With --start it first starts a real kube-apiserver and etcd (bin/, as the integration tests do) and the
-// webhook in this process (the same server.New the binary uses), serving a self-signed certificate; without
+// webhook in this process (the same app.New the binary uses), serving a self-signed certificate; without
 // it, point --url at a webhook you run.
 package main
 
@@ -43,8 +43,8 @@ import (
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/pki"
 	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/webhook/app"
 	"github.com/podidentity/podidentity/webhook/config"
-	"github.com/podidentity/podidentity/webhook/server"
 )
 
 type options struct {
@@ -314,7 +314,7 @@ func startWebhook(ctx context.Context, in goldenInput) (string, *x509.CertPool, 
 		stop()
 		return "", nil, nil, err
 	}
-	mgr, err := server.New(cfg, rc, "127.0.0.1", logr.Discard())
+	mgr, err := app.New(cfg, rc, "127.0.0.1", logr.Discard())
 	if err != nil {
 		stop()
 		return "", nil, nil, err

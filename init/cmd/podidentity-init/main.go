@@ -6,9 +6,9 @@ package main
 import (
 	"os"
 
-	"github.com/podidentity/podidentity/init/command"
+	"github.com/podidentity/podidentity/init/app"
 )
 
 func main() {
-	os.Exit(command.Run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(app.Run(os.Args[1:], os.Stdout, os.Stderr))
 }

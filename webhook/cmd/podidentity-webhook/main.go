@@ -12,9 +12,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/podidentity/podidentity/internal/version"
+	"github.com/podidentity/podidentity/webhook/app"
 	"github.com/podidentity/podidentity/webhook/certs"
 	"github.com/podidentity/podidentity/webhook/config"
-	"github.com/podidentity/podidentity/webhook/server"
 )
 
 func main() {
@@ -54,7 +54,7 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("no Kubernetes API credentials (in-cluster service account or KUBECONFIG): %w", err)
 	}
-	mgr, err := server.New(cfg, rc, "", log, tlsOpts...)
+	mgr, err := app.New(cfg, rc, "", log, tlsOpts...)
 	if err != nil {
 		return err
 	}

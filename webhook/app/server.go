@@ -1,7 +1,7 @@
-// Package server assembles the webhook: a controller-runtime manager whose cache serves the handler's reads,
+// Package app assembles the webhook: a controller-runtime manager whose cache serves the handler's reads,
 // whose webhook server serves TLS from a certificate directory it reloads on rotation, and whose metrics
 // endpoint exposes the handler's metrics.
-package server
+package app
 
 import (
 	"context"

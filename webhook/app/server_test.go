@@ -1,4 +1,4 @@
-package server_test
+package app_test
 
 import (
 	"context"
@@ -33,8 +33,8 @@ import (
 	"github.com/podidentity/podidentity/test/testenv"
 	"github.com/podidentity/podidentity/test/wait"
 	"github.com/podidentity/podidentity/webhook/admission"
+	"github.com/podidentity/podidentity/webhook/app"
 	"github.com/podidentity/podidentity/webhook/config"
-	"github.com/podidentity/podidentity/webhook/server"
 )
 
 const assigner = "system:serviceaccount:podidentity-system:podidentity-assigner"
@@ -94,7 +94,7 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 		Spec:       aadv1.AzureIdentityBindingSpec{AzureIdentity: "orders-mi", Selector: "orders"},
 	})
 
-	cfg, wh := startWebhook(t, ctx, cancel, env, te.Config, []string{"--mode=auto"}, func(mgr *server.Webhook) {
+	cfg, wh := startWebhook(t, ctx, cancel, env, te.Config, []string{"--mode=auto"}, func(mgr *app.Webhook) {
 		mgr.GetWebhookServer().Register(prependPath, &cradmission.Webhook{Handler: cradmission.HandlerFunc(prependInit)})
 	})
 	// Every supported minor (1.32 and up, the test control plane's) has native sidecars on by default.
@@ -247,7 +247,7 @@ func TestWebhookOnRealAPIServer(t *testing.T) {
 // startWebhook runs the webhook with args (and no metrics or health listeners) against the API server of rc,
 // serving where env's webhook configuration points, until ctx ends (cancel, at the test's end, stops it);
 // register runs before it starts. It returns once the server accepts connections.
-func startWebhook(t *testing.T, ctx context.Context, cancel context.CancelFunc, env *envtest.Environment, rc *rest.Config, args []string, register func(*server.Webhook)) (*config.Config, *server.Webhook) {
+func startWebhook(t *testing.T, ctx context.Context, cancel context.CancelFunc, env *envtest.Environment, rc *rest.Config, args []string, register func(*app.Webhook)) (*config.Config, *app.Webhook) {
 	t.Helper()
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	cfg := config.Bind(fs)
@@ -259,7 +259,7 @@ func startWebhook(t *testing.T, ctx context.Context, cancel context.CancelFunc, 
 	}
 	wio := &env.WebhookInstallOptions
 	cfg.Port, cfg.CertDir = wio.LocalServingPort, wio.LocalServingCertDir
-	mgr, err := server.New(cfg, rc, wio.LocalServingHost, testr.NewWithOptions(t, testr.Options{Verbosity: 0}))
+	mgr, err := app.New(cfg, rc, wio.LocalServingHost, testr.NewWithOptions(t, testr.Options{Verbosity: 0}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package server_test
+package app_test
 
 import (
 	"context"
@@ -10,13 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podidentity/podidentity/webhook/server"
+	"github.com/podidentity/podidentity/webhook/app"
 )
 
 // TestDrainClosesConnectionsAfterEachAnswer: before Begin, keep-alive connections are reused; after it, every
 // answer still comes (the replica keeps serving) but says "Connection: close" and the client dials again.
 func TestDrainClosesConnectionsAfterEachAnswer(t *testing.T) {
-	d := &server.Drain{}
+	d := &app.Drain{}
 	srv := httptest.NewUnstartedServer(d.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok")
 	})))
@@ -82,7 +82,7 @@ func TestRunDraining(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := &server.Drain{}
+			d := &app.Drain{}
 			ctx, signal := context.WithCancel(context.Background())
 			stoppedWhileDraining := make(chan bool, 1)
 			start := func(runCtx context.Context) error {
@@ -94,7 +94,7 @@ func TestRunDraining(t *testing.T) {
 				stoppedWhileDraining <- d.Draining()
 				return nil
 			}
-			err := server.RunDraining(ctx, start, d, 50*time.Millisecond)
+			err := app.RunDraining(ctx, start, d, 50*time.Millisecond)
 			if !errors.Is(err, tt.startErr) {
 				t.Fatalf("RunDraining = %v, want %v", err, tt.startErr)
 			}

@@ -1,5 +1,5 @@
-// Package command is podidentity-init's command line: flags, modes and exit codes around package redirect.
-package command
+// Package app is podidentity-init's command line: flags, modes and exit codes around package redirect.
+package app
 
 import (
 	"errors"
