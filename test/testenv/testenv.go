@@ -142,11 +142,11 @@ func (e *Env) Minor() int {
 func MinorOf(gitVersion string) (int, error) {
 	parts := strings.SplitN(strings.TrimPrefix(gitVersion, "v"), ".", 3)
 	if len(parts) < 2 || parts[0] != "1" {
-		return 0, fmt.Errorf("Kubernetes version %q is not v1.MINOR.PATCH", gitVersion)
+		return 0, fmt.Errorf("version %q is not a Kubernetes version (v1.MINOR.PATCH)", gitVersion)
 	}
 	m, err := strconv.Atoi(parts[1])
 	if err != nil {
-		return 0, fmt.Errorf("Kubernetes version %q: minor %q is not a number", gitVersion, parts[1])
+		return 0, fmt.Errorf("version %q: the minor %q is not a number", gitVersion, parts[1])
 	}
 	return m, nil
 }
