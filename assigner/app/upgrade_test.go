@@ -113,7 +113,7 @@ func TestFederatedOnlyStartsWithoutAzure(t *testing.T) {
 		select {
 		case err := <-p.done:
 			p.done <- err
-			return false, fmt.Errorf("the assigner stopped: %v\n%s", err, p.out.String())
+			return false, fmt.Errorf("the assigner stopped: %w\n%s", err, p.out.String())
 		default:
 		}
 		var cm corev1.ConfigMap

@@ -215,7 +215,11 @@ func TestFederatedIdentities(t *testing.T) {
 		if err := os.Rename(f.file, f.file+".away"); err != nil {
 			t.Fatal(err)
 		}
-		defer os.Rename(f.file+".away", f.file)
+		defer func() {
+			if err := os.Rename(f.file+".away", f.file); err != nil {
+				t.Errorf("putting the token file back: %v", err)
+			}
+		}()
 		r := f.get(t, "https://missing.example", "&client_id="+f.fedA.ClientID)
 		if r.status != 500 || r.body["error"] != "configuration_error" || !strings.Contains(r.body["error_description"], "recreate the pod") {
 			t.Fatalf("%d %s", r.status, r.raw)
