@@ -98,7 +98,9 @@ func TestChartVersions(t *testing.T) {
 		t.Fatalf("chartVersions = %q, %q, %v", version, appVersion, err)
 	}
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "Chart.yaml"), []byte("version: 1.0.0\n"), 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "Chart.yaml"), []byte("version: 1.0.0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, _, err := chartVersions(dir); err == nil {
 		t.Error("a chart without appVersion was accepted")
 	}
