@@ -126,7 +126,7 @@ func (r *Refusal) Error() string { return r.Description }
 // cannot match an object_id (the annotation carries no object IDs); see ObjectID.
 func Select(ids []contract.Identity, kind SelectorKind, value string) (contract.Identity, *Refusal) {
 	if len(ids) == 0 {
-		return contract.Identity{}, &Refusal{"no identity is bound to this pod: create an AzureIdentityBinding whose selector matches the pod's aadpodidbinding label"}
+		return contract.Identity{}, &Refusal{"no identity is bound to this pod: create an AzureIdentityBinding whose selector matches the pod's aadpodidbinding label and, if the binding lists service accounts (podidentity.io/service-accounts), names the pod's service account"}
 	}
 	switch kind {
 	case ByDefault:
