@@ -53,7 +53,7 @@ IMAGE_REGISTRY ?= ghcr.io/podidentity
 IMAGE_TAG      ?= $(VERSION)
 IMAGEBUILD     := $(BIN)/imagebuild
 IMAGEBUILD_SRC := hack/tools/go.mod $(shell find hack/tools/imagebuild -name '*.go' ! -name '*_test.go')
-# binary:uid of each image (the Dockerfile's targets say the same). The node image also carries the CNI plugin,
+# binary:uid of each image. The node image also carries the CNI plugin,
 # which its agent copies onto the node.
 IMAGE_USERS    := podidentity-webhook:65532 podidentity-assigner:65532 podidentity-sidecar:15078 podidentity-init:0 podidentity-node:0
 IMAGE_PACKAGES := ./webhook/cmd/podidentity-webhook ./assigner/cmd/podidentity-assigner ./sidecar/cmd/podidentity-sidecar \

@@ -50,7 +50,7 @@ func Start(o Options, imdsEndpoint, listenAddress string, log logr.Logger) error
 	// prctl and capset; refuse before changing anything.
 	if _, _, errno := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_GET_DUMPABLE, 0, 0); errno == syscall.ENOTSUP {
 		return errors.New("this podidentity-sidecar binary was built with cgo, so it cannot drop privileges on every thread; " +
-			"build it with CGO_ENABLED=0 (as `make build` and the Dockerfile do)")
+			"build it with CGO_ENABLED=0 (as `make build` and `make images` do)")
 	}
 	self, err := ownStatus()
 	if err != nil {
@@ -150,7 +150,7 @@ func clearCapabilities() error {
 	runtime.KeepAlive(data)
 	if errno == syscall.ENOTSUP {
 		return errors.New("this podidentity-sidecar binary was built with cgo, so it cannot clear the capabilities of every thread; " +
-			"build it with CGO_ENABLED=0 (as `make build` and the Dockerfile do)")
+			"build it with CGO_ENABLED=0 (as `make build` and `make images` do)")
 	}
 	if errno != 0 {
 		return fmt.Errorf("capset (clearing every capability) on every thread: %w (check the seccomp profile allows capset)", errno)
