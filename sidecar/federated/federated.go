@@ -20,11 +20,9 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/podidentity/podidentity/internal/contract"
+	"github.com/podidentity/podidentity/sidecar/aadtoken"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 )
-
-// RetryAfter is what the app is told to wait when Azure AD could not be reached.
-const RetryAfter = 5 * time.Second
 
 // Options configure the provider.
 type Options struct {
@@ -63,25 +61,13 @@ func (p *Provider) Token(ctx context.Context, id contract.Identity, resource str
 	if err != nil {
 		return tokens.Token{}, err
 	}
-	scope := resource
-	if !strings.HasSuffix(scope, "/.default") {
-		scope += "/.default"
-	}
-	at, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}})
-	if err != nil {
-		// Azure AD's 4xx (no matching federated credential, wrong audience, expired token, unknown app) is
-		// definite; anything else is transient, and the app is told when to retry.
-		var afe *azidentity.AuthenticationFailedError
-		if errors.As(err, &afe) && afe.RawResponse != nil && afe.RawResponse.StatusCode >= 400 && afe.RawResponse.StatusCode < 500 {
-			return tokens.Token{}, &tokens.Error{Status: http.StatusBadRequest, Code: "invalid_request",
-				Description: fmt.Sprintf("Azure AD refused the service account token of this pod for federated identity %s/%s (client ID %s, tenant %s): %v "+
-					"(the identity needs a federated credential for this cluster's issuer, subject system:serviceaccount:<pod namespace>:<pod service account> and audience api://AzureADTokenExchange)",
-					id.Namespace, id.Name, id.ClientID, id.TenantID, err)}
-		}
-		return tokens.Token{}, &tokens.Error{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", RetryAfter: RetryAfter,
-			Description: fmt.Sprintf("no token from Azure AD for federated identity %s/%s (client ID %s) yet: %v", id.Namespace, id.Name, id.ClientID, err)}
-	}
-	return tokens.Token{AccessToken: at.Token, ExpiresOn: at.ExpiresOn, Resource: resource, ClientID: id.ClientID, TokenType: "Bearer"}, nil
+	return aadtoken.Get(ctx, cred, resource, id.ClientID, func(err error) string {
+		return fmt.Sprintf("Azure AD refused the service account token of this pod for federated identity %s/%s (client ID %s, tenant %s): %v "+
+			"(the identity needs a federated credential for this cluster's issuer, subject system:serviceaccount:<pod namespace>:<pod service account> and audience api://AzureADTokenExchange)",
+			id.Namespace, id.Name, id.ClientID, id.TenantID, err)
+	}, func(err error) string {
+		return fmt.Sprintf("no token from Azure AD for federated identity %s/%s (client ID %s) yet: %v", id.Namespace, id.Name, id.ClientID, err)
+	})
 }
 
 // assertion reads the projected token: on every exchange, so a rotated token is used as soon as the kubelet

@@ -5,7 +5,6 @@ package serviceprincipal
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/contract"
+	"github.com/podidentity/podidentity/sidecar/aadtoken"
 	"github.com/podidentity/podidentity/sidecar/tokens"
 )
 
@@ -30,9 +30,6 @@ const (
 	CertificateFile  = "certificate"
 	PasswordFile     = "password"
 )
-
-// RetryAfter is what the app is told to wait when Azure AD could not be reached.
-const RetryAfter = 5 * time.Second
 
 // Options configure the provider.
 type Options struct {
@@ -72,23 +69,11 @@ func (p *Provider) Token(ctx context.Context, id contract.Identity, resource str
 	if err != nil {
 		return tokens.Token{}, err
 	}
-	scope := resource
-	if !strings.HasSuffix(scope, "/.default") {
-		scope += "/.default"
-	}
-	at, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scope}})
-	if err != nil {
-		// Azure AD's 4xx (wrong secret, unknown app, bad scope) is definite; anything else (no answer, 5xx) is
-		// transient, and the app is told when to retry.
-		var afe *azidentity.AuthenticationFailedError
-		if errors.As(err, &afe) && afe.RawResponse != nil && afe.RawResponse.StatusCode >= 400 && afe.RawResponse.StatusCode < 500 {
-			return tokens.Token{}, &tokens.Error{Status: http.StatusBadRequest, Code: "invalid_request",
-				Description: fmt.Sprintf("Azure AD refused a token for service principal %s/%s (client ID %s): %v", id.Namespace, id.Name, id.ClientID, err)}
-		}
-		return tokens.Token{}, &tokens.Error{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", RetryAfter: RetryAfter,
-			Description: fmt.Sprintf("no token from Azure AD for service principal %s/%s (client ID %s) yet: %v", id.Namespace, id.Name, id.ClientID, err)}
-	}
-	return tokens.Token{AccessToken: at.Token, ExpiresOn: at.ExpiresOn, Resource: resource, ClientID: id.ClientID, TokenType: "Bearer"}, nil
+	return aadtoken.Get(ctx, cred, resource, id.ClientID, func(err error) string {
+		return fmt.Sprintf("Azure AD refused a token for service principal %s/%s (client ID %s): %v", id.Namespace, id.Name, id.ClientID, err)
+	}, func(err error) string {
+		return fmt.Sprintf("no token from Azure AD for service principal %s/%s (client ID %s) yet: %v", id.Namespace, id.Name, id.ClientID, err)
+	})
 }
 
 func (p *Provider) credential(id contract.Identity) (azcore.TokenCredential, error) {
