@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
@@ -38,4 +39,28 @@ func Get(ctx context.Context, cred azcore.TokenCredential, resource, clientID st
 			Description: pending(err)}
 	}
 	return tokens.Token{AccessToken: at.Token, ExpiresOn: at.ExpiresOn, Resource: resource, ClientID: clientID, TokenType: "Bearer"}, nil
+}
+
+// Authority is the Azure AD host of an identity: its own adEndpoint, else the sidecar's default (empty: the
+// public cloud).
+func Authority(adEndpoint, defaultHost string) string {
+	if adEndpoint != "" {
+		return adEndpoint
+	}
+	return defaultHost
+}
+
+// ClientOptions are a credential's client options for the authority host (the public cloud when empty) and,
+// when not nil, the HTTP transport (tests). Few, short retries: the app's request is held open meanwhile, and
+// the app retries on the sidecar's 503.
+func ClientOptions(host string, transport policy.Transporter) azcore.ClientOptions {
+	co := azcore.ClientOptions{Cloud: cloud.AzurePublic,
+		Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 250 * time.Millisecond, MaxRetryDelay: 2 * time.Second}}
+	if host != "" {
+		co.Cloud = cloud.Configuration{ActiveDirectoryAuthorityHost: host}
+	}
+	if transport != nil {
+		co.Transport = transport
+	}
+	return co
 }

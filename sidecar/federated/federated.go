@@ -12,10 +12,8 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
@@ -86,25 +84,14 @@ func (p *Provider) assertion(id contract.Identity) (string, error) {
 }
 
 func (p *Provider) credential(id contract.Identity) (azcore.TokenCredential, error) {
-	host := p.opts.AuthorityHost
-	if id.ADEndpoint != "" {
-		host = id.ADEndpoint
-	}
+	host := aadtoken.Authority(id.ADEndpoint, p.opts.AuthorityHost)
 	key := id.Namespace + "/" + id.Name + "|" + id.ClientID + "|" + id.TenantID + "|" + host
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.creds[key]; ok {
 		return c, nil
 	}
-	// Few, short retries: the app's request is held open meanwhile, and the app retries on our 503.
-	co := azcore.ClientOptions{Cloud: cloud.AzurePublic,
-		Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 250 * time.Millisecond, MaxRetryDelay: 2 * time.Second}}
-	if host != "" {
-		co.Cloud = cloud.Configuration{ActiveDirectoryAuthorityHost: host}
-	}
-	if p.opts.Transport != nil {
-		co.Transport = p.opts.Transport
-	}
+	co := aadtoken.ClientOptions(host, p.opts.Transport)
 	cred, err := azidentity.NewClientAssertionCredential(id.TenantID, id.ClientID, func(context.Context) (string, error) { return p.assertion(id) },
 		&azidentity.ClientAssertionCredentialOptions{ClientOptions: co, DisableInstanceDiscovery: p.opts.DisableInstanceDiscovery})
 	if err != nil {

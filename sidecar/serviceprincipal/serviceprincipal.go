@@ -11,10 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
@@ -123,19 +121,8 @@ func (p *Provider) credential(id contract.Identity) (azcore.TokenCredential, err
 }
 
 func (p *Provider) build(id contract.Identity, material []byte) (azcore.TokenCredential, error) {
-	host := p.opts.AuthorityHost
-	if id.ADEndpoint != "" {
-		host = id.ADEndpoint
-	}
-	// Few, short retries: the app's request is held open meanwhile, and the app retries on our 503.
-	co := azcore.ClientOptions{Cloud: cloud.AzurePublic,
-		Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 250 * time.Millisecond, MaxRetryDelay: 2 * time.Second}}
-	if host != "" {
-		co.Cloud = cloud.Configuration{ActiveDirectoryAuthorityHost: host}
-	}
-	if p.opts.Transport != nil {
-		co.Transport = p.opts.Transport
-	}
+	host := aadtoken.Authority(id.ADEndpoint, p.opts.AuthorityHost)
+	co := aadtoken.ClientOptions(host, p.opts.Transport)
 	// Auxiliary tenants are allowed as tenants of the credential; their tokens are asked for with a credential
 	// of their own (id.TenantID set to the auxiliary tenant), so this only matters to azidentity's checks.
 	aux := append([]string(nil), id.AuxiliaryTenantIDs...)
