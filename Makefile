@@ -11,7 +11,7 @@ K8S_MINOR   := 37
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 # The oldest Kubernetes release the chart claims (Chart.yaml kubeVersion; hack/tools/k8s-oldest pins it): the
-# integration suites run against its kube-apiserver too (make test-oldest). test/packaging checks that the three agree.
+# integration suites run against its kube-apiserver too (make test-oldest). test/suites/packaging checks that the three agree.
 K8S_OLDEST_VERSION := v1.32.13
 K8S_OLDEST_MINOR   := 32
 OLDEST_BIN         := $(CURDIR)/bin/k8s-1.$(K8S_OLDEST_MINOR)
@@ -140,7 +140,7 @@ test: lint verify-generate envtest-bins envtest-oldest packaging-tools cluster-b
 	@$(MAKE) --no-print-directory test-oldest
 	cd hack/tools && $(GO) test -count=1 ./imagebuild/...
 
-# The packages whose tests start a control plane (test/testenv's Start, or StartIssuer): the integration suites.
+# The packages whose tests start a control plane (test/toolbox/testenv's Start, or StartIssuer): the integration suites.
 ENVTEST_CALL := testenv.Start
 ENVTEST_PKGS = $(shell git grep -lF '$(ENVTEST_CALL)' -- '*_test.go' | xargs -n1 dirname | sort -u | sed 's|^|./|')
 
@@ -218,7 +218,7 @@ demo: cluster-bins packaging-tools images ## From nothing to a token: local clus
 
 .PHONY: e2e
 e2e: cluster-bins packaging-tools images ## Only the end-to-end suite on a local cluster (root; part of `make test`).
-	$(GO) test -count=1 -timeout 30m -v ./test/e2e/
+	$(GO) test -count=1 -timeout 30m -v ./test/suites/e2e/
 
 .PHONY: cluster-up
 cluster-up: cluster-bins $(IMAGEBUILD) ## Start the local cluster with its emulated Azure and leave it running (root).

@@ -14,8 +14,8 @@ import (
 	"github.com/podidentity/podidentity/assigner/azure"
 	"github.com/podidentity/podidentity/assigner/config"
 	"github.com/podidentity/podidentity/assigner/providerid"
-	"github.com/podidentity/podidentity/test/arm"
-	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/emulators/imds"
 )
 
 const (

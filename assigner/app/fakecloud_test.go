@@ -17,10 +17,10 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 
 	"github.com/podidentity/podidentity/assigner/config"
-	"github.com/podidentity/podidentity/test/arm"
-	"github.com/podidentity/podidentity/test/imds"
-	"github.com/podidentity/podidentity/test/jwttest"
-	"github.com/podidentity/podidentity/test/pki"
+	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/emulators/imds"
+	"github.com/podidentity/podidentity/test/toolbox/jwttest"
+	"github.com/podidentity/podidentity/test/toolbox/pki"
 )
 
 const (
@@ -28,7 +28,7 @@ const (
 	fakeAudience = "https://management.emulator.test/"
 )
 
-// fakeCloud is an emulated Azure AD (test/imds.AAD) and an ARM emulator (test/arm), both served over TLS on
+// fakeCloud is an emulated Azure AD (test/emulators/imds.AAD) and an ARM emulator (test/emulators/arm), both served over TLS on
 // loopback. ARM accepts only bearer tokens that this Azure AD issued for ARM's audience and tenant, and
 // records which application made each request, so tests see exactly who wrote what.
 type fakeCloud struct {

@@ -24,10 +24,10 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/arm"
-	"github.com/podidentity/podidentity/test/imds"
-	"github.com/podidentity/podidentity/test/testenv"
-	"github.com/podidentity/podidentity/test/wait"
+	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/emulators/imds"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
+	"github.com/podidentity/podidentity/test/toolbox/wait"
 )
 
 // childEnv makes the test binary run the assigner (Run with its command line) instead of the tests, so that

@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/podidentity/podidentity/assigner/upgrade"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 func kubeconfigFor(t *testing.T, env *testenv.Env) string {

@@ -14,7 +14,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 
 	"github.com/podidentity/podidentity/assigner/providerid"
-	"github.com/podidentity/podidentity/test/arm"
+	"github.com/podidentity/podidentity/test/emulators/arm"
 )
 
 const (

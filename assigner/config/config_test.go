@@ -9,7 +9,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 
-	"github.com/podidentity/podidentity/test/pki"
+	"github.com/podidentity/podidentity/test/toolbox/pki"
 )
 
 func TestParseAzureJSON(t *testing.T) {

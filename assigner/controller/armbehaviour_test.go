@@ -19,8 +19,8 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/arm"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 // The assigner under ARM's real behaviour, each case of issue 23 against the emulator: a deleted identity

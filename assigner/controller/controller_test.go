@@ -17,8 +17,8 @@ import (
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/arm"
-	"github.com/podidentity/podidentity/test/promtest"
+	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/toolbox/promtest"
 )
 
 // TestAssignAndDetach: pods on two scale sets and a standalone VM get their identities attached and their

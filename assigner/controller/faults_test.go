@@ -20,8 +20,8 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/azure"
-	"github.com/podidentity/podidentity/test/arm"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 // TestHeadOfLine: a scale set whose PATCH takes minutes does not delay another scale set.

@@ -13,7 +13,7 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/arm"
+	"github.com/podidentity/podidentity/test/emulators/arm"
 )
 
 // mkFederatedIdentity creates a federated AzureIdentity. It carries a user-assigned identity's resource ID (a

@@ -17,7 +17,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
-	"github.com/podidentity/podidentity/test/arm"
+	"github.com/podidentity/podidentity/test/emulators/arm"
 )
 
 // micObject is an AzureAssignedIdentity as AAD Pod Identity's MIC wrote it: its name, the namespace

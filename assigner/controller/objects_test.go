@@ -10,7 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/test/arm"
+	"github.com/podidentity/podidentity/test/emulators/arm"
 )
 
 // TestObjectWrites: an AzureAssignedIdentity is created in its final state, in one write, when ARM answers

@@ -12,7 +12,7 @@ import (
 )
 
 // The decisions of decide.go run here for hours of fake time against simARM, a model of one resource as
-// ARM answers for it (the emulator in test/arm models the same on the wire; the integration tests use it).
+// ARM answers for it (the emulator in test/emulators/arm models the same on the wire; the integration tests use it).
 // A fake clock makes the counts exact and the tests instant: nothing sleeps.
 
 // simARM is one VM or scale set as ARM answers for it.

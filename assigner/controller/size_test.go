@@ -30,8 +30,8 @@ import (
 	"github.com/podidentity/podidentity/assigner/cachetrim"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/arm"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 // The cluster of BenchmarkClusterSize: 5,000 nodes in 100 scale sets (AKS's limits: 5,000 nodes, 100 node

@@ -20,8 +20,8 @@ import (
 	"github.com/podidentity/podidentity/assigner/azure"
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/arm"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 // liveNamespaces is the API server as the reconciler's live reader sees it: namespaces come from ns, every

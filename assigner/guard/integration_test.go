@@ -26,10 +26,10 @@ import (
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/arm"
-	"github.com/podidentity/podidentity/test/promtest"
-	"github.com/podidentity/podidentity/test/testenv"
-	"github.com/podidentity/podidentity/test/wait"
+	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/toolbox/promtest"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
+	"github.com/podidentity/podidentity/test/toolbox/wait"
 )
 
 const (

@@ -20,8 +20,8 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/desired"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/promtest"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/toolbox/promtest"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 const reader = "/subscriptions/s/resourceGroups/ids/providers/Microsoft.ManagedIdentity/userAssignedIdentities/reader"

@@ -20,7 +20,7 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 
 	"github.com/podidentity/podidentity/assigner/upgrade"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 var crdGVK = schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"}

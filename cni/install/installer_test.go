@@ -19,8 +19,8 @@ import (
 
 	"github.com/podidentity/podidentity/cni/install"
 	"github.com/podidentity/podidentity/cni/pluginconf"
-	"github.com/podidentity/podidentity/test/promtest"
-	"github.com/podidentity/podidentity/test/wait"
+	"github.com/podidentity/podidentity/test/toolbox/promtest"
+	"github.com/podidentity/podidentity/test/toolbox/wait"
 )
 
 const testCA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

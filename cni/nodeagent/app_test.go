@@ -24,7 +24,7 @@ import (
 	"github.com/podidentity/podidentity/cni/internal/cnitest"
 	"github.com/podidentity/podidentity/cni/nodeagent"
 	"github.com/podidentity/podidentity/cni/pluginconf"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 const azureConflist = `{

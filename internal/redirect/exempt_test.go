@@ -15,7 +15,7 @@ import (
 
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/redirect"
-	"github.com/podidentity/podidentity/test/nstest"
+	"github.com/podidentity/podidentity/test/toolbox/nstest"
 )
 
 // helperEnv makes the test binary a helper process for the exemption tests: "exempt-self" learns its own

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/podidentity/podidentity/internal/redirect"
-	"github.com/podidentity/podidentity/test/nstest"
+	"github.com/podidentity/podidentity/test/toolbox/nstest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under init/testdata")

@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/imds"
-	"github.com/podidentity/podidentity/test/jwttest"
+	"github.com/podidentity/podidentity/test/emulators/imds"
+	"github.com/podidentity/podidentity/test/toolbox/jwttest"
 )
 
 // pathVariants are spellings of the token path that some server (the real IMDS, a cleaning router) could take

@@ -12,8 +12,8 @@ import (
 
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/tokens"
-	"github.com/podidentity/podidentity/test/imds"
-	"github.com/podidentity/podidentity/test/wait"
+	"github.com/podidentity/podidentity/test/emulators/imds"
+	"github.com/podidentity/podidentity/test/toolbox/wait"
 )
 
 func TestReloadOnIdentitiesFileChange(t *testing.T) {

@@ -13,7 +13,7 @@ import (
 	"github.com/go-logr/logr"
 
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/emulators/imds"
 )
 
 // BenchmarkCachedToken measures a cached token request over loopback HTTP with a keep-alive client, through

@@ -14,9 +14,9 @@ import (
 
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/imds"
-	"github.com/podidentity/podidentity/test/jwttest"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/emulators/imds"
+	"github.com/podidentity/podidentity/test/toolbox/jwttest"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 // federation is a real API server as the service account issuer, the emulated Azure AD over TLS that verifies

@@ -21,8 +21,8 @@ import (
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/internal/kubeletfile"
-	"github.com/podidentity/podidentity/test/imds"
-	"github.com/podidentity/podidentity/test/wait"
+	"github.com/podidentity/podidentity/test/emulators/imds"
+	"github.com/podidentity/podidentity/test/toolbox/wait"
 )
 
 const rid = "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"

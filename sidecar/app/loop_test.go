@@ -11,8 +11,8 @@ import (
 
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/loopguard"
-	"github.com/podidentity/podidentity/test/imds"
-	"github.com/podidentity/podidentity/test/wait"
+	"github.com/podidentity/podidentity/test/emulators/imds"
+	"github.com/podidentity/podidentity/test/toolbox/wait"
 )
 
 func getBody(t *testing.T, url string) (int, string) {

@@ -14,8 +14,8 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/imds"
-	"github.com/podidentity/podidentity/test/jwttest"
+	"github.com/podidentity/podidentity/test/emulators/imds"
+	"github.com/podidentity/podidentity/test/toolbox/jwttest"
 )
 
 // toSidecar sends every request to the sidecar's loopback listener, as the init container's redirect of

@@ -12,9 +12,9 @@ import (
 
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/imds"
-	"github.com/podidentity/podidentity/test/jwttest"
-	"github.com/podidentity/podidentity/test/pki"
+	"github.com/podidentity/podidentity/test/emulators/imds"
+	"github.com/podidentity/podidentity/test/toolbox/jwttest"
+	"github.com/podidentity/podidentity/test/toolbox/pki"
 )
 
 const tenant = "7e0b6a1c-0000-4000-8000-00000000000a"

@@ -11,7 +11,7 @@ import (
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/sidecar/internal/kubeletfile"
-	"github.com/podidentity/podidentity/test/wait"
+	"github.com/podidentity/podidentity/test/toolbox/wait"
 )
 
 const rid = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"

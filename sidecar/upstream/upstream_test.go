@@ -14,7 +14,7 @@ import (
 
 	"github.com/podidentity/podidentity/sidecar/loopguard"
 	"github.com/podidentity/podidentity/sidecar/tokens"
-	"github.com/podidentity/podidentity/test/imds"
+	"github.com/podidentity/podidentity/test/emulators/imds"
 )
 
 var web = imds.Identity{ClientID: "aaaaaaaa-0000-0000-0000-000000000001", ObjectID: "0b000000-0000-0000-0000-000000000001",

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/podidentity/podidentity/test/pki"
+	"github.com/podidentity/podidentity/test/toolbox/pki"
 )
 
 // certValidity is how long the cluster's certificates are valid: longer than any cluster is kept.

@@ -50,7 +50,7 @@ const (
 	IMDSAddress = "169.254.169.254"
 	// PauseImage is the sandbox image, built from test/cluster/pause and imported, never pulled.
 	PauseImage = "podidentity.test/pause:1"
-	// RegistryHost is the node's OCI registry (package test/registry as the process "registry": TLS with a
+	// RegistryHost is the node's OCI registry (package test/toolbox/registry as the process "registry": TLS with a
 	// certificate of the cluster CA, htpasswd authentication). The product is pushed there and the node pulls
 	// it through containerd's hosts.toml, with the pods' pull secrets.
 	RegistryHost = "127.0.0.1:15000"

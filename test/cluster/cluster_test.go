@@ -35,7 +35,7 @@ func skipUnlessCapable(t *testing.T) {
 // ClusterIP and the IMDS emulator at 169.254.169.254, and checks that Stop leaves nothing behind.
 func TestClusterLifecycle(t *testing.T) {
 	skipUnlessCapable(t)
-	// The whole test deadline: Start may first wait for another package's cluster (test/e2e) to stop.
+	// The whole test deadline: Start may first wait for another package's cluster (test/suites/e2e) to stop.
 	deadline, ok := t.Deadline()
 	if !ok {
 		deadline = time.Now().Add(30 * time.Minute)
@@ -79,7 +79,7 @@ func TestClusterLifecycle(t *testing.T) {
 	})
 
 	t.Run("Start again reuses the running cluster", func(t *testing.T) {
-		// Under the lock this process holds: releasing it would let a waiting package (test/e2e) take the host.
+		// Under the lock this process holds: releasing it would let a waiting package (test/suites/e2e) take the host.
 		pid, _, _ := recordedProcess(c.StateDir(), "kube-apiserver")
 		if err := c.startLocked(ctx); err != nil {
 			t.Fatalf("second start: %v", err)

@@ -9,7 +9,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/podidentity/podidentity/test/pki"
+	"github.com/podidentity/podidentity/test/toolbox/pki"
 )
 
 // writePKI creates the cluster CA and every certificate the components use, the service-account signing

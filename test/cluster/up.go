@@ -22,7 +22,7 @@ import (
 
 // Addresses of the fake cloud.
 const (
-	// IMDSAdminAddress serves the IMDS emulator's admin API (test/imds README), loopback only.
+	// IMDSAdminAddress serves the IMDS emulator's admin API (test/emulators/imds README), loopback only.
 	IMDSAdminAddress = "127.0.0.1:18170"
 	// ARMPort and AADPort serve ARM and Azure AD over HTTPS on NodeIP (Azure AD on 443: pods reach it as
 	// https://login.microsoftonline.com/).
@@ -116,7 +116,7 @@ func (c *Cluster) bringUp(ctx context.Context) error {
 		"--service-account-key-file="+filepath.Join(pki, "service-account.pub"),
 		"--service-account-signing-key-file="+filepath.Join(pki, "service-account.key"),
 		// The first issuer is the one tokens are signed with: a URL the fake cloud's Azure AD reaches for the
-		// discovery document and keys of federated identities (test/e2e/federation_test.go), as Azure AD reaches
+		// discovery document and keys of federated identities (test/suites/e2e/federation_test.go), as Azure AD reaches
 		// an AKS cluster's OIDC issuer. The in-cluster name stays accepted for tokens signed before.
 		"--service-account-issuer="+IssuerURL, "--service-account-jwks-uri="+IssuerURL+"/openid/v1/jwks",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -319,7 +319,7 @@ func (c *Cluster) buildHelpers(ctx context.Context) error {
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		return err
 	}
-	for name, pkg := range map[string]string{"fakecloud": "./test/cluster/fakecloud/cmd/fakecloud", "pause": "./test/cluster/pause", "registry": "./test/registry/cmd/registry"} {
+	for name, pkg := range map[string]string{"fakecloud": "./test/emulators/fakecloud/cmd/fakecloud", "pause": "./test/cluster/pause", "registry": "./test/toolbox/registry/cmd/registry"} {
 		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", filepath.Join(cache, name), pkg)
 		cmd.Dir = c.opts.RepoDir
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

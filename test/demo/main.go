@@ -31,7 +31,7 @@ func main() {
 	flag.StringVar(&opts.Mode, "mode", "init", "the chart's redirect.mode on the local cluster: init, or cni (the node's CNI plugin; the demo namespace enforces Pod Security restricted)")
 	flag.BoolVar(&down, "down", false, "stop the local cluster left running by --keep, and exit")
 	flag.StringVar(&opts.Kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "run against your cluster instead of a local one (default $KUBECONFIG; the emulated Azure, image import and chart install are skipped)")
-	flag.StringVar(&opts.AppImage, "app-image", "", "your cluster: a pullable image of test/e2e/apps/goclient")
+	flag.StringVar(&opts.AppImage, "app-image", "", "your cluster: a pullable image of test/apps/goclient")
 	flag.StringVar(&opts.IdentityResourceID, "identity-resource-id", "", "your cluster: ARM id of the user-assigned identity to bind")
 	flag.StringVar(&opts.IdentityClientID, "identity-client-id", "", "your cluster: its client id")
 	flag.DurationVar(&opts.Timeout, "timeout", 3*time.Minute, "how long to wait for the token")

@@ -24,7 +24,7 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 	"github.com/podidentity/podidentity/webhook/admission"
 )
 

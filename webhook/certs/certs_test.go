@@ -12,7 +12,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/podidentity/podidentity/test/pki"
+	"github.com/podidentity/podidentity/test/toolbox/pki"
 )
 
 func validOptions() Options {

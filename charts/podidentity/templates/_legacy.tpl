@@ -7,7 +7,7 @@ podidentity.legacy maps the keys of that chart that have a meaning here onto thi
 unsafe. It runs once per rendering (the record under .Values._aadPodIdentity marks it done; the schema refuses
 that key in values files), so every template that reads a value it may change includes it first:
   include "podidentity.legacy" .
-test/packaging (TestTemplatesApplyLegacyValues) checks that they do.
+test/suites/packaging (TestTemplatesApplyLegacyValues) checks that they do.
 
 A mapped key applies only while this chart's own value is still at its default; when both are given, this chart's
 value wins and NOTES says so.

@@ -27,8 +27,8 @@ import (
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/redirect"
-	"github.com/podidentity/podidentity/test/nstest"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/toolbox/nstest"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 const (

@@ -19,8 +19,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/podidentity/podidentity/test/nstest"
-	"github.com/podidentity/podidentity/test/wait"
+	"github.com/podidentity/podidentity/test/toolbox/nstest"
+	"github.com/podidentity/podidentity/test/toolbox/wait"
 )
 
 // RequireRoot skips the test, saying why, under -short or when not root; otherwise nstest.Require.

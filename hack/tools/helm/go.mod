@@ -1,4 +1,4 @@
-// Module helm pins the helm CLI the packaging tests build (test/packaging). Kept apart from the product's module
+// Module helm pins the helm CLI the packaging tests build (test/suites/packaging). Kept apart from the product's module
 // and from hack/tools so helm's large dependency graph never moves anyone else's versions.
 module github.com/podidentity/podidentity/hack/tools/helm
 

@@ -1,4 +1,4 @@
-// Module kustomize pins the kustomize CLI the packaging tests build (test/packaging). v5.8.2 is the newest whose
+// Module kustomize pins the kustomize CLI the packaging tests build (test/suites/packaging). v5.8.2 is the newest whose
 // kustomize/api (v0.21.2) builds with Go 1.26; v5.8.3 needs Go 1.27.
 module github.com/podidentity/podidentity/hack/tools/kustomize
 

@@ -1,4 +1,4 @@
-// Module promtool pins Prometheus's rule checker, which the monitoring tests build (test/monitoring) to check the
+// Module promtool pins Prometheus's rule checker, which the monitoring tests build (test/suites/monitoring) to check the
 // chart's alerting rules, run their unit tests and evaluate them on metrics scraped off the end-to-end cluster.
 // Kept apart so Prometheus's large dependency graph never moves anyone else's versions.
 module github.com/podidentity/podidentity/hack/tools/promtool

@@ -18,7 +18,7 @@ import (
 
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/redirect"
-	"github.com/podidentity/podidentity/test/nstest"
+	"github.com/podidentity/podidentity/test/toolbox/nstest"
 )
 
 // dialEnv makes the test binary a one-shot TCP client: it dials the address in the variable, prints "ok

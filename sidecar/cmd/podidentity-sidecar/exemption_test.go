@@ -19,9 +19,9 @@ import (
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/redirect"
-	"github.com/podidentity/podidentity/test/imds"
-	"github.com/podidentity/podidentity/test/jwttest"
-	"github.com/podidentity/podidentity/test/nstest"
+	"github.com/podidentity/podidentity/test/emulators/imds"
+	"github.com/podidentity/podidentity/test/toolbox/jwttest"
+	"github.com/podidentity/podidentity/test/toolbox/nstest"
 )
 
 var (

@@ -19,8 +19,8 @@ import (
 
 	"github.com/podidentity/podidentity/api/identitytype"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/imds"
-	"github.com/podidentity/podidentity/test/wait"
+	"github.com/podidentity/podidentity/test/emulators/imds"
+	"github.com/podidentity/podidentity/test/toolbox/wait"
 )
 
 // The audit log is batched (logwriter): after a SIGTERM the process has written exactly one whole JSON line per

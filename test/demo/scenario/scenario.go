@@ -28,16 +28,16 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/contract"
-	"github.com/podidentity/podidentity/test/arm"
+	"github.com/podidentity/podidentity/test/apps"
 	"github.com/podidentity/podidentity/test/cluster"
-	"github.com/podidentity/podidentity/test/cluster/product"
-	"github.com/podidentity/podidentity/test/e2e/apps"
-	"github.com/podidentity/podidentity/test/testenv"
+	"github.com/podidentity/podidentity/test/cluster/install"
+	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 // Names the demo creates.
 const (
-	ReleaseNamespace = product.Namespace
+	ReleaseNamespace = install.Namespace
 	DemoNamespace    = "podidentity-demo"
 	IdentityName     = "demo-identity"
 	BindingSelector  = "demo"
@@ -50,7 +50,7 @@ type Options struct {
 	Kubeconfig string
 	// Keep leaves the local cluster (or, on a user's cluster, the demo namespace) in place.
 	Keep bool
-	// For a user's cluster: a pullable image of the Go client (test/e2e/apps/goclient) and the user-assigned
+	// For a user's cluster: a pullable image of the Go client (test/apps/goclient) and the user-assigned
 	// identity to bind (its ARM resource id and client id); the chart must be installed already.
 	AppImage, IdentityResourceID, IdentityClientID string
 	// Timeout bounds the wait for the token (default 3 minutes).
@@ -135,9 +135,9 @@ func runLocal(ctx context.Context, s *steps, opts Options) (err error) {
 	s.step("push the product images and chart to the node's registry, and install the chart from oci:// (no cert-manager; the assigner authenticates to the emulated Azure AD with a client secret; redirect.mode=%s)", opts.Mode)
 	var values map[string]any
 	if opts.Mode == "cni" {
-		values = product.CNIValues(c)
+		values = install.CNIValues(c)
 	}
-	if _, err := product.Install(ctx, c, product.Options{RepoDir: repoDir, Log: s.say, Values: values}); err != nil {
+	if _, err := install.Install(ctx, c, install.Options{RepoDir: repoDir, Log: s.say, Values: values}); err != nil {
 		return err
 	}
 	if opts.Mode == "cni" {
@@ -151,15 +151,15 @@ func runLocal(ctx context.Context, s *steps, opts Options) (err error) {
 		s.say("the node agent chained podidentity-cni into %s", c.PrimaryCNIConfig())
 	}
 	s.say("installed; pods of %s:", ReleaseNamespace)
-	for _, line := range strings.Split(strings.TrimRight(product.PodSummary(ctx, c, ReleaseNamespace), "\n"), "\n") {
+	for _, line := range strings.Split(strings.TrimRight(install.PodSummary(ctx, c, ReleaseNamespace), "\n"), "\n") {
 		s.say("  %s", line)
 	}
 	identityID := cluster.UserAssignedIdentityID(IdentityName)
 	// The product's images come from the node's registry with authentication: the demo namespace needs the
 	// pull Secret the webhook names in every injected pod (docs/install.md, "From your own registry").
 	pullSecret := func(ctx context.Context, ns string) error {
-		s.say("pull Secret %s/%s (the node's registry %s)", ns, product.PullSecret, cluster.RegistryHost)
-		return product.EnsurePullSecret(ctx, c, ns)
+		s.say("pull Secret %s/%s (the node's registry %s)", ns, install.PullSecret, cluster.RegistryHost)
+		return install.EnsurePullSecret(ctx, c, ns)
 	}
 	return runScenario(ctx, s, cfg, opts, appImage, identityID, arm.ClientIDOf(identityID), attachedOnNode, pullSecret)
 }
@@ -277,7 +277,7 @@ func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, 
 	return nil
 }
 
-// attempt is one line of the Go client's output (test/e2e/apps README).
+// attempt is one line of the Go client's output (test/apps README).
 type attempt struct {
 	OK        bool           `json:"ok"`
 	Claims    map[string]any `json:"claims"`

@@ -1,0 +1,274 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/contract"
+	"github.com/podidentity/podidentity/test/cluster"
+	"github.com/podidentity/podidentity/test/cluster/install"
+	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/emulators/fakecloud"
+)
+
+// What the local cluster must provide for this scenario (test/cluster), beyond what the other scenarios use:
+//   - kube-apiserver's first --service-account-issuer a URL the fake cloud reaches (https://<NodeIP>:<APIServerPort>),
+//     with --service-account-jwks-uri=<that>/openid/v1/jwks (the former issuer may stay as a second
+//     --service-account-issuer, so that tokens it signed keep working);
+//   - fakecloud --issuer-ca-file=<pki>/ca.crt, so that its Azure AD trusts the API server's certificate;
+//   - the injected sidecar reaching the fake Azure AD at login.microsoftonline.com through the fake DNS, as the
+//     assigner does.
+// The scenario itself lets anonymous clients read the issuer's discovery document and keys, as Azure AD must, and
+// upgrades the release so that the sidecar trusts the fake cloud's CA (sidecar.caBundleConfigMap, the ConfigMap
+// copied into its namespace) with Azure AD instance discovery off (the emulator does not serve it); the base
+// values come back at its end.
+
+// federatedIdentity creates a federated AzureIdentity in ns (a managed identity with a federated credential:
+// it has a resource ID, so an attachment would be visible in ARM), registers it in the fake cloud's Azure AD with
+// a federated credential for issuer and service account ns/serviceAccount, and binds it with selector, narrowed
+// to that service account.
+func (e *env) federatedIdentity(t *testing.T, ns, name, selector, issuer, serviceAccount string) identity {
+	t.Helper()
+	ctx := context.Background()
+	resourceID := cluster.UserAssignedIdentityID(ns + "-" + name)
+	id := identity{Name: name, Namespace: ns, ClientID: arm.ClientIDOf(resourceID), ResourceID: resourceID, Selector: selector}
+	e.imds.post(t, "/aad/apps", map[string]any{"tenantID": cluster.TenantID, "clientID": id.ClientID, "objectID": id.ClientID,
+		"federated": []map[string]any{{"issuer": issuer, "subject": "system:serviceaccount:" + ns + ":" + serviceAccount}}})
+	ai := &aadv1.AzureIdentity{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: map[string]string{aadv1.BackendAnnotation: aadv1.BackendFederated}},
+		Spec:       aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: resourceID, ClientID: id.ClientID, TenantID: cluster.TenantID},
+	}
+	if err := e.c.Create(ctx, ai); err != nil {
+		t.Fatalf("creating AzureIdentity %s/%s: %v", ns, name, err)
+	}
+	aib := &aadv1.AzureIdentityBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name + "-binding", Namespace: ns, Annotations: map[string]string{aadv1.ServiceAccountsAnnotation: serviceAccount}},
+		Spec:       aadv1.AzureIdentityBindingSpec{AzureIdentity: name, Selector: selector},
+	}
+	if err := e.c.Create(ctx, aib); err != nil {
+		t.Fatalf("creating AzureIdentityBinding %s/%s-binding: %v", ns, name, err)
+	}
+	return id
+}
+
+// bindAlso binds an existing identity to a second selector (so that one pod label reaches two identities).
+func (e *env) bindAlso(t *testing.T, id identity, selector string) {
+	t.Helper()
+	aib := &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Name: id.Name + "-" + selector, Namespace: id.Namespace},
+		Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: id.Name, Selector: selector}}
+	if err := e.c.Create(context.Background(), aib); err != nil {
+		t.Fatalf("creating AzureIdentityBinding %s/%s: %v", id.Namespace, aib.Name, err)
+	}
+}
+
+// serviceAccountIssuer returns the cluster's issuer (from its discovery document) and lets anonymous clients
+// (Azure AD) read that document and the keys.
+func (e *env) serviceAccountIssuer(t *testing.T) string {
+	t.Helper()
+	ctx := context.Background()
+	raw, err := e.cs.Discovery().RESTClient().Get().AbsPath("/.well-known/openid-configuration").DoRaw(ctx)
+	if err != nil {
+		t.Fatalf("reading the cluster's OIDC discovery document: %v", err)
+	}
+	var doc struct {
+		Issuer string `json:"issuer"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil || doc.Issuer == "" {
+		t.Fatalf("the cluster's OIDC discovery document %s: %v", raw, err)
+	}
+	if strings.Contains(doc.Issuer, ".svc") {
+		t.Skipf("the cluster's service account issuer %s is not reachable by the fake cloud's Azure AD: the local cluster needs an issuer of https://%s:%d and the rest listed at the top of test/suites/e2e/federation_test.go",
+			doc.Issuer, cluster.NodeIP, cluster.APIServerPort)
+	}
+	crb := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "e2e-anonymous-issuer-discovery"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "system:service-account-issuer-discovery"},
+		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "Group", Name: "system:unauthenticated"}},
+	}
+	if _, err := e.cs.RbacV1().ClusterRoleBindings().Create(ctx, crb, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.cs.RbacV1().ClusterRoleBindings().Delete(ctx, crb.Name, metav1.DeleteOptions{}) })
+	return doc.Issuer
+}
+
+// sidecarTrustsFakeAzureAD copies the fake cloud's CA ConfigMap into ns and upgrades the release so that the
+// sidecars it injects from now on trust it, with Azure AD instance discovery off; the base values are restored at
+// the end of the test.
+func (e *env) sidecarTrustsFakeAzureAD(t *testing.T, ns string) {
+	t.Helper()
+	ctx := context.Background()
+	ca, err := e.cs.CoreV1().ConfigMaps(install.Namespace).Get(ctx, install.AzureCAConfigMap, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the fake cloud's CA ConfigMap %s/%s: %v", install.Namespace, install.AzureCAConfigMap, err)
+	}
+	cp := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: install.AzureCAConfigMap}, Data: map[string]string{"ca.crt": ca.Data["ca.crt"]}}
+	if _, err := e.cs.CoreV1().ConfigMaps(ns).Create(ctx, cp, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.release.Upgrade(ctx, map[string]any{"sidecar": map[string]any{"aadDisableInstanceDiscovery": true, "caBundleConfigMap": install.AzureCAConfigMap}}); err != nil {
+		t.Fatalf("upgrading the release with the sidecar's Azure AD settings: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := e.release.Upgrade(context.Background(), nil); err != nil {
+			t.Errorf("restoring the release's base values: %v", err)
+		}
+	})
+}
+
+func (e *env) serviceAccount(t *testing.T, ns, name string) {
+	t.Helper()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if _, err := e.cs.CoreV1().ServiceAccounts(ns).Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating service account %s/%s: %v", ns, name, err)
+	}
+}
+
+// requireTokenInSidecarOnly fails unless the pod projects the federation token and mounts it into the
+// sidecar and no other container.
+func requireTokenInSidecarOnly(t *testing.T, pod *corev1.Pod) {
+	t.Helper()
+	var projected bool
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == contract.FederatedTokenVolumeName && v.Projected != nil && len(v.Projected.Sources) == 1 &&
+			v.Projected.Sources[0].ServiceAccountToken != nil && v.Projected.Sources[0].ServiceAccountToken.Audience == contract.FederatedAudience {
+			projected = true
+		}
+	}
+	if !projected {
+		t.Fatalf("pod %s has no projected %s token volume %s", pod.Name, contract.FederatedAudience, contract.FederatedTokenVolumeName)
+	}
+	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for _, c := range list {
+			mounts := false
+			for _, m := range c.VolumeMounts {
+				mounts = mounts || m.Name == contract.FederatedTokenVolumeName
+			}
+			if mounts != (c.Name == contract.SidecarContainerName) {
+				t.Fatalf("pod %s: container %s mounts the token: %v (only the sidecar may)", pod.Name, c.Name, mounts)
+			}
+		}
+	}
+}
+
+// scenarioFederated: pods bound to a federated identity get its token through the redirect from the Go and
+// JavaScript SDKs, exchanged at Azure AD with their own service account token, while ARM never writes that
+// identity to the scale set; a pod bound to a node identity and a federated one gets both; a pod of another
+// service account with the same label is not bound, and its request is refused.
+func (e *env) scenarioFederated(t *testing.T) {
+	ctx := context.Background()
+	issuer := e.serviceAccountIssuer(t)
+	ns := e.namespace(t, "federated", true)
+	e.sidecarTrustsFakeAzureAD(t, ns)
+	e.serviceAccount(t, ns, "app")
+	e.serviceAccount(t, ns, "other")
+	fed := e.federatedIdentity(t, ns, "fed", ns+"-fed", issuer, "app")
+	node := e.identity(t, ns, "node")
+	e.bindAlso(t, node, ns+"-both")
+	e.bindAlso(t, fed, ns+"-both") // not narrowed: the pods below all run as app
+	before := e.armHistory(t)
+
+	for _, c := range []struct{ sdk, image string }{{"go", e.goImage}, {"js", e.jsImage}} {
+		p := appPod("fed-"+c.sdk, c.image, fed.Selector, corev1.RestartPolicyAlways,
+			map[string]string{"MODE": "until-ok", "INTERVAL": "500ms", "AZURE_CLIENT_ID": fed.ClientID})
+		p.Spec.ServiceAccountName = "app"
+		created := e.createPod(t, ns, p)
+		requireInjected(t, created, fed)
+		requireTokenInSidecarOnly(t, created)
+		line, _ := e.waitAppLine(t, ns, p.Name, "app", "a federated token ("+c.sdk+")", tokenTimeout, tokenFor(fed))
+		if line.SDK != c.sdk || line.Claims["tid"] != cluster.TenantID {
+			t.Errorf("token line %+v: want sdk %s and tid %s", line, c.sdk, cluster.TenantID)
+		}
+	}
+
+	both := appPod("both", e.goImage, ns+"-both", corev1.RestartPolicyAlways, nil)
+	both.Spec.ServiceAccountName = "app"
+	both.Spec.Containers = []corev1.Container{
+		appContainer("fed", e.goImage, map[string]string{"MODE": "until-ok", "INTERVAL": "500ms", "AZURE_CLIENT_ID": fed.ClientID}),
+		appContainer("node", e.goImage, map[string]string{"MODE": "until-ok", "INTERVAL": "500ms", "AZURE_CLIENT_ID": node.ClientID}),
+	}
+	requireInjected(t, e.createPod(t, ns, both), fed, node)
+	e.waitAppLine(t, ns, "both", "fed", "the federated identity's token beside a node identity", tokenTimeout, tokenFor(fed))
+	e.waitAppLine(t, ns, "both", "node", "the node identity's token beside a federated identity", tokenTimeout, tokenFor(node))
+
+	// Another service account, the same label: the binding names service account app only.
+	intruder := appPod("intruder", e.goImage, fed.Selector, corev1.RestartPolicyNever,
+		map[string]string{"MODE": "raw-imds", "QUERY": "api-version=2018-02-01&resource=https://management.azure.com/&client_id=" + fed.ClientID})
+	intruder.Spec.ServiceAccountName = "other"
+	created := e.createPod(t, ns, intruder)
+	if in := injectionOf(t, created); !in.Sidecar || len(in.Identities) != 0 {
+		t.Fatalf("the pod of service account other: injected %v, identities %+v; want injected with none", in.Sidecar, in.Identities)
+	}
+	for _, v := range created.Spec.Volumes {
+		if v.Name == contract.FederatedTokenVolumeName {
+			t.Fatalf("the pod of service account other got the token volume")
+		}
+	}
+	e.waitPod(t, ns, "intruder", "its request answered", podTimeout, func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+	})
+	lines, err := e.appLines(ctx, ns, "intruder", "app", false)
+	// The pod has no identity at all (asserted above), so its sidecar says that none is bound to it.
+	if err != nil || len(lines) != 1 || lines[0].Status != http.StatusBadRequest || !strings.Contains(lines[0].Body, "no identity is bound to this pod") {
+		t.Errorf("the pod of service account other: %+v (%v), want 400 saying no identity is bound to this pod", lines, err)
+	}
+
+	// ARM never carried the federated identity; Azure AD exchanged service account tokens for it.
+	for _, ch := range append(before, e.armHistory(t)...) {
+		for _, id := range ch.Identities {
+			if strings.EqualFold(id, fed.ResourceID) {
+				t.Errorf("ARM wrote the federated identity to the node's scale set at %s: %v", ch.Time, ch.Identities)
+			}
+		}
+	}
+	var counts struct{ Tokens, Exchanges int }
+	if err := e.imds.get(ctx, "/aad/apps/"+fed.ClientID+"/counts", &counts); err != nil {
+		t.Fatal(err)
+	}
+	if counts.Exchanges < 1 || counts.Tokens != counts.Exchanges {
+		t.Errorf("Azure AD counts for the federated identity %+v: want exchanges, one token each", counts)
+	}
+	if c := e.imds.Counters(t); c.TokensByClientID[fed.ClientID] != 0 {
+		t.Errorf("IMDS issued %d tokens for the federated identity", c.TokensByClientID[fed.ClientID])
+	}
+	e.figures.Add(Figure{Scenario: "federated", Name: "federated exchanges at Azure AD (3 pods, 4 SDK clients)", Value: fmt.Sprint(counts.Exchanges)})
+}
+
+func (e *env) armHistory(t *testing.T) []fakecloud.Change {
+	t.Helper()
+	var h []fakecloud.Change
+	if err := e.imds.get(context.Background(), "/arm/node-scale-set/history", &h); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// post sends body as JSON to the admin API and fails the test unless the answer is a success.
+func (a imdsAdmin) post(t *testing.T, path string, body any) {
+	t.Helper()
+	b, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(a.base+path, "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("the fake cloud's admin API at %s: %v", a.base, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		out, _ := io.ReadAll(resp.Body)
+		t.Fatalf("POST %s%s: %s: %s", a.base, path, resp.Status, out)
+	}
+}
