@@ -213,8 +213,8 @@ $(CONTROLLER_GEN): hack/tools/go.mod
 ##@ Demo and local cluster
 
 .PHONY: demo
-demo: cluster-bins packaging-tools images ## From nothing to a token: local cluster + emulated Azure, the chart, an Azure SDK client's token (root; KEEP=1 keeps the cluster; MODE=cni for CNI mode).
-	$(GO) run ./test/demo $(if $(KEEP),--keep) $(if $(MODE),--mode=$(MODE))
+demo: cluster-bins packaging-tools images ## From nothing to a token: local cluster + emulated Azure, the chart, an Azure SDK client's token (root; KEEP=1 keeps the cluster; MODE=cni for CNI mode; BACKEND=federated for a federated identity).
+	$(GO) run ./test/demo $(if $(KEEP),--keep) $(if $(MODE),--mode=$(MODE)) $(if $(BACKEND),--backend=$(BACKEND))
 
 .PHONY: e2e
 e2e: cluster-bins packaging-tools images ## Only the end-to-end suite on a local cluster (root; part of `make test`).

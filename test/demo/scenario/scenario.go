@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -32,6 +33,7 @@ import (
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/install"
 	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/emulators/fakecloud"
 	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
@@ -42,6 +44,16 @@ const (
 	IdentityName     = "demo-identity"
 	BindingSelector  = "demo"
 	PodName          = "demo-app"
+	// ServiceAccount is the demo pod's service account; a federated identity's credential names it.
+	ServiceAccount = "demo-app"
+	// issuerDiscoveryBinding lets anonymous clients (Azure AD) read the local cluster's issuer.
+	issuerDiscoveryBinding = "podidentity-demo-issuer-discovery"
+)
+
+// The token backends of the demo's identity (the AzureIdentity's podidentity.io/backend annotation).
+const (
+	BackendNode      = "node"
+	BackendFederated = "federated"
 )
 
 // Options configure Run.
@@ -62,6 +74,12 @@ type Options struct {
 	// Mode is the chart's redirect.mode on the local cluster: "init" (default) or "cni", where the demo
 	// namespace also enforces the Pod Security level restricted.
 	Mode string
+	// Backend is how the sidecar gets the identity's tokens: "node" (default: the assigner attaches the identity
+	// to the node's scale set, the sidecar asks the node's IMDS) or "federated" (nothing is attached; the sidecar
+	// exchanges the pod's service account token at Azure AD).
+	Backend string
+	// TenantID is the federated identity's Azure AD tenant, for a user's cluster (the local one has its own).
+	TenantID string
 }
 
 // Run runs the scenario.
@@ -85,6 +103,13 @@ func Run(ctx context.Context, opts Options) (err error) {
 	case "init", "cni":
 	default:
 		return fmt.Errorf("--mode=%q: use init or cni", opts.Mode)
+	}
+	switch opts.Backend {
+	case "":
+		opts.Backend = BackendNode
+	case BackendNode, BackendFederated:
+	default:
+		return fmt.Errorf("--backend=%q: use %s or %s", opts.Backend, BackendNode, BackendFederated)
 	}
 	if opts.Kubeconfig != "" {
 		return runOnUserCluster(ctx, s, opts)
@@ -115,6 +140,10 @@ func runLocal(ctx context.Context, s *steps, opts Options) (err error) {
 		}
 	}()
 	cfg := c.RESTConfig()
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
 	s.say("node %s (%s), providerID %s", c.NodeName(), c.NodeIP(), cluster.ProviderID)
 
 	s.step("import the demo app's image into the node's containerd")
@@ -133,9 +162,13 @@ func runLocal(ctx context.Context, s *steps, opts Options) (err error) {
 	s.say("%s (the demo app: azidentity.ManagedIdentityCredential)", appImage)
 
 	s.step("push the product images and chart to the node's registry, and install the chart from oci:// (no cert-manager; the assigner authenticates to the emulated Azure AD with a client secret; redirect.mode=%s)", opts.Mode)
-	var values map[string]any
+	values := map[string]any{}
 	if opts.Mode == "cni" {
-		values = install.CNIValues(c)
+		maps.Copy(values, install.CNIValues(c))
+	}
+	if opts.Backend == BackendFederated {
+		// The sidecars reach the fake cloud's Azure AD: they trust its CA, copied into the demo namespace below.
+		maps.Copy(values, install.FederatedSidecarValues())
 	}
 	if _, err := install.Install(ctx, c, install.Options{RepoDir: repoDir, Log: s.say, Values: values}); err != nil {
 		return err
@@ -155,25 +188,90 @@ func runLocal(ctx context.Context, s *steps, opts Options) (err error) {
 		s.say("  %s", line)
 	}
 	identityID := cluster.UserAssignedIdentityID(IdentityName)
+	admin := fakecloud.Admin{Base: "http://" + cluster.IMDSAdminAddress}
+	w := world{appImage: appImage, identityID: identityID, clientID: arm.ClientIDOf(identityID), tenantID: cluster.TenantID,
+		attached: func(ctx context.Context) string {
+			if a := attachedOnNode(ctx, admin); opts.Backend != BackendFederated || !strings.HasPrefix(a, "no identity") {
+				return a
+			}
+			return "no identity attached to the scale set (a federated identity never is)"
+		}}
 	// The product's images come from the node's registry with authentication: the demo namespace needs the
 	// pull Secret the webhook names in every injected pod (docs/install.md, "From your own registry").
-	pullSecret := func(ctx context.Context, ns string) error {
+	w.prepareNamespace = func(ctx context.Context, ns string) error {
 		s.say("pull Secret %s/%s (the node's registry %s)", ns, install.PullSecret, cluster.RegistryHost)
-		return install.EnsurePullSecret(ctx, c, ns)
+		if err := install.EnsurePullSecret(ctx, c, ns); err != nil {
+			return err
+		}
+		if opts.Backend != BackendFederated {
+			return nil
+		}
+		s.say("ConfigMap %s/%s: the fake cloud's CA, which the sidecar trusts for Azure AD", ns, install.AzureCAConfigMap)
+		return install.CopyAzureCA(ctx, cs, ns)
 	}
-	return runScenario(ctx, s, cfg, opts, appImage, identityID, arm.ClientIDOf(identityID), attachedOnNode, pullSecret)
+	if opts.Backend == BackendFederated {
+		s.step("let the emulated Azure AD read the cluster's service account issuer, and give the identity a federated credential")
+		issuer, err := install.OpenIssuerDiscovery(ctx, cs, issuerDiscoveryBinding)
+		if err != nil {
+			return err
+		}
+		subject := "system:serviceaccount:" + DemoNamespace + ":" + ServiceAccount
+		if err := admin.RegisterFederatedApp(ctx, cluster.TenantID, w.clientID, issuer, subject); err != nil {
+			return err
+		}
+		s.say("issuer  %s (ClusterRoleBinding %s: anonymous clients may read its discovery document and keys)", issuer, issuerDiscoveryBinding)
+		s.say("subject %s", subject)
+		// Proof that federation needs no node attach: ARM never writes the identity to the scale set.
+		w.afterToken = func(ctx context.Context) error {
+			history, err := admin.History(ctx)
+			if err != nil {
+				return err
+			}
+			for _, ch := range history {
+				for _, id := range ch.Identities {
+					if strings.EqualFold(id, identityID) {
+						return fmt.Errorf("ARM wrote the federated identity to the node's scale set at %s: %v", ch.Time, ch.Identities)
+					}
+				}
+			}
+			counts, err := admin.Counts(ctx, w.clientID)
+			if err != nil {
+				return err
+			}
+			s.say("ARM writes of this identity to the node's scale set: 0 (of %d identity changes); Azure AD exchanges of service account tokens: %d",
+				len(history), counts.Exchanges)
+			return nil
+		}
+	}
+	return runScenario(ctx, s, cfg, opts, w)
+}
+
+// world is what the in-cluster part of the scenario is given about where it runs.
+type world struct {
+	// appImage is the Go client's image; identityID, clientID and tenantID name the identity to bind.
+	appImage, identityID, clientID, tenantID string
+	// attached, when not nil, describes what the node's IMDS serves (the local cluster's emulator).
+	attached func(context.Context) string
+	// prepareNamespace, when not nil, is given the demo namespace once it exists (the local cluster's pull
+	// Secret and CA).
+	prepareNamespace func(context.Context, string) error
+	// afterToken, when not nil, runs once the app has its token (the local cluster's checks of ARM).
+	afterToken func(context.Context) error
 }
 
 func runOnUserCluster(ctx context.Context, s *steps, opts Options) error {
 	s.step("use the cluster of %s (skipped: local cluster, emulated Azure, image import, chart install)", opts.Kubeconfig)
-	if opts.AppImage == "" || opts.IdentityResourceID == "" || opts.IdentityClientID == "" {
+	switch {
+	case opts.Backend == BackendNode && (opts.AppImage == "" || opts.IdentityResourceID == "" || opts.IdentityClientID == ""):
 		return errors.New("on your own cluster give --app-image (the Go client image, pushed to a registry your nodes pull from), --identity-resource-id and --identity-client-id (a user-assigned identity the assigner may attach), and install the chart first (docs/install.md); or unset KUBECONFIG to run everything on this machine")
+	case opts.Backend == BackendFederated && (opts.AppImage == "" || opts.IdentityClientID == "" || opts.TenantID == ""):
+		return fmt.Errorf("on your own cluster with --backend=federated give --app-image, --identity-client-id and --tenant-id of an identity with a federated credential for your cluster's OIDC issuer and subject system:serviceaccount:%s:%s (docs/install.md, \"Federated identities\"), and install the chart first; or unset KUBECONFIG to run everything on this machine", DemoNamespace, ServiceAccount)
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", opts.Kubeconfig)
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", opts.Kubeconfig, err)
 	}
-	err = runScenario(ctx, s, cfg, opts, opts.AppImage, opts.IdentityResourceID, opts.IdentityClientID, nil, nil)
+	err = runScenario(ctx, s, cfg, opts, world{appImage: opts.AppImage, identityID: opts.IdentityResourceID, clientID: opts.IdentityClientID, tenantID: opts.TenantID})
 	if !opts.Keep {
 		s.step("delete namespace %s", DemoNamespace)
 		cs, cerr := kubernetes.NewForConfig(cfg)
@@ -189,9 +287,9 @@ func runOnUserCluster(ctx context.Context, s *steps, opts Options) error {
 
 // runScenario is the part that runs on any cluster: an opted-in namespace, an AzureIdentity and its binding,
 // the app pod, and the wait for its token.
-// prepareNamespace, when not nil, is given the demo namespace once it exists (the local cluster's pull Secret).
-func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, appImage, identityID, clientID string, attached func(context.Context) string,
-	prepareNamespace func(context.Context, string) error) error {
+func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, w world) error {
+	appImage, identityID, clientID := w.appImage, w.identityID, w.clientID
+	federated := opts.Backend == BackendFederated
 	cl, err := client.New(cfg, client.Options{Scheme: testenv.Scheme()})
 	if err != nil {
 		return err
@@ -210,34 +308,48 @@ func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, 
 	if err := createOrKeep(ctx, cl, ns); err != nil {
 		return err
 	}
-	if prepareNamespace != nil {
-		if err := prepareNamespace(ctx, DemoNamespace); err != nil {
+	if w.prepareNamespace != nil {
+		if err := w.prepareNamespace(ctx, DemoNamespace); err != nil {
 			return err
 		}
 	}
+	if err := createOrKeep(ctx, cl, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: ServiceAccount, Namespace: DemoNamespace}}); err != nil {
+		return err
+	}
 
-	s.step("create AzureIdentity %s (type 0, user-assigned) and its AzureIdentityBinding (selector %s)", IdentityName, BindingSelector)
-	s.say("resourceID %s", identityID)
-	s.say("clientID   %s", clientID)
 	id := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Name: IdentityName, Namespace: DemoNamespace},
 		Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: identityID, ClientID: clientID}}
+	b := &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Name: IdentityName + "-binding", Namespace: DemoNamespace},
+		Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: IdentityName, Selector: BindingSelector}}
+	if federated {
+		s.step("create AzureIdentity %s (annotation %s: %s) and its AzureIdentityBinding (selector %s, annotation %s: %s)", IdentityName,
+			aadv1.BackendAnnotation, aadv1.BackendFederated, BindingSelector, aadv1.ServiceAccountsAnnotation, ServiceAccount)
+		id.Annotations = map[string]string{aadv1.BackendAnnotation: aadv1.BackendFederated}
+		id.Spec.TenantID = w.tenantID
+		b.Annotations = map[string]string{aadv1.ServiceAccountsAnnotation: ServiceAccount}
+		s.say("tenantID   %s", w.tenantID)
+	} else {
+		s.step("create AzureIdentity %s (type 0, user-assigned) and its AzureIdentityBinding (selector %s)", IdentityName, BindingSelector)
+	}
+	if identityID != "" {
+		s.say("resourceID %s", identityID)
+	}
+	s.say("clientID   %s", clientID)
 	if err := createOrKeep(ctx, cl, id); err != nil {
 		return err
 	}
-	b := &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Name: IdentityName + "-binding", Namespace: DemoNamespace},
-		Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: IdentityName, Selector: BindingSelector}}
 	if err := createOrKeep(ctx, cl, b); err != nil {
 		return err
 	}
 
-	s.step("run pod %s/%s (label aadpodidbinding=%s), the app asks 169.254.169.254 for a token", DemoNamespace, PodName, BindingSelector)
+	s.step("run pod %s/%s (label aadpodidbinding=%s, service account %s), the app asks 169.254.169.254 for a token", DemoNamespace, PodName, BindingSelector, ServiceAccount)
 	_ = cs.CoreV1().Pods(DemoNamespace).Delete(ctx, PodName, metav1.DeleteOptions{})
 	if err := waitGone(ctx, cs, DemoNamespace, PodName); err != nil {
 		return err
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: PodName, Namespace: DemoNamespace, Labels: map[string]string{"aadpodidbinding": BindingSelector}},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+		Spec: corev1.PodSpec{ServiceAccountName: ServiceAccount, Containers: []corev1.Container{{
 			Name: "app", Image: appImage, ImagePullPolicy: corev1.PullIfNotPresent,
 			Env: []corev1.EnvVar{{Name: "AZURE_CLIENT_ID", Value: clientID}, {Name: "MODE", Value: "until-ok"}, {Name: "INTERVAL", Value: "1s"}},
 			// An app as the Pod Security level restricted wants it (CNI mode's demo namespace enforces it).
@@ -256,7 +368,7 @@ func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, 
 	}
 
 	s.step("wait for the token")
-	tok, err := waitForToken(ctx, cs, s, opts.Timeout, attached)
+	tok, err := waitForToken(ctx, cs, s, opts.Timeout, w.attached)
 	if err != nil {
 		return err
 	}
@@ -271,8 +383,14 @@ func runScenario(ctx context.Context, s *steps, cfg *rest.Config, opts Options, 
 		v, _ := json.Marshal(tok.Claims[k])
 		s.say("  %-10s %s", k, v)
 	}
-	if got := fmt.Sprint(tok.Claims["xms_mirid"]); !strings.EqualFold(got, identityID) && attached != nil {
+	if got := fmt.Sprint(tok.Claims["appid"]); !strings.EqualFold(got, clientID) {
+		return fmt.Errorf("the token is for application %s, not the bound identity's %s", got, clientID)
+	}
+	if got := fmt.Sprint(tok.Claims["xms_mirid"]); !federated && w.attached != nil && !strings.EqualFold(got, identityID) {
 		return fmt.Errorf("the token is for %s, not the bound identity %s", got, identityID)
+	}
+	if w.afterToken != nil {
+		return w.afterToken(ctx)
 	}
 	return nil
 }
@@ -331,12 +449,10 @@ func waitForToken(ctx context.Context, cs kubernetes.Interface, s *steps, timeou
 	}
 }
 
-// attachedOnNode asks the IMDS emulator's admin API which identities the node's IMDS serves.
-func attachedOnNode(ctx context.Context) string {
-	var ids []struct {
-		ResourceID string `json:"resourceID"`
-	}
-	if err := getJSON(ctx, "http://"+cluster.IMDSAdminAddress+"/attached", &ids); err != nil {
+// attachedOnNode asks the fake cloud's admin API which identities the node's IMDS serves.
+func attachedOnNode(ctx context.Context, admin fakecloud.Admin) string {
+	ids, err := admin.Attached(ctx)
+	if err != nil {
 		return "unknown: " + err.Error()
 	}
 	if len(ids) == 0 {

@@ -279,7 +279,7 @@ func (e *env) attackUninjected(t *testing.T, mode string) {
 	ev := e.waitEvent(t, ns, "labelled", "PodNotInjected", 2*time.Minute)
 	res := e.attackOutcome(t, ns, "labelled", "attack")
 	// The assigner had every chance to attach it: the Event comes from the same pass that decides.
-	if attached, err := e.imds.Attached(context.Background(), lonely.ClientID); err != nil || attached {
+	if attached, err := e.imds.IsAttached(context.Background(), lonely.ClientID); err != nil || attached {
 		t.Errorf("identity %s was attached to the node for an un-injected pod (attached %v, %v)", lonely.ClientID, attached, err)
 	}
 	if res.Token {

@@ -111,7 +111,7 @@ func setUp(ctx context.Context, t *testing.T) *env {
 	})
 	// controller-runtime's client logs through a global logger and prints a stack trace when none is set.
 	ctrllog.SetLogger(logr.Discard())
-	e := &env{cluster: c, figures: &Figures{}, matrix: &Matrix{}, imds: imdsAdmin{base: "http://" + cluster.IMDSAdminAddress}}
+	e := &env{cluster: c, figures: &Figures{}, matrix: &Matrix{}, imds: newIMDSAdmin()}
 	e.cs, e.c = clients(t, c)
 	clusterUp := time.Since(began)
 

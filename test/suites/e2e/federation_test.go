@@ -1,18 +1,15 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
@@ -23,17 +20,9 @@ import (
 	"github.com/podidentity/podidentity/test/emulators/fakecloud"
 )
 
-// What the local cluster must provide for this scenario (test/cluster), beyond what the other scenarios use:
-//   - kube-apiserver's first --service-account-issuer a URL the fake cloud reaches (https://<NodeIP>:<APIServerPort>),
-//     with --service-account-jwks-uri=<that>/openid/v1/jwks (the former issuer may stay as a second
-//     --service-account-issuer, so that tokens it signed keep working);
-//   - fakecloud --issuer-ca-file=<pki>/ca.crt, so that its Azure AD trusts the API server's certificate;
-//   - the injected sidecar reaching the fake Azure AD at login.microsoftonline.com through the fake DNS, as the
-//     assigner does.
-// The scenario itself lets anonymous clients read the issuer's discovery document and keys, as Azure AD must, and
-// upgrades the release so that the sidecar trusts the fake cloud's CA (sidecar.caBundleConfigMap, the ConfigMap
-// copied into its namespace) with Azure AD instance discovery off (the emulator does not serve it); the base
-// values come back at its end.
+// The scenario needs what test/cluster/install's federation.go lists: the cluster's issuer readable by the fake
+// cloud's Azure AD, the sidecar trusting the fake cloud's CA (the release is upgraded for the scenario and its base
+// values come back at its end), the application registered with a federated credential.
 
 // federatedIdentity creates a federated AzureIdentity in ns (a managed identity with a federated credential:
 // it has a resource ID, so an attachment would be visible in ARM), registers it in the fake cloud's Azure AD with
@@ -44,8 +33,9 @@ func (e *env) federatedIdentity(t *testing.T, ns, name, selector, issuer, servic
 	ctx := context.Background()
 	resourceID := cluster.UserAssignedIdentityID(ns + "-" + name)
 	id := identity{Name: name, Namespace: ns, ClientID: arm.ClientIDOf(resourceID), ResourceID: resourceID, Selector: selector}
-	e.imds.post(t, "/aad/apps", map[string]any{"tenantID": cluster.TenantID, "clientID": id.ClientID, "objectID": id.ClientID,
-		"federated": []map[string]any{{"issuer": issuer, "subject": "system:serviceaccount:" + ns + ":" + serviceAccount}}})
+	if err := e.imds.RegisterFederatedApp(ctx, cluster.TenantID, id.ClientID, issuer, "system:serviceaccount:"+ns+":"+serviceAccount); err != nil {
+		t.Fatal(err)
+	}
 	ai := &aadv1.AzureIdentity{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: map[string]string{aadv1.BackendAnnotation: aadv1.BackendFederated}},
 		Spec:       aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: resourceID, ClientID: id.ClientID, TenantID: cluster.TenantID},
@@ -73,35 +63,22 @@ func (e *env) bindAlso(t *testing.T, id identity, selector string) {
 	}
 }
 
-// serviceAccountIssuer returns the cluster's issuer (from its discovery document) and lets anonymous clients
-// (Azure AD) read that document and the keys.
+// serviceAccountIssuer returns the cluster's issuer and lets anonymous clients (Azure AD) read its discovery
+// document and keys for the rest of the test.
 func (e *env) serviceAccountIssuer(t *testing.T) string {
 	t.Helper()
-	ctx := context.Background()
-	raw, err := e.cs.Discovery().RESTClient().Get().AbsPath("/.well-known/openid-configuration").DoRaw(ctx)
+	const binding = "e2e-anonymous-issuer-discovery"
+	issuer, err := install.OpenIssuerDiscovery(context.Background(), e.cs, binding)
+	if errors.Is(err, install.ErrIssuerUnreachable) {
+		t.Skip(err)
+	}
 	if err != nil {
-		t.Fatalf("reading the cluster's OIDC discovery document: %v", err)
-	}
-	var doc struct {
-		Issuer string `json:"issuer"`
-	}
-	if err := json.Unmarshal(raw, &doc); err != nil || doc.Issuer == "" {
-		t.Fatalf("the cluster's OIDC discovery document %s: %v", raw, err)
-	}
-	if strings.Contains(doc.Issuer, ".svc") {
-		t.Skipf("the cluster's service account issuer %s is not reachable by the fake cloud's Azure AD: the local cluster needs an issuer of https://%s:%d and the rest listed at the top of test/suites/e2e/federation_test.go",
-			doc.Issuer, cluster.NodeIP, cluster.APIServerPort)
-	}
-	crb := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "e2e-anonymous-issuer-discovery"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "system:service-account-issuer-discovery"},
-		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "Group", Name: "system:unauthenticated"}},
-	}
-	if _, err := e.cs.RbacV1().ClusterRoleBindings().Create(ctx, crb, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = e.cs.RbacV1().ClusterRoleBindings().Delete(ctx, crb.Name, metav1.DeleteOptions{}) })
-	return doc.Issuer
+	t.Cleanup(func() {
+		_ = e.cs.RbacV1().ClusterRoleBindings().Delete(context.Background(), binding, metav1.DeleteOptions{})
+	})
+	return issuer
 }
 
 // sidecarTrustsFakeAzureAD copies the fake cloud's CA ConfigMap into ns and upgrades the release so that the
@@ -110,15 +87,10 @@ func (e *env) serviceAccountIssuer(t *testing.T) string {
 func (e *env) sidecarTrustsFakeAzureAD(t *testing.T, ns string) {
 	t.Helper()
 	ctx := context.Background()
-	ca, err := e.cs.CoreV1().ConfigMaps(install.Namespace).Get(ctx, install.AzureCAConfigMap, metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("the fake cloud's CA ConfigMap %s/%s: %v", install.Namespace, install.AzureCAConfigMap, err)
-	}
-	cp := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: install.AzureCAConfigMap}, Data: map[string]string{"ca.crt": ca.Data["ca.crt"]}}
-	if _, err := e.cs.CoreV1().ConfigMaps(ns).Create(ctx, cp, metav1.CreateOptions{}); err != nil {
+	if err := install.CopyAzureCA(ctx, e.cs, ns); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.release.Upgrade(ctx, map[string]any{"sidecar": map[string]any{"aadDisableInstanceDiscovery": true, "caBundleConfigMap": install.AzureCAConfigMap}}); err != nil {
+	if err := e.release.Upgrade(ctx, install.FederatedSidecarValues()); err != nil {
 		t.Fatalf("upgrading the release with the sidecar's Azure AD settings: %v", err)
 	}
 	t.Cleanup(func() {
@@ -182,11 +154,15 @@ func (e *env) scenarioFederated(t *testing.T) {
 
 	for _, c := range []struct{ sdk, image string }{{"go", e.goImage}, {"js", e.jsImage}} {
 		p := appPod("fed-"+c.sdk, c.image, fed.Selector, corev1.RestartPolicyAlways,
-			map[string]string{"MODE": "until-ok", "INTERVAL": "500ms", "AZURE_CLIENT_ID": fed.ClientID})
+			map[string]string{"MODE": "until-ok", "INTERVAL": "100ms", "AZURE_CLIENT_ID": fed.ClientID})
 		p.Spec.ServiceAccountName = "app"
+		began := time.Now()
 		created := e.createPod(t, ns, p)
 		requireInjected(t, created, fed)
 		requireTokenInSidecarOnly(t, created)
+		// The same measure as scenarioFirstToken's for a node identity already attached: no ARM write is
+		// waited for here either, but the sidecar's first exchange at Azure AD is.
+		e.measureFirstToken(t, "first token, federated identity", c.sdk, ns, p.Name, began, tokenFor(fed))
 		line, _ := e.waitAppLine(t, ns, p.Name, "app", "a federated token ("+c.sdk+")", tokenTimeout, tokenFor(fed))
 		if line.SDK != c.sdk || line.Claims["tid"] != cluster.TenantID {
 			t.Errorf("token line %+v: want sdk %s and tid %s", line, c.sdk, cluster.TenantID)
@@ -233,8 +209,8 @@ func (e *env) scenarioFederated(t *testing.T) {
 			}
 		}
 	}
-	var counts struct{ Tokens, Exchanges int }
-	if err := e.imds.get(ctx, "/aad/apps/"+fed.ClientID+"/counts", &counts); err != nil {
+	counts, err := e.imds.Counts(ctx, fed.ClientID)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if counts.Exchanges < 1 || counts.Tokens != counts.Exchanges {
@@ -248,27 +224,5 @@ func (e *env) scenarioFederated(t *testing.T) {
 
 func (e *env) armHistory(t *testing.T) []fakecloud.Change {
 	t.Helper()
-	var h []fakecloud.Change
-	if err := e.imds.get(context.Background(), "/arm/node-scale-set/history", &h); err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
-// post sends body as JSON to the admin API and fails the test unless the answer is a success.
-func (a imdsAdmin) post(t *testing.T, path string, body any) {
-	t.Helper()
-	b, err := json.Marshal(body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.Post(a.base+path, "application/json", bytes.NewReader(b))
-	if err != nil {
-		t.Fatalf("the fake cloud's admin API at %s: %v", a.base, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		out, _ := io.ReadAll(resp.Body)
-		t.Fatalf("POST %s%s: %s: %s", a.base, path, resp.Status, out)
-	}
+	return e.imds.armHistory(t)
 }

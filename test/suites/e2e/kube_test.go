@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os/exec"
 	"sort"
@@ -31,6 +30,7 @@ import (
 	"github.com/podidentity/podidentity/test/cluster"
 	"github.com/podidentity/podidentity/test/cluster/install"
 	"github.com/podidentity/podidentity/test/emulators/arm"
+	"github.com/podidentity/podidentity/test/emulators/fakecloud"
 	"github.com/podidentity/podidentity/test/emulators/imds"
 )
 
@@ -376,62 +376,45 @@ func stateOf(s corev1.ContainerState) string {
 	return "unknown"
 }
 
-// imdsAdmin reads the node IMDS emulator's state through its admin API (test/emulators/imds README).
-type imdsAdmin struct{ base string }
+// imdsAdmin is the fake cloud's admin API (test/emulators/fakecloud), with the test's failure handling.
+type imdsAdmin struct{ fakecloud.Admin }
 
-func (a imdsAdmin) get(ctx context.Context, path string, into any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, a.base+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("the fake cloud's IMDS admin API at %s: %w", a.base, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s%s: %s: %s", a.base, path, resp.Status, body)
-	}
-	return json.Unmarshal(body, into)
+func newIMDSAdmin() imdsAdmin {
+	return imdsAdmin{fakecloud.Admin{Base: "http://" + cluster.IMDSAdminAddress}}
 }
 
 // put sends body as JSON to the admin API and fails the test unless the answer is a success.
 func (a imdsAdmin) put(t *testing.T, path string, body any) {
 	t.Helper()
-	b, err := json.Marshal(body)
-	if err != nil {
+	if err := a.Do(context.Background(), http.MethodPut, path, body, nil); err != nil {
 		t.Fatal(err)
-	}
-	req, err := http.NewRequest(http.MethodPut, a.base+path, bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("the fake cloud's admin API at %s: %v", a.base, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		out, _ := io.ReadAll(resp.Body)
-		t.Fatalf("PUT %s%s: %s: %s", a.base, path, resp.Status, out)
 	}
 }
 
-// Counters are the emulator's call counters.
+// Counters are the IMDS emulator's call counters.
 func (a imdsAdmin) Counters(t *testing.T) imds.Counters {
 	t.Helper()
-	var c imds.Counters
-	if err := a.get(context.Background(), "/counters", &c); err != nil {
+	c, err := a.IMDSCounters(context.Background())
+	if err != nil {
 		t.Fatal(err)
 	}
 	return c
 }
 
-// Attached reports whether the identity is attached to the node (its scale set).
-func (a imdsAdmin) Attached(ctx context.Context, clientID string) (bool, error) {
-	var ids []imds.Identity
-	if err := a.get(ctx, "/attached", &ids); err != nil {
+// armHistory is every identity set ARM applied to the node's scale set, oldest first.
+func (a imdsAdmin) armHistory(t *testing.T) []fakecloud.Change {
+	t.Helper()
+	h, err := a.History(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// IsAttached reports whether the identity is attached to the node (its scale set).
+func (a imdsAdmin) IsAttached(ctx context.Context, clientID string) (bool, error) {
+	ids, err := a.Attached(ctx)
+	if err != nil {
 		return false, err
 	}
 	for _, id := range ids {
@@ -447,7 +430,7 @@ func (e *env) waitAttached(t *testing.T, clientID string, want bool, timeout tim
 	t.Helper()
 	var seen time.Time
 	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		got, err := e.imds.Attached(ctx, clientID)
+		got, err := e.imds.IsAttached(ctx, clientID)
 		if err != nil {
 			return false, err
 		}

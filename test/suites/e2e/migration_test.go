@@ -645,16 +645,12 @@ func (m *rehearsal) waitScaleSet(ctx context.Context, t *testing.T, what string,
 // setScaleSet replaces the scale set's identities out of band, as another controller left them.
 func (m *rehearsal) setScaleSet(t *testing.T, ids []string) {
 	t.Helper()
-	imdsAdmin{base: "http://" + cluster.IMDSAdminAddress}.put(t, "/arm/node-scale-set/identities", ids)
+	newIMDSAdmin().put(t, "/arm/node-scale-set/identities", ids)
 }
 
 func (m *rehearsal) armHistory(t *testing.T) []fakecloud.Change {
 	t.Helper()
-	var h []fakecloud.Change
-	if err := (imdsAdmin{base: "http://" + cluster.IMDSAdminAddress}).get(context.Background(), "/arm/node-scale-set/history", &h); err != nil {
-		t.Fatal(err)
-	}
-	return h
+	return newIMDSAdmin().armHistory(t)
 }
 
 // applyFile creates (or, with serverSide, server-side applies with force, as kubectl apply --server-side
