@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/podidentity/podidentity/internal/contract"
 )
 
 // Target is what the attacker wants: a token for ClientID from the IMDS at IMDS.
@@ -183,6 +185,12 @@ func (r *Result) sidecarProcess(t Target) {
 			gotSomething = true
 		}
 		try("read /proc/<sidecar>/environ", func() error { _, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); return err })
+		// The projected service account token of a federated identity is mounted into the sidecar only; its
+		// mount namespace is reachable through /proc/<pid>/root for whoever may ptrace the process.
+		try("read the sidecar's service account token through /proc/<sidecar>/root", func() error {
+			_, err := os.ReadFile(fmt.Sprintf("/proc/%d/root%s/%s", pid, contract.FederatedTokenDir, contract.FederatedTokenFile))
+			return err
+		})
 		try("open /proc/<sidecar>/mem", func() error {
 			f, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
 			if err == nil {

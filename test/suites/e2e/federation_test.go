@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/contract"
@@ -201,6 +202,8 @@ func (e *env) scenarioFederated(t *testing.T) {
 		t.Errorf("the pod of service account other: %+v (%v), want 400 saying no identity is bound to this pod", lines, err)
 	}
 
+	e.attackFederatedToken(t, ns, fed, node)
+
 	// ARM never carried the federated identity; Azure AD exchanged service account tokens for it.
 	for _, ch := range append(before, e.armHistory(t)...) {
 		for _, id := range ch.Identities {
@@ -225,4 +228,53 @@ func (e *env) scenarioFederated(t *testing.T) {
 func (e *env) armHistory(t *testing.T) []fakecloud.Change {
 	t.Helper()
 	return e.imds.armHistory(t)
+}
+
+// attackFederatedToken: the projected service account token is the sidecar's alone. A root app container that
+// shares the pod's process namespace cannot read it through the sidecar's /proc/<pid>/root, as root or as the
+// sidecar's uid, and a container that mounts the token volume is refused at admission.
+func (e *env) attackFederatedToken(t *testing.T, ns string, fed, unbound identity) {
+	t.Helper()
+	p := attackPod("steal-token", e.attackerImage, "sidecar-process", unbound.ClientID, fed.Selector)
+	p.Spec.ServiceAccountName = "app"
+	p.Spec.ShareProcessNamespace = ptr.To(true)
+	requireTokenInSidecarOnly(t, e.createPod(t, ns, p))
+	res := e.attackOutcome(t, ns, p.Name, "attack")
+	const read = "read the sidecar's service account token through /proc/<sidecar>/root"
+	var tries []string
+	for _, st := range res.Steps {
+		if !strings.HasPrefix(st, "uid ") || !strings.Contains(st, read) {
+			continue
+		}
+		tries = append(tries, st)
+		if !strings.Contains(st, "permission denied") {
+			t.Errorf("attack on the projected token: %q, want permission denied (an error other than that proves nothing)", st)
+		}
+	}
+	if len(tries) != 2 || res.Token {
+		t.Errorf("attack on the projected token: tries %q (want one as root, one as the sidecar's uid), token %v; result %+v", tries, res.Token, res)
+	}
+	e.matrix.Add(MatrixRow{Pod: "root, shareProcessNamespace, bound to a federated identity", Route: "read the sidecar's projected service account token through /proc/<sidecar>/root",
+		Verdict: map[bool]string{true: "token", false: "no token"}[res.Token], Stopped: strings.Join(trimAll(tries), "; "), Mode: "federated"})
+
+	mount := appPod("mount-token", e.goImage, fed.Selector, corev1.RestartPolicyNever, nil)
+	mount.Spec.ServiceAccountName = "app"
+	mount.Spec.Containers[0].VolumeMounts = append(mount.Spec.Containers[0].VolumeMounts,
+		corev1.VolumeMount{Name: contract.FederatedTokenVolumeName, MountPath: "/stolen", ReadOnly: true})
+	mount.Namespace = ns
+	_, err := e.cs.CoreV1().Pods(ns).Create(context.Background(), mount, metav1.CreateOptions{})
+	const refusal = "carries the token sidecar's credentials"
+	if err == nil || !strings.Contains(err.Error(), refusal) {
+		t.Fatalf("an app container mounting %s: %v, want refused at admission with %q", contract.FederatedTokenVolumeName, err, refusal)
+	}
+	e.matrix.Add(MatrixRow{Pod: "app container mounting the token volume " + contract.FederatedTokenVolumeName, Route: "admission", Verdict: "no token",
+		Stopped: "refused at admission: " + trimDenial(err.Error()), Mode: "federated"})
+}
+
+func trimAll(steps []string) []string {
+	out := make([]string, len(steps))
+	for i, s := range steps {
+		out[i] = trimPIDs(s)
+	}
+	return out
 }
