@@ -40,13 +40,14 @@ import (
 	"github.com/podidentity/podidentity/assigner/podaudit"
 	"github.com/podidentity/podidentity/assigner/upgrade"
 	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/cmdline"
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 	"github.com/podidentity/podidentity/internal/version"
 )
 
-// Flags are the command line.
-type Flags struct {
+// Options are the command line (ParseFlags); Run runs them.
+type Options struct {
 	Kubeconfig               string
 	MetricsAddr, ProbeAddr   string
 	LeaderElect              bool
@@ -104,8 +105,8 @@ func (g GuardFlags) rules() guard.Rules {
 }
 
 // ParseFlags parses args (without the program name).
-func ParseFlags(args []string) (Flags, error) {
-	var f Flags
+func ParseFlags(args []string) (Options, error) {
+	var f Options
 	fs := flag.NewFlagSet("podidentity-assigner", flag.ContinueOnError)
 	ns := os.Getenv("POD_NAMESPACE")
 	if ns == "" {
@@ -144,13 +145,14 @@ func ParseFlags(args []string) (Flags, error) {
 	f.Zap = zap.Options{}
 	f.Zap.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
-		return Flags{}, err
+		// -h exits 2 too (nothing ran), as the assigner always has.
+		return Options{}, &cmdline.ExitError{Code: cmdline.ExitUsage, Err: err}
 	}
 	if errs := validation.IsQualifiedName(f.Guard.InjectionLabel); len(errs) > 0 {
 		err := fmt.Errorf("--namespace-injection-label %q is not a label key (%s): give the label the webhook's namespaceSelector uses, by default %s",
 			f.Guard.InjectionLabel, strings.Join(errs, "; "), contract.NamespaceInjectionLabel)
 		fmt.Fprintln(fs.Output(), err)
-		return Flags{}, err
+		return Options{}, err
 	}
 	return f, nil
 }
@@ -195,7 +197,7 @@ func bindGuardFlags(fs *flag.FlagSet, g *GuardFlags) {
 }
 
 // Run runs the assigner until ctx ends.
-func Run(ctx context.Context, f Flags) error {
+func Run(ctx context.Context, f Options) error {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&f.Zap)))
 	log := ctrl.Log.WithName("assigner")
 	log.Info("starting", "version", version.Version, "managed", f.Managed, "federatedOnly", f.FederatedOnly)
@@ -354,7 +356,7 @@ func checkNamespaceAccess(ctx context.Context, r client.Reader) error {
 }
 
 // upgradeCRDFields runs the pre-1.6 field name upgrade with a client that reads from the API server.
-func upgradeCRDFields(ctx context.Context, f Flags, log logr.Logger, opts upgrade.Options) error {
+func upgradeCRDFields(ctx context.Context, f Options, log logr.Logger, opts upgrade.Options) error {
 	restCfg, err := restConfig(f.Kubeconfig)
 	if err != nil {
 		return err

@@ -72,7 +72,7 @@ func TestCredentialsAgainstEmulatedAzureAD(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			fc := newFakeCloud(t, arm.Options{Latency: 10 * time.Millisecond}, apps...)
-			fc.arm.AddVM(testVM, true)
+			fc.ARM.AddVM(testVM, true)
 			auth, err := config.ResolveAuth(tc.azureJSON, func(k string) string { return tc.env[k] })
 			if err != nil {
 				t.Fatal(err)
@@ -81,13 +81,13 @@ func TestCredentialsAgainstEmulatedAzureAD(t *testing.T) {
 				t.Fatalf("method %s, want %s", auth.Method, tc.wantMethod)
 			}
 			cloudCfg := fc.cloudConfig(t)
-			cred, err := auth.Credential(policy.ClientOptions{Cloud: cloudCfg, Transport: fc.httpClient()})
+			cred, err := auth.Credential(policy.ClientOptions{Cloud: cloudCfg, Transport: fc.HTTPClient()})
 			if err != nil {
 				t.Fatal(err)
 			}
 			// The readiness check asks for the same token the ARM client will use.
 			readyErr := CredentialCheck(cred, config.ResourceManagerScope(cloudCfg), time.Minute)(httptest.NewRequest(http.MethodGet, "/readyz", nil))
-			armc := azure.NewARM(cred, azure.ARMOptions{Cloud: cloudCfg, Transport: fc.httpClient(), PollFrequency: 10 * time.Millisecond,
+			armc := azure.NewARM(cred, azure.ARMOptions{Cloud: cloudCfg, Transport: fc.HTTPClient(), PollFrequency: 10 * time.Millisecond,
 				Retry: policy.RetryOptions{MaxRetries: -1}})
 			res, err := providerid.ParseResourceID(testVM)
 			if err != nil {
@@ -102,7 +102,7 @@ func TestCredentialsAgainstEmulatedAzureAD(t *testing.T) {
 						t.Errorf("%s: error %v, want one containing %s", what, err, tc.wantErr)
 					}
 				}
-				if calls := fc.calls(); len(calls) != 0 {
+				if calls := fc.Calls(); len(calls) != 0 {
 					t.Errorf("ARM accepted requests without a valid token: %+v", calls)
 				}
 				return
@@ -117,20 +117,20 @@ func TestCredentialsAgainstEmulatedAzureAD(t *testing.T) {
 			if _, err := armc.Patch(ctx, res, plan[0]); err != nil {
 				t.Fatal(err)
 			}
-			if system, users := fc.arm.Identities(testVM); !system || len(users) != 1 || users[0] != testUAMI {
+			if system, users := fc.ARM.Identities(testVM); !system || len(users) != 1 || users[0] != testUAMI {
 				t.Fatalf("VM identities: system=%v users=%v", system, users)
 			}
-			calls := fc.calls()
+			calls := fc.Calls()
 			if len(calls) < 2 { // GET, PATCH (and the poller's GETs)
 				t.Fatalf("ARM saw %d authorized requests, want at least a GET and a PATCH", len(calls))
 			}
 			for _, c := range calls {
-				if c.appID != tc.wantApp {
-					t.Fatalf("ARM request %s %s carried a token of %s, want %s", c.method, c.path, c.appID, tc.wantApp)
+				if c.AppID != tc.wantApp {
+					t.Fatalf("ARM request %s %s carried a token of %s, want %s", c.Method, c.Path, c.AppID, tc.wantApp)
 				}
 			}
 			// One token, cached by azidentity, served readiness and every ARM call.
-			if n := fc.aad.Tokens(tc.wantApp); n != 1 {
+			if n := fc.AAD.Tokens(tc.wantApp); n != 1 {
 				t.Fatalf("Azure AD issued %d tokens to %s, want 1 (azidentity caches it)", n, tc.wantApp)
 			}
 		})
@@ -141,17 +141,17 @@ func TestCredentialsAgainstEmulatedAzureAD(t *testing.T) {
 // a token of the right application issued for another audience.
 func TestARMRejectsForeignTokens(t *testing.T) {
 	fc := newFakeCloud(t, arm.Options{}, imds.App{TenantID: fakeTenant, ClientID: secretAppID, Secret: appSecret})
-	fc.arm.AddVM(testVM, false)
+	fc.ARM.AddVM(testVM, false)
 	res, err := providerid.ParseResourceID(testVM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	vault, err := config.Cloud("", fc.arm.URL(), "https://vault.emulator.test/", fc.aadSrv.URL+"/")
+	vault, err := config.Cloud("", fc.ARM.URL(), "https://vault.emulator.test/", fc.AADURL()+"/")
 	if err != nil {
 		t.Fatal(err)
 	}
 	auth := config.Auth{Method: config.ClientSecret, TenantID: fakeTenant, ClientID: secretAppID, Secret: appSecret}
-	vaultCred, err := auth.Credential(policy.ClientOptions{Cloud: vault, Transport: fc.httpClient()})
+	vaultCred, err := auth.Credential(policy.ClientOptions{Cloud: vault, Transport: fc.HTTPClient()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,13 +164,13 @@ func TestARMRejectsForeignTokens(t *testing.T) {
 		{name: "token for another audience", cred: vaultCred, opts: azure.ARMOptions{Cloud: vault}},
 	}
 	for _, tc := range tests {
-		tc.opts.Transport, tc.opts.Retry = fc.httpClient(), policy.RetryOptions{MaxRetries: -1}
+		tc.opts.Transport, tc.opts.Retry = fc.HTTPClient(), policy.RetryOptions{MaxRetries: -1}
 		_, err := azure.NewARM(tc.cred, tc.opts).Get(context.Background(), res)
 		if err == nil || !strings.Contains(err.Error(), "InvalidAuthenticationToken") {
 			t.Errorf("%s: error %v, want 401 InvalidAuthenticationToken", tc.name, err)
 		}
 	}
-	if c := fc.arm.Counts(); c.Reads != 0 {
+	if c := fc.ARM.Counts(); c.Reads != 0 {
 		t.Errorf("ARM served %d reads to rejected tokens", c.Reads)
 	}
 }

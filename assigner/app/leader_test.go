@@ -152,8 +152,8 @@ func TestLeaderElectionHandOver(t *testing.T) {
 		imds.App{TenantID: fakeTenant, ClientID: appB, Certificate: cert})
 	ss1, ss2 := scaleSetID("pool1"), scaleSetID("pool2")
 	kubelet := uamiID("kubelet")
-	fc.arm.AddVMSS(ss1, true, kubelet)
-	fc.arm.AddVMSS(ss2, false, kubelet)
+	fc.ARM.AddVMSS(ss1, true, kubelet)
+	fc.ARM.AddVMSS(ss2, false, kubelet)
 
 	for _, o := range []client.Object{
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "pool1-0"}, Spec: corev1.NodeSpec{ProviderID: "azure://" + ss1 + "/virtualMachines/0"}},
@@ -172,11 +172,11 @@ func TestLeaderElectionHandOver(t *testing.T) {
 	}
 
 	kubeconfig := kubeconfigFor(t, env)
-	caFile := fc.caFile(t)
+	caFile := fc.CAFile(t)
 	replicaArgs := func(azureJSON string) []string {
 		return []string{"--kubeconfig", kubeconfig, "--namespace", "default", "--leader-election-namespace", "default",
 			"--metrics-bind-address=0", "--health-probe-bind-address=0", "--azure-config", azureJSON,
-			"--arm-endpoint", fc.arm.URL(), "--arm-audience", fakeAudience, "--aad-authority", fc.aadSrv.URL + "/",
+			"--arm-endpoint", fc.ARM.URL(), "--arm-audience", fakeAudience, "--aad-authority", fc.AADURL() + "/",
 			"--poll-frequency=50ms", "--debounce=100ms"}
 	}
 	azA := writeAzureJSON(t, dir, "a", map[string]any{"tenantId": fakeTenant, "aadClientId": appA, "aadClientSecret": appSecret, "userAssignedIdentityID": kubelet})
@@ -213,7 +213,7 @@ func TestLeaderElectionHandOver(t *testing.T) {
 		return converged(c, fc, map[string]string{"p1": aadv1.AssignedIDAssigned, "p2": aadv1.AssignedIDAssigned},
 			map[string][]string{ss1: {kubelet, uamiID("id1")}, ss2: {kubelet, uamiID("id2")}})
 	})
-	if n := fc.patchesBy()[appB]; n != 0 || b.logged("Successfully acquired lease") {
+	if n := fc.PatchesBy()[appB]; n != 0 || b.logged("Successfully acquired lease") {
 		t.Fatalf("the standby acted while the leader ran: %d PATCHes", n)
 	}
 
@@ -245,23 +245,23 @@ func TestLeaderElectionHandOver(t *testing.T) {
 	b.stop(t)
 
 	// Who wrote when: A only while it ran, B only after A was told to stop; never two PATCHes at once.
-	for _, call := range fc.calls() {
-		switch call.appID {
+	for _, call := range fc.Calls() {
+		switch call.AppID {
 		case appA:
-			if call.at.After(aExited) {
-				t.Errorf("replica a called ARM after it exited: %s %s", call.method, call.path)
+			if call.At.After(aExited) {
+				t.Errorf("replica a called ARM after it exited: %s %s", call.Method, call.Path)
 			}
 		case appB:
-			if call.at.Before(stopAt) {
-				t.Errorf("standby replica b called ARM while a led: %s %s", call.method, call.path)
+			if call.At.Before(stopAt) {
+				t.Errorf("standby replica b called ARM while a led: %s %s", call.Method, call.Path)
 			}
 		}
 	}
-	patches := fc.patchesBy()
+	patches := fc.PatchesBy()
 	if patches[appA] == 0 || patches[appB] == 0 {
 		t.Errorf("PATCHes by replica: a %d, b %d; both should have worked in turn", patches[appA], patches[appB])
 	}
-	if n := fc.arm.MaxConcurrentWrites(""); n != 1 {
+	if n := fc.ARM.MaxConcurrentWrites(""); n != 1 {
 		t.Errorf("at most %d PATCHes were in flight on one resource at once, want exactly 1", n)
 	}
 	t.Logf("hand-over: b led %v after SIGTERM to a; the new work converged %v after that SIGTERM; PATCHes a=%d b=%d",
@@ -334,7 +334,7 @@ func converged(c client.Client, fc *fakeCloud, pods map[string]string, azure map
 		return fmt.Errorf("AzureAssignedIdentity statuses by pod %v, want %v", got, pods)
 	}
 	for id, want := range azure {
-		_, users := fc.arm.Identities(id)
+		_, users := fc.ARM.Identities(id)
 		want = append([]string(nil), want...)
 		sort.Strings(want)
 		if strings.Join(users, ",") != strings.Join(want, ",") {

@@ -1,29 +1,34 @@
-// Package app is podidentity-init's command line: flags, modes and exit codes around package redirect.
+// Package app is podidentity-init's command line: flags (ParseFlags), modes (Run) and exit codes around package
+// redirect.
 package app
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/go-logr/logr/funcr"
 
 	"github.com/podidentity/podidentity/init/probe"
+	"github.com/podidentity/podidentity/internal/cmdline"
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/redirect"
 	"github.com/podidentity/podidentity/internal/version"
 )
 
-// Exit codes.
+// Exit codes (internal/cmdline's).
 const (
-	ExitOK      = 0
-	ExitFailed  = 1 // the rules could not be installed, verified or removed: the pod must not start
-	ExitUsage   = 2 // bad flags
-	programName = "podidentity-init"
+	ExitOK     = cmdline.ExitOK
+	ExitFailed = cmdline.ExitFailed // the rules could not be installed, verified or removed: the pod must not start
+	ExitUsage  = cmdline.ExitUsage  // bad flags
 )
+
+const programName = "podidentity-init"
 
 // mode is what one run does.
 type mode string
@@ -37,8 +42,8 @@ const (
 	modeTraffic mode = "verify-traffic"
 )
 
-// options is the parsed command line.
-type options struct {
+// Options are the parsed command line (ParseFlags); Run runs them.
+type Options struct {
 	cfg  redirect.Config
 	mode mode
 	// fence installs the fence of a pod without a sidecar instead of the redirect.
@@ -46,6 +51,8 @@ type options struct {
 	// sidecarExempts: the table exempts nobody, and the sidecar adds its own cgroup's exemption when it
 	// starts (--exemption=cgroup); --verify then accepts that exemption.
 	sidecarExempts bool
+	// stdout gets the dry-run plan; stderr the logs.
+	stdout, stderr io.Writer
 }
 
 // Exemption kinds of --exemption.
@@ -54,22 +61,32 @@ const (
 	ExemptionUID    = "uid"
 )
 
-// Run runs podidentity-init with args (without the program name) in the caller's network namespace and returns
-// the exit code. The dry-run plan goes to stdout; logs and failures go to stderr.
-func Run(args []string, stdout, stderr io.Writer) int {
+// ParseFlags parses args (without the program name) into Options whose output is the process's stdout and
+// stderr. It prints what is wrong with them to stderr (for a wrong flag, the usage too); -h prints the usage.
+func ParseFlags(args []string) (Options, error) {
+	return parseFlags(args, os.Stdout, os.Stderr)
+}
+
+func parseFlags(args []string, stdout, stderr io.Writer) (Options, error) {
 	opts, err := parse(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return ExitOK
-	}
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: %v\n", programName, err)
-		return ExitUsage
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "%s: %v\n", programName, err)
+		}
+		return Options{}, err
 	}
-	log := funcr.NewJSON(func(obj string) { fmt.Fprintln(stderr, obj) }, funcr.Options{}).WithName(programName)
+	opts.stdout, opts.stderr = stdout, stderr
+	return opts, nil
+}
+
+// Run runs podidentity-init in the caller's network namespace, to completion (nothing it does waits on ctx).
+// The dry-run plan goes to stdout; logs go to stderr. Its error says the pod must not start.
+func Run(_ context.Context, opts Options) error {
+	log := funcr.NewJSON(func(obj string) { fmt.Fprintln(opts.stderr, obj) }, funcr.Options{}).WithName(programName)
 
 	if opts.mode == modeDryRun {
-		fmt.Fprint(stdout, plan(opts))
-		return ExitOK
+		fmt.Fprint(opts.stdout, plan(opts))
+		return nil
 	}
 	if opts.mode == modeTraffic {
 		// No nftables at all: an unprivileged container cannot read them; it checks where its traffic goes.
@@ -77,28 +94,30 @@ func Run(args []string, stdout, stderr io.Writer) int {
 		err := probe.Check(probe.Config{IMDS: netip.AddrPortFrom(opts.cfg.IMDSAddress, opts.cfg.IMDSPort), OtherPort: otherPort(opts.cfg.IMDSPort), SidecarPort: opts.cfg.SidecarPort})
 		if err != nil {
 			log.Error(err, "failed", "mode", opts.mode)
-			fmt.Fprintf(stderr, "%s: %s FAILED; the pod must not start without the IMDS redirect:\n%v\n", programName, opts.mode, err)
-			return ExitFailed
+			return failed(opts.mode, err)
 		}
 		log.Info("done", "mode", opts.mode, "result", "redirect and guard in place", "elapsed", time.Since(started).String(), "version", version.Version)
-		return ExitOK
+		return nil
 	}
 	started := time.Now()
 	result, err := execute(opts)
 	if err != nil {
 		log.Error(err, "failed", "mode", opts.mode)
-		fmt.Fprintf(stderr, "%s: %s FAILED; the pod must not start without the IMDS redirect:\n%v\n",
-			programName, opts.mode, err)
-		return ExitFailed
+		return failed(opts.mode, err)
 	}
 	log.Info("done", "mode", opts.mode, "result", result, "elapsed", time.Since(started).String(),
 		"version", version.Version, "imds", netip.AddrPortFrom(opts.cfg.IMDSAddress, opts.cfg.IMDSPort).String(),
 		"sidecarPort", opts.cfg.SidecarPort, "exempt", opts.cfg.Exemption.String(), "fence", opts.fence)
-	return ExitOK
+	return nil
+}
+
+// failed is Run's error: the mode that failed and why, and that the pod must not start.
+func failed(m mode, err error) error {
+	return fmt.Errorf("%s FAILED; the pod must not start without the IMDS redirect:\n%w", m, err)
 }
 
 // plan is the --dry-run output: a header naming the settings, then the ruleset exactly as it would be written.
-func plan(opts options) string {
+func plan(opts Options) string {
 	imds := netip.AddrPortFrom(opts.cfg.IMDSAddress, opts.cfg.IMDSPort)
 	if opts.fence {
 		return fmt.Sprintf("# %s plan: fence %s off (a pod without a token sidecar); nothing is changed by --dry-run\n",
@@ -112,7 +131,7 @@ func plan(opts options) string {
 		programName, imds, opts.cfg.SidecarPort, exempt) + redirect.Render(redirect.Desired(opts.cfg))
 }
 
-func parse(args []string, stderr io.Writer) (options, error) {
+func parse(args []string, stderr io.Writer) (Options, error) {
 	def := redirect.DefaultConfig()
 	fs := flag.NewFlagSet(programName, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -129,12 +148,12 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		traffic     = fs.Bool("verify-traffic", false, "without privileges: check that a connection to the IMDS address arrives at the sidecar's port and another port of it is refused (CNI mode, where a node plugin installs the rules); exit 1 otherwise")
 	)
 	if err := fs.Parse(args); err != nil {
-		return options{}, err
+		return Options{}, err
 	}
 	if fs.NArg() > 0 {
-		return options{}, fmt.Errorf("unexpected arguments %q: all settings are flags (see --help)", fs.Args())
+		return Options{}, fmt.Errorf("unexpected arguments %q: all settings are flags (see --help)", fs.Args())
 	}
-	opts := options{mode: modeInstall}
+	opts := Options{mode: modeInstall}
 	modes := 0
 	for _, m := range []struct {
 		set  bool
@@ -146,14 +165,14 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		}
 	}
 	if modes > 1 {
-		return options{}, errors.New("--dry-run, --verify, --verify-traffic and --cleanup exclude each other: pass at most one")
+		return Options{}, errors.New("--dry-run, --verify, --verify-traffic and --cleanup exclude each other: pass at most one")
 	}
 	for _, p := range []struct {
 		name  string
 		value uint
 	}{{"sidecar-port", *sidecarPort}, {"imds-port", *imdsPort}} {
 		if p.value > 65535 {
-			return options{}, fmt.Errorf("--%s=%d is not a port: use 1-65535", p.name, p.value)
+			return Options{}, fmt.Errorf("--%s=%d is not a port: use 1-65535", p.name, p.value)
 		}
 	}
 	var ex redirect.Exemption
@@ -163,16 +182,16 @@ func parse(args []string, stderr io.Writer) (options, error) {
 	case ExemptionUID:
 		if *sidecarUID == 0 || *sidecarUID > 1<<32-1 {
 			// Exempting root would exempt every container that runs as root, which is most of them.
-			return options{}, fmt.Errorf("--sidecar-uid=%d: use the sidecar's own non-root uid (%d)", *sidecarUID, contract.SidecarUID)
+			return Options{}, fmt.Errorf("--sidecar-uid=%d: use the sidecar's own non-root uid (%d)", *sidecarUID, contract.SidecarUID)
 		}
 		ex.UID = uint32(*sidecarUID)
 	default:
-		return options{}, fmt.Errorf("--exemption=%q: use cgroup or uid", *exemption)
+		return Options{}, fmt.Errorf("--exemption=%q: use cgroup or uid", *exemption)
 	}
 	opts.fence = *fence
 	addr, err := netip.ParseAddr(*imdsAddress)
 	if err != nil {
-		return options{}, fmt.Errorf("--imds-address=%q is not an IP address (the default is %s)", *imdsAddress,
+		return Options{}, fmt.Errorf("--imds-address=%q is not an IP address (the default is %s)", *imdsAddress,
 			def.IMDSAddress)
 	}
 	opts.cfg = redirect.Config{
@@ -182,7 +201,7 @@ func parse(args []string, stderr io.Writer) (options, error) {
 		Exemption:   ex,
 	}
 	if err := opts.cfg.Validate(); err != nil {
-		return options{}, err
+		return Options{}, err
 	}
 	return opts, nil
 }
@@ -197,7 +216,7 @@ func otherPort(imdsPort uint16) uint16 {
 }
 
 // execute performs a mode against the kernel and returns a short word for the log.
-func execute(opts options) (string, error) {
+func execute(opts Options) (string, error) {
 	k, err := redirect.NewKernel(0)
 	if err != nil {
 		return "", err

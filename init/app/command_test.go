@@ -2,13 +2,26 @@ package app
 
 import (
 	"bytes"
+	"context"
 	"flag"
+	"io"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/podidentity/podidentity/internal/cmdline"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under init/testdata")
+
+// run is what main does (ParseFlags, Run, the exit code), with the output in buffers.
+func run(args []string, stdout, stderr io.Writer) int {
+	opts, err := parseFlags(args, stdout, stderr)
+	if err != nil {
+		return cmdline.ParseExit(err)
+	}
+	return cmdline.RunExit(stderr, programName, Run(context.Background(), opts))
+}
 
 // TestDryRunGolden pins the --dry-run output: the exact ruleset the init container installs, for the injected
 // defaults and for non-default flags.
@@ -27,7 +40,7 @@ func TestDryRunGolden(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			if code := Run(tc.args, &stdout, &stderr); code != ExitOK {
+			if code := run(tc.args, &stdout, &stderr); code != ExitOK {
 				t.Fatalf("exit code %d, stderr:\n%s", code, stderr.String())
 			}
 			if *update {
@@ -51,8 +64,8 @@ func TestDryRunGolden(t *testing.T) {
 // TestDryRunIsStable: the plan is a pure function of the flags.
 func TestDryRunIsStable(t *testing.T) {
 	var first, second, stderr bytes.Buffer
-	Run([]string{"--dry-run"}, &first, &stderr)
-	Run([]string{"--dry-run"}, &second, &stderr)
+	run([]string{"--dry-run"}, &first, &stderr)
+	run([]string{"--dry-run"}, &second, &stderr)
 	if first.String() != second.String() || first.Len() == 0 {
 		t.Errorf("two dry runs differ or are empty:\n%s\n---\n%s", first.String(), second.String())
 	}
@@ -79,7 +92,7 @@ func TestUsageErrors(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			if code := Run(tc.args, &stdout, &stderr); code != ExitUsage {
+			if code := run(tc.args, &stdout, &stderr); code != ExitUsage {
 				t.Errorf("exit code %d, want %d", code, ExitUsage)
 			}
 			if !strings.Contains(stderr.String(), tc.message) {

@@ -9,8 +9,6 @@ package identities
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -19,6 +17,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/podidentity/podidentity/internal/contract"
 )
@@ -168,19 +167,10 @@ func list(ids []contract.Identity, f func(contract.Identity) string) string {
 // ObjectID returns the object ID (the "oid" claim) of an Azure AD access token, or "" when the token is not a
 // JWT carrying one. Nothing is verified: the token was just obtained for a bound identity, by its client ID.
 func ObjectID(accessToken string) string {
-	parts := strings.Split(accessToken, ".")
-	if len(parts) != 3 {
+	claims := jwt.MapClaims{}
+	if _, _, err := jwt.NewParser(jwt.WithPaddingAllowed()).ParseUnverified(accessToken, claims); err != nil {
 		return ""
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
-	if err != nil {
-		return ""
-	}
-	var claims struct {
-		OID string `json:"oid"`
-	}
-	if json.Unmarshal(raw, &claims) != nil {
-		return ""
-	}
-	return claims.OID
+	oid, _ := claims["oid"].(string)
+	return oid
 }

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"syscall"
+
+	"github.com/podidentity/podidentity/internal/ociimage"
 )
 
 // Repositories of the images; the tag is a content hash.
@@ -109,10 +111,10 @@ func buildGoImage(ctx context.Context, pkg, repo, path string, uid int, outTar s
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("building %s: %w\n%s", pkg, err, out)
 	}
-	entries := append(userFiles(uid), entry{path: path, mode: 0o755, src: bin})
+	files := append(userFiles(uid), ociimage.File{Path: path, Mode: 0o755, Src: bin})
 	return writeImage(imageSpec{
 		repo:       repo,
-		entries:    entries,
+		files:      files,
 		entrypoint: []string{path},
 		env:        []string{"PATH=/"},
 		workdir:    "/",
@@ -138,23 +140,23 @@ func BuildJSClientImage(ctx context.Context, outTar string) (string, error) {
 	if _, err := os.Stat(NodePath); err != nil {
 		return "", fmt.Errorf("the JavaScript image carries this machine's node: %w (install Node.js 20: apt-get install -y nodejs)", err)
 	}
-	entries := append(userFiles(AppUID), entry{path: NodePath, mode: 0o755, src: NodePath})
+	files := append(userFiles(AppUID), ociimage.File{Path: NodePath, Mode: 0o755, Src: NodePath})
 	libs, err := runtimeEntries(ctx, NodePath)
 	if err != nil {
 		return "", err
 	}
-	entries = append(entries, libs...)
+	files = append(files, libs...)
 	for _, f := range []string{"client.js", "package.json"} {
-		entries = append(entries, entry{path: JSClientDir + "/" + f, mode: 0o644, src: filepath.Join(src, f)})
+		files = append(files, ociimage.File{Path: JSClientDir + "/" + f, Mode: 0o644, Src: filepath.Join(src, f)})
 	}
-	modules, err := treeEntries(filepath.Join(work, "node_modules"), JSClientDir+"/node_modules", isPackagingNoise)
+	modules, err := ociimage.Tree(filepath.Join(work, "node_modules"), JSClientDir+"/node_modules", isPackagingNoise)
 	if err != nil {
 		return "", fmt.Errorf("listing node_modules: %w", err)
 	}
-	entries = append(entries, modules...)
+	files = append(files, modules...)
 	return writeImage(imageSpec{
 		repo:       JSClientRepo,
-		entries:    entries,
+		files:      files,
 		entrypoint: []string{NodePath, JSClientDir + "/client.js"},
 		env:        []string{"PATH=/usr/bin", "NODE_ENV=production"},
 		workdir:    JSClientDir,

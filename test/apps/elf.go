@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/podidentity/podidentity/internal/ociimage"
 )
 
 // Interpreter returns the ELF interpreter (PT_INTERP) a dynamically linked binary names, e.g.
@@ -59,7 +61,7 @@ func parseLdd(out string) ([]string, error) {
 // shared libraries ldd names, each at the path the loader looks for it, with the content of the file that
 // path resolves to on this machine (so /lib64/ld-linux-x86-64.so.2 is a real file in the image, not a link
 // into a directory the image lacks).
-func runtimeEntries(ctx context.Context, binary string) ([]entry, error) {
+func runtimeEntries(ctx context.Context, binary string) ([]ociimage.File, error) {
 	interp, err := Interpreter(binary)
 	if err != nil {
 		return nil, err
@@ -76,7 +78,7 @@ func runtimeEntries(ctx context.Context, binary string) ([]entry, error) {
 		libs = append(libs, interp)
 	}
 	seen := map[string]bool{}
-	var entries []entry
+	var entries []ociimage.File
 	for _, l := range libs {
 		if seen[l] {
 			continue
@@ -86,8 +88,8 @@ func runtimeEntries(ctx context.Context, binary string) ([]entry, error) {
 		if err != nil {
 			return nil, fmt.Errorf("shared library %s of %s: %w", l, binary, err)
 		}
-		entries = append(entries, entry{path: filepath.Clean(l), mode: 0o755, src: real})
+		entries = append(entries, ociimage.File{Path: filepath.Clean(l), Mode: 0o755, Src: real})
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].path < entries[j].path })
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Path < entries[j].Path })
 	return entries, nil
 }

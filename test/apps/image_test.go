@@ -1,15 +1,13 @@
 package apps
 
 import (
-	"archive/tar"
-	"bytes"
-	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/podidentity/podidentity/internal/ociimage"
 )
 
 func TestParseLdd(t *testing.T) {
@@ -47,90 +45,7 @@ func TestParseLdd(t *testing.T) {
 	}
 }
 
-type tarItem struct {
-	name, link string
-	typ        byte
-	mode       int64
-	body       string
-}
-
-func readTar(t *testing.T, b []byte) []tarItem {
-	t.Helper()
-	var items []tarItem
-	tr := tar.NewReader(bytes.NewReader(b))
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return items
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if h.Uid != 0 || h.Gid != 0 || h.ModTime.Unix() != 0 {
-			t.Errorf("%s: owner %d:%d mtime %v, want 0:0 at the epoch", h.Name, h.Uid, h.Gid, h.ModTime)
-		}
-		items = append(items, tarItem{name: h.Name, link: h.Linkname, typ: h.Typeflag, mode: h.Mode, body: string(body)})
-	}
-}
-
-func TestLayerTar(t *testing.T) {
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "lib.so"), []byte("ELF"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	entries := []entry{
-		{path: "/app/node_modules/x/index.js", mode: 0o644, data: []byte("js")},
-		{path: "/lib64/ld.so", mode: 0o755, src: filepath.Join(dir, "lib.so")},
-		{path: "/app/node_modules/.bin/x", link: "../x/index.js"},
-		{path: "/app/client.js", mode: 0o644, data: []byte("main")},
-	}
-	got, err := layerTar(entries)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []tarItem{
-		{name: "app/", typ: tar.TypeDir, mode: 0o755},
-		{name: "app/client.js", typ: tar.TypeReg, mode: 0o644, body: "main"},
-		{name: "app/node_modules/", typ: tar.TypeDir, mode: 0o755},
-		{name: "app/node_modules/.bin/", typ: tar.TypeDir, mode: 0o755},
-		{name: "app/node_modules/.bin/x", typ: tar.TypeSymlink, mode: 0o777, link: "../x/index.js"},
-		{name: "app/node_modules/x/", typ: tar.TypeDir, mode: 0o755},
-		{name: "app/node_modules/x/index.js", typ: tar.TypeReg, mode: 0o644, body: "js"},
-		{name: "lib64/", typ: tar.TypeDir, mode: 0o755},
-		{name: "lib64/ld.so", typ: tar.TypeReg, mode: 0o755, body: "ELF"},
-	}
-	if items := readTar(t, got); !reflect.DeepEqual(items, want) {
-		t.Errorf("layer =\n%+v\nwant\n%+v", items, want)
-	}
-	// Same entries in another order: the same bytes, hence the same content-hash tag.
-	again, err := layerTar([]entry{entries[3], entries[1], entries[0], entries[2]})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, again) {
-		t.Error("the layer depends on the order of its entries; image tags would not be content hashes")
-	}
-
-	for _, bad := range []struct {
-		name    string
-		entries []entry
-		wantErr string
-	}{
-		{"duplicate", []entry{{path: "/a", data: []byte("1")}, {path: "/a", data: []byte("2")}}, "given twice"},
-		{"relative", []entry{{path: "a"}}, "not a clean absolute path"},
-		{"unclean", []entry{{path: "/a/../b"}}, "not a clean absolute path"},
-	} {
-		if _, err := layerTar(bad.entries); err == nil || !strings.Contains(err.Error(), bad.wantErr) {
-			t.Errorf("%s: error = %v, want %q", bad.name, err, bad.wantErr)
-		}
-	}
-}
-
-func TestTreeEntriesSkipsPackagingNoise(t *testing.T) {
+func TestTreeSkipsPackagingNoise(t *testing.T) {
 	dir := t.TempDir()
 	for _, f := range []string{"@azure/identity/dist/commonjs/index.js", "@azure/identity/dist/commonjs/index.js.map",
 		"@azure/identity/dist/commonjs/index.d.ts", "@azure/msal-common/src/utils/Constants.ts", "@azure/identity/package.json",
@@ -148,15 +63,15 @@ func TestTreeEntriesSkipsPackagingNoise(t *testing.T) {
 	if err := os.Symlink("../@azure/identity/package.json", filepath.Join(dir, "@azure", "link.json")); err != nil {
 		t.Fatal(err)
 	}
-	got, err := treeEntries(dir, "/app/node_modules", isPackagingNoise)
+	got, err := ociimage.Tree(dir, "/app/node_modules", isPackagingNoise)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var names []string
 	for _, e := range got {
-		n := e.path
-		if e.link != "" {
-			n += " -> " + e.link
+		n := e.Path
+		if e.Link != "" {
+			n += " -> " + e.Link
 		}
 		names = append(names, n)
 	}

@@ -3,21 +3,18 @@
 package main
 
 import (
-	"fmt"
 	"os"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/podidentity/podidentity/assigner/app"
+	"github.com/podidentity/podidentity/internal/cmdline"
 )
 
 func main() {
-	flags, err := app.ParseFlags(os.Args[1:])
+	opts, err := app.ParseFlags(os.Args[1:])
 	if err != nil {
-		os.Exit(2)
+		os.Exit(cmdline.ParseExit(err))
 	}
-	if err := app.Run(ctrl.SetupSignalHandler(), flags); err != nil {
-		fmt.Fprintln(os.Stderr, "podidentity-assigner:", err)
-		os.Exit(1)
-	}
+	os.Exit(cmdline.RunExit(os.Stderr, "podidentity-assigner", app.Run(ctrl.SetupSignalHandler(), opts)))
 }

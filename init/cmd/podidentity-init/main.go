@@ -4,11 +4,17 @@
 package main
 
 import (
+	"context"
 	"os"
 
 	"github.com/podidentity/podidentity/init/app"
+	"github.com/podidentity/podidentity/internal/cmdline"
 )
 
 func main() {
-	os.Exit(app.Run(os.Args[1:], os.Stdout, os.Stderr))
+	opts, err := app.ParseFlags(os.Args[1:])
+	if err != nil {
+		os.Exit(cmdline.ParseExit(err))
+	}
+	os.Exit(cmdline.RunExit(os.Stderr, "podidentity-init", app.Run(context.Background(), opts)))
 }

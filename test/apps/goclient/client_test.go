@@ -78,6 +78,7 @@ func TestConfigFromEnv(t *testing.T) {
 }
 
 func TestClaims(t *testing.T) {
+	header := base64.RawURLEncoding.EncodeToString([]byte(`{"typ":"JWT","alg":"RS256"}`))
 	tests := []struct {
 		name    string
 		token   string
@@ -85,10 +86,10 @@ func TestClaims(t *testing.T) {
 		wantErr string
 	}{
 		{name: "JWT", token: jwtWith(t, map[string]any{"appid": "a1", "exp": 5}), want: "a1"},
-		{name: "padded payload", token: "e30." + base64.URLEncoding.EncodeToString([]byte(`{"appid":"a2"}`)) + ".x", want: "a2"},
+		{name: "padded payload", token: header + "." + base64.URLEncoding.EncodeToString([]byte(`{"appid":"a2"}`)) + ".c2ln", want: "a2"},
 		{name: "opaque token", token: "abc", wantErr: "not a JWT"},
-		{name: "payload not base64", token: "a.!!.c", wantErr: "not base64url"},
-		{name: "payload not an object", token: "a." + base64.RawURLEncoding.EncodeToString([]byte(`[1]`)) + ".c", wantErr: "not a JSON object"},
+		{name: "payload not base64", token: header + ".!!.c2ln", wantErr: "could not base64 decode claim"},
+		{name: "payload not an object", token: header + "." + base64.RawURLEncoding.EncodeToString([]byte(`[1]`)) + ".c2ln", wantErr: "could not JSON decode claim"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

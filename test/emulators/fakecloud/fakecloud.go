@@ -64,19 +64,19 @@ func Run(ctx context.Context, cfg Config) error {
 	metadata := imds.New(imds.Options{TenantID: cfg.TenantID, VMResourceID: cfg.InstanceID})
 	hist := &history{}
 	attach := attachTo(metadata, cfg.VMSSID, cfg.Log)
-	armServer := arm.NewServer(arm.Options{OnChange: func(id string, users []string) {
+	az := NewAzure(AzureOptions{TenantID: cfg.TenantID, Apps: cfg.Apps, ARM: arm.Options{OnChange: func(id string, users []string) {
 		if strings.EqualFold(id, cfg.VMSSID) {
 			hist.add(users)
 		}
 		attach(id, users)
-	}})
-	defer armServer.Close()
+	}}})
+	defer az.Close()
+	armServer, aad := az.ARM, az.AAD
 	armServer.AddVMSS(cfg.VMSSID, false)
 	armProxy, err := newARMProxy(armServer, cfg.ARMPublicURL)
 	if err != nil {
 		return err
 	}
-	aad := imds.NewAAD(time.Hour, cfg.Apps...)
 	if cfg.IssuerCAFile != "" {
 		pem, err := os.ReadFile(cfg.IssuerCAFile)
 		if err != nil {

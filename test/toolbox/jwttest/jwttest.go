@@ -1,27 +1,28 @@
 // Package jwttest reads the claims of the tokens the emulated Azure AD and IMDS issue, for tests that check who
-// a token is for. It verifies nothing: the emulators' own tests check signatures.
+// a token is for. It verifies nothing (the emulators' own tests check signatures) and decodes with
+// github.com/golang-jwt/jwt's unverified parser, as the product does (sidecar/identities.ObjectID).
 package jwttest
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"testing"
+
+	"github.com/golang-jwt/jwt/v5"
 )
 
-// DecodeInto unmarshals the payload of the JWT token into v.
+// DecodeInto unmarshals the claims of the JWT token into v.
 func DecodeInto(token string, v any) error {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return fmt.Errorf("not a JWT: %d dot-separated parts, want 3", len(parts))
+	claims := jwt.MapClaims{}
+	if _, _, err := jwt.NewParser(jwt.WithPaddingAllowed(), jwt.WithJSONNumber()).ParseUnverified(token, claims); err != nil {
+		return fmt.Errorf("not a JWT: %w", err)
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	b, err := json.Marshal(claims)
 	if err != nil {
-		return fmt.Errorf("JWT payload is not base64url: %w", err)
+		return err
 	}
-	if err := json.Unmarshal(raw, v); err != nil {
-		return fmt.Errorf("JWT payload is not a JSON object: %w", err)
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("JWT claims: %w", err)
 	}
 	return nil
 }

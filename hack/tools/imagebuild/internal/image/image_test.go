@@ -5,7 +5,6 @@ import (
 	"io"
 	"testing"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -88,35 +87,3 @@ func TestBuildRefuses(t *testing.T) {
 		}
 	}
 }
-
-func TestIndex(t *testing.T) {
-	amd, _ := Build(spec("amd64"))
-	arm, _ := Build(spec("arm64"))
-	idx, err := Index(map[string]v1Image{"amd64": amd, "arm64": arm}, []string{"amd64", "arm64"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := idx.IndexManifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m.MediaType != types.OCIImageIndex || len(m.Manifests) != 2 {
-		t.Fatalf("index %+v", m)
-	}
-	for i, arch := range []string{"amd64", "arm64"} {
-		d := m.Manifests[i]
-		img := map[string]v1Image{"amd64": amd, "arm64": arm}[arch]
-		want, _ := img.Digest()
-		if d.Platform == nil || d.Platform.OS != "linux" || d.Platform.Architecture != arch || d.Digest != want {
-			t.Errorf("manifest %d: %+v, want linux/%s %s", i, d, arch, want)
-		}
-	}
-	if _, err := Index(map[string]v1Image{"amd64": amd}, []string{"amd64", "arm64"}); err == nil {
-		t.Error("an index with an architecture missing was built")
-	}
-	if _, err := Index(map[string]v1Image{"amd64": amd, "arm64": arm}, []string{"amd64"}); err == nil {
-		t.Error("an index that drops an image was built")
-	}
-}
-
-type v1Image = v1.Image

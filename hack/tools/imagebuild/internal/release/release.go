@@ -29,6 +29,7 @@ import (
 	"github.com/podidentity/podidentity/hack/tools/imagebuild/internal/cosign"
 	"github.com/podidentity/podidentity/hack/tools/imagebuild/internal/image"
 	"github.com/podidentity/podidentity/hack/tools/imagebuild/internal/sbom"
+	"github.com/podidentity/podidentity/internal/ociimage"
 )
 
 // ImageSpec is one product image: its name (the repository under the registry), the uid it runs as and its
@@ -176,7 +177,7 @@ func pushOne(o PushOptions, spec ImageSpec, ca []byte, caInfo *sbom.CABundle, ro
 		}
 		images[arch] = img
 	}
-	idx, err := image.Index(images, o.Archs)
+	idx, err := ociimage.Index(images, o.Archs)
 	if err != nil {
 		return Pushed{}, err
 	}
