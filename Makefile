@@ -52,9 +52,9 @@ build: ## Compile every package; the component binaries (<component>/cmd/<binary
 IMAGE_REGISTRY ?= ghcr.io/podidentity
 IMAGE_TAG      ?= $(VERSION)
 IMAGEBUILD     := $(BIN)/imagebuild
-# imagebuild assembles images with the root module's internal/ociimage (hack/tools/go.mod replaces the root
+# imagebuild assembles images with the root module's test/toolbox/ociimage (hack/tools/go.mod replaces the root
 # module with ../..), so its sources and the root's go.mod are the tool's sources too.
-IMAGEBUILD_SRC := hack/tools/go.mod hack/tools/go.sum go.mod $(shell find hack/tools/imagebuild internal/ociimage -name '*.go' ! -name '*_test.go')
+IMAGEBUILD_SRC := hack/tools/go.mod hack/tools/go.sum go.mod $(shell find hack/tools/imagebuild test/toolbox/ociimage -name '*.go' ! -name '*_test.go')
 # binary:uid of each image. The node image also carries the CNI plugin,
 # which its agent copies onto the node.
 IMAGE_USERS    := podidentity-webhook:65532 podidentity-assigner:65532 podidentity-sidecar:15078 podidentity-init:0 podidentity-node:0

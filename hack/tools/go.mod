@@ -79,6 +79,6 @@ require (
 	sigs.k8s.io/structured-merge-diff/v6 v6.4.2 // indirect
 )
 
-// imagebuild assembles images with the root module's internal/ociimage, as the end-to-end suite does: the
+// imagebuild assembles images with the root module's test/toolbox/ociimage, as the end-to-end suite does: the
 // working tree's root module, never a published version.
 replace github.com/podidentity/podidentity => ../..

@@ -15,7 +15,7 @@ import (
 	"runtime"
 	"syscall"
 
-	"github.com/podidentity/podidentity/internal/ociimage"
+	"github.com/podidentity/podidentity/test/toolbox/ociimage"
 )
 
 // Repositories of the images; the tag is a content hash.

@@ -11,7 +11,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/podidentity/podidentity/internal/ociimage"
+	"github.com/podidentity/podidentity/test/toolbox/ociimage"
 )
 
 // Interpreter returns the ELF interpreter (PT_INTERP) a dynamically linked binary names, e.g.

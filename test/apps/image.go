@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
-	"github.com/podidentity/podidentity/internal/ociimage"
+	"github.com/podidentity/podidentity/test/toolbox/ociimage"
 )
 
 // imageSpec is a single-layer image on an empty base, for linux/amd64.

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podidentity/podidentity/internal/ociimage"
+	"github.com/podidentity/podidentity/test/toolbox/ociimage"
 )
 
 func TestParseLdd(t *testing.T) {

@@ -1,7 +1,7 @@
 // Package image says what the product's images hold: on an empty base, one layer of the static binaries,
 // /etc/passwd and /etc/group naming the image's user and the CA bundle (so TLS to Azure works), and a config
 // with the entrypoint, user and labels. The assembling itself (layer, config, index) is
-// github.com/podidentity/podidentity/internal/ociimage, shared with the end-to-end suite's images: equal inputs
+// github.com/podidentity/podidentity/test/toolbox/ociimage, shared with the end-to-end suite's images: equal inputs
 // give byte-identical images, so equal binaries give equal digests.
 package image
 
@@ -11,7 +11,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/podidentity/podidentity/internal/ociimage"
+	"github.com/podidentity/podidentity/test/toolbox/ociimage"
 )
 
 // CABundlePath is where the CA bundle lands in every image (and what SSL_CERT_FILE names).

@@ -29,7 +29,7 @@ import (
 	"github.com/podidentity/podidentity/hack/tools/imagebuild/internal/cosign"
 	"github.com/podidentity/podidentity/hack/tools/imagebuild/internal/image"
 	"github.com/podidentity/podidentity/hack/tools/imagebuild/internal/sbom"
-	"github.com/podidentity/podidentity/internal/ociimage"
+	"github.com/podidentity/podidentity/test/toolbox/ociimage"
 )
 
 // ImageSpec is one product image: its name (the repository under the registry), the uid it runs as and its

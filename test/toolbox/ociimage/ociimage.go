@@ -4,7 +4,7 @@
 // fixed ownership (0:0) and time (the epoch) and the layer lists its files sorted by path, parents first, so
 // equal inputs give byte-identical layers and so equal digests.
 //
-// It is build tooling, in no binary: bin/imagebuild (hack/tools/imagebuild) builds the product's images with
+// It is build tooling in no product binary, kept with the test toolbox: bin/imagebuild (hack/tools/imagebuild) builds the product's images with
 // it (`make images`, `make images-push`), and test/apps the end-to-end suite's client images. The images
 // themselves are go-containerregistry values: write them with tarball.WriteToFile, push them with remote.
 package ociimage
