@@ -26,7 +26,7 @@ import (
 // The assigner under ARM's real behaviour, each case of issue 23 against the emulator: a deleted identity
 // that someone else attached, another client's long operation, the removal of more identities than fit in
 // one PATCH, errors that are not about one identity, and the delete and re-create of an AzureIdentity. The
-// counts they log are those of assigner/BENCHMARKS.md ("ARM's behaviour").
+// counts they log are those of BENCHMARKS.md, "Assigner", "ARM's behaviour".
 
 // identityEvents returns the notes of the Warning Events with this reason regarding the AzureIdentity.
 func identityEvents(c client.Client, ns, name, reason string) ([]string, error) {

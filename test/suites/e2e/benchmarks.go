@@ -6,11 +6,14 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/podidentity/podidentity/test/toolbox/testenv"
 )
 
 // Section is a part of BENCHMARKS.md that the suite owns, between two markers; everything outside the suite's
@@ -231,3 +234,6 @@ func orUnknown(s string) string {
 }
 
 func cell(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, "|", "\\|"), "\n", " ") }
+
+// benchmarksPage is the repository's BENCHMARKS.md, whose "End to end" section holds the suite's marked sections.
+func benchmarksPage() string { return filepath.Join(testenv.RepoRoot(), "BENCHMARKS.md") }

@@ -27,7 +27,7 @@ import (
 
 var (
 	keepCluster  = flag.Bool("e2e.keep", false, "leave the cluster running after the suite, for kubectl --kubeconfig bin/cluster/kubeconfig/admin.kubeconfig (the next run reuses it)")
-	writeFigures = flag.Bool("e2e.write-benchmarks", true, "write the measured figures into test/suites/e2e/BENCHMARKS.md (its marked section)")
+	writeFigures = flag.Bool("e2e.write-benchmarks", true, "write the measured figures into the repository's BENCHMARKS.md (the marked parts of its section End to end)")
 )
 
 // TestE2E is the whole suite on one cluster: it starts the cluster (test/cluster: real kubelet, containerd,
@@ -76,13 +76,13 @@ func TestE2E(t *testing.T) {
 	cmd := "go test ./test/suites/e2e/ -run " + flagValue("test.run", "TestE2E")
 	if figs := e.figures.List(); *writeFigures && len(figs) > 0 {
 		body := "## Figures of the last run\n\n" + Render(ThisMachine(cmd, time.Now()), outcomes, figs)
-		if err := WriteSection("BENCHMARKS.md", FiguresSection, body); err != nil {
+		if err := WriteSection(benchmarksPage(), FiguresSection, body); err != nil {
 			t.Errorf("writing BENCHMARKS.md: %v", err)
 		}
 	}
 	if rows := e.matrix.Rows(); *writeFigures && len(rows) > 0 {
 		body := "## Attacker matrix of the last run\n\n" + RenderMatrix(ThisMachine(cmd, time.Now()), rows)
-		if err := WriteSection("BENCHMARKS.md", MatrixSection, body); err != nil {
+		if err := WriteSection(benchmarksPage(), MatrixSection, body); err != nil {
 			t.Errorf("writing BENCHMARKS.md: %v", err)
 		}
 	}
