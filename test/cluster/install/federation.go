@@ -65,8 +65,11 @@ func OpenIssuerDiscovery(ctx context.Context, cs kubernetes.Interface, bindingNa
 	var doc struct {
 		Issuer string `json:"issuer"`
 	}
-	if err := json.Unmarshal(raw, &doc); err != nil || doc.Issuer == "" {
-		return "", fmt.Errorf("the cluster's OIDC discovery document %s has no issuer (%v)", raw, err)
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return "", fmt.Errorf("the cluster's OIDC discovery document %s: %w", raw, err)
+	}
+	if doc.Issuer == "" {
+		return "", fmt.Errorf("the cluster's OIDC discovery document %s has no issuer", raw)
 	}
 	if strings.Contains(doc.Issuer, ".svc") {
 		return "", fmt.Errorf("%w: %s; the local cluster's issuer must be https://%s:%d (test/cluster)", ErrIssuerUnreachable, doc.Issuer, cluster.NodeIP, cluster.APIServerPort)
