@@ -492,11 +492,18 @@ func (r *resourceReconciler) syncObjects(ctx context.Context, s *resourceState, 
 	}
 	for _, u := range plan.update {
 		g.Go(func() error {
-			patch := ctrl.MergeFrom(u.obj.DeepCopy())
-			u.obj.Spec = u.a.Object().Spec
-			if err := r.c.Patch(gctx, u.obj, patch); err != nil {
+			// The cache holds a trimmed copy (cachetrim.AssignedIdentity): the spec is replaced against the
+			// object as the API server has it, so that the patch also clears the fields the copy does not show.
+			live := &aadv1.AzureAssignedIdentity{}
+			if err := r.reader.Get(gctx, ctrl.ObjectKeyFromObject(u.obj), live); err != nil {
+				return fmt.Errorf("reading AzureAssignedIdentity %s before updating its spec: %w", u.a.Key(), err)
+			}
+			patch := ctrl.MergeFrom(live.DeepCopy())
+			live.Spec = u.a.Object().Spec
+			if err := r.c.Patch(gctx, live, patch); err != nil {
 				return fmt.Errorf("updating AzureAssignedIdentity %s: %w", u.a.Key(), err)
 			}
+			*u.obj = *live
 			return nil
 		})
 	}

@@ -15,9 +15,11 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -28,6 +30,7 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/assigner/azure"
 	"github.com/podidentity/podidentity/assigner/cachetrim"
+	"github.com/podidentity/podidentity/assigner/podaudit"
 	"github.com/podidentity/podidentity/internal/binding"
 	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/test/emulators/arm"
@@ -65,6 +68,9 @@ const (
 // include the harness (a client, the watch that counts Assigned objects); the heap deltas are the assigner's.
 //
 //	ASSIGNER_SIZE_PODS=1000,10000,50000,150000 go test ./assigner/controller/ -run '^$' -bench BenchmarkClusterSize -benchtime 1x -timeout 3h
+//
+// ASSIGNER_SIZE_FULL_MAX=10000 measures the full cache only up to 10,000 pods (it holds about 1 GiB at 50,000);
+// ASSIGNER_SIZE_HEAP_PROFILES=dir writes a heap profile of each quiet assigner there.
 func BenchmarkClusterSize(b *testing.B) {
 	var levels []int
 	spec := os.Getenv("ASSIGNER_SIZE_PODS")
@@ -81,6 +87,13 @@ func BenchmarkClusterSize(b *testing.B) {
 		}
 		levels = append(levels, n)
 	}
+	fullMax := 0 // ASSIGNER_SIZE_FULL_MAX: the full cache is measured up to this many pods only (0: at every level)
+	if v := os.Getenv("ASSIGNER_SIZE_FULL_MAX"); v != "" {
+		var err error
+		if fullMax, err = strconv.Atoi(v); err != nil {
+			b.Fatalf("ASSIGNER_SIZE_FULL_MAX=%q: not a pod count", v)
+		}
+	}
 	for range b.N {
 		w := newSizeWorld(b)
 		created := 0
@@ -93,7 +106,10 @@ func BenchmarkClusterSize(b *testing.B) {
 			progress("%d pods: converged in %v", n, conv.Round(100*time.Millisecond))
 			trimHeap, trimRSS := w.quiet(b, cachetrim.Options())
 			resync := w.lastResync
-			fullHeap, fullRSS := w.quiet(b, cache.Options{})
+			var fullHeap, fullRSS uint64
+			if fullMax == 0 || n <= fullMax {
+				fullHeap, fullRSS = w.quiet(b, cache.Options{})
+			}
 			progress("%d pods: quiet assigners measured", n)
 			load, _ := os.ReadFile("/proc/loadavg")
 			b.Logf("%d pods, %d nodes, %d bindings (load %s): converged in %v (new objects: %d), peak process RSS %d MiB; a restarted assigner re-checked everything in %v; quiet assigner: trimmed cache heap +%d MiB, RSS +%d MiB; full cache heap +%d MiB, RSS +%d MiB",
@@ -234,7 +250,11 @@ func (w *sizeWorld) converge(b *testing.B, n int) (time.Duration, uint64) {
 	opts := scaleOptions()
 	start := time.Now()
 	b.StartTimer()
-	_, stop := startAssignerAndAudit(b, w.env, w.armc, opts, 0)
+	// With the pod audit, as the binary runs; stopped only once every runnable has returned (waitGone).
+	stop := startManagerWith(b, w.env, w.armc, opts, waitGone, func(mgr ctrl.Manager) error {
+		_, err := podaudit.Setup(mgr, podaudit.Options{Injection: opts.Injection, Binding: opts.Binding, Interval: time.Hour, Registerer: prometheus.NewRegistry()})
+		return err
+	})
 	var took time.Duration
 	select {
 	case at := <-allAssigned:
@@ -243,9 +263,17 @@ func (w *sizeWorld) converge(b *testing.B, n int) (time.Duration, uint64) {
 		b.Fatalf("not all %d AzureAssignedIdentity objects Assigned after 2 hours", n)
 	}
 	b.StopTimer()
+	t0 := time.Now()
 	stop()
+	progress("%d pods: the converging assigner stopped in %v", n, time.Since(t0).Round(100*time.Millisecond))
 	return took, stopSampling()
 }
+
+// waitGone makes a manager's stop wait until every runnable (caches, controllers and their in-flight
+// reconciles) has returned, however long that takes, instead of controller-runtime's 30 s grace period:
+// the next measurement's baseline must not include a manager that is still shutting down (it once held a
+// converging assigner's cache and made the 50,000-pod figure come out as zero).
+func waitGone(o *ctrl.Options) { o.GracefulShutdownTimeout = ptr.To(time.Duration(-1)) }
 
 // quiet starts an assigner with the given cache on the converged cluster, lets its caches sync and a pass run,
 // and returns the heap and RSS it added (after a GC, so only what it keeps).
@@ -255,7 +283,7 @@ func (w *sizeWorld) quiet(b *testing.B, co cache.Options) (heap, rss uint64) {
 	aaiBefore, _ := apiWritesOf(b, w.env.Config, "azureassignedidentities")
 	podsBefore, _ := apiWritesOf(b, w.env.Config, "pods")
 	start := time.Now()
-	stop := startManagerWith(b, w.env, w.armc, scaleOptions(), func(o *ctrl.Options) { o.Cache = co }, nil)
+	stop := startManagerWith(b, w.env, w.armc, scaleOptions(), func(o *ctrl.Options) { o.Cache = co; waitGone(o) }, nil)
 	// Caches synced, then one pass over every resource and every annotated pod; nothing to write. Idle: no
 	// reconcile finished for 5 s (ten debounces).
 	idle := waitIdle(b, 5*time.Second, 20*time.Minute)
