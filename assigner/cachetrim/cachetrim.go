@@ -63,7 +63,8 @@ func transform[T any](trim func(*T) *T) toolscache.TransformFunc {
 //     annotations carry the webhook's identities and security warnings, owners name the Event target);
 //   - where it runs and how: node name, host network, OS and the Windows node selector, service account
 //     (guard mode's trusted accounts);
-//   - its containers' names, images and restart policy (is it injected, is the sidecar genuine) and its
+//   - of podidentity's own containers, their names, images and restart policy (is it injected, is the
+//     sidecar genuine; the app's containers are not read), and its
 //     Secret volumes (which service principals its sidecar can serve) and the audience of the webhook's
 //     service account token volume (whether it can serve federated identities);
 //   - its phase (finished pods need no identity).
@@ -99,13 +100,15 @@ func Pod(p *corev1.Pod) *corev1.Pod {
 	return out
 }
 
+// containers keeps podidentity's own containers (the init container and the sidecar, whichever list they are
+// in, in their order): the decisions look containers up by these names only. The app's containers, most of a
+// pod's containers and all of an un-injected pod's, are dropped.
 func containers(in []corev1.Container) []corev1.Container {
-	if in == nil {
-		return nil
-	}
-	out := make([]corev1.Container, len(in))
-	for i, c := range in {
-		out[i] = corev1.Container{Name: intern(c.Name), Image: intern(c.Image), RestartPolicy: c.RestartPolicy}
+	var out []corev1.Container
+	for _, c := range in {
+		if c.Name == contract.InitContainerName || c.Name == contract.SidecarContainerName {
+			out = append(out, corev1.Container{Name: intern(c.Name), Image: intern(c.Image), RestartPolicy: c.RestartPolicy})
+		}
 	}
 	return out
 }

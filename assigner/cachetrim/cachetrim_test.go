@@ -2,9 +2,11 @@ package cachetrim
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/podidentity/podidentity/assigner/guard"
 	"github.com/podidentity/podidentity/assigner/podaudit"
 	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/contract"
 	"github.com/podidentity/podidentity/internal/imdspolicy"
 )
 
@@ -234,10 +237,18 @@ func TestTrimDropsTheBulk(t *testing.T) {
 			t.Errorf("volume %s kept, only Secret volumes are read", v.Name)
 		}
 	}
+	kept := 0
 	for _, ctr := range append(got.Spec.InitContainers, got.Spec.Containers...) {
+		if ctr.Name != contract.InitContainerName && ctr.Name != contract.SidecarContainerName {
+			t.Errorf("container %s kept: only podidentity's own are read", ctr.Name)
+		}
 		if len(ctr.Env) > 0 || len(ctr.Args) > 0 || ctr.SecurityContext != nil || len(ctr.VolumeMounts) > 0 {
 			t.Errorf("container %s kept more than name, image and restart policy", ctr.Name)
 		}
+		kept++
+	}
+	if kept != 2 {
+		t.Errorf("%d containers kept, want podidentity-init and the sidecar", kept)
 	}
 	if len(got.Status.ContainerStatuses) != 0 || got.Status.Phase != corev1.PodRunning {
 		t.Errorf("status %+v, want the phase only", got.Status)
@@ -270,12 +281,88 @@ func TestTransformLeavesOtherKinds(t *testing.T) {
 	if got.ManagedFields != nil || got.Labels["k"] != "v" {
 		t.Errorf("got %+v", got.ObjectMeta)
 	}
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a", Env: []corev1.EnvVar{{Name: "X"}}}}}}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{Containers: []corev1.Container{
+		{Name: "app", Image: "registry/app:1"}, {Name: contract.SidecarContainerName, Image: "sidecar:1", Env: []corev1.EnvVar{{Name: "X"}}}}}}
 	out, err = tr(pod)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := out.(*corev1.Pod); got.Name != "p" || len(got.Spec.Containers[0].Env) != 0 {
-		t.Errorf("pod not trimmed: %+v", got)
+	if got := out.(*corev1.Pod); got.Name != "p" || len(got.Spec.Containers) != 1 || got.Spec.Containers[0].Image != "sidecar:1" || len(got.Spec.Containers[0].Env) != 0 {
+		t.Errorf("pod not trimmed: %+v", got.Spec.Containers)
 	}
+}
+
+// BenchmarkCachedBytes reports what one cached object keeps on the heap, full (as decoded, managedFields
+// stripped as the other kinds are) and trimmed (as the assigner's cache holds it): the injector's golden
+// Deployment pod, running on a node, with the labels and owner a Deployment gives its pods; and its
+// AzureAssignedIdentity as the API server returns it. Each of b.N rounds decodes and keeps sizeObjects
+// objects with distinct names and uids, as an informer does.
+//
+//	go test ./assigner/cachetrim/ -run '^$' -bench BenchmarkCachedBytes -benchtime 3x
+func BenchmarkCachedBytes(b *testing.B) {
+	const sizeObjects = 10000
+	var c struct {
+		Pod corev1.Pod `json:"pod"`
+	}
+	raw, err := os.ReadFile("../../webhook/testdata/golden/deployment-pod.out.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, &c); err != nil {
+		b.Fatal(err)
+	}
+	pod := variants(c.Pod, "aks-pool-12345678-vmss000004")[0]
+	pod.Namespace, pod.GenerateName = "orders", "orders-5d8f7b9c4-"
+	pod.Labels = map[string]string{aadv1.PodLabelBinding: "orders", "app": "orders", "pod-template-hash": "5d8f7b9c4"}
+	pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "orders-5d8f7b9c4", UID: "6a0e2c55-1111-4d0b-8d7e-1f0e1b2c3d4e"}}
+	id := aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "orders", Name: "orders", Labels: map[string]string{"team": "orders"}},
+		Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ClientID: "00000000-1111-2222-3333-444444444444",
+			ResourceID: "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/identities/providers/Microsoft.ManagedIdentity/userAssignedIdentities/orders"}}
+	bd := aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Namespace: "orders", Name: "orders"}, Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: "orders", Selector: "orders"}}
+	a := desired.Assignment{Namespace: "orders", Pod: "orders-5d8f7b9c4-x", PodNamespace: "orders", NodeName: pod.Spec.NodeName, Identity: &id, Binding: &bd}
+	aai := a.Object()
+	aai.Annotations = map[string]string{desired.ResourceAnnotation: "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/mc_rg/providers/Microsoft.Compute/virtualMachineScaleSets/aks-pool-12345678-vmss"}
+	aai.Finalizers = []string{"podidentity.io/assigner"}
+	aai.Status.Status = aadv1.AssignedIDAssigned
+	aai.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "podidentity-assigner", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1",
+		FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:metadata":{"f:annotations":{".":{},"f:podidentity.io/arm-resource":{}},"f:finalizers":{".":{},"v:\"podidentity.io/assigner\"":{}}},"f:spec":{".":{},"f:azureBindingRef":{".":{},"f:apiVersion":{},"f:kind":{},"f:metadata":{".":{},"f:name":{},"f:namespace":{}},"f:spec":{".":{},"f:azureIdentity":{},"f:selector":{}}},"f:azureIdentityRef":{".":{},"f:apiVersion":{},"f:kind":{},"f:metadata":{".":{},"f:labels":{".":{},"f:team":{}},"f:name":{},"f:namespace":{}},"f:spec":{".":{},"f:clientID":{},"f:resourceID":{},"f:type":{}}},"f:nodename":{},"f:pod":{},"f:podNamespace":{}},"f:status":{".":{},"f:availableReplicas":{},"f:status":{}}}`)}}}
+	podJSON, _ := json.Marshal(pod)
+	aaiJSON, _ := json.Marshal(aai)
+	strip := func(o metav1.Object) { o.SetManagedFields(nil) }
+	measure := func(b *testing.B, keep func(i int) any) float64 {
+		b.Helper()
+		held := make([]any, sizeObjects)
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for i := range held {
+			held[i] = keep(i)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		runtime.KeepAlive(held)
+		return float64(after.HeapAlloc-before.HeapAlloc) / sizeObjects
+	}
+	decode := func(raw []byte, i int, into any) {
+		s := strings.Replace(string(raw), `"uid":"uid-x"`, fmt.Sprintf(`"uid":"uid-%08d"`, i), 1)
+		s = strings.Replace(s, `"name":"`, fmt.Sprintf(`"name":"n%06d-`, i), 1)
+		if err := json.Unmarshal([]byte(s), into); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var fullPod, trimPod, fullAAI, trimAAI float64
+	for range b.N {
+		fullPod = measure(b, func(i int) any { var p corev1.Pod; decode(podJSON, i, &p); strip(&p); return &p })
+		trimPod = measure(b, func(i int) any { var p corev1.Pod; decode(podJSON, i, &p); return Pod(&p) })
+		fullAAI = measure(b, func(i int) any { var o aadv1.AzureAssignedIdentity; decode(aaiJSON, i, &o); strip(&o); return &o })
+		trimAAI = measure(b, func(i int) any {
+			var o aadv1.AzureAssignedIdentity
+			decode(aaiJSON, i, &o)
+			return AssignedIdentity(&o)
+		})
+	}
+	b.ReportMetric(fullPod, "full-B/pod")
+	b.ReportMetric(trimPod, "trimmed-B/pod")
+	b.ReportMetric(fullAAI, "full-B/assignment")
+	b.ReportMetric(trimAAI, "trimmed-B/assignment")
 }
