@@ -129,3 +129,22 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/*
+podidentity.goMemLimit: the GOMEMLIMIT of a container, percent % of its memory limit in MiB (rounded down),
+from a dict with "resources" and "percent"; "" when the container has no memory limit or percent is 0.
+*/}}
+{{- define "podidentity.goMemLimit" -}}
+{{- $limit := toString (dig "limits" "memory" "" .resources) -}}
+{{- $percent := int .percent -}}
+{{- if and $limit (gt $percent 0) -}}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $limit -}}
+{{- $unit := trimPrefix $num $limit -}}
+{{- $mib := dict "Ki" (divf 1 1024) "Mi" 1.0 "Gi" 1024.0 "Ti" 1048576.0 "k" (divf 1000 1048576) "M" (divf 1000000 1048576) "G" (divf 1000000000 1048576) "T" (divf 1000000000000 1048576) "" (divf 1 1048576) -}}
+{{- if not (hasKey $mib $unit) -}}
+{{- fail (printf "resources.limits.memory %q: use a unit of bytes (Ki, Mi, Gi, Ti, k, M, G, T or none)" $limit) -}}
+{{- end -}}
+{{- $v := floor (divf (mulf (float64 $num) (get $mib $unit) $percent) 100) | int64 -}}
+{{- if gt $v 0 -}}{{ $v }}MiB{{- end -}}
+{{- end -}}
+{{- end -}}

@@ -125,6 +125,33 @@ func TestChartKnobs(t *testing.T) {
 			},
 		},
 		{
+			name: "assigner GOMEMLIMIT follows its memory limit",
+			sets: []string{"assigner.resources.limits.memory=1Gi"},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				if got := assignerEnv(t, objs)["GOMEMLIMIT"]; got != "921MiB" {
+					t.Errorf("GOMEMLIMIT %q with a 1Gi limit, want 921MiB (90%%)", got)
+				}
+			},
+		},
+		{
+			name: "assigner GOMEMLIMIT in decimal units and another share",
+			sets: []string{"assigner.resources.limits.memory=500M", "assigner.goMemLimitPercent=80"},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				if got := assignerEnv(t, objs)["GOMEMLIMIT"]; got != "381MiB" { // 400,000,000 bytes
+					t.Errorf("GOMEMLIMIT %q with a 500M limit at 80%%, want 381MiB", got)
+				}
+			},
+		},
+		{
+			name: "assigner GOMEMLIMIT off",
+			sets: []string{"assigner.goMemLimitPercent=0"},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				if got, ok := assignerEnv(t, objs)["GOMEMLIMIT"]; ok {
+					t.Errorf("GOMEMLIMIT %q set with goMemLimitPercent=0", got)
+				}
+			},
+		},
+		{
 			name: "pod labels of the three components",
 			sets: []string{"redirect.mode=cni", "webhook.podLabels.team=platform", "assigner.podLabels.team=identity", "cni.podLabels.tier=node"},
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
@@ -410,6 +437,7 @@ func TestChartKnobsRefused(t *testing.T) {
 		sets []string
 		want []string
 	}{
+		{"assigner GOMEMLIMIT share over 100", []string{"assigner.goMemLimitPercent=150"}, []string{"goMemLimitPercent"}},
 		{"webhook pod label the chart sets", []string{`webhook.podLabels.app\.kubernetes\.io/name=x`}, []string{"webhook.podLabels", "app.kubernetes.io/name"}},
 		{"assigner pod label of workload identity", []string{`assigner.podLabels.azure\.workload\.identity/use=yes`}, []string{"assigner.podLabels", "azure.workload.identity/use"}},
 		{"node agent pod label the chart sets", []string{"redirect.mode=cni", `cni.podLabels.app\.kubernetes\.io/instance=x`}, []string{"cni.podLabels", "app.kubernetes.io/instance"}},
@@ -426,4 +454,27 @@ func TestChartKnobsRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// assignerEnv is the assigner container's environment, name to value.
+func assignerEnv(t *testing.T, objs []*unstructured.Unstructured) map[string]string {
+	t.Helper()
+	containers, _, _ := unstructured.NestedSlice(podSpec(t, objs, "Deployment", "podidentity-assigner"), "containers")
+	out := map[string]string{}
+	for _, c := range containers {
+		c := c.(map[string]any)
+		if c["name"] != "assigner" {
+			continue
+		}
+		env, _, _ := unstructured.NestedSlice(c, "env")
+		for _, e := range env {
+			e := e.(map[string]any)
+			v, _ := e["value"].(string)
+			out[e["name"].(string)] = v
+		}
+	}
+	if len(out) == 0 {
+		t.Fatal("the assigner container has no environment")
+	}
+	return out
 }
