@@ -325,7 +325,7 @@ func BenchmarkCachedBytes(b *testing.B) {
 	aai.Finalizers = []string{"podidentity.io/assigner"}
 	aai.Status.Status = aadv1.AssignedIDAssigned
 	aai.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "podidentity-assigner", Operation: metav1.ManagedFieldsOperationUpdate, FieldsType: "FieldsV1",
-		FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:metadata":{"f:annotations":{".":{},"f:podidentity.io/arm-resource":{}},"f:finalizers":{".":{},"v:\"podidentity.io/assigner\"":{}}},"f:spec":{".":{},"f:azureBindingRef":{".":{},"f:apiVersion":{},"f:kind":{},"f:metadata":{".":{},"f:name":{},"f:namespace":{}},"f:spec":{".":{},"f:azureIdentity":{},"f:selector":{}}},"f:azureIdentityRef":{".":{},"f:apiVersion":{},"f:kind":{},"f:metadata":{".":{},"f:labels":{".":{},"f:team":{}},"f:name":{},"f:namespace":{}},"f:spec":{".":{},"f:clientID":{},"f:resourceID":{},"f:type":{}}},"f:nodename":{},"f:pod":{},"f:podNamespace":{}},"f:status":{".":{},"f:availableReplicas":{},"f:status":{}}}`)}}}
+		FieldsV1: metav1.NewFieldsV1(`{"f:metadata":{"f:annotations":{".":{},"f:podidentity.io/arm-resource":{}},"f:finalizers":{".":{},"v:\"podidentity.io/assigner\"":{}}},"f:spec":{".":{},"f:azureBindingRef":{".":{},"f:apiVersion":{},"f:kind":{},"f:metadata":{".":{},"f:name":{},"f:namespace":{}},"f:spec":{".":{},"f:azureIdentity":{},"f:selector":{}}},"f:azureIdentityRef":{".":{},"f:apiVersion":{},"f:kind":{},"f:metadata":{".":{},"f:labels":{".":{},"f:team":{}},"f:name":{},"f:namespace":{}},"f:spec":{".":{},"f:clientID":{},"f:resourceID":{},"f:type":{}}},"f:nodename":{},"f:pod":{},"f:podNamespace":{}},"f:status":{".":{},"f:availableReplicas":{},"f:status":{}}}`)}}
 	podJSON, _ := json.Marshal(pod)
 	aaiJSON, _ := json.Marshal(aai)
 	strip := func(o metav1.Object) { o.SetManagedFields(nil) }

@@ -58,7 +58,7 @@ func trimCorpus() (want desired.State, objs []aadv1.AzureAssignedIdentity, pods 
 		o.Status.AvailableReplicas = 1
 		o.Spec.Metadata = &runtime.RawExtension{Raw: []byte(`{"creationTimestamp":null}`)}
 		o.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "podidentity-assigner", Operation: metav1.ManagedFieldsOperationUpdate,
-			APIVersion: aadv1.GroupVersion.String(), FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(serverFields)}}}
+			APIVersion: aadv1.GroupVersion.String(), FieldsType: "FieldsV1", FieldsV1: metav1.NewFieldsV1(serverFields)}}
 		o.CreationTimestamp = metav1.Time{Time: now.Add(-age)}
 		o.UID, o.ResourceVersion = "uid-"+k8stypes.UID(o.Name), "7"
 		if o.Annotations == nil {
