@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -461,12 +462,21 @@ func TestDeleteAndRecreateIdentity(t *testing.T) {
 		grace time.Duration
 	}{{"grace 5s", 5 * time.Second}, {"no grace", -1}} {
 		t.Run(tc.name, func(t *testing.T) {
+			// Each case starts from identity a bound and no pod of another case: one that failed (and
+			// left a deleted, or its pod running) must not fail the next.
+			switch err := c.Get(ctx, client.ObjectKey{Namespace: "apps", Name: "a"}, &aadv1.AzureIdentity{}); {
+			case apierrors.IsNotFound(err):
+				mkIdentity(t, c, "apps", "a", uami("a"))
+			case err != nil:
+				t.Fatal(err)
+			}
 			opts := testOptions()
 			opts.DetachGrace = tc.grace
 			stop := startAssigner(t, env, armClient(srv), opts)
 			defer stop()
 			pod := "p-" + strings.ReplaceAll(tc.name, " ", "")
 			mkPod(t, c, "apps", pod, "n0", "app", nil)
+			defer deletePod(t, c, "apps", pod)
 			eventually(t, 10*time.Second, "attached", func() error {
 				if err := azureHas(srv, ss, false, uami("kubelet"), uami("a")); err != nil {
 					return err
@@ -517,8 +527,6 @@ func TestDeleteAndRecreateIdentity(t *testing.T) {
 					}
 					return nil
 				})
-				deletePod(t, c, "apps", pod)
-				mkIdentity(t, c, "apps", "a", uami("a")) // for the next subtest
 				return
 			}
 			if !left || written != 2 {

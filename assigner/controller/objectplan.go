@@ -123,15 +123,26 @@ func planStatuses(want desired.State, existing []*aadv1.AzureAssignedIdentity, r
 		k := obj.Namespace + "/" + obj.Name
 		a, wanted := want.Assignments[k]
 		if wanted && obj.DeletionTimestamp == nil {
+			// What the object says now: the worker's own write when the cache does not show it yet (the
+			// cache is behind it), else the cache's. Deciding on the cache alone skipped a needed write
+			// (Unassigned written, Assigned wanted again, the cache still showing the first Assigned), and
+			// wrote to an object the worker had deleted, which left it waiting for an event that never came.
 			status, why, sure := assignmentStatus(a, view)
-			if !sure && obj.Status.Status == aadv1.AssignedIDAssigned {
+			cur, curWhy := obj.Status.Status, obj.Annotations[desired.ErrorAnnotation]
+			if w, ok := recent[k]; ok {
+				if w.status == deletedByUs {
+					continue // gone; its deletion's event brings the resource back to create it afresh
+				}
+				cur, curWhy = w.status, w.why
+			}
+			if !sure && cur == aadv1.AssignedIDAssigned {
 				continue // ARM's state is unknown this pass: keep what was last known
 			}
 			if status != aadv1.AssignedIDAssigned && why.Reason != "" {
 				p.unattached[why.Reason]++
 			}
-			if (obj.Status.Status != status || obj.Annotations[desired.ErrorAnnotation] != why.Message) && !recent.has(k, status, why.Message) {
-				if why.Message != "" && why.Message != obj.Annotations[desired.ErrorAnnotation] {
+			if cur != status || curWhy != why.Message {
+				if why.Message != "" && why.Message != curWhy {
 					p.announce = append(p.announce, announcement{a, why})
 				}
 				p.set = append(p.set, statusWrite{obj, status, why})
@@ -184,4 +195,15 @@ func requeueAfter(armAfter time.Duration, soon bool, debounce time.Duration) tim
 		return max(debounce, 10*time.Millisecond)
 	}
 	return armAfter
+}
+
+// graceRequeue is when a pass during a grace period comes back: by the end of the first grace (end), measured
+// from now, the pass's end, rather than from when the pass computed it; a pass that took long (a slow API
+// server) would otherwise postpone the detach by its own length.
+func graceRequeue(after time.Duration, end, now time.Time) time.Duration {
+	left := max(end.Sub(now), 10*time.Millisecond)
+	if after == 0 || left < after {
+		return left
+	}
+	return after
 }

@@ -190,6 +190,14 @@ func TestPlanStatuses(t *testing.T) {
 			existing: []*aadv1.AzureAssignedIdentity{objectOf(sp, aadv1.AssignedIDUnassigned, notice{}), objectOf(kept, aadv1.AssignedIDUnassigned, notice{})},
 			recent:   writes{kept.Key(): {status: deletedByUs}, sp.Key(): {status: aadv1.AssignedIDUnassigned}},
 			release:  []string{sp.Key()}, unattached: map[string]int{}},
+		// The cache behind the worker's own writes (TestDeleteAndRecreateIdentity under load).
+		{name: "cache behind our Unassigned: Assigned written again", want: wantOf(on), view: known,
+			existing: []*aadv1.AzureAssignedIdentity{objectOf(on, aadv1.AssignedIDAssigned, notice{})},
+			recent:   writes{on.Key(): {status: aadv1.AssignedIDUnassigned}},
+			set:      []set{{on.Key(), aadv1.AssignedIDAssigned, ""}}, unattached: map[string]int{}},
+		{name: "deleted by us, still in the cache, wanted again: nothing written to it", want: wantOf(on), view: known,
+			existing: []*aadv1.AzureAssignedIdentity{objectOf(on, aadv1.AssignedIDUnassigned, notice{})},
+			recent:   writes{on.Key(): {status: deletedByUs}}, unattached: map[string]int{}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -265,6 +273,26 @@ func TestRequeueAfter(t *testing.T) {
 	for _, tc := range tests {
 		if got := requeueAfter(tc.arm, tc.soon, tc.debounce); got != tc.want {
 			t.Errorf("%s: requeueAfter = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestGraceRequeue(t *testing.T) {
+	end := t0.Add(5 * time.Second)
+	for _, tc := range []struct {
+		name  string
+		after time.Duration
+		now   time.Time
+		want  time.Duration
+	}{
+		{"quick pass: the grace's end", time.Minute, t0.Add(10 * time.Millisecond), 4990 * time.Millisecond},
+		{"pass took 3 s: 2 s left, not 5", 5 * time.Second, t0.Add(3 * time.Second), 2 * time.Second},
+		{"pass outlasted the grace: at once", 5 * time.Second, t0.Add(7 * time.Second), 10 * time.Millisecond},
+		{"ARM's side comes back sooner", time.Second, t0, time.Second},
+		{"nothing else to come back for", 0, t0, 5 * time.Second},
+	} {
+		if got := graceRequeue(tc.after, end, tc.now); got != tc.want {
+			t.Errorf("%s: graceRequeue(%v) = %v, want %v", tc.name, tc.after, got, tc.want)
 		}
 	}
 }

@@ -252,7 +252,8 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	}
 	// Identities that running pods lost with their AzureIdentity or binding stay attached for a grace period
 	// (a delete and re-create must not cut their tokens).
-	hold, since, started, wake := graceHolds(graceCandidates(assigned.Items, want, in.Pods, in.Identities, in.Bindings), s.graceSince, time.Now(), r.opts.DetachGrace)
+	graceNow := time.Now()
+	hold, since, started, wake := graceHolds(graceCandidates(assigned.Items, want, in.Pods, in.Identities, in.Bindings), s.graceSince, graceNow, r.opts.DetachGrace)
 	s.graceSince = since
 	if len(started) > 0 {
 		log.Info("AzureIdentity or binding deleted while pods use its identity; keeping it attached for the grace period", "identities", started, "grace", r.opts.DetachGrace.String())
@@ -310,6 +311,9 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 		return reconcile.Result{}, err
 	}
 	result.RequeueAfter = requeueAfter(result.RequeueAfter, requeueSoon, r.opts.Debounce)
+	if wake > 0 {
+		result.RequeueAfter = graceRequeue(result.RequeueAfter, graceNow.Add(wake), time.Now())
+	}
 	return result, nil
 }
 
@@ -788,7 +792,12 @@ func (r *resourceReconciler) setStatus(ctx context.Context, s *resourceState, ob
 	patch := ctrl.MergeFrom(obj.DeepCopy())
 	obj.Status.Status = status
 	setNotice(obj, why)
-	if err := r.c.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
+	switch err := r.c.Patch(ctx, obj, patch); {
+	case apierrors.IsNotFound(err):
+		// Gone (the cache was behind): nothing was written, so nothing is recorded; a record would have the
+		// next pass wait for the object's creation event instead of creating it.
+		return nil
+	case err != nil:
 		return fmt.Errorf("setting AzureAssignedIdentity %s/%s to %s: %w", obj.Namespace, obj.Name, status, err)
 	}
 	s.wrote(obj.Namespace+"/"+obj.Name, status, why.Message)
