@@ -6,12 +6,14 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -66,6 +68,45 @@ func startEnvWith(t testing.TB, te *envtest.Environment) *testenv.Env {
 	return env
 }
 
+// testLogger is the log of the assigners one test runs: printed as it comes with ASSIGNER_TEST_LOGS set;
+// otherwise its last lines are kept and printed only when the test fails, so that a failure that shows only
+// under load (in CI) carries the passes that led to it.
+func testLogger(t testing.TB) logr.Logger {
+	if os.Getenv("ASSIGNER_TEST_LOGS") != "" {
+		return zap.New(zap.UseDevMode(true))
+	}
+	tail := &logTail{max: 3000}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the assigner's log, last %d lines (all of it: ASSIGNER_TEST_LOGS=1):\n%s", tail.max, tail.String())
+		}
+	})
+	return zap.New(zap.WriteTo(tail), func(o *zap.Options) { o.Level = zapcore.DebugLevel })
+}
+
+// logTail keeps the last max lines written to it.
+type logTail struct {
+	mu    sync.Mutex
+	max   int
+	lines []string
+}
+
+func (l *logTail) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, strings.Split(strings.TrimRight(string(p), "\n"), "\n")...)
+	if over := len(l.lines) - l.max; over > 0 {
+		l.lines = append(l.lines[:0], l.lines[over:]...)
+	}
+	return len(p), nil
+}
+
+func (l *logTail) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
 func armClient(srv *arm.Server) *azure.ARM {
 	return azure.NewARM(arm.Credential{}, azure.ARMOptions{Cloud: srv.Cloud(), Transport: srv.HTTPClient(), PollFrequency: 20 * time.Millisecond,
 		Retry: policy.RetryOptions{MaxRetries: 1, RetryDelay: 10 * time.Millisecond, MaxRetryDelay: 50 * time.Millisecond, TryTimeout: 3 * time.Second}})
@@ -110,6 +151,7 @@ func startManagerWith(t testing.TB, env *testenv.Env, c azure.Client, opts Optio
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+		Logger:                 testLogger(t),
 	}
 	if tweak != nil {
 		tweak(&mo)
