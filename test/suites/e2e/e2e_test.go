@@ -75,13 +75,13 @@ func TestE2E(t *testing.T) {
 
 	cmd := "go test ./test/suites/e2e/ -run " + flagValue("test.run", "TestE2E")
 	if figs := e.figures.List(); *writeFigures && len(figs) > 0 {
-		body := "## Figures of the last run\n\n" + Render(ThisMachine(cmd, time.Now()), outcomes, figs)
+		body := "### Figures of the last run\n\n" + Render(ThisMachine(cmd, time.Now()), outcomes, figs)
 		if err := WriteSection(benchmarksPage(), FiguresSection, body); err != nil {
 			t.Errorf("writing BENCHMARKS.md: %v", err)
 		}
 	}
 	if rows := e.matrix.Rows(); *writeFigures && len(rows) > 0 {
-		body := "## Attacker matrix of the last run\n\n" + RenderMatrix(ThisMachine(cmd, time.Now()), rows)
+		body := "### Attacker matrix of the last run\n\n" + RenderMatrix(ThisMachine(cmd, time.Now()), rows)
 		if err := WriteSection(benchmarksPage(), MatrixSection, body); err != nil {
 			t.Errorf("writing BENCHMARKS.md: %v", err)
 		}

@@ -151,7 +151,7 @@ func TestMigrationRehearsal(t *testing.T) {
 
 	cmd := "go test ./test/suites/e2e/ -run TestMigrationRehearsal"
 	if figs := m.figures.List(); *writeFigures && len(figs) > 0 {
-		body := "## Migration rehearsal of the last run\n\n" + Render(ThisMachine(cmd, time.Now()), []Outcome{{Scenario: "migration rehearsal", Passed: !t.Failed()}}, figs)
+		body := "### Migration rehearsal of the last run\n\n" + Render(ThisMachine(cmd, time.Now()), []Outcome{{Scenario: "migration rehearsal", Passed: !t.Failed()}}, figs)
 		if err := WriteSection(benchmarksPage(), MigrationSection, body); err != nil {
 			t.Errorf("writing BENCHMARKS.md: %v", err)
 		}
