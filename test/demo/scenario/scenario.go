@@ -191,10 +191,10 @@ func runLocal(ctx context.Context, s *steps, opts Options) (err error) {
 	admin := fakecloud.Admin{Base: "http://" + cluster.IMDSAdminAddress}
 	w := world{appImage: appImage, identityID: identityID, clientID: arm.ClientIDOf(identityID), tenantID: cluster.TenantID,
 		attached: func(ctx context.Context) string {
-			if a := attachedOnNode(ctx, admin); opts.Backend != BackendFederated || !strings.HasPrefix(a, "no identity") {
-				return a
+			if opts.Backend == BackendFederated {
+				return attachedOnNode(ctx, admin, "no identity attached to the scale set (a federated identity never is)")
 			}
-			return "no identity attached to the scale set (a federated identity never is)"
+			return attachedOnNode(ctx, admin, "no identity attached to the scale set yet")
 		}}
 	// The product's images come from the node's registry with authentication: the demo namespace needs the
 	// pull Secret the webhook names in every injected pod (docs/install.md, "From your own registry").
@@ -449,14 +449,15 @@ func waitForToken(ctx context.Context, cs kubernetes.Interface, s *steps, timeou
 	}
 }
 
-// attachedOnNode asks the fake cloud's admin API which identities the node's IMDS serves.
-func attachedOnNode(ctx context.Context, admin fakecloud.Admin) string {
+// attachedOnNode asks the fake cloud's admin API which identities the node's IMDS serves; none is what it
+// says when there is none.
+func attachedOnNode(ctx context.Context, admin fakecloud.Admin, none string) string {
 	ids, err := admin.Attached(ctx)
 	if err != nil {
 		return "unknown: " + err.Error()
 	}
 	if len(ids) == 0 {
-		return "no identity attached to the scale set yet"
+		return none
 	}
 	var out []string
 	for _, id := range ids {

@@ -135,7 +135,8 @@ func (e *env) scenarioFirstToken(t *testing.T) {
 // measureFirstToken waits for the pod (created at created, its app polling every 100 ms) to become Ready and
 // for its app's first token that match accepts, and records the figures of scenario: the first token after the
 // pod's creation and after Ready (against FirstTokenTarget), the GetToken call's duration and the attempts.
-func (e *env) measureFirstToken(t *testing.T, scenario, sdk, ns, name string, created time.Time, match func(appLine) bool) {
+// It returns the app's line of that token.
+func (e *env) measureFirstToken(t *testing.T, scenario, sdk, ns, name string, created time.Time, match func(appLine) bool) appLine {
 	t.Helper()
 	// Ready as this test sees it (polling every 100 ms): the condition's own time has one-second resolution.
 	p := e.waitPod(t, ns, name, "Ready", podTimeout, podReady)
@@ -156,6 +157,7 @@ func (e *env) measureFirstToken(t *testing.T, scenario, sdk, ns, name string, cr
 	if fromReady > 10*FirstTokenTarget {
 		t.Errorf("%s SDK: first token %v after Ready, target %v", sdk, fromReady, FirstTokenTarget)
 	}
+	return line
 }
 
 func readyCondition(p *corev1.Pod) *corev1.PodCondition {
