@@ -104,18 +104,21 @@ func withAnnotation(in map[string]string, k, v string) map[string]string {
 	return out
 }
 
+// trimmedPods trims in with one Trimmer, as the cache does: equal parts are shared.
 func trimmedPods(in []corev1.Pod) []corev1.Pod {
+	t := &Trimmer{}
 	out := make([]corev1.Pod, len(in))
 	for i := range in {
-		out[i] = *Pod(&in[i])
+		out[i] = *t.Pod(&in[i])
 	}
 	return out
 }
 
 func trimmedNodes(in []corev1.Node) []corev1.Node {
+	t := &Trimmer{}
 	out := make([]corev1.Node, len(in))
 	for i := range in {
-		out[i] = *Node(&in[i])
+		out[i] = *t.Node(&in[i])
 	}
 	return out
 }
@@ -224,7 +227,7 @@ func TestTrimDropsTheBulk(t *testing.T) {
 	p := variants(c.Pod, "n")[0]
 	p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
 	before, _ := json.Marshal(p)
-	got := Pod(&p)
+	got := (&Trimmer{}).Pod(&p)
 	after, _ := json.Marshal(p)
 	if string(before) != string(after) {
 		t.Fatal("Pod changed its input")
@@ -262,7 +265,7 @@ func TestTrimDropsTheBulk(t *testing.T) {
 	n := corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}},
 		Spec:   corev1.NodeSpec{ProviderID: "azure:///x"},
 		Status: corev1.NodeStatus{Images: []corev1.ContainerImage{{Names: []string{"i"}}}, Conditions: []corev1.NodeCondition{{Type: "Ready"}}}}
-	tn := Node(&n)
+	tn := (&Trimmer{}).Node(&n)
 	if tn.ManagedFields != nil || tn.Status.Images != nil || tn.Status.Conditions != nil || tn.Spec.ProviderID != "azure:///x" {
 		t.Errorf("trimmed node %+v", tn)
 	}
@@ -270,7 +273,7 @@ func TestTrimDropsTheBulk(t *testing.T) {
 
 // TestTransformLeavesOtherKinds: the informer may hand a tombstone; it loses only its managed fields.
 func TestTransformLeavesOtherKinds(t *testing.T) {
-	tr := transform(Pod)
+	tr := transform((&Trimmer{}).Pod)
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "a", Labels: map[string]string{"k": "v"},
 		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "m"}}}}
 	out, err := tr(ns)
@@ -352,17 +355,145 @@ func BenchmarkCachedBytes(b *testing.B) {
 	}
 	var fullPod, trimPod, fullAAI, trimAAI float64
 	for range b.N {
+		t := &Trimmer{} // one cache's, as the informers share it
 		fullPod = measure(b, func(i int) any { var p corev1.Pod; decode(podJSON, i, &p); strip(&p); return &p })
-		trimPod = measure(b, func(i int) any { var p corev1.Pod; decode(podJSON, i, &p); return Pod(&p) })
+		trimPod = measure(b, func(i int) any { var p corev1.Pod; decode(podJSON, i, &p); return t.Pod(&p) })
 		fullAAI = measure(b, func(i int) any { var o aadv1.AzureAssignedIdentity; decode(aaiJSON, i, &o); strip(&o); return &o })
 		trimAAI = measure(b, func(i int) any {
 			var o aadv1.AzureAssignedIdentity
 			decode(aaiJSON, i, &o)
-			return AssignedIdentity(&o)
+			return t.AssignedIdentity(&o)
 		})
 	}
 	b.ReportMetric(fullPod, "full-B/pod")
 	b.ReportMetric(trimPod, "trimmed-B/pod")
 	b.ReportMetric(fullAAI, "full-B/assignment")
 	b.ReportMetric(trimAAI, "trimmed-B/assignment")
+}
+
+// TestTrimmerShares: objects that repeat a part hold one copy of it, equal to what each would hold alone; a part
+// that differs is not shared; a reader's deep copy is its own.
+func TestTrimmerShares(t *testing.T) {
+	var c struct {
+		Pod corev1.Pod `json:"pod"`
+	}
+	readYAML(t, "../../webhook/testdata/golden/deployment-pod.out.yaml", &c)
+	base := variants(c.Pod, "n")[0]
+	base.Labels = map[string]string{aadv1.PodLabelBinding: "orders", "pod-template-hash": "5d8f7b9c4"}
+	base.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "orders-5d8f7b9c4", UID: "u1"}}
+	base.Spec.Volumes = append(base.Spec.Volumes, corev1.Volume{Name: "creds", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "sp"}}})
+	second := *base.DeepCopy()
+	second.Name, second.UID = "orders-5d8f7b9c4-y", "uid-y"
+	other := *base.DeepCopy() // another ReplicaSet: its own labels and owner
+	other.Name, other.UID = "orders-7f6d5c4b3-z", "uid-z"
+	other.Labels["pod-template-hash"] = "7f6d5c4b3"
+	other.OwnerReferences[0].Name, other.OwnerReferences[0].UID = "orders-7f6d5c4b3", "u2"
+
+	tr := &Trimmer{}
+	a, b, o := tr.Pod(&base), tr.Pod(&second), tr.Pod(&other)
+	for _, p := range []struct {
+		got  *corev1.Pod
+		from corev1.Pod
+	}{{a, base}, {b, second}, {o, other}} {
+		if alone := (&Trimmer{}).Pod(&p.from); !reflect.DeepEqual(p.got, alone) {
+			t.Errorf("%s: shared trim differs from its own:\n%+v\n%+v", p.from.Name, p.got, alone)
+		}
+	}
+	same := func(what string, x, y any, want bool) {
+		t.Helper()
+		if got := reflect.ValueOf(x).UnsafePointer() == reflect.ValueOf(y).UnsafePointer(); got != want {
+			t.Errorf("%s shared: %v, want %v", what, got, want)
+		}
+	}
+	same("labels of one ReplicaSet", a.Labels, b.Labels, true)
+	same("annotations of one ReplicaSet", a.Annotations, b.Annotations, true)
+	same("owners of one ReplicaSet", a.OwnerReferences, b.OwnerReferences, true)
+	same("podidentity containers", a.Spec.InitContainers, o.Spec.InitContainers, true)
+	same("Secret volumes", a.Spec.Volumes, o.Spec.Volumes, true)
+	same("labels of two ReplicaSets", a.Labels, o.Labels, false)
+	same("owners of two ReplicaSets", a.OwnerReferences, o.OwnerReferences, false)
+	if len(a.Spec.InitContainers) != 2 || len(a.Spec.Volumes) != 1 {
+		t.Fatalf("trimmed pod keeps %d containers and %d volumes, want 2 and 1", len(a.Spec.InitContainers), len(a.Spec.Volumes))
+	}
+
+	// A reader's copy (what the cache's Get and List return) shares nothing with the cache.
+	cp := a.DeepCopy()
+	cp.Labels["pod-template-hash"] = "changed"
+	cp.Spec.InitContainers[0].Image = "changed"
+	if b.Labels["pod-template-hash"] != "5d8f7b9c4" || b.Spec.InitContainers[0].Image == "changed" {
+		t.Error("a deep copy of a trimmed pod writes through to another cached pod")
+	}
+
+	// Keys cannot collide: values are written with their lengths.
+	m1 := tr.sharedMap(&tr.labels, map[string]string{"a": "bc"}, "")
+	m2 := tr.sharedMap(&tr.labels, map[string]string{"ab": "c"}, "")
+	if reflect.DeepEqual(m1, m2) {
+		t.Errorf("two different maps shared one copy: %v %v", m1, m2)
+	}
+
+	// Identities and bindings referenced by many AzureAssignedIdentities are held once; another identity is not.
+	aai := func(pod, clientID string) *aadv1.AzureAssignedIdentity {
+		return &aadv1.AzureAssignedIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "orders", Name: pod + "-orders", Finalizers: []string{"podidentity.io/assigner"}},
+			Spec: aadv1.AzureAssignedIdentitySpec{Pod: pod, PodNamespace: "orders",
+				AzureIdentityRef: &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: "orders", Name: "orders"}, Spec: aadv1.AzureIdentitySpec{ClientID: clientID, ResourceID: "/r"}},
+				AzureBindingRef:  &aadv1.AzureIdentityBinding{ObjectMeta: metav1.ObjectMeta{Namespace: "orders", Name: "orders"}}}}
+	}
+	x, y, z := tr.AssignedIdentity(aai("p1", "c1")), tr.AssignedIdentity(aai("p2", "c1")), tr.AssignedIdentity(aai("p3", "c2"))
+	same("identity of one client id", x.Spec.AzureIdentityRef, y.Spec.AzureIdentityRef, true)
+	same("identity after its client id changed", x.Spec.AzureIdentityRef, z.Spec.AzureIdentityRef, false)
+	same("binding", x.Spec.AzureBindingRef, z.Spec.AzureBindingRef, true)
+	same("finalizers", x.Finalizers, z.Finalizers, true)
+	if z.Spec.AzureIdentityRef.Spec.ClientID != "c2" || x.Spec.AzureIdentityRef.Spec.ClientID != "c1" {
+		t.Errorf("client ids %q %q, want c1 c2", x.Spec.AzureIdentityRef.Spec.ClientID, z.Spec.AzureIdentityRef.Spec.ClientID)
+	}
+}
+
+// TestShareCollision: two different values with the same hash are never given one copy.
+func TestShareCollision(t *testing.T) {
+	tr := &Trimmer{}
+	var table map[uint64][]string
+	a := share(tr, &table, 42, []string{"a"})
+	if got := share(tr, &table, 42, []string{"b"}); !reflect.DeepEqual(got, []string{"b"}) {
+		t.Errorf("a value whose hash collides with another's came back as %v", got)
+	}
+	if got := share(tr, &table, 42, []string{"a"}); reflect.ValueOf(got).UnsafePointer() != reflect.ValueOf(a).UnsafePointer() {
+		t.Error("the first value of a hash is not shared after a collision")
+	}
+}
+
+// TestTrimmerBounded: a table of parts that each object holds alone (a StatefulSet pod's own labels) starts over
+// when full instead of growing with the cluster, and keeps giving the right values.
+func TestTrimmerBounded(t *testing.T) {
+	tr := &Trimmer{}
+	for i := range maxShared + 10 {
+		want := map[string]string{"statefulset.kubernetes.io/pod-name": fmt.Sprintf("db-%d", i)}
+		if got := tr.sharedMap(&tr.labels, want, ""); !reflect.DeepEqual(got, want) {
+			t.Fatalf("map %d: got %v, want %v", i, got, want)
+		}
+	}
+	if n := len(tr.labels); n > maxShared || n == 0 {
+		t.Errorf("table holds %d maps, want 1 to %d", n, maxShared)
+	}
+}
+
+// TestTrimmerConcurrent: the informers of pods, nodes and AzureAssignedIdentities trim at the same time (run
+// with -race).
+func TestTrimmerConcurrent(t *testing.T) {
+	tr := &Trimmer{}
+	done := make(chan struct{})
+	for g := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for i := range 500 {
+				p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint(i), Labels: map[string]string{"app": fmt.Sprint(i % 7), "g": fmt.Sprint(g % 2)}}}
+				if got := tr.Pod(p); got.Labels["app"] != fmt.Sprint(i%7) || got.Labels["g"] != fmt.Sprint(g%2) {
+					t.Errorf("pod %d of %d: labels %v", i, g, got.Labels)
+					return
+				}
+			}
+		}()
+	}
+	for range 4 {
+		<-done
+	}
 }

@@ -496,7 +496,7 @@ func (r *resourceReconciler) syncObjects(ctx context.Context, s *resourceState, 
 	}
 	for _, u := range plan.update {
 		g.Go(func() error {
-			// The cache holds a trimmed copy (cachetrim.AssignedIdentity): the spec is replaced against the
+			// The cache holds a trimmed copy (cachetrim.Trimmer.AssignedIdentity): the spec is replaced against the
 			// object as the API server has it, so that the patch also clears the fields the copy does not show.
 			live := &aadv1.AzureAssignedIdentity{}
 			if err := r.reader.Get(gctx, ctrl.ObjectKeyFromObject(u.obj), live); err != nil {

@@ -28,7 +28,7 @@ const serverFields = `{"f:metadata":{"f:annotations":{".":{},"f:podidentity.io/a
 	`"f:labels":{".":{},"f:team":{}},"f:name":{},"f:namespace":{}},"f:spec":{".":{},"f:adResourceID":{},"f:auxiliaryTenantIDs":{},"f:clientID":{},"f:resourceID":{},"f:tenantID":{},"f:type":{}}},` +
 	`"f:nodename":{},"f:pod":{},"f:podNamespace":{}},"f:status":{".":{},"f:availableReplicas":{},"f:status":{}}}`
 
-// The AzureAssignedIdentity objects enter the assigner's cache trimmed (cachetrim.AssignedIdentity). These
+// The AzureAssignedIdentity objects enter the assigner's cache trimmed (cachetrim.Trimmer.AssignedIdentity). These
 // tests take every decision that reads them on full objects and on trimmed ones, and check that each field the
 // trim keeps is read by at least one of them: a field dropped by mistake makes a decision differ.
 
@@ -228,10 +228,12 @@ func jsonOf(v any) string {
 	return string(b)
 }
 
+// trimAll trims in with one Trimmer, as the cache does: equal parts are shared.
 func trimAll(in []aadv1.AzureAssignedIdentity) []aadv1.AzureAssignedIdentity {
+	t := &cachetrim.Trimmer{}
 	out := make([]aadv1.AzureAssignedIdentity, len(in))
 	for i := range in {
-		out[i] = *cachetrim.AssignedIdentity(&in[i])
+		out[i] = *t.AssignedIdentity(&in[i])
 	}
 	return out
 }
@@ -246,7 +248,7 @@ func TestDecisionsAgreeOnAssignedIdentities(t *testing.T) {
 	full := trimDecisions(t, want, objs, pods, identities, bindings)
 	trimmed := trimDecisions(t, want, trimAll(objs), pods, identities, bindings)
 	if jsonOf(objs) != before {
-		t.Fatal("cachetrim.AssignedIdentity changed its input")
+		t.Fatal("cachetrim.Trimmer.AssignedIdentity changed its input")
 	}
 	for _, k := range sortedKeys(full) {
 		if !reflect.DeepEqual(full[k], trimmed[k]) {
@@ -282,7 +284,7 @@ func TestDecisionsAgreeOnAssignedIdentities(t *testing.T) {
 			drops[field](&less[i])
 		}
 		if reflect.DeepEqual(full, trimDecisions(t, want, less, pods, identities, bindings)) {
-			t.Errorf("dropping %s from the trimmed objects changes no decision: either nothing reads it (drop it from cachetrim.AssignedIdentity) or the corpus misses the case that does", field)
+			t.Errorf("dropping %s from the trimmed objects changes no decision: either nothing reads it (drop it from cachetrim.Trimmer.AssignedIdentity) or the corpus misses the case that does", field)
 		}
 	}
 	// And what the trim drops is the bulk.
