@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -391,8 +392,8 @@ func createCopiesOfAssigned(b *testing.B, env *testenv.Env, prefix string) time.
 	copies := make(chan aadv1.AzureAssignedIdentity, len(l.Items))
 	n := 0
 	for _, o := range l.Items {
-		if strings.HasPrefix(o.Name, "baseline-") || strings.HasPrefix(o.Name, "unlimited-") {
-			continue // an earlier baseline's copy
+		if !slices.Contains(o.Finalizers, Finalizer) {
+			continue // an earlier baseline's copy: only the assigner's own objects carry its finalizer
 		}
 		o.ObjectMeta = metav1.ObjectMeta{Name: prefix + o.Name, Namespace: o.Namespace, Labels: o.Labels}
 		copies <- o
