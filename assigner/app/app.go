@@ -124,7 +124,7 @@ func ParseFlags(args []string) (Options, error) {
 	fs.BoolVar(&f.FederatedOnly, "federated-only", false, "every identity is federated (podidentity.io/backend: federated): read no Azure credentials (no azure.json, no AZURE_* variables) and never call ARM; pods bound to a node identity get a Warning Event NodeIdentityNotAttached and no AzureAssignedIdentity")
 	fs.IntVar(&f.Workers, "workers", 100, "VMs and scale sets worked on at once (each slow PATCH holds one)")
 	fs.DurationVar(&f.Resync, "resync", 10*time.Minute, "how often each resource in use is read back from ARM to repair drift")
-	fs.DurationVar(&f.Debounce, "debounce", 500*time.Millisecond, "delay after an event so that bursts become one PATCH")
+	fs.DurationVar(&f.Debounce, "debounce", 500*time.Millisecond, "delay after an event so that bursts become one PATCH (not for what a starting assigner first lists)")
 	fs.DurationVar(&f.IsolationTTL, "isolation-ttl", 5*time.Minute, "how long an identity ARM rejected is left out before it is tried again")
 	fs.DurationVar(&f.DetachGrace, "detach-grace-period", controller.DefaultDetachGrace, "how long an identity stays attached after the AzureIdentity or AzureIdentityBinding that running pods use is deleted, so that a delete and re-create (a GitOps prune, kubectl replace) does not cut their tokens; 0 detaches at once")
 	fs.DurationVar(&f.PollFrequency, "poll-frequency", 5*time.Second, "polling interval of ARM operations when ARM gives no Retry-After")

@@ -253,6 +253,22 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 			q.AddAfter(reconcile.Request{NamespacedName: types.NamespacedName{Name: key}}, opts.Debounce)
 		}
 	}
+	// enqueueCreated is enqueue for a create event. An object of the cache's initial list is not debounced:
+	// the controller's workers start only once every cache it watches has synced, so the start-up's events
+	// are one burst already, and the delay would only postpone the first pass of every start and failover.
+	enqueueCreated := func(q workqueue.TypedRateLimitingInterface[reconcile.Request], key string, initial bool) {
+		if key == "" {
+			return
+		}
+		if initial {
+			q.Add(reconcile.Request{NamespacedName: types.NamespacedName{Name: key}})
+			return
+		}
+		enqueue(q, key)
+	}
+	// podKey is the resource of a pod's node. A node the cache does not hold yet gives no key, and that is no
+	// decision on a stale cache: the node's own create event, when the cache gets it, enqueues the resource,
+	// whose pass lists the node's pods and so finds this one.
 	podKey := func(ctx context.Context, p *corev1.Pod) string {
 		if p.Spec.NodeName == "" {
 			return ""
@@ -297,7 +313,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 	podHandler := handler.TypedFuncs[*corev1.Pod, reconcile.Request]{
 		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[*corev1.Pod], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			if relevantPod(e.Object) {
-				enqueue(q, podKey(ctx, e.Object))
+				enqueueCreated(q, podKey(ctx, e.Object), e.IsInInitialList)
 			}
 		},
 		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[*corev1.Pod], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
@@ -321,7 +337,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 	}
 	nodeHandler := handler.TypedFuncs[*corev1.Node, reconcile.Request]{
 		CreateFunc: func(_ context.Context, e event.TypedCreateEvent[*corev1.Node], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			enqueue(q, nodeResourceKey(e.Object))
+			enqueueCreated(q, nodeResourceKey(e.Object), e.IsInInitialList)
 		},
 		UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[*corev1.Node], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			if e.ObjectOld.Spec.ProviderID != e.ObjectNew.Spec.ProviderID ||
@@ -355,8 +371,10 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 	}
 	namespaceHandler := handler.TypedFuncs[*corev1.Namespace, reconcile.Request]{
 		// Without the label a namespace counts as if it were absent, so only an opted-in one matters here.
+		// A namespace of the initial list needs no enumeration: each of its pods' own initial-list event
+		// enqueues the pod's resource, and the enumeration would copy every pod of the namespace at start-up.
 		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[*corev1.Namespace], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			if optedIn(e.Object) {
+			if !e.IsInInitialList && optedIn(e.Object) {
 				namespacePods(ctx, e.Object.Name, q)
 			}
 		},
@@ -380,7 +398,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 				// the remaining object writes need (2,000 of them after a scale set's PATCH).
 				return
 			}
-			enqueue(q, assignedKey(ctx, e.Object))
+			enqueueCreated(q, assignedKey(ctx, e.Object), e.IsInInitialList)
 		},
 		UpdateFunc: func(ctx context.Context, e event.TypedUpdateEvent[*aadv1.AzureAssignedIdentity], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			if e.ObjectNew.DeletionTimestamp != nil && e.ObjectOld.DeletionTimestamp == nil {
@@ -439,8 +457,15 @@ func Setup(ctx context.Context, mgr ctrl.Manager, arm azure.Client, opts Options
 // reporting synced within their timeout.
 func allOf[T client.Object](f *fanOut) handler.TypedEventHandler[T, reconcile.Request] {
 	return handler.TypedFuncs[T, reconcile.Request]{
-		CreateFunc: func(ctx context.Context, _ event.TypedCreateEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			f.trigger(ctx, q)
+		// An object of the initial list needs no enumeration. Both enumerations enqueue work items that the
+		// controller's own initial-list events enqueue already (the resources of every node and
+		// AzureAssignedIdentity; every annotated pod), and its workers start only once all its caches have
+		// synced. One more enumeration could enqueue a resource again while its first pass waits for a PATCH,
+		// and so run a second pass.
+		CreateFunc: func(ctx context.Context, e event.TypedCreateEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			if !e.IsInInitialList {
+				f.trigger(ctx, q)
+			}
 		},
 		UpdateFunc: func(ctx context.Context, _ event.TypedUpdateEvent[T], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
 			f.trigger(ctx, q)
