@@ -146,7 +146,10 @@ func TestDecisionsAgree(t *testing.T) {
 				pods = append(pods, variants(p, node)...)
 			}
 		}
-		trimmed := trimmedPods(pods)
+		trimmed, trimmedN := trimmedPods(pods), trimmedNodes(nodes)
+		// The assigner's passes read the cache's own pods and nodes, without deep copies: no decision may
+		// write to them (checked at the end of the case).
+		untouched := snapshot(t, trimmed, trimmedN)
 		for _, optedIn := range []bool{true, false} {
 			nsLabels := map[string]map[string]string{"shop": {}}
 			if optedIn {
@@ -158,7 +161,7 @@ func TestDecisionsAgree(t *testing.T) {
 					in := desired.Input{Nodes: nodes, Bindings: gc.bindings, Identities: gc.identities, Exceptions: gc.exceptions,
 						Pool: p, NamespaceLabels: nsLabels, Injection: desired.Injection{Label: label, AttachUninjected: attach}}
 					full, trim := in, in
-					full.Pods, trim.Pods, trim.Nodes = pods, trimmed, trimmedNodes(nodes)
+					full.Pods, trim.Pods, trim.Nodes = pods, trimmed, trimmedN
 					agree(t, gc.name+"/desired.Compute", desired.Compute(full), desired.Compute(trim))
 					agree(t, gc.name+"/desired.NotInjected", desired.NotInjected(full), desired.NotInjected(trim))
 				}
@@ -176,7 +179,7 @@ func TestDecisionsAgree(t *testing.T) {
 			gin := guard.Input{Namespaces: []corev1.Namespace{*ns}, Assigned: assigned, Exceptions: gc.exceptions}
 			fullGuard, trimGuard := gin, gin
 			fullGuard.Pods, fullGuard.Nodes = pods, nodes
-			trimGuard.Pods, trimGuard.Nodes = trimmed, trimmedNodes(nodes)
+			trimGuard.Pods, trimGuard.Nodes = trimmed, trimmedN
 			agree(t, gc.name+"/guard.Audit", guard.Audit(fullGuard, rules), guard.Audit(trimGuard, rules))
 			for i := range pods {
 				agree(t, gc.name+"/guard.Why", rules.Why(&pods[i], nsLabels["shop"]), rules.Why(&trimmed[i], nsLabels["shop"]))
@@ -192,6 +195,9 @@ func TestDecisionsAgree(t *testing.T) {
 			idsFull, _ := binding.Resolve(&pods[i], gc.bindings, gc.identities, binding.Options{})
 			idsTrim, _ := binding.Resolve(&trimmed[i], gc.bindings, gc.identities, binding.Options{})
 			agree(t, gc.name+"/binding.Servable", binding.Servable(&pods[i], idsFull), binding.Servable(&trimmed[i], idsTrim))
+		}
+		if snapshot(t, trimmed, trimmedN) != untouched {
+			t.Errorf("%s: a decision wrote to the trimmed pods or nodes it was given", gc.name)
 		}
 	}
 	if checked < 200 {
@@ -496,4 +502,14 @@ func TestTrimmerConcurrent(t *testing.T) {
 	for range 4 {
 		<-done
 	}
+}
+
+// snapshot is pods and nodes written out in full, shared parts included.
+func snapshot(t *testing.T, pods []corev1.Pod, nodes []corev1.Node) string {
+	t.Helper()
+	b, err := json.Marshal([]any{pods, nodes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -184,8 +184,12 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	start := time.Now()
 	defer func() { r.metrics.passDuration.Observe(time.Since(start).Seconds()) }()
 
+	// The pass only reads nodes and pods, so it reads the cache's own objects rather than deep copies
+	// (nothing may write to them): a pass holds its pods until ARM has answered, and at a start, or while
+	// many resources wait for PATCHes, the passes in flight together hold every pod of the cluster; deep
+	// copies doubled the assigner's memory then.
 	var nodes corev1.NodeList
-	if err := r.c.List(ctx, &nodes, ctrl.MatchingFields{indexNodeResource: key}); err != nil {
+	if err := r.c.List(ctx, &nodes, ctrl.MatchingFields{indexNodeResource: key}, ctrl.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, err
 	}
 	if len(nodes.Items) > 0 {
@@ -195,12 +199,18 @@ func (r *resourceReconciler) Reconcile(ctx context.Context, req reconcile.Reques
 	}
 	in := desired.Input{Options: r.opts.Binding, Pool: r.opts.Pool}
 	in.Nodes = nodes.Items
+	perNode := make([][]corev1.Pod, len(nodes.Items))
+	total := 0
 	for i := range nodes.Items {
 		var pods corev1.PodList
-		if err := r.c.List(ctx, &pods, ctrl.MatchingFields{indexPodNode: nodes.Items[i].Name}); err != nil {
+		if err := r.c.List(ctx, &pods, ctrl.MatchingFields{indexPodNode: nodes.Items[i].Name}, ctrl.UnsafeDisableDeepCopy); err != nil {
 			return reconcile.Result{}, err
 		}
-		in.Pods = append(in.Pods, pods.Items...)
+		perNode[i], total = pods.Items, total+len(pods.Items)
+	}
+	in.Pods = make([]corev1.Pod, 0, total)
+	for _, pods := range perNode {
+		in.Pods = append(in.Pods, pods...)
 	}
 	var assigned aadv1.AzureAssignedIdentityList
 	if err := r.c.List(ctx, &assigned, ctrl.MatchingFields{indexAssignedByRes: key}); err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	rtmetrics "runtime/metrics"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -70,7 +71,9 @@ const (
 //	ASSIGNER_SIZE_PODS=1000,10000,50000,150000 go test ./assigner/controller/ -run '^$' -bench BenchmarkClusterSize -benchtime 1x -timeout 3h
 //
 // ASSIGNER_SIZE_FULL_MAX=10000 measures the full cache only up to 10,000 pods (it holds about 1 GiB at 50,000);
-// ASSIGNER_SIZE_HEAP_PROFILES=dir writes a heap profile of each quiet assigner there; ASSIGNER_SIZE_NO_WATCH_CACHE=1
+// ASSIGNER_SIZE_HEAP_PROFILES=dir writes heap profiles of each quiet assigner there (at its start-up's peak
+// and once settled); ASSIGNER_SIZE_MEMLIMIT_MIB=n gives each quiet assigner a GOMEMLIMIT-like soft limit of n
+// MiB over the settled process; ASSIGNER_SIZE_NO_WATCH_CACHE=1
 // turns the API server's watch cache off, so that 150,000 pods fit a 24 GB machine.
 func BenchmarkClusterSize(b *testing.B) {
 	var levels []int
@@ -106,22 +109,25 @@ func BenchmarkClusterSize(b *testing.B) {
 			conv, peak := w.converge(b, n)
 			progress("%d pods: converged in %v", n, conv.Round(100*time.Millisecond))
 			trimHeap, trimRSS := w.quiet(b, cachetrim.Options())
-			resync := w.lastResync
+			resync, startHeap, startLive, startRSS := w.lastResync, w.lastPeakHeap, w.lastPeakLive, w.lastPeakRSS
 			var fullHeap, fullRSS uint64
 			if fullMax == 0 || n <= fullMax {
 				fullHeap, fullRSS = w.quiet(b, cache.Options{})
 			}
 			progress("%d pods: quiet assigners measured", n)
 			load, _ := os.ReadFile("/proc/loadavg")
-			b.Logf("%d pods, %d nodes, %d bindings (load %s): converged in %v (new objects: %d), peak process RSS %d MiB; a restarted assigner re-checked everything in %v; quiet assigner: trimmed cache heap +%d MiB, RSS +%d MiB; full cache heap +%d MiB, RSS +%d MiB",
+			b.Logf("%d pods, %d nodes, %d bindings (load %s): converged in %v (new objects: %d), peak process RSS %d MiB; a restarted assigner re-checked everything in %v, at its peak while starting heap +%d MiB (live at a GC +%d MiB), RSS +%d MiB; quiet assigner: trimmed cache heap +%d MiB, RSS +%d MiB; full cache heap +%d MiB, RSS +%d MiB",
 				n, sizeScaleSets*sizeNodesPerSet, sizeNamespaces*sizeBindingsPerNS, strings.Fields(string(load))[0], conv.Round(100*time.Millisecond), w.lastNew,
-				peak>>20, resync.Round(100*time.Millisecond), trimHeap>>20, trimRSS>>20, fullHeap>>20, fullRSS>>20)
+				peak>>20, resync.Round(100*time.Millisecond), startHeap>>20, startLive>>20, startRSS>>20, trimHeap>>20, trimRSS>>20, fullHeap>>20, fullRSS>>20)
 			sfx := "-" + strconv.Itoa(n)
 			b.ReportMetric(conv.Seconds(), "converge-s"+sfx)
 			b.ReportMetric(float64(peak>>20), "peak-rss-MiB"+sfx)
 			b.ReportMetric(resync.Seconds(), "resync-s"+sfx)
 			b.ReportMetric(float64(trimHeap>>20), "trimmed-heap-MiB"+sfx)
 			b.ReportMetric(float64(fullHeap>>20), "full-heap-MiB"+sfx)
+			b.ReportMetric(float64(startHeap>>20), "start-peak-heap-MiB"+sfx)
+			b.ReportMetric(float64(startLive>>20), "start-peak-live-MiB"+sfx)
+			b.ReportMetric(float64(startRSS>>20), "start-peak-rss-MiB"+sfx)
 		}
 	}
 }
@@ -136,6 +142,11 @@ type sizeWorld struct {
 	lastNew int
 	// lastResync is how long the last quiet assigner took from its start to its last reconcile.
 	lastResync time.Duration
+	// lastPeakHeap and lastPeakRSS are the most the last quiet assigner added while it started (sampled every
+	// 20 ms), over the settled process before it.
+	lastPeakHeap, lastPeakRSS uint64
+	// lastPeakLive is the most the last quiet assigner's GCs found live while it started, over the settled heap.
+	lastPeakLive uint64
 }
 
 func newSizeWorld(b *testing.B) *sizeWorld {
@@ -290,11 +301,45 @@ func (w *sizeWorld) quiet(b *testing.B, co cache.Options) (heap, rss uint64) {
 	heap0, rss0 := settled()
 	aaiBefore, _ := apiWritesOf(b, w.env.Config, "azureassignedidentities")
 	podsBefore, _ := apiWritesOf(b, w.env.Config, "pods")
+	// ASSIGNER_SIZE_MEMLIMIT_MIB=n: a soft memory limit of n MiB over the settled process while the assigner
+	// starts, as the chart's GOMEMLIMIT does (the process's other memory is counted in, as the runtime does).
+	if v := os.Getenv("ASSIGNER_SIZE_MEMLIMIT_MIB"); v != "" {
+		mib, err := strconv.Atoi(v)
+		if err != nil || mib <= 0 {
+			b.Fatalf("ASSIGNER_SIZE_MEMLIMIT_MIB=%q: not a number of MiB", v)
+		}
+		// What the runtime counts against its limit: everything it has mapped but what it returned to the OS.
+		m := []rtmetrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+		rtmetrics.Read(m)
+		prev := debug.SetMemoryLimit(int64(m[0].Value.Uint64()-m[1].Value.Uint64()) + int64(mib)<<20)
+		defer debug.SetMemoryLimit(prev)
+	}
+	// The start-up's peak over the settled process: the initial lists, as they are decoded and trimmed.
+	peak := &peakRSS{interval: 20 * time.Millisecond}
+	if dir := os.Getenv("ASSIGNER_SIZE_HEAP_PROFILES"); dir != "" {
+		// A profile of what was live at the GC that found the most: written again at each new maximum
+		// that is 10% above the one written last.
+		var written uint64
+		name := fmt.Sprintf("%s/assigner-start-peak-%s-%d.pprof", dir, cacheKind(co), time.Now().Unix())
+		peak.onLive = func() {
+			if l := peak.live.Load(); l > written+written/10 {
+				written = l
+				if f, err := os.Create(name); err == nil {
+					_ = pprof.WriteHeapProfile(f)
+					_ = f.Close()
+				}
+			}
+		}
+	}
+	stopSampling := peak.sample()
 	start := time.Now()
 	stop := startManagerWith(b, w.env, w.armc, scaleOptions(), func(o *ctrl.Options) { o.Cache = co; waitGone(o) }, nil)
 	// Caches synced, then one pass over every resource and every annotated pod; nothing to write. Idle: no
 	// reconcile finished for 5 s (ten debounces).
 	idle := waitIdle(b, 5*time.Second, 20*time.Minute)
+	peakRSS := stopSampling()
+	w.lastPeakHeap, w.lastPeakRSS = sub(peak.heap.Load(), heap0), sub(peakRSS, rss0)
+	w.lastPeakLive = sub(peak.live.Load(), heap0)
 	heap1, rss1 := settled()
 	w.lastResync = idle.Sub(start)
 	aaiAfter, _ := apiWritesOf(b, w.env.Config, "azureassignedidentities")
@@ -304,8 +349,9 @@ func (w *sizeWorld) quiet(b *testing.B, co cache.Options) (heap, rss uint64) {
 	}
 	// Printed as it is measured: a long run that dies later (the 150,000-pod level takes most of an hour) keeps
 	// the figures of the levels it finished.
-	progress("quiet assigner: %d writes of AzureAssignedIdentity objects, %d of pods, in %v; heap +%d MiB, RSS +%d MiB (cache: %s)",
-		aaiAfter-aaiBefore, podsAfter-podsBefore, w.lastResync.Round(100*time.Millisecond), sub(heap1, heap0)>>20, sub(rss1, rss0)>>20, cacheKind(co))
+	progress("quiet assigner: %d writes of AzureAssignedIdentity objects, %d of pods, in %v; heap +%d MiB, RSS +%d MiB; at its peak while starting heap +%d MiB (live at a GC +%d MiB), RSS +%d MiB (cache: %s)",
+		aaiAfter-aaiBefore, podsAfter-podsBefore, w.lastResync.Round(100*time.Millisecond), sub(heap1, heap0)>>20, sub(rss1, rss0)>>20,
+		w.lastPeakHeap>>20, w.lastPeakLive>>20, w.lastPeakRSS>>20, cacheKind(co))
 	if dir := os.Getenv("ASSIGNER_SIZE_HEAP_PROFILES"); dir != "" { // go tool pprof -sample_index=inuse_space
 		f, err := os.CreateTemp(dir, "assigner-heap-*.pprof")
 		if err == nil {
@@ -394,19 +440,40 @@ func currentRSS() uint64 {
 	return 0
 }
 
-// peakRSS samples the process RSS every 200 ms and keeps the largest.
-type peakRSS struct{ max atomic.Uint64 }
+// peakRSS samples the process RSS and Go heap (objects live or not yet swept, read without stopping the
+// world) every interval and keeps the largest of each.
+type peakRSS struct {
+	interval        time.Duration
+	max, heap, live atomic.Uint64
+	// onLive, when set, is called on the sampler's goroutine each time the live heap (as of the last GC)
+	// reaches a new maximum.
+	onLive func()
+}
 
 func (p *peakRSS) sample() (stop func() uint64) {
+	if p.interval == 0 {
+		p.interval = 200 * time.Millisecond
+	}
 	done := make(chan struct{})
 	finished := make(chan struct{})
+	heap := []rtmetrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/live:bytes"}}
 	go func() {
 		defer close(finished)
-		t := time.NewTicker(200 * time.Millisecond)
+		t := time.NewTicker(p.interval)
 		defer t.Stop()
 		for {
 			if r := currentRSS(); r > p.max.Load() {
 				p.max.Store(r)
+			}
+			rtmetrics.Read(heap)
+			if h := heap[0].Value.Uint64(); h > p.heap.Load() {
+				p.heap.Store(h)
+			}
+			if l := heap[1].Value.Uint64(); l > p.live.Load() {
+				p.live.Store(l)
+				if p.onLive != nil {
+					p.onLive()
+				}
 			}
 			select {
 			case <-done:
