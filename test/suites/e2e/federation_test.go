@@ -94,6 +94,10 @@ func (e *env) sidecarTrustsFakeAzureAD(t *testing.T, ns string) {
 	if err := e.release.Upgrade(ctx, install.FederatedSidecarValues()); err != nil {
 		t.Fatalf("upgrading the release with the sidecar's Azure AD settings: %v", err)
 	}
+	// helm's --wait returns once the new webhook pods are available, while the old ones still admit pods
+	// through their preStop delay: a pod admitted by one got a sidecar without the CA bundle, which then
+	// failed every exchange with "certificate signed by unknown authority" (seen once, 8 Dec).
+	e.requireReleaseReady(t)
 	t.Cleanup(func() {
 		if err := e.release.Upgrade(context.Background(), nil); err != nil {
 			t.Errorf("restoring the release's base values: %v", err)
@@ -160,6 +164,7 @@ func (e *env) scenarioFederated(t *testing.T) {
 		began := time.Now()
 		created := e.createPod(t, ns, p)
 		requireInjected(t, created, fed)
+		requireCABundle(t, created)
 		requireTokenInSidecarOnly(t, created)
 		// The same measure as scenarioFirstToken's for a node identity already attached: no ARM write is
 		// waited for here either, but the sidecar's first exchange at Azure AD is.
@@ -276,4 +281,16 @@ func trimAll(steps []string) []string {
 		out[i] = trimPIDs(s)
 	}
 	return out
+}
+
+// requireCABundle fails at once, rather than after the first token's timeout, when the pod's sidecar was injected
+// without the CA bundle the release now configures (a pod admitted under the release's previous settings).
+func requireCABundle(t *testing.T, pod *corev1.Pod) {
+	t.Helper()
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == contract.CABundleVolumeName {
+			return
+		}
+	}
+	t.Fatalf("pod %s/%s has no volume %s: its sidecar will not trust the fake cloud's Azure AD (admitted by a webhook pod with the release's previous settings?)", pod.Namespace, pod.Name, contract.CABundleVolumeName)
 }

@@ -274,7 +274,8 @@ func (e *env) tryUpdateNode(name string, change func(*corev1.Node)) error {
 
 // requireReleaseReady fails unless every Deployment of the release has all its replicas available and no
 // old pod left: a webhook pod that exits while the API server still holds connections to it can fail an
-// admission (test/suites/e2e/README.md, "Known failure"), which is the rollout scenario's business, not this one's.
+// admission (test/suites/e2e/README.md, "Known failure"), which is the rollout scenario's business, not this one's;
+// and an old webhook pod still admits pods with the release's previous settings.
 func (e *env) requireReleaseReady(t *testing.T) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(context.Background(), 500*time.Millisecond, podTimeout, true, func(ctx context.Context) (bool, error) {
@@ -291,7 +292,7 @@ func (e *env) requireReleaseReady(t *testing.T) {
 		return len(list.Items) > 0, nil
 	})
 	if err != nil {
-		t.Fatalf("the release's Deployments are not all available, or old pods are left, after the pool was tainted (do webhook.tolerations and assigner.tolerations tolerate it?)\n%s", e.diagnose(context.Background(), e.podidentityNamespace))
+		t.Fatalf("the release's Deployments are not all available, or old pods are left, after the release or the pool changed (a tainted pool: do webhook.tolerations and assigner.tolerations tolerate it?)\n%s", e.diagnose(context.Background(), e.podidentityNamespace))
 	}
 }
 
